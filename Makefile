@@ -1,0 +1,47 @@
+# vmaild: `make demo` brings the whole stack up and shows it working; `make test` runs every
+# test. Both install what they need (Debian packages, a virtualenv) and are safe to re-run.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)
+# Tests that need the real stack fail instead of skipping when this is set (as in CI).
+export VMAILD_REQUIRE_STACK ?= 1
+
+.PHONY: all deps venv test unit integration lint demo bench install clean
+
+all: test
+
+deps:
+	bash scripts/install-deps.sh
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check daemons tests harness bench
+	$(VENV)/bin/mypy daemons/vmaild
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: deps venv
+	$(VENV)/bin/pytest -q tests/integration
+
+test: deps venv
+	$(VENV)/bin/ruff check daemons tests harness bench
+	$(VENV)/bin/pytest -q tests
+
+demo: deps venv
+	$(PY) -m harness.demo
+
+bench: deps venv
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -1,0 +1,172 @@
+"""The lookup cache: TTLs, negative answers, stale-on-error and single-flight.
+
+One dict per map, ``key -> (value or None, fetched_at)``. Dicts keep insertion order and an
+entry is re-inserted when it is refreshed, so the oldest entries are always at the front:
+both the size bound and the expiry sweep pop from there. At a million entries the memory
+is dominated by the key and value strings, so the entry tuple shares one timestamp object
+between all entries stored within the same tenth of a second.
+
+Rules (DESIGN.md, "Behaviour that must hold everywhere"):
+- a found value is fresh for ``ttl`` seconds, a not-found answer for ``negative_ttl``;
+- while the database fails, an expired *found* value is served for up to ``stale_ttl``
+  more seconds. An expired not-found answer is never served stale: a user created just
+  before an outage must get a temporary error, not a bounce;
+- concurrent misses of one key share one fetch (single-flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """How an answer was produced; also the ``outcome`` label of the lookup metrics."""
+
+    HIT = "hit"            # a found value from a fresh cache entry
+    MISS = "miss"          # a found value fetched from the database
+    NOTFOUND = "notfound"  # not found, from the cache or the database
+    STALE = "stale"        # an expired found value, served because the database failed
+    ERROR = "error"        # temporary failure: nothing usable in the cache
+
+
+@dataclass(frozen=True, slots=True)
+class TTLs:
+    ttl: float
+    negative_ttl: float
+    stale_ttl: float
+
+
+class Cache:
+    def __init__(self, ttls: TTLs, max_entries: int,
+                 clock: Callable[[], float] = time.monotonic):
+        self.default_ttls = ttls
+        self.max_entries = max_entries
+        self.clock = clock
+        self._maps: dict[str, dict[str, tuple[str | None, float]]] = {}
+        self._ttls: dict[str, TTLs] = {}
+        self._inflight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        self._size = 0
+        self._tick = clock()
+
+    def configure_map(self, name: str, ttls: TTLs) -> None:
+        self._ttls[name] = ttls
+
+    def __len__(self) -> int:
+        return self._size
+
+    def flush(self) -> None:
+        self._maps.clear()
+        self._size = 0
+
+    def _now_stamp(self) -> float:
+        now = self.clock()
+        if now - self._tick >= 0.1 or now < self._tick:
+            self._tick = now
+        return self._tick
+
+    def peek(self, map_name: str, key: str) -> tuple[str | None, float] | None:
+        entry = self._maps.get(map_name, {}).get(key)
+        return None if entry is None else (entry[0], self.clock() - entry[1])
+
+    def store(self, map_name: str, key: str, value: str | None) -> None:
+        if self.max_entries <= 0:
+            return
+        entries = self._maps.setdefault(map_name, {})
+        if entries.pop(key, None) is not None:
+            self._size -= 1
+        entries[key] = (value, self._now_stamp())
+        self._size += 1
+        while self._size > self.max_entries:
+            self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        # The map whose first entry is oldest loses it.
+        oldest_map, oldest_at = None, float("inf")
+        for name, entries in self._maps.items():
+            if entries:
+                first = next(iter(entries.values()))
+                if first[1] < oldest_at:
+                    oldest_map, oldest_at = name, first[1]
+        if oldest_map is None:
+            self._size = 0
+            return
+        entries = self._maps[oldest_map]
+        del entries[next(iter(entries))]
+        self._size -= 1
+
+    def sweep(self) -> int:
+        """Drop entries too old to be served even stale; returns how many went."""
+        now, dropped = self.clock(), 0
+        for name, entries in self._maps.items():
+            t = self._ttls.get(name, self.default_ttls)
+            limit = max(t.ttl + t.stale_ttl, t.negative_ttl)
+            while entries:
+                key = next(iter(entries))
+                if now - entries[key][1] < limit:
+                    break
+                del entries[key]
+                dropped += 1
+        self._size -= dropped
+        return dropped
+
+    def fresh(self, map_name: str, key: str) -> tuple[bool, str | None]:
+        """(True, value) when a fresh entry answers without any waiting; value None means
+        a fresh "not found". (False, None) otherwise."""
+        entry = self._maps.get(map_name, {}).get(key)
+        if entry is None:
+            return False, None
+        t = self._ttls.get(map_name, self.default_ttls)
+        age = self.clock() - entry[1]
+        if age < (t.negative_ttl if entry[0] is None else t.ttl):
+            return True, entry[0]
+        return False, None
+
+    async def get(self, map_name: str, key: str,
+                  fetch: Callable[[], Awaitable[str | None]]) -> tuple[str | None, Outcome]:
+        """Answer from the cache or through ``fetch``; a failed fetch re-raises its error
+        unless a stale found value can be served."""
+        t = self._ttls.get(map_name, self.default_ttls)
+        entry = self._maps.get(map_name, {}).get(key)
+        age = 0.0
+        if entry is not None:
+            age = self.clock() - entry[1]
+            if entry[0] is None:
+                if age < t.negative_ttl:
+                    return None, Outcome.NOTFOUND
+            elif age < t.ttl:
+                return entry[0], Outcome.HIT
+        try:
+            value = await self._fetch_once(map_name, key, fetch)
+        except Exception:
+            if entry is not None and entry[0] is not None and age < t.ttl + t.stale_ttl:
+                return entry[0], Outcome.STALE
+            raise
+        return value, (Outcome.NOTFOUND if value is None else Outcome.MISS)
+
+    async def _fetch_once(self, map_name: str, key: str,
+                          fetch: Callable[[], Awaitable[str | None]]) -> str | None:
+        flight = (map_name, key)
+        pending = self._inflight.get(flight)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._inflight[flight] = fut
+        try:
+            value = await fetch()
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # mark it retrieved: there may be no other waiter
+            raise
+        else:
+            self.store(map_name, key, value)
+            fut.set_result(value)
+            return value
+        finally:
+            del self._inflight[flight]

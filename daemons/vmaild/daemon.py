@@ -1,0 +1,272 @@
+"""``vmaild serve``: build everything from the config, listen, reload, drain.
+
+A ``Runtime`` is everything built from one configuration (database pool, cache, lookups,
+and the auth and policy services). SIGHUP builds a new one from the re-read file and swaps
+it in; a broken file is refused and the old runtime keeps serving. Listeners whose address
+did not change stay open, so Postfix's long-lived connections survive a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import config as config_mod
+from .cache import Cache, TTLs
+from .config import Config, Listen
+from .db import Database, DatabaseError
+from .lookup import Lookups
+from .metrics import Metrics
+from .servers.base import SequentialProtocol, start_listener
+
+log = logging.getLogger("vmaild")
+DRAIN_SECONDS = 10.0
+SWEEP_SECONDS = 30.0
+
+
+@dataclass
+class Runtime:
+    config: Config
+    db: Database
+    cache: Cache
+    lookups: Lookups
+    services: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, cfg: Config, metrics: Metrics) -> Runtime:
+        db = Database(cfg.database, metrics)
+        c = cfg.cache
+        cache = Cache(TTLs(c.ttl, c.negative_ttl, c.stale_ttl), c.max_entries)
+        rt = cls(cfg, db, cache, Lookups(cfg, db, cache, metrics))
+        # The auth and policy services live in their own packages and are only imported
+        # when configured.
+        if cfg.auth.listen is not None:
+            from .auth.service import AuthService
+            rt.services["auth"] = AuthService(cfg, db, metrics)
+        if cfg.policy.listen is not None:
+            from .policy.service import PolicyService
+            rt.services["policy"] = PolicyService(cfg, db, metrics)
+        return rt
+
+    def close(self) -> None:
+        for service in self.services.values():
+            close = getattr(service, "close", None)
+            if close is not None:
+                close()
+        self.db.close()
+
+
+class App:
+    """What the listeners hold on to; ``runtime`` is swapped on reload."""
+
+    def __init__(self, cfg: Config, metrics: Metrics | None = None):
+        self.metrics = metrics or Metrics()
+        self.runtime = Runtime.build(cfg, self.metrics)
+        self.metrics.watch_cache(lambda: len(self.runtime.cache))
+        self.connections: set[SequentialProtocol] = set()
+        self.listeners: dict[str, tuple[Listen, asyncio.Server]] = {}
+        self.stopping = asyncio.Event()
+        self._metrics_server: Any = None
+        self._metrics_listen: Listen | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._version: Any = None
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    def flush_cache(self, reason: str) -> int:
+        dropped = len(self.runtime.cache)
+        self.runtime.cache.flush()
+        self.metrics.cache_flushes.labels(reason).inc()
+        log.info("cache flushed (%s): %d entries dropped", reason, dropped)
+        return dropped
+
+    # -- listeners ---------------------------------------------------------------------------
+
+    def wanted_listeners(self, cfg: Config) -> dict[str, tuple[Listen, Callable[[], Any]]]:
+        from .servers.control import ControlProtocol
+        from .servers.socketmap import SocketmapProtocol
+        from .servers.tcp_table import TcpTableProtocol
+
+        wanted: dict[str, tuple[Listen, Callable[[], Any]]] = {}
+        for name, m in cfg.maps.items():
+            if m.tcp is not None:
+                wanted[f"tcp:{name}"] = (m.tcp, lambda n=name: TcpTableProtocol(self, n))
+        if cfg.socketmap.listen is not None:
+            wanted["socketmap"] = (cfg.socketmap.listen, lambda: SocketmapProtocol(self))
+        if cfg.control.listen is not None:
+            wanted["control"] = (cfg.control.listen, lambda: ControlProtocol(self))
+        if cfg.auth.listen is not None:
+            from .servers.auth import AuthProtocol
+            wanted["auth"] = (cfg.auth.listen, lambda: AuthProtocol(self))
+        if cfg.policy.listen is not None:
+            from .servers.policy import PolicyProtocol
+            wanted["policy"] = (cfg.policy.listen, lambda: PolicyProtocol(self))
+        return wanted
+
+    async def sync_listeners(self, cfg: Config) -> None:
+        """Open what the config asks for, close what it no longer names, keep the rest."""
+        wanted = self.wanted_listeners(cfg)
+        for name in list(self.listeners):
+            listen, server = self.listeners[name]
+            if name not in wanted or wanted[name][0] != listen:
+                server.close()
+                del self.listeners[name]
+                log.info("closed listener %s on %s", name, listen)
+        for name, (listen, factory) in wanted.items():
+            if name not in self.listeners:
+                server = await start_listener(listen, factory)
+                self.listeners[name] = (listen, server)
+                log.info("listening: %s on %s", name, listen)
+        self._sync_metrics_endpoint(cfg)
+
+    def _sync_metrics_endpoint(self, cfg: Config) -> None:
+        listen = cfg.metrics.listen
+        if listen == self._metrics_listen:
+            return
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        if listen is not None:
+            if listen.is_unix:
+                raise OSError("[metrics] listen must be host:port")
+            assert listen.host is not None and listen.port is not None
+            self._metrics_server = self.metrics.serve(listen.host, listen.port)
+            log.info("listening: metrics on %s", listen)
+        self._metrics_listen = listen
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.sync_listeners(self.config)
+        self._tasks.append(asyncio.create_task(self._sweep_loop()))
+        self._tasks.append(asyncio.create_task(self._poll_changes()))
+
+    async def reload(self, path: str) -> bool:
+        sd_notify("RELOADING=1")
+        try:
+            cfg = config_mod.load(path)
+            new = Runtime.build(cfg, self.metrics)
+        except (config_mod.ConfigError, ValueError, ImportError) as e:
+            log.error("reload refused, keeping the running configuration: %s", e)
+            self.metrics.reloads.labels("refused").inc()
+            sd_notify("READY=1")
+            return False
+        old, self.runtime = self.runtime, new
+        try:
+            await self.sync_listeners(cfg)
+        except OSError as e:
+            log.error("reload: cannot open a listener: %s; keeping the old configuration", e)
+            self.runtime = old
+            new.close()
+            await self.sync_listeners(old.config)
+            self.metrics.reloads.labels("refused").inc()
+            sd_notify("READY=1")
+            return False
+        await asyncio.get_running_loop().run_in_executor(None, old.close)
+        self._version = None
+        self.metrics.reloads.labels("ok").inc()
+        log.info("configuration reloaded from %s; cache flushed", path)
+        sd_notify("READY=1")
+        return True
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in progress finish, close everything."""
+        sd_notify("STOPPING=1")
+        for _, server in self.listeners.values():
+            server.close()
+        for task in self._tasks:
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_SECONDS
+        while any(c.busy for c in self.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        for listen, _ in self.listeners.values():
+            if listen.path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(listen.path)
+        self.listeners.clear()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        await loop.run_in_executor(None, self.runtime.close)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            self.runtime.cache.sweep()
+
+    async def _poll_changes(self) -> None:
+        """Flush the cache when the schema's change counter moves (vmailctl, or SQL typed
+        by hand: the triggers bump it). A database without the table just is not polled."""
+        warned = False
+        while True:
+            rt = self.runtime
+            interval = rt.config.cache.check_interval
+            if interval <= 0 or not rt.config.cache.version_query:
+                await asyncio.sleep(5)
+                continue
+            await asyncio.sleep(interval)
+            try:
+                rows = await rt.db.fetch(rt.config.cache.version_query)
+            except DatabaseError as e:
+                if e.errno in (1146, 1054) and not warned:  # no such table / column
+                    log.warning("change polling off: %s (run 'vmailctl db migrate')", e)
+                    warned = True
+                continue
+            version = rows[0][0] if rows else None
+            if self._version is not None and version != self._version and rt is self.runtime:
+                self.flush_cache("change")
+            self._version = version
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about readiness, reloads and shutdown; no-op elsewhere."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(state.encode(), addr)
+
+
+async def serve(cfg: Config) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit status."""
+    app = App(cfg)
+    try:
+        await app.start()
+    except OSError as e:
+        log.error("cannot listen: %s", e)
+        await app.stop()
+        return 1
+    loop = asyncio.get_running_loop()
+    reloading: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(app.reload(cfg.path))
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    loop.add_signal_handler(signal.SIGTERM, app.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, app.stopping.set)
+    sd_notify("READY=1")
+    log.info("vmaild ready (%d listeners)", len(app.listeners))
+    await app.stopping.wait()
+    log.info("stopping: draining requests in progress")
+    await app.stop()
+    log.info("stopped")
+    return 0

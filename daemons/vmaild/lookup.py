@@ -1,0 +1,116 @@
+"""Map lookups: one key in, a value, "not found" or a temporary failure out.
+
+This is the one place that knows what a map is: its compiled query, its address rules and
+its TTLs. The tcp: and socketmap: servers only translate its three answers into bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import addresses, expansions
+from .cache import Cache, Outcome, TTLs
+from .config import Config, MapConfig
+from .db import Database, DatabaseError
+from .metrics import Metrics
+
+log = logging.getLogger("vmaild.lookup")
+
+
+class UnknownMap(KeyError):
+    """A socketmap request named a map that is not configured (a Postfix config error)."""
+
+
+class TemporaryFailure(Exception):
+    """The answer is unknown right now (database down, broken query): Postfix must defer."""
+
+
+@dataclass(frozen=True)
+class _Map:
+    config: MapConfig
+    query: expansions.CompiledQuery
+    delimiters: str
+
+
+def join_rows(rows: list[tuple[object, ...]]) -> str | None:
+    """Postfix's rule for SQL tables: every column of every row, joined with commas.
+    NULL and empty columns are left out; nothing left means "not found"."""
+    parts = []
+    for row in rows:
+        for col in row:
+            if col is None:
+                continue
+            text = col.decode("utf-8") if isinstance(col, bytes | bytearray) else str(col)
+            if text:
+                parts.append(text)
+    return ",".join(parts) if parts else None
+
+
+class Lookups:
+    def __init__(self, config: Config, db: Database, cache: Cache, metrics: Metrics):
+        self.db = db
+        self.cache = cache
+        self.metrics = metrics
+        self.maps: dict[str, _Map] = {}
+        self._children: dict[tuple[str, Outcome], tuple[Any, Any]] = {}
+        d = config.cache
+        for name, m in config.maps.items():
+            self.maps[name] = _Map(m, expansions.compile_query(m.query), config.delimiter_for(m))
+            cache.configure_map(name, TTLs(
+                ttl=d.ttl if m.ttl is None else m.ttl,
+                negative_ttl=d.negative_ttl if m.negative_ttl is None else m.negative_ttl,
+                stale_ttl=d.stale_ttl))
+
+    def cached(self, map_name: str, key: str) -> tuple[bool, str | None]:
+        """The fast path: (True, value-or-None) when a fresh cache entry answers at once.
+        The servers call it inside data_received, so a hit costs no task switch."""
+        m = self.maps.get(map_name)
+        if m is None:
+            raise UnknownMap(map_name)
+        started = time.perf_counter()
+        hit, value = self.cache.fresh(map_name, addresses.normalise(key, m.config.fold_case))
+        if hit:
+            self._observe(map_name, Outcome.HIT if value is not None else Outcome.NOTFOUND,
+                          started)
+        return hit, value
+
+    async def lookup(self, map_name: str, key: str) -> str | None:
+        """The value for ``key``, or None for "not found". Raises UnknownMap or
+        TemporaryFailure; never turns an error into None."""
+        m = self.maps.get(map_name)
+        if m is None:
+            raise UnknownMap(map_name)
+        started = time.perf_counter()
+        key = addresses.normalise(key, m.config.fold_case)
+        try:
+            value, outcome = await self.cache.get(map_name, key, lambda: self._resolve(m, key))
+        except DatabaseError as e:
+            self._observe(map_name, Outcome.ERROR, started)
+            self.metrics.lookup_errors.labels(map_name).inc()
+            log.warning("map %s: lookup failed: %s", map_name, e)
+            raise TemporaryFailure(str(e)) from e
+        self._observe(map_name, outcome, started)
+        return value
+
+    async def _resolve(self, m: _Map, key: str) -> str | None:
+        for candidate in addresses.candidates(key, m.delimiters, m.config.catchall):
+            try:
+                params = m.query.bind(candidate)
+            except expansions.Suppressed:
+                continue
+            value = join_rows(await self.db.fetch(m.query.sql, params))
+            if value is not None:
+                return value
+        return None
+
+    def _observe(self, map_name: str, outcome: Outcome, started: float) -> None:
+        children = self._children.get((map_name, outcome))
+        if children is None:  # resolving labels costs more than observing; do it once
+            children = (self.metrics.lookup_seconds.labels(map_name, outcome.value),
+                        self.metrics.lookups.labels(map_name, outcome.value))
+            self._children[(map_name, outcome)] = children
+        children[0].observe(time.perf_counter() - started)
+        children[1].inc()

@@ -1,0 +1,185 @@
+"""Sending limits per authenticated user: messages and recipients per sliding window.
+
+Counters live in the database (send_counters: one row per login and minute), so every
+Postfix host and every vmaild instance sees the same totals. The window is a sliding one
+approximated from the minute buckets: full buckets inside the window count fully, and the
+oldest, partly covered bucket counts in proportion to the part of it still inside.
+
+When is a message counted? Postfix calls the policy service at the restriction lists it is
+named in (PROTOCOLS.md 3.1). By default (``ratelimit_count_state = END-OF-MESSAGE``) the
+limits are enforced at each RCPT, so that a client over its limit is refused before it sends
+the data, and a message is counted once it is complete, at END-OF-MESSAGE, with its
+``recipient_count``: only accepted mail counts. That needs ``check_policy_service`` in
+``smtpd_end_of_data_restrictions`` too (the shipped snippet does it). With ``RCPT``, every
+accepted RCPT counts a recipient and the first RCPT of a transaction (``instance``) counts
+the message: nothing needed at END-OF-MESSAGE, but aborted transactions count as well.
+
+Concurrent sessions of one user may overshoot a limit by what they send in parallel: the
+check and the count are not one transaction (that would serialise all of a user's mail on a
+row lock). Over a limit, the user gets a temporary code and its client retries later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+
+from ..codec.policy import PolicyRequest
+from ..config import PolicyConfig
+from ..db import DatabaseError
+from .actions import check_action
+from .check import CheckFailed, Result, number
+from .queries import compile_named
+
+log = logging.getLogger("vmaild.policy")
+
+BUCKET_SECONDS = 60  # send_counters.bucket = floor(unix_time / 60)
+COUNT_STATES = ("END-OF-MESSAGE", "RCPT")
+_PENDING_ENTRIES = 10_000
+
+
+def bucket_of(t: float) -> int:
+    return math.floor(t / BUCKET_SECONDS)
+
+
+def window_totals(rows: Iterable[tuple[object, ...]], now: float,
+                  window: float) -> tuple[float, float]:
+    """(messages, recipients) in the ``window`` seconds before ``now``.
+
+    Rows are ``(bucket, messages, recipients)``. A bucket older than the window counts for
+    nothing; the bucket the window starts in counts for the fraction of it inside the
+    window (its events assumed evenly spread); newer ones, even "future" ones written by a
+    host whose clock runs ahead, count fully.
+    """
+    start = now - window
+    first = bucket_of(start)
+    fraction = ((first + 1) * BUCKET_SECONDS - start) / BUCKET_SECONDS
+    messages = recipients = 0.0
+    for row in rows:
+        b, m, r = number(row[0]), number(row[1]), number(row[2])
+        if b < first:
+            continue
+        weight = fraction if b == first else 1.0
+        messages += m * weight
+        recipients += r * weight
+    return messages, recipients
+
+
+class RateLimitCheck:
+    name = "ratelimit"
+
+    def __init__(self, pc: PolicyConfig, db: object, clock: Callable[[], float] = time.time):
+        self.db = db
+        self.clock = clock  # wall clock: buckets are shared between hosts
+        self.window = pc.ratelimit_window
+        self.max_messages = pc.ratelimit_messages
+        self.max_recipients = pc.ratelimit_recipients
+        state = pc.ratelimit_count_state.strip().upper()
+        if state not in COUNT_STATES:
+            raise ValueError(f"ratelimit_count_state must be one of {', '.join(COUNT_STATES)}")
+        self.count_at_rcpt = state == "RCPT"
+        self.select = compile_named(pc.ratelimit_query, frozenset({"login", "since"}))
+        self.update = compile_named(pc.ratelimit_update,
+                                    frozenset({"login", "bucket", "messages", "recipients"}))
+        self.prune = compile_named(pc.ratelimit_prune, frozenset({"before"}))
+        self.prune_interval = pc.ratelimit_prune_interval
+        self.action = check_action(pc.ratelimit_action)
+        self.fail_action = check_action(pc.ratelimit_fail_action, fail=True)
+        # (instance, login) -> recipients let through so far in that transaction.
+        self._pending: dict[tuple[str, str], int] = {}
+        self._last_prune = 0.0
+        self._prune_task: asyncio.Task[None] | None = None
+
+    def applies(self, request: PolicyRequest) -> bool:
+        if not request.sasl_username:
+            return False
+        state = request.protocol_state.upper()
+        return state == "RCPT" or (state == "END-OF-MESSAGE" and not self.count_at_rcpt)
+
+    async def run(self, request: PolicyRequest) -> Result:
+        login = request.sasl_username.strip().lower()
+        now = self.clock()
+        self._maybe_prune(now)
+        key = (request.instance, login)
+        messages, recipients = await self._totals(login, now)
+        if request.protocol_state.upper() == "RCPT":
+            pending = self._pending.get(key)
+            if self.count_at_rcpt:
+                # This transaction's earlier RCPTs are in the database already.
+                add_messages, add_recipients = (0 if pending is not None else 1), 1
+            else:
+                add_messages, add_recipients = 1, (pending or 0) + 1
+            if self._over(login, messages + add_messages, recipients + add_recipients):
+                return Result(self.name, self.action)
+            self._remember(key, (pending or 0) + 1)
+            if self.count_at_rcpt:
+                await self._count(login, now, add_messages, 1)
+            return Result(self.name)
+        # END-OF-MESSAGE: recipient_count is the number of accepted recipients (3.1).
+        n = request.recipient_count or self._pending.get(key) or 1
+        self._pending.pop(key, None)
+        if self._over(login, messages + 1, recipients + n):
+            return Result(self.name, self.action)
+        await self._count(login, now, 1, n)
+        return Result(self.name)
+
+    def _over(self, login: str, messages: float, recipients: float) -> bool:
+        over_m = self.max_messages > 0 and messages > self.max_messages
+        over_r = self.max_recipients > 0 and recipients > self.max_recipients
+        if over_m or over_r:
+            log.info("policy: %s over its sending limit (%.0f/%d messages, %.0f/%d recipients "
+                     "per %ds)", login, messages, self.max_messages, recipients,
+                     self.max_recipients, self.window)
+        return over_m or over_r
+
+    def _remember(self, key: tuple[str, str], value: int) -> None:
+        if not key[0]:
+            return  # no instance: nothing ties the requests of a transaction together
+        if key not in self._pending and len(self._pending) >= _PENDING_ENTRIES:
+            self._pending.pop(next(iter(self._pending)))  # oldest: an abandoned transaction
+        self._pending[key] = value
+
+    async def _totals(self, login: str, now: float) -> tuple[float, float]:
+        params = self.select.bind({"login": login, "since": bucket_of(now - self.window)})
+        try:
+            rows = await self.db.fetch(self.select.sql, params)  # type: ignore[attr-defined]
+        except DatabaseError as e:
+            raise CheckFailed(str(e)) from e
+        return window_totals(rows, now, self.window)
+
+    async def _count(self, login: str, now: float, messages: int, recipients: int) -> None:
+        params = self.update.bind({"login": login, "bucket": bucket_of(now),
+                                   "messages": messages, "recipients": recipients})
+        try:
+            await self.db.execute(self.update.sql, params)  # type: ignore[attr-defined]
+        except DatabaseError as e:
+            raise CheckFailed(f"counting failed: {e}") from e
+
+    def _maybe_prune(self, now: float) -> None:
+        """Delete buckets no window can see any more, now and then, in the background."""
+        if self.prune_interval <= 0 or now - self._last_prune < self.prune_interval:
+            return
+        if self._prune_task is not None and not self._prune_task.done():
+            return
+        self._last_prune = now
+        before = bucket_of(now - self.window) - 1
+        self._prune_task = asyncio.get_running_loop().create_task(self._prune(before))
+
+    async def _prune(self, before: int) -> None:
+        try:
+            n = await self.db.execute(self.prune.sql,  # type: ignore[attr-defined]
+                                      self.prune.bind({"before": before}))
+        except DatabaseError as e:
+            log.warning("policy: pruning old send_counters rows failed: %s", e)
+            return
+        if n:
+            log.debug("policy: pruned %d old send_counters rows", n)
+
+    def close(self) -> None:
+        if self._prune_task is not None:
+            with contextlib.suppress(RuntimeError):
+                self._prune_task.cancel()

@@ -1,0 +1,53 @@
+"""A Postfix tcp_table(5) listener for one map (PROTOCOLS.md §1).
+
+One port per map: Postfix sends only ``get <key>`` and the port says which map is meant.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..codec import tcp_table as codec
+from ..lookup import TemporaryFailure
+from .base import SequentialProtocol
+
+if TYPE_CHECKING:
+    from ..daemon import App
+
+log = logging.getLogger("vmaild.tcp_table")
+
+
+class TcpTableProtocol(SequentialProtocol):
+    def __init__(self, app: App, map_name: str):
+        super().__init__(app.metrics, app.connections)
+        self.app = app
+        self.map_name = map_name
+        self.listener = f"tcp:{map_name}"
+        self.decoder = codec.TcpTableDecoder()
+
+    def decode(self, data: bytes) -> list[Any]:
+        return self.decoder.feed(data)
+
+    def answer_now(self, request: Any) -> bytes | None:
+        if isinstance(request, codec.Request):
+            hit, value = self.app.runtime.lookups.cached(self.map_name, request.key)
+            if not hit:
+                return None
+            return codec.reply_found(value) if value is not None else codec.reply_not_found()
+        if isinstance(request, codec.BadRequest):
+            self.metrics.protocol_errors.labels(self.listener).inc()
+            log.warning("%s: bad request: %s", self.listener, request.reason)
+            return codec.reply_temporary(request.reason)
+        # Oversized: the line cannot be resynchronised. Postfix treats 400 as a temporary
+        # error and closes the connection itself.
+        self.protocol_error("request too long", codec.reply_temporary("request too long"))
+        return b""
+
+    async def answer(self, request: codec.Request) -> bytes | None:
+        try:
+            value = await self.app.runtime.lookups.lookup(self.map_name, request.key)
+        except TemporaryFailure:
+            # 400: Postfix defers (451 4.3.0) and never treats it as "user unknown".
+            return codec.reply_temporary("temporary lookup failure")
+        return codec.reply_found(value) if value is not None else codec.reply_not_found()

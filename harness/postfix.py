@@ -1,0 +1,493 @@
+"""A private Postfix instance: its own config, queue, data dir and log file.
+
+Why it is safe next to the system Postfix and next to other instances:
+
+* every command gets ``-c CONFIG_DIR``; /etc/postfix is only read (for
+  ``meta_directory``: postfix-files, dynamicmaps.cf), never written;
+* queue_directory, data_directory (master.lock, caches) and the maillog file
+  live under the instance's temp dir, and smtpd listens on 127.0.0.1 on a
+  free port given in master.cf;
+* every service runs with chroot = n, so nothing has to be copied into a
+  chroot and smtpd can reach the Courier authdaemond socket for SASL.
+
+``alternate_config_directories`` in /etc/postfix/main.cf is NOT needed for
+anything the harness does: Postfix only checks it in set-gid commands
+(postqueue, postdrop) run by a non-root user. It matters if a non-root
+process uses this instance, e.g. ``su nobody -c 'postqueue -c DIR -p'``
+fails with "unauthorized configuration directory name" and "specify
+alternate_config_directories = DIR ... in /etc/postfix/main.cf", and a
+pipe(8) command run as vmail that calls sendmail inherits MAIL_CONFIG. For
+that case pass ``register_config_dir=True``: the directory is added to that
+one parameter for the life of the instance and removed again on stop.
+
+Logging: there is no syslog daemon on the test machines, so the instance
+logs through postlogd (``postlog`` service in master.cf) to ``maillog_file``,
+whose directory must be listed in ``maillog_file_prefixes``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import smtplib
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from email.message import EmailMessage
+from pathlib import Path
+
+from .ports import LOOPBACK, free_port, wait_for_port
+from .procs import pid_alive, pids_with_cwd_under, run, signal_pids, tail, terminate_pids
+from .wait import HarnessTimeout, wait_until
+
+#: Debian's default master.cf services, every one with chroot = n (column 5).
+#: smtpd's listener is generated separately on 127.0.0.1:PORT.
+DEFAULT_SERVICES = """\
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+maildrop  unix  -       n       n       -       -       pipe
+  flags=DRXhu user=vmail argv=/usr/bin/maildrop -d ${recipient}
+"""
+
+#: Queue subdirectories with owner, group and mode, as postfix-files lists
+#: them. Creating them up front saves ~2 s on the first ``postfix start``,
+#: whose post-install "create-missing" step otherwise makes each one with a
+#: handful of shell commands.
+QUEUE_DIRS: tuple[tuple[str, str, str, int], ...] = (
+    ("active", "postfix", "root", 0o700),
+    ("bounce", "postfix", "root", 0o700),
+    ("corrupt", "postfix", "root", 0o700),
+    ("defer", "postfix", "root", 0o700),
+    ("deferred", "postfix", "root", 0o700),
+    ("flush", "postfix", "root", 0o700),
+    ("hold", "postfix", "root", 0o700),
+    ("incoming", "postfix", "root", 0o700),
+    ("private", "postfix", "root", 0o700),
+    ("maildrop", "postfix", "postdrop", 0o730),
+    ("public", "postfix", "postdrop", 0o710),
+    ("pid", "root", "root", 0o755),
+    ("saved", "postfix", "root", 0o700),
+    ("trace", "postfix", "root", 0o700),
+)
+
+DEFAULT_MAIN_CF = "/etc/postfix/main.cf"
+
+#: How far back :func:`cool_down` dates a file.
+_COOL_DOWN_SECONDS = 10
+
+
+def cool_down(*paths: str | os.PathLike[str]) -> None:
+    """Backdate freshly written Postfix configuration files.
+
+    Postfix treats a file modified within the last ~2 seconds as "hot" (it
+    may still be being written) and re-reads it in 300 ms steps until it is
+    older: libpostfix-util's "pausing to let %s cool down", visible only with
+    -v. Every command and daemon that reads a just-written main.cf or
+    mysql: .cf file then stalls 1.8-2.4 s (first ``postfix start`` 2.4 s
+    instead of 0.25 s; ``postmap -q`` on a new mysql .cf 3.4 s instead of
+    1.0 s). The harness writes files before anything reads them, so dating
+    them back is safe and removes those stalls.
+    """
+    past = time.time() - _COOL_DOWN_SECONDS
+    for path in paths:
+        os.utime(path, (past, past))
+_MAIN_CF_LOCK = "/run/lock/vmaild-harness-postfix-main-cf.lock"
+
+
+class Postfix:
+    """One private Postfix instance; use as a context manager."""
+
+    REQUIRED_BINARIES = ("postfix", "postconf", "postmap", "postqueue", "postsuper")
+
+    def __init__(
+        self,
+        main_cf: Mapping[str, str] | None = None,
+        master_cf: str | Sequence[str] | None = None,
+        *,
+        basedir: str | os.PathLike[str] | None = None,
+        smtp_port: int | None = None,
+        smtpd_args: Mapping[str, str] | None = None,
+        myhostname: str = "mail.example.test",
+        register_config_dir: bool = False,
+        start_timeout: float = 30.0,
+    ) -> None:
+        """``main_cf`` overrides/extends the base settings; ``master_cf`` is
+        extra master.cf text (or lines) appended after the default services;
+        ``smtpd_args`` become ``-o name=value`` options of the SMTP listener."""
+        self._owns_basedir = basedir is None
+        self.basedir = Path(basedir) if basedir else Path(tempfile.mkdtemp(prefix="vmaild-postfix-"))
+        self.config_dir = self.basedir / "etc"
+        self.queue_dir = self.basedir / "spool"
+        self.data_dir = self.basedir / "data"
+        self.log_dir = self.basedir / "log"
+        self.log_file = self.log_dir / "maillog"
+        self.host = LOOPBACK
+        self.smtp_port = smtp_port or free_port()
+        self.myhostname = myhostname
+        self.extra_main_cf = dict(main_cf or {})
+        if isinstance(master_cf, str):
+            master_cf = master_cf.splitlines()
+        self.extra_master_cf = list(master_cf or [])
+        self.smtpd_args = dict(smtpd_args or {})
+        self.register_config_dir = register_config_dir
+        self.start_timeout = start_timeout
+        self._registered = False
+        self._started = False
+
+    @classmethod
+    def missing_requirements(cls) -> list[str]:
+        """What this machine lacks to run an instance (empty list: all there)."""
+        return [b for b in cls.REQUIRED_BINARIES if shutil.which(b) is None]
+
+    # ---------------------------------------------------------- configuration
+    def base_main_cf(self) -> dict[str, str]:
+        """Settings every private instance needs, before the caller's extras."""
+        return {
+            "compatibility_level": "3.6",
+            "queue_directory": str(self.queue_dir),
+            "data_directory": str(self.data_dir),
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "inet_interfaces": "loopback-only",
+            "inet_protocols": "ipv4",
+            "myhostname": self.myhostname,
+            "myorigin": "$myhostname",
+            "mydestination": "localhost",
+            "mynetworks": "127.0.0.0/8",
+            "relayhost": "",
+            "alias_maps": "",
+            "alias_database": "",
+            "biff": "no",
+            "maillog_file": str(self.log_file),
+            "maillog_file_prefixes": str(self.log_dir),
+            # maildrop(1) delivers one recipient per invocation (-d ${recipient}).
+            "maildrop_destination_recipient_limit": "1",
+        }
+
+    def master_cf_text(self) -> str:
+        """The complete master.cf: our SMTP listener, defaults, extras."""
+        lines = [f"{self.host}:{self.smtp_port} inet n - n - - smtpd"]
+        lines += [f"  -o {k}={v}" for k, v in self.smtpd_args.items()]
+        text = "\n".join(lines) + "\n" + DEFAULT_SERVICES
+        if self.extra_master_cf:
+            text += "\n".join(self.extra_master_cf) + "\n"
+        return text
+
+    def _postconf_edit(self, settings: Mapping[str, str]) -> None:
+        if settings:
+            run(["postconf", "-c", str(self.config_dir), "-e", *(f"{k}={v}" for k, v in settings.items())])
+            cool_down(self.config_dir / "main.cf")
+
+    def _write_config(self) -> None:
+        for d in (self.config_dir, self.queue_dir, self.data_dir, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        # Postfix daemons run as `postfix` and must traverse to the queue.
+        os.chmod(self.basedir, 0o755)
+        os.chmod(self.queue_dir, 0o755)
+        # master.lock and the caches live here; Postfix insists on owning it
+        # ("fatal: open lock file .../master.lock: ... Permission denied").
+        shutil.chown(self.data_dir, "postfix")
+        os.chmod(self.data_dir, 0o700)
+        for name, owner, group, mode in QUEUE_DIRS:
+            path = self.queue_dir / name
+            path.mkdir(exist_ok=True)
+            shutil.chown(path, owner, group)
+            os.chmod(path, mode)
+        main_cf = self.config_dir / "main.cf"
+        if not main_cf.exists():
+            main_cf.write_text("# private instance written by the vmaild test harness\n")
+            self._postconf_edit({**self.base_main_cf(), **self.extra_main_cf})
+        (self.config_dir / "master.cf").write_text(self.master_cf_text())
+        cool_down(main_cf, self.config_dir / "master.cf")
+
+    def write_config_file(self, relpath: str, text: str, mode: int = 0o644) -> Path:
+        """Write a file under the config dir, e.g. ``sasl/smtpd.conf`` (which
+        Debian's Cyrus SASL reads from ``$config_directory/sasl/``)."""
+        path = self.config_dir / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        os.chmod(path, mode)
+        cool_down(path)
+        return path
+
+    def postconf(self, settings: Mapping[str, str], *, reload: bool = True) -> None:
+        """Change main.cf settings (``postconf -c DIR -e``); reload if running."""
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.config_dir / "main.cf").exists():
+            self.extra_main_cf.update(settings)
+            return
+        self._postconf_edit(settings)
+        if reload and self.running:
+            self.reload()
+
+    def postconf_value(self, name: str) -> str:
+        """The effective value of one main.cf parameter."""
+        return run(["postconf", "-c", str(self.config_dir), "-h", name]).stdout.rstrip("\n")
+
+    # -------------------------------------------------------------- lifecycle
+    @property
+    def master_pid(self) -> int | None:
+        """The running master's pid, from queue_directory/pid/master.pid."""
+        try:
+            pid = int((self.queue_dir / "pid" / "master.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    @property
+    def running(self) -> bool:
+        return self.master_pid is not None
+
+    def start(self) -> Postfix:
+        """Write the configuration, start the master and wait for SMTP."""
+        if self.running:
+            return self
+        self._write_config()
+        if self.register_config_dir:
+            _register_alternate_config_dir(self.config_dir)
+            self._registered = True
+        self._started = True
+        result = run(["postfix", "-c", str(self.config_dir), "start"], check=False, timeout=self.start_timeout)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"postfix -c {self.config_dir} start failed ({result.returncode}):\n"
+                f"{result.stdout}{result.stderr}\n--- maillog ---\n{tail(self.log_file)}"
+            )
+        wait_for_port(
+            self.host,
+            self.smtp_port,
+            self.start_timeout,
+            abort=lambda: None if self.running else f"master died:\n{tail(self.log_file)}",
+        )
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the master and make sure every process of this instance is gone.
+
+        ``postfix stop`` only signals the master and returns. We then wait for
+        the master, and for every process whose working directory is our
+        queue directory (all Postfix daemons chdir there), escalating to
+        SIGKILL after ``timeout``.
+        """
+        if not self._started:
+            return
+        master = self.master_pid
+        if master is not None:
+            run(["postfix", "-c", str(self.config_dir), "stop"], check=False)
+            try:
+                wait_until(lambda: not pid_alive(master), timeout, "postfix master to exit")
+            except HarnessTimeout:
+                signal_pids([master], signal.SIGKILL)
+        leftovers = pids_with_cwd_under(self.queue_dir)
+        if leftovers:
+            try:
+                wait_until(lambda: not pids_with_cwd_under(self.queue_dir), timeout, "postfix children to exit")
+            except HarnessTimeout:
+                terminate_pids(pids_with_cwd_under(self.queue_dir), timeout=5.0)
+        if self._registered:
+            _unregister_alternate_config_dir(self.config_dir)
+            self._registered = False
+        self._started = False
+
+    def reload(self, timeout: float = 5.0) -> None:
+        """``postfix reload`` and wait until the master has acted on it.
+
+        Reload is asynchronous: the master re-reads its configuration and
+        tells idle children to exit. We wait for the "reload" log line and,
+        best effort, for the pre-reload children to go, so that the next
+        connection sees the new settings. A child busy with an open session
+        only exits when that session ends; we stop waiting after ``timeout``.
+        """
+        master = self.master_pid
+        if master is None:
+            raise RuntimeError("postfix is not running")
+        old_children = [p for p in pids_with_cwd_under(self.queue_dir) if p != master]
+        before = self.log_text().count("reload -- version")
+        run(["postfix", "-c", str(self.config_dir), "reload"])
+        wait_until(
+            lambda: self.log_text().count("reload -- version") > before,
+            max(timeout, 10.0),
+            "postfix master to log its reload",
+        )
+        try:
+            wait_until(lambda: not any(pid_alive(p) for p in old_children), timeout, "old postfix children")
+        except HarnessTimeout:
+            pass
+
+    def cleanup(self) -> None:
+        """Stop and delete the instance directory (if the harness made it)."""
+        self.stop()
+        if self._owns_basedir:
+            shutil.rmtree(self.basedir, ignore_errors=True)
+
+    def __enter__(self) -> Postfix:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<Postfix {self.host}:{self.smtp_port} config={self.config_dir} {state}>"
+
+    # ---------------------------------------------------------------- lookups
+    def postmap_q(self, key: str, table: str) -> tuple[int, str, str]:
+        """``postmap -c DIR -q KEY TABLE`` -> (exit status, stdout, stderr).
+
+        Beware: postmap exits 1 both for "not found" (empty stderr) and for a
+        table error such as an unreachable database ("fatal: ... query error"
+        on stderr). Check stderr before reading rc 1 as "not found".
+        """
+        r = run(["postmap", "-c", str(self.config_dir), "-q", key, table], check=False)
+        return r.returncode, r.stdout, r.stderr
+
+    def postmap_bulk(self, keys: Iterable[str], table: str) -> tuple[int, dict[str, str], str]:
+        """Look many keys up in one process (``postmap -q - TABLE``).
+
+        Returns (exit status, {key: value} for the keys found, stderr).
+        """
+        text = "".join(f"{k}\n" for k in keys)
+        r = run(["postmap", "-c", str(self.config_dir), "-q", "-", table], input=text, check=False)
+        found: dict[str, str] = {}
+        for line in r.stdout.splitlines():
+            key, _, value = line.partition("\t")
+            found[key] = value
+        return r.returncode, found, r.stderr
+
+    # ------------------------------------------------------------------ queue
+    def flush(self) -> None:
+        """Attempt delivery of every queued message now (``postqueue -f``)."""
+        run(["postqueue", "-c", str(self.config_dir), "-f"])
+
+    def queue(self) -> list[dict[str, object]]:
+        """The queue as ``postqueue -j`` reports it (one dict per message)."""
+        out = run(["postqueue", "-c", str(self.config_dir), "-j"]).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def queue_ids(self) -> list[str]:
+        return [str(m["queue_id"]) for m in self.queue()]
+
+    def queue_count(self) -> int:
+        return len(self.queue())
+
+    def delete_queue(self) -> None:
+        """Delete every queued message (``postsuper -d ALL``)."""
+        run(["postsuper", "-c", str(self.config_dir), "-d", "ALL"])
+
+    def wait_for_empty_queue(self, timeout: float = 30.0, *, flush: bool = False) -> None:
+        """Wait until the queue is empty; with ``flush`` first ask for delivery
+        of deferred mail (otherwise it would wait for the retry timers)."""
+        if flush:
+            self.flush()
+        try:
+            wait_until(lambda: self.queue_count() == 0, timeout, "empty postfix queue", interval=0.05)
+        except HarnessTimeout as exc:
+            raise HarnessTimeout(f"{exc}; queue: {self.queue()}") from None
+
+    # -------------------------------------------------------------------- log
+    def log_text(self) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_mark(self) -> int:
+        """Current log length; pass it as ``since`` to only see later lines."""
+        return len(self.log_text())
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0, *, since: int = 0) -> re.Match[str]:
+        """Wait until ``pattern`` (a regex) appears in the maillog after
+        offset ``since``; return the match."""
+        rx = re.compile(pattern)
+        try:
+            return wait_until(lambda: rx.search(self.log_text(), since), timeout, f"maillog /{pattern}/")
+        except HarnessTimeout as exc:
+            raise HarnessTimeout(f"{exc}; log tail:\n{tail(self.log_file)}") from None
+
+    # ------------------------------------------------------------------- SMTP
+    def smtp(self, timeout: float = 10.0) -> smtplib.SMTP:
+        """A connected smtplib client (use it as a context manager)."""
+        return smtplib.SMTP(self.host, self.smtp_port, timeout=timeout)
+
+    def send(
+        self,
+        sender: str,
+        recipients: str | Sequence[str],
+        *,
+        subject: str = "harness test",
+        body: str = "hello\n",
+    ) -> dict[str, tuple[int, bytes]]:
+        """Send a small message over SMTP; returns the refused recipients
+        (smtplib raises SMTPRecipientsRefused if all of them were refused)."""
+        rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
+        msg = EmailMessage()
+        msg["From"] = sender
+        msg["To"] = ", ".join(rcpts)
+        msg["Subject"] = subject
+        msg.set_content(body)
+        with self.smtp() as client:
+            return client.send_message(msg, from_addr=sender, to_addrs=rcpts)
+
+
+# ------------------------------------------------ alternate_config_directories
+def _alternate_dirs() -> list[str]:
+    value = run(["postconf", "-c", "/etc/postfix", "-h", "alternate_config_directories"]).stdout
+    return [d for d in re.split(r"[\s,]+", value.strip()) if d]
+
+
+def _set_alternate_dirs(dirs: list[str]) -> None:
+    run(["postconf", "-c", "/etc/postfix", "-e", f"alternate_config_directories={' '.join(dirs)}"])
+
+
+def _locked_edit(edit: Callable[[list[str]], list[str]]) -> None:
+    """Apply ``edit`` to the list under a lock: parallel instances edit the
+    same line of /etc/postfix/main.cf."""
+    Path(_MAIN_CF_LOCK).parent.mkdir(parents=True, exist_ok=True)
+    with open(_MAIN_CF_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        before = _alternate_dirs()
+        after = edit(before)
+        if after != before:
+            _set_alternate_dirs(after)
+
+
+def _register_alternate_config_dir(config_dir: Path) -> None:
+    """Add ``config_dir`` (exact path, no wildcard) to the default main.cf."""
+    path = str(config_dir)
+    _locked_edit(lambda dirs: dirs if path in dirs else [*dirs, path])
+
+
+def _unregister_alternate_config_dir(config_dir: Path) -> None:
+    """Remove ``config_dir`` again; other entries are left untouched."""
+    path = str(config_dir)
+    _locked_edit(lambda dirs: [d for d in dirs if d != path])

@@ -1,0 +1,238 @@
+"""Tests for vmaild.codec.tcp_table (PROTOCOLS.md section 1, checklist 1.8)."""
+
+from __future__ import annotations
+
+import re
+from itertools import pairwise
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vmaild.codec.tcp_table import (
+    DEFAULT_MAX_REQUEST,
+    MAX_REPLY_BYTES,
+    BadRequest,
+    Oversized,
+    Request,
+    TcpTableDecoder,
+    TcpTableError,
+    quote,
+    reply_found,
+    reply_not_found,
+    reply_temporary,
+    unquote,
+)
+
+
+def decode(data: bytes, max_request: int = DEFAULT_MAX_REQUEST) -> list:
+    """Decode *data* whole and one byte at a time; both must give the same list."""
+    whole = TcpTableDecoder(max_request).feed(data)
+    decoder = TcpTableDecoder(max_request)
+    bytewise = [item for i in range(len(data)) for item in decoder.feed(data[i : i + 1])]
+    assert bytewise == whole
+    return whole
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """*data* cut at the given offsets."""
+    bounds = [0, *sorted(cuts), len(data)]
+    return [data[lo:hi] for lo, hi in pairwise(bounds)]
+
+
+def postfix_reads(reply: bytes) -> tuple[str, bytes]:
+    """What dict_tcp.c makes of one reply (1.3): ("found"|"notfound"|"retry", value)."""
+    line, lf, _ = reply[:MAX_REPLY_BYTES].partition(b"\n")  # vstring_get_nonl_bound(4096)
+    if not lf:
+        return "retry", b"text longer than 4096"
+    if not (line[:3].isdigit() and line[3:4] in (b" ", b"\t")):
+        return "retry", b"malformed"
+    try:
+        value = unquote(line[4:])
+    except TcpTableError:
+        return "retry", b"malformed"
+    kind = {b"2": "found", b"5": "notfound"}.get(line[:1], "retry")
+    return kind, value
+
+
+# -- requests ------------------------------------------------------------------------------
+
+REQUESTS = [
+    # (wire bytes, expected decoded items)
+    (b"get joe@example.com\n", [Request("joe@example.com")]),
+    (b'get "john%20doe"@example.com\n', [Request('"john doe"@example.com')]),
+    (b"get 100%25@x\n", [Request("100%@x")]),
+    (b"get a%0Ab@x\n", [Request("a\nb@x")]),
+    (b"get jos%C3%A9@ex%C3%A4mple.com\n", [Request("josé@exämple.com")]),
+    (b"get jos%c3%a9@x\n", [Request("josé@x")]),  # lower-case hex
+    (b"get jos%c3%A9@x\n", [Request("josé@x")]),  # mixed case
+    (b"get user+ext@example.com\n", [Request("user+ext@example.com")]),  # '+' stays '+'
+    (b'get ""\n', [Request('""')]),  # the null sender in quoted form (P-T4)
+    (b"get joe@x\r\n", [Request("joe@x")]),  # one trailing CR stripped (telnet)
+    (b"get a\nget b\n", [Request("a"), Request("b")]),
+    (b"get a", []),  # incomplete
+    (b"put a b\n", [BadRequest("unsupported command 'put'")]),
+    (b"GET a\n", [BadRequest("unsupported command 'GET'")]),
+    (b"get\n", [BadRequest("missing key")]),
+    (b"\n", [BadRequest("unsupported command ''")]),
+    (b"get \n", [BadRequest("empty key")]),
+    (b"get 100%\n", [BadRequest("bad %-escape")]),
+    (b"get %4\n", [BadRequest("bad %-escape")]),
+    (b"get %zz\n", [BadRequest("bad %-escape")]),
+    (b"get %+1\n", [BadRequest("bad %-escape")]),  # int("+1", 16) would take it
+    (b"get a%00b\n", [BadRequest("key contains NUL")]),
+    (b"get %FF\n", [BadRequest("key is not valid UTF-8")]),
+    # A bad request does not end the connection.
+    (b"put a b\nget x\n", [BadRequest("unsupported command 'put'"), Request("x")]),
+]
+
+
+@pytest.mark.parametrize(("wire", "expected"), REQUESTS)
+def test_requests(wire: bytes, expected: list) -> None:
+    assert decode(wire) == expected
+
+
+def test_oversized_boundary() -> None:
+    assert decode(b"get 123456\n", max_request=10) == [Request("123456")]  # 10 bytes + LF
+    assert decode(b"get 1234567\n", max_request=10) == [Oversized(10)]
+    assert decode(b"get 1234567", max_request=10) == [Oversized(10)]  # no LF yet
+    # A trailing CR counts: the limit is on the raw line.
+    assert decode(b"get 123456\r\n", max_request=10) == [Oversized(10)]
+
+
+def test_oversized_is_final() -> None:
+    wire = b"get a\nget 123456789\nget b\n"
+    assert decode(wire, max_request=10) == [Request("a"), Oversized(10)]
+    decoder = TcpTableDecoder(10)
+    assert decoder.feed(b"x" * 11) == [Oversized(10)]
+    assert decoder.feed(b"\nget b\n") == []
+
+
+def test_long_encoded_key_accepted_by_default() -> None:
+    # Kilobytes of %-escapes are real (P-T2); the default takes a 64 KiB line.
+    key = '"' + "Namé <a@b>; " * 3000 + '"@example.com'
+    wire = b"get " + quote(key.encode()) + b"\n"
+    assert 50000 < len(wire) < DEFAULT_MAX_REQUEST
+    assert decode(wire) == [Request(key)]
+
+
+def test_many_requests_one_chunk() -> None:
+    wire = b"".join(b"get user%d@x\n" % i for i in range(10000))
+    assert decode(wire) == [Request(f"user{i}@x") for i in range(10000)]
+
+
+# -- quoting -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "quoted"),
+    [
+        (b"joe@example.com", b"joe@example.com"),
+        (b"a b", b"a%20b"),
+        (b"100%", b"100%25"),
+        (b"\t\n\r\x0b\x0c\x7f", b"%09%0A%0D%0B%0C%7F"),
+        ("é".encode(), b"%C3%A9"),
+        (b"+@\"\\'<>=", b"+@\"\\'<>="),  # printable non-space ASCII is copied
+    ],
+)
+def test_quote(raw: bytes, quoted: bytes) -> None:
+    assert quote(raw) == quoted
+    assert unquote(quoted) == raw
+
+
+def test_unquote_copies_unescaped_bytes() -> None:
+    assert unquote(b"a b+c") == b"a b+c"  # like hex_unquote(); never unquote_plus
+
+
+# -- replies -------------------------------------------------------------------------------
+
+REPLIES = [
+    (reply_found("joe@mailhost.x"), b"200 joe@mailhost.x\n"),
+    (reply_found("a@x, b@y"), b"200 a@x,%20b@y\n"),
+    (reply_found("100%"), b"200 100%25\n"),
+    (reply_found("josé"), b"200 jos%C3%A9\n"),
+    (reply_found("a\r\nb"), b"200 a%0D%0Ab\n"),  # no raw CR ever
+    (reply_found("x+y"), b"200 x+y\n"),
+    (reply_not_found(), b"500 not%20found\n"),
+    (reply_not_found("not found 100%"), b"500 not%20found%20100%25\n"),  # % must be encoded
+    (reply_temporary("db down: 50%"), b"400 db%20down:%2050%25\n"),
+    (reply_temporary(""), b"400 \n"),
+    (reply_temporary("a\0b"), b"400 a?b\n"),
+    (reply_found("a\0b"), b"400 value%20contains%20NUL\n"),  # %00 would truncate the value
+    (reply_found("\udcff"), b"400 value%20is%20not%20valid%20UTF-8\n"),
+]
+
+
+@pytest.mark.parametrize(("reply", "expected"), REPLIES)
+def test_replies(reply: bytes, expected: bytes) -> None:
+    assert reply == expected
+
+
+def test_never_200_without_value() -> None:
+    with pytest.raises(ValueError):
+        reply_found("")
+
+
+def test_reply_length_boundary() -> None:
+    # 4095 bytes + LF = 4096 bytes: Postfix still finds the LF within its bound.
+    fits = reply_found("v" * (MAX_REPLY_BYTES - 5))
+    assert len(fits) == MAX_REPLY_BYTES and fits.startswith(b"200 ")
+    assert postfix_reads(fits) == ("found", b"v" * (MAX_REPLY_BYTES - 5))
+    # 4096 bytes + LF: "text longer than 4096" in Postfix, so we send a 400 instead.
+    too_long = b"200 " + b"v" * (MAX_REPLY_BYTES - 4) + b"\n"
+    assert postfix_reads(too_long)[0] == "retry"
+    assert reply_found("v" * (MAX_REPLY_BYTES - 4)) == b"400 reply%20too%20long\n"
+    # The limit counts the quoted form.
+    assert reply_found("%" * 1363).startswith(b"200 ")  # 4 + 4089 + 1 = 4094 bytes
+    assert reply_found("%" * 1364).startswith(b"400 ")  # 4 + 4092 + 1 = 4097 bytes
+
+
+@pytest.mark.parametrize("prefix", ["", "a", "ab"])
+def test_long_text_truncated_without_breaking_an_escape(prefix: str) -> None:
+    for make in (reply_temporary, reply_not_found):
+        reply = make(prefix + "%" * 3000)
+        assert len(reply) <= MAX_REPLY_BYTES
+        assert postfix_reads(reply)[0] in ("retry", "notfound")
+        unquote(reply[4:-1])  # does not raise
+
+
+# -- properties ----------------------------------------------------------------------------
+
+keys = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\0"), min_size=1)
+QUOTED_FORM = re.compile(rb"(?:[!-$&-~]|%[0-9A-F]{2})*")
+
+
+@given(keys)
+def test_any_key_round_trips(key: str) -> None:
+    quoted = quote(key.encode())
+    assert QUOTED_FORM.fullmatch(quoted)  # printable ASCII, no SP, '%' only in escapes
+    assert decode(b"get " + quoted + b"\n") == [Request(key)]
+
+
+@given(st.binary())
+def test_quote_unquote_round_trip(raw: bytes) -> None:
+    quoted = quote(raw)
+    assert unquote(quoted) == raw
+    assert unquote(re.sub(rb"%[0-9A-F]{2}", lambda m: m[0].lower(), quoted)) == raw
+
+
+@given(st.text())
+def test_replies_are_always_readable_by_postfix(text: str) -> None:
+    for reply in (reply_not_found(text), reply_temporary(text)):
+        assert reply.count(b"\n") == 1 and reply.endswith(b"\n")
+        assert b"\r" not in reply and len(reply) <= MAX_REPLY_BYTES
+        assert postfix_reads(reply)[1] != b"malformed"
+    if text:
+        kind, value = postfix_reads(reply_found(text))
+        assert (kind, value) == ("found", text.encode()) or kind == "retry"
+
+
+@given(st.binary(), st.data())
+def test_fuzz_any_split_gives_the_same_result(data: bytes, draw: st.DataObject) -> None:
+    limit = draw.draw(st.sampled_from([8, 64, DEFAULT_MAX_REQUEST]))
+    whole = TcpTableDecoder(limit).feed(data)  # never raises
+    cuts = draw.draw(st.lists(st.integers(0, len(data)), max_size=8))
+    decoder = TcpTableDecoder(limit)
+    pieces = [item for chunk in split(data, cuts) for item in decoder.feed(chunk)]
+    assert pieces == whole
+    assert not any(isinstance(item, Oversized) for item in whole[:-1])  # only ever last

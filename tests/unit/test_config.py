@@ -1,0 +1,155 @@
+"""Config: every mistake is one line naming file, section and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmaild import config
+
+BASE = """\
+[database]
+hosts = 127.0.0.1:3306 db2.example.net unix:/run/mysqld/mysqld.sock
+user = mail_admin
+password = secret
+dbname = mail_system
+
+[map domains]
+query = SELECT domain FROM domains WHERE domain='%s'
+tcp = 127.0.0.1:10021
+
+[map aliases]
+query = SELECT destination FROM forwardings WHERE source='%s'
+tcp = 127.0.0.1:10023
+catchall = yes
+recipient_delimiter = -+
+
+[socketmap]
+listen = 127.0.0.1:10020
+
+[metrics]
+listen = 127.0.0.1:9125
+"""
+
+
+def test_design_example_parses() -> None:
+    cfg = config.parse(BASE, "vmaild.conf")
+    assert [str(h) for h in cfg.database.hosts] == [
+        "127.0.0.1:3306", "db2.example.net:3306", "unix:/run/mysqld/mysqld.sock"]
+    assert cfg.database.connect_timeout == 2.0 and cfg.database.pool_size == 8
+    assert cfg.maps["aliases"].catchall is True
+    assert cfg.maps["domains"].tcp == config.Listen(host="127.0.0.1", port=10021)
+    assert cfg.delimiter_for(cfg.maps["aliases"]) == "-+"
+    assert cfg.delimiter_for(cfg.maps["domains"]) == "+"
+    assert cfg.socketmap.listen is not None and cfg.socketmap.listen.port == 10020
+    assert cfg.cache.ttl == 60 and cfg.cache.stale_ttl == 3600
+
+
+def test_inline_comments_as_in_design_md() -> None:
+    cfg = config.parse(BASE + "[cache]\nttl = 30     ; seconds\nnegative_ttl = 5 # short\n")
+    assert cfg.cache.ttl == 30 and cfg.cache.negative_ttl == 5
+
+
+def test_design_md_full_example_parses() -> None:
+    text = BASE.replace("[metrics]", "[policy]\nlisten = 127.0.0.1:10040\n\n"
+                        "[auth]\nlisten = unix:/run/vmaild/auth.sock\n"
+                        "query = SELECT email FROM users WHERE email='%s'\n\n[metrics]")
+    cfg = config.parse(text)
+    assert cfg.auth.listen == config.Listen(path="/run/vmaild/auth.sock")
+    assert cfg.policy.listen is not None
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    (("[database]", "[databse]"), "vmaild.conf: [databse]: unknown section"),
+    (("user = mail_admin", "usr = mail_admin"), "vmaild.conf: [database] usr: unknown key"),
+    (("user = mail_admin\n", ""), "vmaild.conf: [database] user: missing (required)"),
+    (("tcp = 127.0.0.1:10021", "tcp = 127.0.0.1:99999"),
+     "vmaild.conf: [map domains] tcp: bad port '99999' (1-65535)"),
+    (("tcp = 127.0.0.1:10021", "tcp = 10021"),
+     "vmaild.conf: [map domains] tcp: expected host:port or unix:/path, not '10021'"),
+    (("tcp = 127.0.0.1:10021", "tcp = unix:/run/x.sock"),
+     "vmaild.conf: [map domains] tcp: Postfix tcp: tables are TCP only"),
+    (("WHERE domain='%s'", "WHERE domain='example.com'"),
+     "vmaild.conf: [map domains] query: query has no %s, %u or %d expansion for the key"),
+    (("WHERE domain='%s'", "WHERE domain='%x'"),
+     "vmaild.conf: [map domains] query: invalid expansion %x inside a quoted string"),
+    (("catchall = yes", "catchall = maybe"),
+     "vmaild.conf: [map aliases] catchall: expected yes or no, not 'maybe'"),
+    (("listen = 127.0.0.1:10020", "listen = 127.0.0.1:10021"),
+     "vmaild.conf: [socketmap] listen: 127.0.0.1:10021 is already used by [map domains] tcp"),
+    (("[map domains]", "[map bad name!]"),
+     "vmaild.conf: [map bad name!]: map name must be 1-64 of A-Z a-z 0-9 _ . -"),
+    (("password = secret", "password = secret\npassword_file = /etc/x"),
+     "vmaild.conf: [database] password_file: set password or password_file, not both"),
+    (("[database]", "[database]\npool_size = 0"),
+     "vmaild.conf: [database] pool_size: 0 is out of range (1..256)"),
+    (("[database]", "[database]\nconnect_timeout = soon"),
+     "vmaild.conf: [database] connect_timeout: not a number: 'soon'"),
+])
+def test_mistakes_name_file_section_and_key(change: tuple[str, str], expected: str) -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(BASE.replace(*change, 1), "vmaild.conf")
+    assert str(e.value) == expected
+
+
+def test_missing_database_section() -> None:
+    with pytest.raises(config.ConfigError, match=r"^x.conf: \[database\]: missing section$"):
+        config.parse("[cache]\nttl = 1\n", "x.conf")
+
+
+def test_syntax_error_is_one_line() -> None:
+    with pytest.raises(config.ConfigError) as e:
+        config.parse("this is not ini\n", "x.conf")
+    assert str(e.value).startswith("x.conf: ") and "\n" not in str(e.value)
+
+
+def test_duplicate_key_is_refused() -> None:
+    with pytest.raises(config.ConfigError, match="user"):
+        config.parse(BASE.replace("user = mail_admin", "user = a\nuser = b"), "x.conf")
+
+
+def test_password_file(tmp_path) -> None:
+    secret = tmp_path / "db.secret"
+    secret.write_text("s3cret\n")
+    cfg = config.parse(BASE.replace("password = secret", f"password_file = {secret}"))
+    assert cfg.database.password == "s3cret"
+    assert "s3cret" not in repr(cfg.database)
+
+
+def test_unreadable_password_file(tmp_path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(BASE.replace("password = secret", f"password_file = {missing}"), "c")
+    assert str(e.value) == (f"c: [database] password_file: cannot read {missing}: "
+                            "No such file or directory")
+
+
+def test_load_unreadable_file(tmp_path) -> None:
+    with pytest.raises(config.ConfigError, match="cannot read: No such file or directory"):
+        config.load(tmp_path / "missing.conf")
+
+
+def test_env_var_names_the_default_path(monkeypatch, tmp_path) -> None:
+    path = tmp_path / "v.conf"
+    path.write_text(BASE)
+    monkeypatch.setenv("VMAILD_CONFIG", str(path))
+    assert config.load().path == str(path)
+    monkeypatch.delenv("VMAILD_CONFIG")
+    assert config.default_path() == "/etc/vmaild/vmaild.conf"
+
+
+@pytest.mark.parametrize(("raw", "listen"), [
+    ("127.0.0.1:1", config.Listen(host="127.0.0.1", port=1)),
+    ("[::1]:10020", config.Listen(host="::1", port=10020)),
+    ("localhost:65535", config.Listen(host="localhost", port=65535)),
+    ("unix:/run/vmaild/auth.sock", config.Listen(path="/run/vmaild/auth.sock")),
+])
+def test_parse_listen(raw: str, listen: config.Listen) -> None:
+    assert config.parse_listen(raw) == listen
+    assert str(config.parse_listen(raw)) == raw
+
+
+@pytest.mark.parametrize("raw", ["", ":1", "host:", "host:0", "host:x", "unix:relative",
+                                 "[::1]10020"])
+def test_parse_listen_rejects(raw: str) -> None:
+    with pytest.raises(ValueError):
+        config.parse_listen(raw)

@@ -1,0 +1,102 @@
+"""Map lookups: address rules, row joining, and errors that never become "not found"."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.unit.fakes import make_lookups
+from vmaild.lookup import TemporaryFailure, UnknownMap, join_rows
+
+
+@pytest.mark.parametrize(("rows", "expected"), [
+    ([], None),
+    ([("a@x",)], "a@x"),
+    ([("a@x",), ("b@y",)], "a@x,b@y"),
+    ([("a@x", "b@y")], "a@x,b@y"),
+    ([(None,)], None),
+    ([("",)], None),                 # empty string is "not found", never `200 `
+    ([(None,), ("b",)], "b"),
+    ([(b"bytes",)], "bytes"),
+    ([(5000,)], "5000"),
+])
+def test_join_rows(rows, expected) -> None:  # type: ignore[no-untyped-def]
+    assert join_rows(rows) == expected
+
+
+def test_extension_then_catchall_in_postfix_order() -> None:
+    lookups, db, _ = make_lookups({"@ex.com": [("catch@ex.com",)]})
+    assert asyncio.run(lookups.lookup("aliases", "Joe+Tag@EX.com")) == "catch@ex.com"
+    assert [p for _, p in db.queries] == [("joe+tag@ex.com",), ("joe@ex.com",), ("@ex.com",)]
+
+
+def test_full_address_wins_over_stripped() -> None:
+    lookups, db, _ = make_lookups({"joe+tag@ex.com": [("special",)], "joe@ex.com": [("j",)]})
+    assert asyncio.run(lookups.lookup("aliases", "joe+tag@ex.com")) == "special"
+    assert len(db.queries) == 1
+
+
+def test_no_catchall_on_maps_without_it() -> None:
+    lookups, db, _ = make_lookups({"@ex.com": [("catch",)]})
+    assert asyncio.run(lookups.lookup("mailboxes", "joe@ex.com")) is None
+    assert [p for _, p in db.queries] == [("joe@ex.com",)]
+
+
+def test_database_error_is_temporary_never_not_found() -> None:
+    lookups, db, metrics = make_lookups({"joe@ex.com": [("x",)]})
+    db.down = True
+    with pytest.raises(TemporaryFailure):
+        asyncio.run(lookups.lookup("mailboxes", "joe@ex.com"))
+    assert metrics.lookup_errors.labels("mailboxes")._value.get() == 1
+
+
+def test_error_on_a_later_candidate_is_still_an_error() -> None:
+    """user+ext not found, then the database fails on user@domain: that is no answer."""
+    lookups, db, _ = make_lookups()
+    calls = {"n": 0}
+    orig = db.fetch
+
+    async def fail_second(sql, params=()):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            db.down = True
+        return await orig(sql, params)
+
+    db.fetch = fail_second  # type: ignore[method-assign]
+    with pytest.raises(TemporaryFailure):
+        asyncio.run(lookups.lookup("aliases", "joe+x@ex.com"))
+
+
+def test_stale_answer_while_database_down() -> None:
+    lookups, db, _ = make_lookups({"joe@ex.com": [("ex.com/joe/",)]})
+    assert asyncio.run(lookups.lookup("mailboxes", "joe@ex.com")) == "ex.com/joe/"
+    clock = {"t": lookups.cache.clock() + 61}
+    lookups.cache.clock = lambda: clock["t"]
+    db.down = True
+    assert asyncio.run(lookups.lookup("mailboxes", "joe@ex.com")) == "ex.com/joe/"
+
+
+def test_unknown_map() -> None:
+    lookups, _, _ = make_lookups()
+    with pytest.raises(UnknownMap):
+        asyncio.run(lookups.lookup("nope", "k"))
+    with pytest.raises(UnknownMap):
+        lookups.cached("nope", "k")
+
+
+def test_fast_path_records_metrics() -> None:
+    lookups, _, metrics = make_lookups({"joe@ex.com": [("v",)]})
+    assert lookups.cached("mailboxes", "joe@ex.com") == (False, None)
+    asyncio.run(lookups.lookup("mailboxes", "joe@ex.com"))
+    assert lookups.cached("mailboxes", "JOE@ex.com") == (True, "v")
+    assert metrics.lookups.labels("mailboxes", "hit")._value.get() == 1
+    assert metrics.lookups.labels("mailboxes", "miss")._value.get() == 1
+
+
+def test_suppressed_query_is_not_found_without_a_query() -> None:
+    text = ("[database]\nhosts = h\nuser = u\ndbname = d\n"
+            "[map bydomain]\nquery = SELECT x FROM t WHERE d='%d'\n")
+    lookups, db, _ = make_lookups(text=text)
+    assert asyncio.run(lookups.lookup("bydomain", "nodomain")) is None
+    assert db.queries == []
