@@ -354,24 +354,33 @@ def _write(path: Path, text: str, mode: int, group: str | None = None) -> None:
     shutil.chown(path, "root", group or "root")
 
 
-#: The first line of Debian's authmysqlrc (courier-authlib 0.71.4).
-_AUTHMYSQLRC_MARKER = "##VERSION: $Id: 01c3b327e4d5b8f4123500ce4c8d0ef7a690c10d-20210515150130$"
+_MARKER = "##NAME: MARKER:0"
+#: Used only if /etc/courier/authmysqlrc is missing (courier-authlib 0.71.4).
+_FALLBACK_AUTHMYSQLRC = (
+    "##VERSION: $Id: 01c3b327e4d5b8f4123500ce4c8d0ef7a690c10d-20210515150130$\n"
+    f"{_MARKER}\n#\n# Do not remove this section from this configuration file. This section\n"
+    "# must be present at the end of this file.\n"
+)
 
 
-def _with_version_marker(text: str, packaged: Path) -> str:
-    """authmysql refuses a config file without its ``##VERSION:`` marker
-    line ("ERR: marker line not found in /etc/courier/authmysqlrc (probably
-    forgot to run sysconftool after an upgrade)", then every login fails).
-    The tutorial edits the packaged file and so keeps it; a file written from
-    scratch must carry it too. Reuse the packaged file's line if there is one."""
-    if any(line.startswith("##VERSION:") for line in text.splitlines()):
-        return text
-    marker = _AUTHMYSQLRC_MARKER
-    if packaged.exists():
-        first = packaged.read_text(errors="replace").splitlines()[:1]
-        if first and first[0].startswith("##VERSION:"):
-            marker = first[0]
-    return f"{marker}\n{text}"
+def _with_version_marker(settings: str, packaged: Path) -> str:
+    """Put ``settings`` into the packaged file's frame.
+
+    authmysql rejects a config file that lacks the sysconftool marker section
+    at its end ("ERR: marker line not found in /etc/courier/authmysqlrc
+    (probably forgot to run sysconftool after an upgrade)", and every login
+    then fails). The tutorial edits the packaged file and so keeps it. We
+    take the packaged file, drop its active settings (keeping comments, the
+    ##VERSION line and the marker section) and insert ours before the marker.
+    """
+    if _MARKER in settings:
+        return settings
+    base = packaged.read_text(errors="replace") if packaged.exists() else ""
+    if _MARKER not in base:
+        base = _FALLBACK_AUTHMYSQLRC
+    head, _, marker_tail = base.partition(_MARKER)
+    kept = [line for line in head.splitlines() if not line.strip() or line.lstrip().startswith("#")]
+    return "\n".join(kept) + "\n\n" + settings.rstrip("\n") + "\n\n" + _MARKER + marker_tail
 
 
 def _prepare_run_dirs() -> None:

@@ -94,8 +94,10 @@ class Database:
             except _BROKEN as e:
                 self._discard(conn, e)
                 # A pooled connection may have died while idle (server restart, idle
-                # timeout): that is worth one more try on a fresh connection.
+                # timeout). Its idle siblings went with it, so drop them all and try
+                # once more on a fresh connection.
                 if reused and attempt + 1 < attempts:
+                    self._drop_idle()
                     continue
                 raise DatabaseError(_describe(e), _errno(e)) from e
             except pymysql.err.Error as e:
@@ -148,6 +150,14 @@ class Database:
         if error is not None:
             log.warning("database %s: %s", conn.host, _describe(error))
             self._mark_down(conn.host)
+
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+        for conn in idle:
+            _close_quietly(conn.raw)
+        self._report_open()
 
     def _preferred_may_be_up(self) -> bool:
         return self._down_until.get(self.cfg.hosts[0], 0.0) <= time.monotonic()

@@ -229,3 +229,20 @@ def test_check_command(seed_db: seed.SeedDatabase, tmp_path) -> None:
     r = run([sys.executable, "-m", "vmaild.cli", "check", "-c", str(bad)], check=False)
     assert r.returncode == 1
     assert r.stderr.strip() == f"vmaild: {bad}: [database] port: unknown key"
+
+
+def test_restart_between_queries_costs_no_error(own_mariadb: MariaDB, tmp_path) -> None:
+    """Every pooled connection dies with a server restart; the next lookup must still be
+    answered (drop the dead idle connections, connect afresh), not get a 400."""
+    import concurrent.futures
+
+    db = seed.load_seed(own_mariadb)
+    ports = seed_ports()
+    with Vmaild(make_config(db, ports, cache="ttl = 0\nnegative_ttl = 0"), tmp_path):
+        table = f"tcp:127.0.0.1:{ports['mailboxes']}"
+        keys = [f"k{i}@raecoo.com" for i in range(16)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:  # open several connections
+            assert all(r[0] == 1 for r in pool.map(lambda k: postmap(k, table), keys))
+        own_mariadb.stop()
+        own_mariadb.start()
+        assert postmap("sales@raecoo.com", table) == (0, "raecoo.com/sales/", "")

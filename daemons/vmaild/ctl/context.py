@@ -39,6 +39,10 @@ class Refused(Exception):
     label = "refused"
 
 
+class TempFail(Exception):
+    """The answer is unknown right now (daemon or database unavailable): exit 75."""
+
+
 class Context:
     def __init__(self, config_path: str | None, as_json: bool,
                  out: TextIO | None = None, err: TextIO | None = None,

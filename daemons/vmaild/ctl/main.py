@@ -15,8 +15,8 @@ from typing import TextIO
 from .. import __version__
 from ..config import ConfigError
 from ..db import DatabaseError
-from . import aliases, dbcmd, domains, importcf, lookupcmd, names, users
-from .context import EXIT_OK, EXIT_REFUSED, EXIT_TEMPFAIL, Context, Refused
+from . import aliases, dbcmd, domains, importcf, lookupcmd, names, routing, users
+from .context import EXIT_OK, EXIT_REFUSED, EXIT_TEMPFAIL, Context, Refused, TempFail
 
 PROG = "vmailctl"
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "transports and sender grants.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (dbcmd, domains, users, aliases, importcf, lookupcmd):
+    for module in (dbcmd, domains, users, aliases, routing, importcf, lookupcmd):
         module.register(sub, common)
     return parser
 
@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
         return _fail(ctx, f"refused: {e}", EXIT_REFUSED)
     except ConfigError as e:
         return _fail(ctx, f"configuration: {e}", EXIT_REFUSED)
+    except TempFail as e:
+        return _fail(ctx, str(e), EXIT_TEMPFAIL)
     except DatabaseError as e:
         if e.errno in PERMANENT_ERRNOS:
             return _fail(ctx, f"refused: {PERMANENT_ERRNOS[e.errno]}: {e}", EXIT_REFUSED)

@@ -60,14 +60,17 @@ def check_action(action: str, *, fail: bool = False) -> str:
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_FIELD = re.compile(r"\{(\w+)\}")
 
 
 def fill(template: str, **values: str) -> str:
     """Put request data into an action's text: ``{login}`` -> the login.
 
-    Plain replacement, not ``str.format``: request data never reaches a format string,
-    and control characters are dropped so a value cannot break the reply line.
+    One pass, not ``str.format``: request data never reaches a format string and is never
+    expanded again, and control characters are dropped so a value cannot break the reply.
     """
-    for name, value in values.items():
-        template = template.replace("{" + name + "}", _UNSAFE.sub("", value))
-    return template
+    def sub(m: re.Match[str]) -> str:
+        value = values.get(m.group(1))
+        return m.group(0) if value is None else _UNSAFE.sub("", value)
+
+    return _FIELD.sub(sub, template)

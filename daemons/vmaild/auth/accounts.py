@@ -1,0 +1,208 @@
+"""Accounts: the ``[auth] query`` row, read by column name, and its authpipe fields.
+
+The query's columns are matched by name (cursor.description, case-insensitive), so a site
+can reorder them or add its own. Known names:
+
+  address (or email)   the canonical login id -> ADDRESS (required)
+  password             the stored hash (without it, PRE works and AUTH fails)
+  home, uid, gid       default to [mailbox] base/uid/gid, the seed's /home/vmail and 5000
+  maildir              relative to HOME; NULL or empty means '<domain>/<user>/' (the seed)
+  quota                maildir++ text such as '1000000S,1000C'; or quota_bytes and
+                       quota_messages as numbers (0 or NULL: no limit)
+  name, options        NAME and OPTIONS; active: 0 disables the account (NULL: active)
+
+Values that authdaemond would misread (a line break in NAME, a uid of 0) are dropped or
+make the account unusable, with a log line; they never reach the reply.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pymysql
+
+from .. import expansions
+from ..config import Config
+from ..db import Database
+
+log = logging.getLogger("vmaild.auth")
+
+_QUOTA = re.compile(r"\d+[SC](,\d+[SC])*")
+_ALIASES = {"email": "address", "passwd": "password", "crypt": "password"}
+
+
+class AccountError(ValueError):
+    """The row cannot make a valid account (a configuration or data problem)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    address: str
+    password: str = field(repr=False)
+    home: str
+    maildir: str
+    uid: int
+    gid: int
+    quota: str = ""
+    name: str = ""
+    options: str = ""
+    active: bool = True
+
+    def fields(self) -> list[tuple[str, str]]:
+        """The authpipe account fields (PROTOCOLS.md 4.4), in authdaemond's order. No
+        PASSWD: no Courier module downstream needs the hash, and authtest would print it."""
+        out = [("UID", str(self.uid)), ("GID", str(self.gid)), ("HOME", self.home),
+               ("ADDRESS", self.address), ("MAILDIR", self.maildir)]
+        if self.name:
+            out.append(("NAME", self.name))
+        if self.quota:
+            out.append(("QUOTA", self.quota))
+        if self.options:
+            out.append(("OPTIONS", self.options))
+        return out
+
+    def maildir_path(self) -> str:
+        """The Maildir as a path: MAILDIR is relative to HOME unless absolute (4.4)."""
+        return os.path.normpath(os.path.join(self.home, self.maildir))
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def _flag(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, bytes | bytearray):  # BIT(1) columns
+        return any(value)
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "n", "no", "false", "off", "")
+    return bool(value)
+
+
+def _clean(value: str) -> str:
+    """Optional single-line fields: drop what would break the NAME=value line."""
+    return "" if any(c in value for c in "\r\n\0") else value
+
+
+def _number(value: Any, what: str) -> int:
+    try:
+        n = int(_text(value).strip())
+    except ValueError:
+        raise AccountError(f"{what} is not a number") from None
+    if n <= 0:
+        # atol() semantics downstream: 0 would mean root; courier skips such entries.
+        raise AccountError(f"{what} must be positive")
+    return n
+
+
+def default_maildir(address: str) -> str:
+    """The seed's layout: CONCAT(SUBSTRING_INDEX(email,'@',-1),'/',SUBSTRING_INDEX(email,'@',1),'/')."""
+    local, at, domain = address.rpartition("@")
+    return f"{domain}/{local}/" if at else f"{address}/"
+
+
+def quota_text(row: dict[str, Any]) -> str:
+    if row.get("quota") not in (None, ""):
+        text = _text(row["quota"]).replace(" ", "")
+        if text.isdigit():
+            text += "S"
+        if text == "0S":
+            return ""
+        if not _QUOTA.fullmatch(text):
+            log.warning("ignoring malformed quota %r (want e.g. 1000000S,1000C)", text[:40])
+            return ""
+        return text
+    parts = []
+    for column, suffix in (("quota_bytes", "S"), ("quota_messages", "C")):
+        value = row.get(column)
+        if value not in (None, "") and int(value) > 0:
+            parts.append(f"{int(value)}{suffix}")
+    return ",".join(parts)
+
+
+def account_from_row(row: dict[str, Any], cfg: Config) -> Account:
+    """Build an Account from a row keyed by lower-cased column names."""
+    address = _text(row.get("address")).strip()
+    if not address or _clean(address) != address:
+        raise AccountError("the query returned no usable 'address' column")
+    box = cfg.mailbox
+    home = _text(row.get("home")).strip() or box.base
+    if _clean(home) != home:
+        raise AccountError("home contains a line break")
+    maildir = _text(row.get("maildir")).strip() or default_maildir(address)
+    if _clean(maildir) != maildir:
+        raise AccountError("maildir contains a line break")
+    uid = _number(row["uid"], "uid") if row.get("uid") is not None else box.uid
+    gid = _number(row["gid"], "gid") if row.get("gid") is not None else box.gid
+    return Account(
+        address=address, password=_text(row.get("password")), home=home, maildir=maildir,
+        uid=uid, gid=gid, quota=quota_text(row), name=_clean(_text(row.get("name")).strip()),
+        options=_clean(_text(row.get("options")).strip()), active=_flag(row.get("active")),
+    )
+
+
+def _named_rows(conn: pymysql.connections.Connection, sql: str,
+                params: Sequence[Any] | dict[str, Any] | None) -> list[dict[str, Any]]:
+    with conn.cursor() as cur:
+        cur.execute(sql, params or None)
+        names = [_ALIASES.get(d[0].lower(), d[0].lower()) for d in cur.description or ()]
+        return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
+
+
+def _update(conn: pymysql.connections.Connection, sql: str, params: dict[str, str]) -> int:
+    with conn.cursor() as cur:
+        return int(cur.execute(sql, params))
+
+
+class AccountSource:
+    """The account queries of one configuration. Every method raises DatabaseError when
+    the database cannot answer; ``AccountError`` when a row is unusable."""
+
+    def __init__(self, cfg: Config, db: Database):
+        self.cfg = cfg
+        self.db = db
+        self.query = expansions.compile_query(cfg.auth.query)
+
+    async def fetch(self, login: str) -> Account | None:
+        """The account for a login name, or None when there is none."""
+        try:
+            params = self.query.bind(login)
+        except expansions.Suppressed:
+            return None  # as in Postfix: e.g. %d of a name without a domain
+        sql = self.query.sql
+        rows = await self.db.run(lambda conn: _named_rows(conn, sql, params), retry=True)
+        if not rows:
+            return None
+        if len(rows) > 1:
+            log.warning("[auth] query returned %d rows for one login; using the first", len(rows))
+        return account_from_row(rows[0], self.cfg)
+
+    async def enumerate(self) -> list[Account]:
+        sql = self.cfg.auth.enumerate_query
+        rows = await self.db.run(lambda conn: _named_rows(conn, sql, None), retry=True)
+        accounts = []
+        for row in rows:
+            try:
+                account = account_from_row(row, self.cfg)
+            except AccountError as e:
+                log.warning("ENUMERATE: skipping a row: %s", e)
+                continue
+            if account.active:
+                accounts.append(account)
+        return accounts
+
+    async def update_password(self, sql: str, address: str, old: str, new: str) -> int:
+        """Run an update query; the number of rows changed (0: the stored hash is no
+        longer ``old``, someone changed it meanwhile)."""
+        params = {"address": address, "old": old, "new": new}
+        return await self.db.run(lambda conn: _update(conn, sql, params))
