@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -82,10 +83,26 @@ def address(i: int, width: int, prefix: str = "u") -> str:
     return f"{prefix}{i:0{width}d}@{DOMAIN}"
 
 
+def loadavg() -> float:
+    """The 1-minute load average (runnable processes; this benchmark itself adds about 2)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent on anything but idle and iowait, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """user + system CPU time of a process, from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def proc_status_kb(pid: int, field: str) -> int:
@@ -183,10 +200,11 @@ class Bench:
         self.db: MariaDB | None = None
         self.gen = LoadGenerator(tmp)
         self.instances: list[Instance] = []
+        self.loadavgs: dict[str, float] = {"start": loadavg()}
 
     def section(self, name: str, fn: Callable[[], Any]) -> None:
         """Run one part; a failure is recorded and the other parts still run."""
-        log(f"{name} ...")
+        log(f"{name} ... (load average {loadavg():.2f})")
         started = time.perf_counter()
         try:
             self.results[name] = fn()
@@ -194,6 +212,7 @@ class Bench:
             traceback.print_exc()
             self.results[name] = {"error": f"{type(e).__name__}: {e}"}
             self.failures.append(name)
+        self.loadavgs[name] = loadavg()  # includes this benchmark's own processes
         log(f"{name} done in {time.perf_counter() - started:.1f} s")
 
     def start_instance(self, dbname: str, name: str, cache: str) -> Instance:
@@ -210,11 +229,15 @@ class Bench:
              duration: float | None = None, total: int = 0) -> dict:
         """One loadgen run, with the CPU share vmaild and the generator used meanwhile."""
         port = inst.socketmap_port if mode == "socketmap" else inst.tcp_port
-        cpu0 = proc_cpu_seconds(inst.pid)
+        cpu0, busy0 = proc_cpu_seconds(inst.pid), machine_busy_seconds()
         r = self.gen.run(mode=mode, port=port, conns=conns, keyfile=keyfile, mapname=MAP,
                          duration=duration or self.plan.duration, total=total)
         r["vmaild_cpu"] = (proc_cpu_seconds(inst.pid) - cpu0) / r["seconds"]
         r["loadgen_cpu"] = r["cpu_seconds"] / r["seconds"]
+        # Everything else that kept a CPU busy meanwhile (MariaDB, other work on the machine):
+        # on 2 cores, anything much above 0 takes time from vmaild or the generator.
+        busy = (machine_busy_seconds() - busy0) / r["seconds"]
+        r["other_cpu"] = max(0.0, busy - r["vmaild_cpu"] - r["loadgen_cpu"])
         return r
 
     # -- set-up -----------------------------------------------------------------------------
@@ -349,7 +372,14 @@ class Bench:
                    "--skip-ssl", f"--create-schema={DBNAME}", "--no-drop",
                    f"--query={qfile}", "--delimiter=;", f"--concurrency={conns}",
                    f"--iterations={self.plan.slap_iterations}", f"--number-of-queries={total}"]
+            assert self.db.pid is not None
+            busy0, db0 = machine_busy_seconds(), proc_cpu_seconds(self.db.pid)
+            kids0, wall0 = children_cpu_seconds(), time.perf_counter()
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+            wall = time.perf_counter() - wall0
+            slap_cpu = (children_cpu_seconds() - kids0) / wall
+            db_cpu = (proc_cpu_seconds(self.db.pid) - db0) / wall
+            other = (machine_busy_seconds() - busy0) / wall - slap_cpu - db_cpu
             text = p.stdout + p.stderr
             avg = re.search(r"Average number of seconds to run all queries: ([\d.]+)", text)
             clients = re.search(r"Number of clients running queries: (\d+)", text)
@@ -359,7 +389,9 @@ class Bench:
             queries = int(clients.group(1)) * int(per_client.group(1))
             seconds = float(avg.group(1))
             out[conns] = {"queries": queries, "avg_seconds": seconds,
-                          "qps": queries / seconds if seconds else 0.0}
+                          "qps": queries / seconds if seconds else 0.0,
+                          "mariadbd_cpu": db_cpu, "slap_cpu": slap_cpu,
+                          "other_cpu": max(0.0, other)}
             log(f"  mariadb-slap x{conns}: {out[conns]['qps']:,.0f} queries/s")
         rows = self.db.query("SELECT COUNT(*) FROM users", database=DBNAME)
         if rows[0][0] != len(self.emails):
@@ -496,6 +528,11 @@ def report(res: dict[str, Any], plan: Plan) -> str:
         f"CPUs, {setup.get('users', 0):,} addresses, map {MAP}")
     add(f"load generator: {setup.get('loadgen', '?')}; vmaild {meta['vmaild']}, "
         f"{meta['mariadb'].split(' for ')[0]}, Postfix {meta['postfix']}")
+    start_load = meta.get("loadavg", {}).get("start", 0.0)
+    add(f"load average before starting: {start_load:.2f}" + (
+        "  << the machine is busy with other work: figures are depressed and noisy"
+        if start_load > 1.0 else "") + "; 'other CPU' = cores busy with anything but vmaild "
+        "and the load generator during a run")
     slap = res.get("slap")
     slap_at = (lambda c: slap[c]["qps"]) if ok(slap) else (lambda c: None)  # noqa: E731
 
@@ -503,13 +540,14 @@ def report(res: dict[str, Any], plan: Plan) -> str:
         add("")
         add(title)
         add(f"  {'conns':>5} {'lookups/s':>11} {'p50 us':>7} {'p99 us':>7} {'vmaild CPU':>10} "
-            f"{'loadgen CPU':>11} {'vs mariadb-slap':>16}")
+            f"{'loadgen CPU':>11} {'other CPU':>9} {'vs mariadb-slap':>16}")
         for c in conns_list:
             r = rows[c]
             base = slap_at(c)
             ratio = f"{r['rps'] / base:.2f}x" if base else "-"
             add(f"  {c:>5} {num(r['rps']):>11} {r['p50_us']:>7.0f} {r['p99_us']:>7.0f} "
-                f"{r['vmaild_cpu']:>10.0%} {r['loadgen_cpu']:>11.0%} {ratio:>16}")
+                f"{r['vmaild_cpu']:>10.0%} {r['loadgen_cpu']:>11.0%} {r['other_cpu']:>9.0%} "
+                f"{ratio:>16}")
 
     cached = res.get("cached")
     if ok(cached):
@@ -526,10 +564,12 @@ def report(res: dict[str, Any], plan: Plan) -> str:
         add("")
         add(f"4. MariaDB point lookups with its C client ({slap['binary']}, "
             f"{plan.slap_iterations} iteration(s), same SELECT over TCP)")
-        add(f"  {'conns':>5} {'queries/s':>11} {'queries':>9} {'avg s':>7}")
+        add(f"  {'conns':>5} {'queries/s':>11} {'queries':>9} {'avg s':>7} {'mariadbd CPU':>12} "
+            f"{'slap CPU':>8} {'other CPU':>9}")
         for c in CONCURRENCY:
-            add(f"  {c:>5} {num(slap[c]['qps']):>11} {slap[c]['queries']:>9} "
-                f"{slap[c]['avg_seconds']:>7.3f}")
+            r = slap[c]
+            add(f"  {c:>5} {num(r['qps']):>11} {r['queries']:>9} {r['avg_seconds']:>7.3f} "
+                f"{r['mariadbd_cpu']:>12.0%} {r['slap_cpu']:>8.0%} {r['other_cpu']:>9.0%}")
     pm = res.get("postmap")
     if ok(pm):
         base = pm["mysql"]["seconds"]
@@ -592,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     res["meta"] = dict(versions(), quick=quick, duration=plan.duration,
                        started=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                        wall_seconds=round(time.time() - started, 1))
+    res["meta"]["loadavg"] = bench.loadavgs
     res["targets"] = targets(res)
     res["failures"] = bench.failures
     print(report(res, plan), flush=True)

@@ -96,7 +96,9 @@ class Database:
                 # A pooled connection may have died while idle (server restart, idle
                 # timeout). Its idle siblings went with it, so drop them all and try
                 # once more on a fresh connection.
-                if reused and attempt + 1 < attempts:
+                # A slow failure is a timeout, not a stale connection: no second wait.
+                fast = time.perf_counter() - started < self.cfg.query_timeout / 2
+                if reused and fast and attempt + 1 < attempts:
                     self._drop_idle()
                     continue
                 raise DatabaseError(_describe(e), _errno(e)) from e
@@ -183,6 +185,7 @@ class Database:
                 errors.append(f"{host}: {_describe(e)}")
                 self._mark_down(host)
                 continue
+            _limit_statement_time(raw, self.cfg.query_timeout)
             with self._lock:
                 self._open += 1
             self._report_open()
@@ -206,6 +209,19 @@ class Database:
     def _report_open(self) -> None:
         if self.metrics is not None:
             self.metrics.db_connections.set(self._open)
+
+
+def _limit_statement_time(raw: pymysql.connections.Connection, seconds: float) -> None:
+    """Let the server abandon a statement we stop waiting for (MariaDB's
+    max_statement_time; MySQL calls it max_execution_time, in milliseconds)."""
+    for sql in (f"SET SESSION max_statement_time = {seconds:.3f}",
+                f"SET SESSION max_execution_time = {int(seconds * 1000)}"):
+        try:
+            with raw.cursor() as cur:
+                cur.execute(sql)
+            return
+        except pymysql.err.Error:
+            continue
 
 
 def _fetch(conn: pymysql.connections.Connection, sql: str,

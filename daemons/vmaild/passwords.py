@@ -144,6 +144,13 @@ def _canonical(scheme: str) -> str:
     return "argon2" if scheme in ("argon2id", "argon2") else scheme
 
 
+def _check_scheme(scheme: str) -> str:
+    scheme = _canonical(scheme)
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown password scheme {scheme!r} (one of {', '.join(SCHEMES)})")
+    return scheme
+
+
 def _handler(scheme: str) -> Any:
     from passlib.registry import get_crypt_handler
     return get_crypt_handler(scheme)
@@ -151,9 +158,7 @@ def _handler(scheme: str) -> Any:
 
 def context(default_scheme: str = "sha512_crypt") -> CryptContext:
     """A CryptContext over every scheme vmaild reads, with ``default_scheme`` for new hashes."""
-    default_scheme = _canonical(default_scheme)
-    if default_scheme not in SCHEMES:
-        raise ValueError(f"unknown password scheme {default_scheme!r} (one of {', '.join(SCHEMES)})")
+    default_scheme = _check_scheme(default_scheme)
     return CryptContext(schemes=list(SCHEMES), default=default_scheme,
                         deprecated=["md5_crypt", "des_crypt"])
 
@@ -166,9 +171,7 @@ def hash_password(password: str, scheme: str = "sha512_crypt", rounds: int = 0) 
     checked to read back as that scheme; bcrypt and argon2 by passlib, whose backends
     (the bcrypt and argon2-cffi packages) release the GIL themselves.
     """
-    scheme = _canonical(scheme)
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown password scheme {scheme!r} (one of {', '.join(SCHEMES)})")
+    scheme = _check_scheme(scheme)
     if not password or "\0" in password:
         raise ValueError("a password must be non-empty and without NUL")
     handler = _handler(scheme)

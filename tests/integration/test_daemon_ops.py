@@ -125,3 +125,24 @@ def test_port_in_use_fails_startup(seed_db: seed.SeedDatabase, tmp_path: Path) -
         assert "cannot listen" in v.log()
     finally:
         busy.close()
+
+
+def test_query_timeout_is_a_temporary_failure(seed_db: seed.SeedDatabase,
+                                              tmp_path: Path) -> None:
+    """A query slower than query_timeout is abandoned: 400 within about the timeout."""
+    import time
+
+    port = free_port()
+    slow = {"slow": "SELECT email FROM users WHERE email='%s' AND SLEEP(5) = 0"}
+    cfg = conf(seed_db, ports={"slow": port}, queries=slow).replace(
+        "query_timeout = 2", "query_timeout = 1")
+    with Vmaild(cfg, tmp_path):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.settimeout(10)
+        started = time.monotonic()
+        s.sendall(b"get sales@raecoo.com\n")
+        reply = s.recv(100)
+        took = time.monotonic() - started
+        s.close()
+    assert reply == b"400 temporary%20lookup%20failure\n"
+    assert took < 4, took

@@ -12,7 +12,6 @@ from vmaild.policy.queries import compile_named
     "DUNNO", "dunno", "REJECT", "REJECT Go away", "DEFER_IF_PERMIT Service unavailable",
     "450 4.7.1 Sending limit exceeded", "452 4.2.2 Mailbox full", "552 5.2.2 Mailbox full",
     "553 5.7.1 Sender address not owned by {login}", "550 no", "HOLD", "WARN watch this",
-    "OK",
 ])
 def test_good_actions(action: str) -> None:
     assert check_action(action) == action
@@ -27,6 +26,7 @@ def test_good_actions(action: str) -> None:
     "DUNNO\r",      # CR: Postfix waits 100 s for the empty line
     "FROBNICATE",   # unknown restriction: 451 4.3.5
     "check_sender_access hash:/etc/postfix/x",  # a table in a policy reply: 451 4.3.5
+    "OK", "RELAY", "ok whatever",  # vmaild never permits: no open relay, wherever it is listed
 ])
 def test_bad_actions(action: str) -> None:
     with pytest.raises(ValueError):

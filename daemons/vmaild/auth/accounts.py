@@ -106,7 +106,8 @@ def _number(value: Any, what: str) -> int:
 
 
 def default_maildir(address: str) -> str:
-    """The seed's layout: CONCAT(SUBSTRING_INDEX(email,'@',-1),'/',SUBSTRING_INDEX(email,'@',1),'/')."""
+    """The seed's layout '<domain>/<user>/', as its authmysqlrc MYSQL_MAILDIR_FIELD builds
+    it: CONCAT(SUBSTRING_INDEX(email,'@',-1),'/',SUBSTRING_INDEX(email,'@',1),'/')."""
     local, at, domain = address.rpartition("@")
     return f"{domain}/{local}/" if at else f"{address}/"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,9 +191,14 @@ def cmd_import(ctx: Context, args: argparse.Namespace) -> None:
                       "catchall": m.catchall,
                       "reference": m.reference(socketmap)} for m in maps]}))
     elif args.postfix_only:
-        ctx.print("\n".join([*(f"# {n}" for n in remarks), *main_cf]))
+        notes_text = [line for n in remarks
+                      for line in textwrap.wrap(n, 88, initial_indent="# ",
+                                                subsequent_indent="#   ")]
+        ctx.print("\n".join([*notes_text, *main_cf]))
     else:
         block = ["", "# Postfix main.cf: replace the mysql: references with", "#"]
         block += [f"#   {line}" for line in main_cf]
-        block += [f"# Note: {n}" for n in remarks]
+        for note in remarks:
+            block += textwrap.wrap(note, 88, initial_indent="# Note: ",
+                                   subsequent_indent="#   ")
         ctx.print(config + "\n".join(block))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from typing import Any
 
 from passlib.context import CryptContext
@@ -29,6 +30,21 @@ def scheme_of(stored: str) -> str:
         return "unknown"
 
 
+def _argument(parse: Callable[[str], int]) -> Callable[[str], int]:
+    """argparse shows an ArgumentTypeError's own message (a ValueError's is lost)."""
+    def convert(text: str) -> int:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+SIZE = _argument(sizes.parse_size)
+COUNT = _argument(sizes.parse_count)
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("user", parents=[common], help="mailbox accounts")
     us = p.add_subparsers(dest="user_command", metavar="ACTION", required=True)
@@ -36,9 +52,9 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     a = us.add_parser("add", parents=[common], help="add an account and create its Maildir")
     a.add_argument("address")
     a.add_argument("--name", default="", help="display name")
-    a.add_argument("--quota", type=sizes.parse_size, default=0, metavar="SIZE",
+    a.add_argument("--quota", type=SIZE, default=0, metavar="SIZE",
                    help="storage quota such as 500M or 2G; 0 for none (default)")
-    a.add_argument("--quota-messages", type=sizes.parse_count, default=0, metavar="N",
+    a.add_argument("--quota-messages", type=COUNT, default=0, metavar="N",
                    help="message-count quota; 0 for none (default)")
     a.add_argument("--password-stdin", action="store_true",
                    help="read the password from the first line of standard input")
@@ -70,8 +86,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     q = us.add_parser("quota", parents=[common], help="set the storage quota")
     q.add_argument("address")
-    q.add_argument("size", type=sizes.parse_size, metavar="SIZE", help="such as 500M; 0 = none")
-    q.add_argument("--messages", type=sizes.parse_count, default=None, metavar="N",
+    q.add_argument("size", type=SIZE, metavar="SIZE", help="such as 500M; 0 = none")
+    q.add_argument("--messages", type=COUNT, default=None, metavar="N",
                    help="message-count quota; 0 = none")
     q.set_defaults(func=cmd_quota)
 

@@ -14,9 +14,11 @@ from ..codec.policy import encode_action
 
 # Reply codes need text after them (check_table_result in smtpd_check.c): "4NN text".
 _CODE = re.compile(r"^[45]\d\d\s+\S")
-# Verbs that take optional text or none (access(5), SMTPD_POLICY_README).
+# Verbs that take optional text or none (access(5), SMTPD_POLICY_README). OK and RELAY are
+# left out on purpose: vmaild never permits, so wherever the snippet puts it, an answer of
+# ours cannot turn Postfix into an open relay (PROTOCOLS.md P-P3).
 _VERBS = frozenset({
-    "OK", "RELAY", "DUNNO", "REJECT", "DEFER", "DEFER_IF_REJECT", "DEFER_IF_PERMIT",
+    "DUNNO", "REJECT", "DEFER", "DEFER_IF_REJECT", "DEFER_IF_PERMIT",
     "HOLD", "DISCARD", "INFO", "WARN", "HANGUP", "FILTER", "REDIRECT", "BCC", "PREPEND",
 })
 # A database error must never become a reject (DESIGN.md): what a fail action may say.
