@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -99,7 +100,7 @@ class App:
         wanted: dict[str, tuple[Listen, Callable[[], Any]]] = {}
         for name, m in cfg.maps.items():
             if m.tcp is not None:
-                wanted[f"tcp:{name}"] = (m.tcp, lambda n=name: TcpTableProtocol(self, n))
+                wanted[f"tcp:{name}"] = (m.tcp, functools.partial(TcpTableProtocol, self, name))
         if cfg.socketmap.listen is not None:
             wanted["socketmap"] = (cfg.socketmap.listen, lambda: SocketmapProtocol(self))
         if cfg.control.listen is not None:

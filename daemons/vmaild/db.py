@@ -242,7 +242,7 @@ def _errno(e: BaseException) -> int | None:
 
 
 def _describe(e: BaseException) -> str:
-    args = getattr(e, "args", ())
+    args: tuple[Any, ...] = getattr(e, "args", ())
     if len(args) >= 2 and isinstance(args[0], int):
         return f"({args[0]}) {args[1]}"
     return str(e) or type(e).__name__

@@ -173,6 +173,7 @@ async def start_listener(listen: Listen, factory: Callable[[], asyncio.Protocol]
         server = await loop.create_unix_server(factory, path=listen.path, backlog=1024)
         os.chmod(listen.path, mode)
         return server
+    assert listen.port is not None
     return await loop.create_server(factory, host=listen.host, port=listen.port,
                                     reuse_address=True, backlog=1024)
 
