@@ -66,10 +66,6 @@ class Plan:
         self.duration = args.duration or (2.0 if quick else 5.0)
         self.repeats = 1 if quick else 3
         self.postmap_runs = 1 if quick else 3
-        self.slap_iterations = 1 if quick else 3
-        # Total queries per mariadb-slap iteration, about `duration` seconds at STACK.md rates.
-        per_s = {1: 15_000, 16: 48_000, 64: 48_000}
-        self.slap_queries = {c: int(per_s[c] * self.duration) // c * c for c in CONCURRENCY}
         self.rss_keys = args.rss_keys or (100_000 if quick else 1_000_000)
 
 
@@ -264,31 +260,128 @@ class Bench:
         return {"users": len(self.emails), "insert_seconds": round(insert_s, 2),
                 "loadgen": self.gen.kind, "loadgen_note": self.gen.note}
 
-    # -- 1. cached lookups ------------------------------------------------------------------
+    # -- 1. cached lookups, and 4. mariadb-slap, interleaved ------------------------------
 
     def cached(self) -> dict:
-        # Warm the cache: every key once (misses), then check they are all held.
+        """Warm the cache, then at each concurrency alternate a vmaild run and a
+        mariadb-slap run of about the same length, so that other work on the machine hurts
+        both sides alike; the medians are compared."""
         warm = self.load(self.main, mode="tcp", conns=16, keyfile=self.keyfile,
                          duration=600, total=len(self.emails))
         entries = self.main.cache_entries()
         if warm["found"] != len(self.emails) or entries != len(self.emails):
             raise RuntimeError(f"warm-up: {warm['found']} found, {entries} cache entries, "
                                f"{len(self.emails)} wanted")
-        out: dict[str, Any] = {"warmup": warm}
-        for mode in ("tcp", "socketmap"):
-            out[mode] = {}
-            for conns in CONCURRENCY:
-                repeats = self.plan.repeats if mode == "tcp" else 1
-                runs = [self.load(self.main, mode=mode, conns=conns, keyfile=self.keyfile)
-                        for _ in range(repeats)]
-                for r in runs:
-                    if r["errors"] or r["notfound"]:
-                        raise RuntimeError(f"{mode} x{conns}: errors in a cached run: {r}")
-                best = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]  # the median
-                out[mode][conns] = dict(best, runs=[round(r["rps"]) for r in runs])
-                log(f"  cached {mode} x{conns}: {best['rps']:,.0f}/s p50 {best['p50_us']} us "
-                    f"p99 {best['p99_us']} us vmaild CPU {best['vmaild_cpu']:.0%}")
+        slap = self.slap_prepare()
+        out: dict[str, Any] = {"warmup": warm, "tcp": {}, "socketmap": {}}
+        for conns in CONCURRENCY:
+            runs, slaps = [], []
+            total = self.slap_calibrate(conns, slap)
+            for _ in range(self.plan.repeats):
+                runs.append(self.cached_run("tcp", conns))
+                if total:
+                    slaps.append(self.slap_guarded(conns, total, slap))
+            out["tcp"][conns] = median_run(runs, "rps")
+            slaps = [r for r in slaps if r is not None]
+            if slap is not None and slaps:
+                slap[conns] = median_run(slaps, "qps")
+            self.log_pair(conns, out["tcp"][conns], slap.get(conns) if slap else None)
+        for conns in CONCURRENCY:
+            out["socketmap"][conns] = r = self.cached_run("socketmap", conns)
+            log(f"  cached socketmap x{conns}: {r['rps']:,.0f}/s p50 {r['p50_us']} us "
+                f"p99 {r['p99_us']} us vmaild CPU {r['vmaild_cpu']:.0%}")
+        if slap is not None:
+            self.slap_finish(slap)
         return out
+
+    def cached_run(self, mode: str, conns: int) -> dict:
+        r = self.load(self.main, mode=mode, conns=conns, keyfile=self.keyfile)
+        if r["errors"] or r["notfound"]:
+            raise RuntimeError(f"{mode} x{conns}: not all answers were hits: {r}")
+        return r
+
+    def log_pair(self, conns: int, mine: dict, theirs: dict | None) -> None:
+        other = f" | mariadb-slap {theirs['qps']:,.0f}/s" if theirs else ""
+        log(f"  cached tcp x{conns}: {mine['rps']:,.0f}/s p50 {mine['p50_us']} us "
+            f"p99 {mine['p99_us']} us vmaild CPU {mine['vmaild_cpu']:.0%}{other}")
+
+    # -- 4. mariadb-slap --------------------------------------------------------------------
+
+    def slap_prepare(self) -> dict | None:
+        """Write the query file; None (and a recorded failure) if mariadb-slap is missing."""
+        binary = shutil.which("mariadb-slap") or shutil.which("mysqlslap")
+        if binary is None:
+            self.results["slap"] = {"error": "neither mariadb-slap nor mysqlslap is installed"}
+            self.failures.append("slap")
+            return None
+        # The same statement vmaild sends for the mailboxes map, each key inlined (neither
+        # side uses prepared statements), one connection per concurrent client.
+        sql = seed.cf_logical_value(seed.SEED_QUERIES[MAP])
+        self.slap_file = self.tmp / "slap-queries.sql"
+        self.slap_file.write_text(";\n".join(sql.replace("%s", e) for e in self.emails))
+        self.slap_binary = binary
+        slap: dict[str, Any] = {"binary": os.path.basename(binary)}
+        self.results["slap"] = slap
+        return slap
+
+    def slap_calibrate(self, conns: int, slap: dict | None) -> int:
+        """Queries for one run of about plan.duration seconds, from a short trial run;
+        0 when mariadb-slap cannot run."""
+        if slap is None or "error" in slap:
+            return 0
+        trial = self.slap_guarded(conns, conns * 300, slap)
+        if trial is None:
+            return 0
+        return max(conns, int(trial["qps"] * self.plan.duration) // conns * conns)
+
+    def slap_guarded(self, conns: int, total: int, slap: dict) -> dict | None:
+        """slap_once, with a failure recorded in ``slap`` instead of raised: vmaild's own
+        figures are still worth reporting."""
+        if "error" in slap:
+            return None
+        try:
+            return self.slap_once(conns, total)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            slap["error"] = f"{type(e).__name__}: {e}"
+            return None
+
+    def slap_once(self, conns: int, total: int) -> dict:
+        """One mariadb-slap run: ``total`` queries shared by ``conns`` clients, over TCP."""
+        assert self.db is not None and self.db.pid is not None
+        cmd = [self.slap_binary, "--no-defaults", "--protocol=tcp", "--host=127.0.0.1",
+               f"--port={self.db.port}", f"--user={SLAP_USER}", f"--password={SLAP_PASSWORD}",
+               "--skip-ssl", f"--create-schema={DBNAME}", "--no-drop",
+               f"--query={self.slap_file}", "--delimiter=;", f"--concurrency={conns}",
+               "--iterations=1", f"--number-of-queries={total}"]
+        busy0, db0 = machine_busy_seconds(), proc_cpu_seconds(self.db.pid)
+        kids0, wall0 = children_cpu_seconds(), time.perf_counter()
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        wall = time.perf_counter() - wall0
+        slap_cpu = (children_cpu_seconds() - kids0) / wall
+        db_cpu = (proc_cpu_seconds(self.db.pid) - db0) / wall
+        other = (machine_busy_seconds() - busy0) / wall - slap_cpu - db_cpu
+        text = p.stdout + p.stderr
+        # "Average number of seconds to run all queries" is the time all clients took
+        # together (connecting excluded); clients x queries per client is what they ran.
+        avg = re.search(r"Average number of seconds to run all queries: ([\d.]+)", text)
+        clients = re.search(r"Number of clients running queries: (\d+)", text)
+        per_client = re.search(r"Average number of queries per client: (\d+)", text)
+        if p.returncode != 0 or not (avg and clients and per_client):
+            raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({p.returncode}): {text}")
+        queries = int(clients.group(1)) * int(per_client.group(1))
+        seconds = float(avg.group(1))
+        return {"queries": queries, "seconds": seconds,
+                "qps": queries / seconds if seconds else 0.0, "mariadbd_cpu": db_cpu,
+                "slap_cpu": slap_cpu, "other_cpu": max(0.0, other)}
+
+    def slap_finish(self, slap: dict) -> None:
+        assert self.db is not None
+        rows = self.db.query("SELECT COUNT(*) FROM users", database=DBNAME)
+        if rows[0][0] != len(self.emails):
+            slap["error"] = "the benchmark database changed under mariadb-slap"
+        if "error" in slap and "slap" not in self.failures:
+            self.failures.append("slap")
 
     # -- 2. cache-miss path -----------------------------------------------------------------
 
@@ -352,52 +445,6 @@ class Bench:
             log(f"  postmap {label}: best {min(times):.3f} s of {len(times)}")
         return out
 
-    # -- 4. mariadb-slap --------------------------------------------------------------------
-
-    def slap(self) -> dict:
-        assert self.db is not None
-        binary = shutil.which("mariadb-slap") or shutil.which("mysqlslap")
-        if binary is None:
-            raise RuntimeError("neither mariadb-slap nor mysqlslap is installed")
-        # The same statement vmaild sends for the mailboxes map, with each key inlined (no
-        # prepared statements on either side).
-        sql = seed.cf_logical_value(seed.SEED_QUERIES[MAP])
-        qfile = self.tmp / "slap-queries.sql"
-        qfile.write_text(";\n".join(sql.replace("%s", e) for e in self.emails))
-        out: dict[str, Any] = {"binary": os.path.basename(binary)}
-        for conns in CONCURRENCY:
-            total = self.plan.slap_queries[conns]
-            cmd = [binary, "--no-defaults", "--protocol=tcp", "--host=127.0.0.1",
-                   f"--port={self.db.port}", f"--user={SLAP_USER}", f"--password={SLAP_PASSWORD}",
-                   "--skip-ssl", f"--create-schema={DBNAME}", "--no-drop",
-                   f"--query={qfile}", "--delimiter=;", f"--concurrency={conns}",
-                   f"--iterations={self.plan.slap_iterations}", f"--number-of-queries={total}"]
-            assert self.db.pid is not None
-            busy0, db0 = machine_busy_seconds(), proc_cpu_seconds(self.db.pid)
-            kids0, wall0 = children_cpu_seconds(), time.perf_counter()
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-            wall = time.perf_counter() - wall0
-            slap_cpu = (children_cpu_seconds() - kids0) / wall
-            db_cpu = (proc_cpu_seconds(self.db.pid) - db0) / wall
-            other = (machine_busy_seconds() - busy0) / wall - slap_cpu - db_cpu
-            text = p.stdout + p.stderr
-            avg = re.search(r"Average number of seconds to run all queries: ([\d.]+)", text)
-            clients = re.search(r"Number of clients running queries: (\d+)", text)
-            per_client = re.search(r"Average number of queries per client: (\d+)", text)
-            if p.returncode != 0 or not (avg and clients and per_client):
-                raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({p.returncode}): {text}")
-            queries = int(clients.group(1)) * int(per_client.group(1))
-            seconds = float(avg.group(1))
-            out[conns] = {"queries": queries, "avg_seconds": seconds,
-                          "qps": queries / seconds if seconds else 0.0,
-                          "mariadbd_cpu": db_cpu, "slap_cpu": slap_cpu,
-                          "other_cpu": max(0.0, other)}
-            log(f"  mariadb-slap x{conns}: {out[conns]['qps']:,.0f} queries/s")
-        rows = self.db.query("SELECT COUNT(*) FROM users", database=DBNAME)
-        if rows[0][0] != len(self.emails):
-            raise RuntimeError("the benchmark database changed under mariadb-slap")
-        return out
-
     # -- 5. RSS with many cached keys -------------------------------------------------------
 
     def rss(self) -> dict:
@@ -450,7 +497,6 @@ class Bench:
         self.section("cached", self.cached)
         self.section("misses", self.misses)
         self.section("postmap", self.postmap)
-        self.section("slap", self.slap)
         self.section("rss", self.rss)
 
     def cleanup(self) -> None:
@@ -478,6 +524,12 @@ def versions() -> dict:
             "mariadb": out(["mariadbd", "--version"]),
             "postfix": out(["postconf", "-h", "mail_version"]), "cpus": os.cpu_count(),
             "kernel": platform.release()}
+
+
+def median_run(runs: list[dict], key: str) -> dict:
+    """The run with the median ``key``, plus every run's figure."""
+    best = sorted(runs, key=lambda r: r[key])[len(runs) // 2]
+    return dict(best, runs=[round(r[key]) for r in runs])
 
 
 def ok(r: Any) -> bool:
@@ -539,50 +591,55 @@ def report(res: dict[str, Any], plan: Plan) -> str:
     def load_table(title: str, rows: dict, conns_list: tuple[int, ...]) -> None:
         add("")
         add(title)
-        add(f"  {'conns':>5} {'lookups/s':>11} {'p50 us':>7} {'p99 us':>7} {'vmaild CPU':>10} "
-            f"{'loadgen CPU':>11} {'other CPU':>9} {'vs mariadb-slap':>16}")
+        add(f"  {'conns':>5} {'lookups/s':>10} {'p50 us':>7} {'p99 us':>7} {'vmaild CPU':>10} "
+            f"{'loadgen CPU':>11} {'other CPU':>9} {'vs slap':>7}  runs (lookups/s)")
         for c in conns_list:
             r = rows[c]
             base = slap_at(c)
             ratio = f"{r['rps'] / base:.2f}x" if base else "-"
-            add(f"  {c:>5} {num(r['rps']):>11} {r['p50_us']:>7.0f} {r['p99_us']:>7.0f} "
+            runs = ", ".join(num(x) for x in r.get("runs", []))
+            add(f"  {c:>5} {num(r['rps']):>10} {r['p50_us']:>7.0f} {r['p99_us']:>7.0f} "
                 f"{r['vmaild_cpu']:>10.0%} {r['loadgen_cpu']:>11.0%} {r['other_cpu']:>9.0%} "
-                f"{ratio:>16}")
+                f"{ratio:>7}  {runs}")
 
     cached = res.get("cached")
     if ok(cached):
         reps = f", median of {plan.repeats}" if plan.repeats > 1 else ""
-        load_table(f"1. Cached lookups, tcp:{MAP} ({plan.duration:g} s per run{reps})",
+        load_table(f"1. Cached lookups, tcp:{MAP} ({plan.duration:g} s per run{reps}; "
+                   "vs slap = against mariadb-slap at the same concurrency)",
                    cached["tcp"], CONCURRENCY)
-        load_table(f"   Cached lookups, socketmap {MAP} ({plan.duration:g} s per run)",
+        load_table(f"   Cached lookups, socketmap {MAP} ({plan.duration:g} s, one run)",
                    cached["socketmap"], CONCURRENCY)
     misses = res.get("misses")
     if ok(misses):
-        load_table(f"2. Cache-miss path, tcp:{MAP} ([cache] max_entries = 0, "
+        load_table(f"2. Cache-miss path, tcp:{MAP} (second vmaild, [cache] max_entries = 0, "
                    f"pool_size = {misses['pool_size']})", misses, (1, 16))
-    if ok(slap):
-        add("")
-        add(f"4. MariaDB point lookups with its C client ({slap['binary']}, "
-            f"{plan.slap_iterations} iteration(s), same SELECT over TCP)")
-        add(f"  {'conns':>5} {'queries/s':>11} {'queries':>9} {'avg s':>7} {'mariadbd CPU':>12} "
-            f"{'slap CPU':>8} {'other CPU':>9}")
-        for c in CONCURRENCY:
-            r = slap[c]
-            add(f"  {c:>5} {num(r['qps']):>11} {r['queries']:>9} {r['avg_seconds']:>7.3f} "
-                f"{r['mariadbd_cpu']:>12.0%} {r['slap_cpu']:>8.0%} {r['other_cpu']:>9.0%}")
     pm = res.get("postmap")
     if ok(pm):
         base = pm["mysql"]["seconds"]
         add("")
-        add(f"3. postmap -q - over {pm['keys']:,} keys (best of {plan.postmap_runs})")
-        add(f"  {'table':<34} {'seconds':>8} {'keys/s':>8} {'vs mysql:':>10}")
+        add(f"3. postmap -q - over {pm['keys']:,} keys (best of {plan.postmap_runs}; "
+            "cold = after SIGHUP flushed the cache)")
+        add(f"  {'table':<34} {'seconds':>8} {'keys/s':>8} {'vs mysql:':>10}  runs (s)")
         names = {"mysql": "mysql: (Postfix's MySQL client)",
                  "tcp_cold": "tcp: vmaild, cold cache", "tcp_warm": "tcp: vmaild, warm cache",
                  "socketmap_cold": "socketmap: vmaild, cold cache",
                  "socketmap_warm": "socketmap: vmaild, warm cache"}
         for key, name in names.items():
             t = pm[key]["seconds"]
-            add(f"  {name:<34} {t:>8.3f} {num(pm['keys'] / t):>8} {base / t:>9.2f}x")
+            runs = ", ".join(f"{x:.2f}" for x in pm[key]["runs"])
+            add(f"  {name:<34} {t:>8.3f} {num(pm['keys'] / t):>8} {base / t:>9.2f}x  {runs}")
+    if ok(slap):
+        add("")
+        add(f"4. MariaDB point lookups, C client ({slap['binary']}), the same SELECT over TCP, "
+            f"run alternately with part 1")
+        add(f"  {'conns':>5} {'queries/s':>10} {'mariadbd CPU':>12} {'slap CPU':>8} "
+            f"{'other CPU':>9}  runs (queries/s)")
+        for c in CONCURRENCY:
+            r = slap[c]
+            runs = ", ".join(num(x) for x in r.get("runs", []))
+            add(f"  {c:>5} {num(r['qps']):>10} {r['mariadbd_cpu']:>12.0%} {r['slap_cpu']:>8.0%} "
+                f"{r['other_cpu']:>9.0%}  {runs}")
     rss = res.get("rss")
     if ok(rss):
         add("")

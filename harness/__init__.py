@@ -25,7 +25,15 @@ from .mariadb import MariaDB
 from .ports import free_port, wait_for_port, wait_for_unix
 from .postfix import Postfix
 
-__all__ = ["Courier", "MariaDB", "Postfix", "free_port", "shared_tempdir", "wait_for_port", "wait_for_unix"]
+__all__ = [
+    "Courier",
+    "MariaDB",
+    "Postfix",
+    "free_port",
+    "shared_tempdir",
+    "wait_for_port",
+    "wait_for_unix",
+]
 
 
 def shared_tempdir(prefix: str = "vmaild-") -> Path:

@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from .ports import LOOPBACK, free_port, wait_for_port, wait_for_unix
-from .procs import all_pids, exited, group_members, pid_alive, run, stop_process, tail, terminate_pids
+from .procs import (
+    all_pids,
+    exited,
+    group_members,
+    pid_alive,
+    run,
+    stop_process,
+    tail,
+    terminate_pids,
+)
 from .sysfiles import FileGuard
 
 COURIER_ETC = Path("/etc/courier")
@@ -50,6 +59,9 @@ IMAPLOGIN = "/usr/lib/courier/courier/imaplogin"
 IMAPD = "/usr/bin/imapd"
 POP3LOGIN = "/usr/lib/courier/courier/courierpop3login"
 POP3D = "/usr/lib/courier/courier/courierpop3d"
+#: imapd/pop3d (libgamin) spawn this file-alteration monitor on first use; it
+#: detaches and would otherwise linger ~30 s after the harness stops.
+GAM_SERVER = "/usr/libexec/gam_server"
 AUTHPIPE_LIB = "/usr/lib/courier-authlib/libauthpipe.so"
 AUTHMYSQL_LIB = "/usr/lib/courier-authlib/libauthmysql.so"
 
@@ -110,7 +122,9 @@ class Courier:
         self.maxperip = maxperip
         self.login_env = dict(login_env or {})
         self._owns_basedir = basedir is None
-        self.basedir = Path(basedir) if basedir else Path(tempfile.mkdtemp(prefix="vmaild-courier-"))
+        self.basedir = (
+            Path(basedir) if basedir else Path(tempfile.mkdtemp(prefix="vmaild-courier-"))
+        )
         self.authdaemond_log = self.basedir / "authdaemond.log"
         self.imapd_log = self.basedir / "imapd.log"
         self.pop3d_log = self.basedir / "pop3d.log"
@@ -124,12 +138,21 @@ class Courier:
         self._authdaemond: subprocess.Popen[bytes] | None = None
         self._imapd: subprocess.Popen[bytes] | None = None
         self._pop3d: subprocess.Popen[bytes] | None = None
+        self._gam_before: set[int] = set()
 
     # --------------------------------------------------------- requirements
     @classmethod
     def missing_requirements(cls, modules: str = "authpipe") -> list[str]:
         """What this machine lacks (empty list: all there)."""
-        needed = [AUTHDAEMOND_BIN, COURIERTCPD, IMAPLOGIN, IMAPD, POP3LOGIN, POP3D, "/usr/sbin/authtest"]
+        needed = [
+            AUTHDAEMOND_BIN,
+            COURIERTCPD,
+            IMAPLOGIN,
+            IMAPD,
+            POP3LOGIN,
+            POP3D,
+            "/usr/sbin/authtest",
+        ]
         if "authpipe" in modules:
             needed.append(AUTHPIPE_LIB)
         if "authmysql" in modules:
@@ -162,7 +185,7 @@ class Courier:
             "#!/bin/sh\n"
             "# Installed by the vmaild test harness (harness/courier.py); the original\n"
             "# is restored when the harness stops. authdaemond runs this as root.\n"
-            f"{exports}exec {shlex.quote(str(self.auth_prog))} \"$@\"\n"
+            f'{exports}exec {shlex.quote(str(self.auth_prog))} "$@"\n'
         )
 
     def _write_global_files(self) -> None:
@@ -172,9 +195,16 @@ class Courier:
             # not executable then, authpipe is disabled until a restart.
             _write(AUTHPROG, self._authprog_wrapper(), 0o755)
         if self.authmysqlrc is not None:
-            _write(AUTHMYSQLRC, _with_version_marker(self.authmysqlrc, AUTHMYSQLRC), 0o640, group="courier")
+            _write(
+                AUTHMYSQLRC,
+                _with_version_marker(self.authmysqlrc, AUTHMYSQLRC),
+                0o640,
+                group="courier",
+            )
 
-    def set_auth_prog(self, auth_prog: str | os.PathLike[str], auth_env: Mapping[str, str] | None = None) -> None:
+    def set_auth_prog(
+        self, auth_prog: str | os.PathLike[str], auth_env: Mapping[str, str] | None = None
+    ) -> None:
         """Install another authProg and restart authdaemond to pick it up."""
         self.auth_prog = Path(auth_prog)
         self.auth_env = dict(auth_env or {})
@@ -191,14 +221,19 @@ class Courier:
             raise RuntimeError(f"cannot run Courier here, missing: {', '.join(missing)}")
         os.chmod(self.basedir, 0o755)
         self._guard.acquire(self.lock_timeout, recover=_recover_crashed_run)
+        self._gam_before = set(_pids_of(GAM_SERVER))
         try:
             _refuse_foreign_authdaemond()
             self._write_global_files()
             self.start_authdaemond()
             if self.want_imap:
-                self._imapd = self._start_tcpd("imapd", self.imap_port, IMAPLOGIN, IMAPD, self.imapd_log)
+                self._imapd = self._start_tcpd(
+                    "imapd", self.imap_port, IMAPLOGIN, IMAPD, self.imapd_log
+                )
             if self.want_pop3:
-                self._pop3d = self._start_tcpd("pop3d", self.pop3_port, POP3LOGIN, POP3D, self.pop3d_log)
+                self._pop3d = self._start_tcpd(
+                    "pop3d", self.pop3_port, POP3LOGIN, POP3D, self.pop3d_log
+                )
             self._record_pids()
         except BaseException:
             self.stop()
@@ -252,7 +287,9 @@ class Courier:
         self.stop_authdaemond()
         self.start_authdaemond()
 
-    def _start_tcpd(self, name: str, port: int | None, login: str, daemon: str, log: Path) -> subprocess.Popen[bytes]:
+    def _start_tcpd(
+        self, name: str, port: int | None, login: str, daemon: str, log: Path
+    ) -> subprocess.Popen[bytes]:
         """Run couriertcpd like /usr/sbin/imapd (or pop3d) does, in the
         foreground, on 127.0.0.1:port."""
         assert port is not None
@@ -303,6 +340,7 @@ class Courier:
         for proc in (self._imapd, self._pop3d):
             stop_process(proc, timeout=10.0)
         self._imapd = self._pop3d = None
+        terminate_pids([p for p in _pids_of(GAM_SERVER) if p not in self._gam_before])
         self.stop_authdaemond()
         if self._guard.held:
             self._guard.release()
@@ -314,7 +352,11 @@ class Courier:
             shutil.rmtree(self.basedir, ignore_errors=True)
 
     def __enter__(self) -> Courier:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
@@ -327,7 +369,9 @@ class Courier:
         return self._authdaemond is not None and self._authdaemond.poll() is None
 
     # --------------------------------------------------------------- probes
-    def authtest(self, user: str, password: str | None = None, service: str = "imap") -> tuple[int, str, str]:
+    def authtest(
+        self, user: str, password: str | None = None, service: str = "imap"
+    ) -> tuple[int, str, str]:
         """``authtest -s SERVICE USER [PASSWORD]`` -> (exit status, stdout, stderr).
 
         Without a password it is a plain account lookup (authpipe PRE).
@@ -341,7 +385,8 @@ class Courier:
     def log_text(self) -> str:
         """authdaemond's stderr (DEBUG_LOGIN output) plus imapd/pop3d logs."""
         return "\n".join(
-            f"==> {p.name} <==\n{tail(p, 10_000)}" for p in (self.authdaemond_log, self.imapd_log, self.pop3d_log)
+            f"==> {p.name} <==\n{tail(p, 10_000)}"
+            for p in (self.authdaemond_log, self.imapd_log, self.pop3d_log)
         )
 
 
@@ -393,22 +438,22 @@ def _prepare_run_dirs() -> None:
     os.chmod(AUTHDAEMON_DIR, 0o750)
 
 
-def _authdaemond_pids() -> list[int]:
-    """Every live authdaemond process on the machine (by executable)."""
+def _pids_of(executable: str) -> list[int]:
+    """Every live process running ``executable``."""
     found = []
     for pid in all_pids():
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             continue
-        if exe == AUTHDAEMOND_BIN and pid_alive(pid):
+        if exe == executable and pid_alive(pid):
             found.append(pid)
     return found
 
 
 def _refuse_foreign_authdaemond() -> None:
     """Never take over an authdaemond the harness did not start."""
-    pids = _authdaemond_pids()
+    pids = _pids_of(AUTHDAEMOND_BIN)
     if pids:
         raise RuntimeError(
             f"an authdaemond not started by this harness is running (pids {pids}); it owns "

@@ -42,7 +42,12 @@ def make_maildir(path: str | os.PathLike[str], uid: int = VMAIL_UID, gid: int = 
     return maildir
 
 
-def drop_message(maildir: str | os.PathLike[str], message: bytes | str, uid: int = VMAIL_UID, gid: int = VMAIL_GID) -> Path:
+def drop_message(
+    maildir: str | os.PathLike[str],
+    message: bytes | str,
+    uid: int = VMAIL_UID,
+    gid: int = VMAIL_GID,
+) -> Path:
     """Deliver ``message`` into Maildir/new the way an MDA does (write to tmp,
     rename to new). Use LF line ends: Maildir stores messages in Unix form and
     imapd adds the CRs itself."""

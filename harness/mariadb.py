@@ -58,7 +58,9 @@ class MariaDB:
         start_timeout: float = 30.0,
     ) -> None:
         self._owns_basedir = basedir is None
-        self.basedir = Path(basedir) if basedir else Path(tempfile.mkdtemp(prefix="vmaild-mariadb-"))
+        self.basedir = (
+            Path(basedir) if basedir else Path(tempfile.mkdtemp(prefix="vmaild-mariadb-"))
+        )
         self.datadir = self.basedir / "data"
         self.rundir = self.basedir / "run"
         self.host = LOOPBACK
@@ -142,9 +144,16 @@ class MariaDB:
         finally:
             log.close()
         proc = self._proc
-        abort = lambda: exited(proc, "mariadbd", self.error_log)  # noqa: E731
-        wait_for_unix(self.socket, self.start_timeout, abort=abort)
-        wait_until(self._root_login_works, self.start_timeout, "mariadb root login", abort=abort)
+
+        def abort() -> str | None:
+            return exited(proc, "mariadbd", self.error_log)
+
+        try:
+            wait_for_unix(self.socket, self.start_timeout, abort=abort)
+            wait_until(self._root_login_works, self.start_timeout, "mariadb root login", abort=abort)
+        except BaseException:
+            self.kill()  # never leave a half-started server behind
+            raise
         return self
 
     def _root_login_works(self) -> bool:
@@ -197,7 +206,11 @@ class MariaDB:
             shutil.rmtree(self.basedir, ignore_errors=True)
 
     def __enter__(self) -> MariaDB:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
@@ -223,7 +236,9 @@ class MariaDB:
         params.update(kwargs)
         return pymysql.connect(**params)
 
-    def connect(self, user: str, password: str, database: str | None = None, **kwargs: Any) -> pymysql.Connection:
+    def connect(
+        self, user: str, password: str, database: str | None = None, **kwargs: Any
+    ) -> pymysql.Connection:
         """A pymysql connection as ``user`` over TCP, like the daemon makes."""
         import pymysql
 
@@ -240,7 +255,9 @@ class MariaDB:
         params.update(kwargs)
         return pymysql.connect(**params)
 
-    def query(self, sql: str, args: Any = None, database: str | None = None) -> list[tuple[Any, ...]]:
+    def query(
+        self, sql: str, args: Any = None, database: str | None = None
+    ) -> list[tuple[Any, ...]]:
         """Run one statement as root and return all rows."""
         conn = self.root_conn(database)
         try:
@@ -288,7 +305,9 @@ class MariaDB:
                     "CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci"
                 )
                 for host in ("127.0.0.1", "localhost"):
-                    cur.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (user, host, password))
+                    cur.execute(
+                        "CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (user, host, password)
+                    )
                     cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (user, host, password))
                     cur.execute(f"GRANT ALL ON {db}.* TO %s@%s", (user, host))
         finally:

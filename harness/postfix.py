@@ -117,6 +117,8 @@ def cool_down(*paths: str | os.PathLike[str]) -> None:
     past = time.time() - _COOL_DOWN_SECONDS
     for path in paths:
         os.utime(path, (past, past))
+
+
 _MAIN_CF_LOCK = "/run/lock/vmaild-harness-postfix-main-cf.lock"
 
 
@@ -141,7 +143,9 @@ class Postfix:
         extra master.cf text (or lines) appended after the default services;
         ``smtpd_args`` become ``-o name=value`` options of the SMTP listener."""
         self._owns_basedir = basedir is None
-        self.basedir = Path(basedir) if basedir else Path(tempfile.mkdtemp(prefix="vmaild-postfix-"))
+        self.basedir = (
+            Path(basedir) if basedir else Path(tempfile.mkdtemp(prefix="vmaild-postfix-"))
+        )
         self.config_dir = self.basedir / "etc"
         self.queue_dir = self.basedir / "spool"
         self.data_dir = self.basedir / "data"
@@ -201,7 +205,15 @@ class Postfix:
 
     def _postconf_edit(self, settings: Mapping[str, str]) -> None:
         if settings:
-            run(["postconf", "-c", str(self.config_dir), "-e", *(f"{k}={v}" for k, v in settings.items())])
+            run(
+                [
+                    "postconf",
+                    "-c",
+                    str(self.config_dir),
+                    "-e",
+                    *(f"{k}={v}" for k, v in settings.items()),
+                ]
+            )
             cool_down(self.config_dir / "main.cf")
 
     def _write_config(self) -> None:
@@ -273,7 +285,11 @@ class Postfix:
             _register_alternate_config_dir(self.config_dir)
             self._registered = True
         self._started = True
-        result = run(["postfix", "-c", str(self.config_dir), "start"], check=False, timeout=self.start_timeout)
+        result = run(
+            ["postfix", "-c", str(self.config_dir), "start"],
+            check=False,
+            timeout=self.start_timeout,
+        )
         if result.returncode != 0:
             raise RuntimeError(
                 f"postfix -c {self.config_dir} start failed ({result.returncode}):\n"
@@ -307,7 +323,11 @@ class Postfix:
         leftovers = pids_with_cwd_under(self.queue_dir)
         if leftovers:
             try:
-                wait_until(lambda: not pids_with_cwd_under(self.queue_dir), timeout, "postfix children to exit")
+                wait_until(
+                    lambda: not pids_with_cwd_under(self.queue_dir),
+                    timeout,
+                    "postfix children to exit",
+                )
             except HarnessTimeout:
                 terminate_pids(pids_with_cwd_under(self.queue_dir), timeout=5.0)
         if self._registered:
@@ -336,7 +356,9 @@ class Postfix:
             "postfix master to log its reload",
         )
         try:
-            wait_until(lambda: not any(pid_alive(p) for p in old_children), timeout, "old postfix children")
+            wait_until(
+                lambda: not any(pid_alive(p) for p in old_children), timeout, "old postfix children"
+            )
         except HarnessTimeout:
             pass
 
@@ -410,7 +432,9 @@ class Postfix:
         if flush:
             self.flush()
         try:
-            wait_until(lambda: self.queue_count() == 0, timeout, "empty postfix queue", interval=0.05)
+            wait_until(
+                lambda: self.queue_count() == 0, timeout, "empty postfix queue", interval=0.05
+            )
         except HarnessTimeout as exc:
             raise HarnessTimeout(f"{exc}; queue: {self.queue()}") from None
 
@@ -430,7 +454,9 @@ class Postfix:
         offset ``since``; return the match."""
         rx = re.compile(pattern)
         try:
-            return wait_until(lambda: rx.search(self.log_text(), since), timeout, f"maillog /{pattern}/")
+            return wait_until(
+                lambda: rx.search(self.log_text(), since), timeout, f"maillog /{pattern}/"
+            )
         except HarnessTimeout as exc:
             raise HarnessTimeout(f"{exc}; log tail:\n{tail(self.log_file)}") from None
 

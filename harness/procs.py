@@ -132,7 +132,9 @@ def terminate_pids(pids: Iterable[int], timeout: float = 10.0) -> None:
         return
     signal_pids(pending, signal.SIGTERM)
     try:
-        wait_until(lambda: not any(pid_alive(p) for p in pending), timeout, f"pids {pending} to exit")
+        wait_until(
+            lambda: not any(pid_alive(p) for p in pending), timeout, f"pids {pending} to exit"
+        )
     except HarnessTimeout:
         signal_pids([p for p in pending if pid_alive(p)], signal.SIGKILL)
         wait_until(lambda: not any(pid_alive(p) for p in pending), 5.0, f"pids {pending} to die")
@@ -179,7 +181,9 @@ def tail(path: str | os.PathLike[str], lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def exited(proc: subprocess.Popen[bytes] | subprocess.Popen[str], name: str, log: Path) -> str | None:
+def exited(
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str], name: str, log: Path
+) -> str | None:
     """An ``abort`` callback for :func:`wait_until`: explain an early exit."""
     rc = proc.poll()
     if rc is None:

@@ -38,7 +38,7 @@ CREATE TABLE users (email varchar(80) NOT NULL, password varchar(20) NOT NULL,
 CREATE TABLE forwardings (source varchar(80) NOT NULL, destination TEXT NOT NULL,
   PRIMARY KEY (source) );
 CREATE TABLE transport (domain varchar(128) NOT NULL default '', transport varchar(128) NOT NULL default '', UNIQUE KEY domain (domain));
-"""
+"""  # noqa: E501 (verbatim from the tutorial)
 
 #: The four lookup queries, verbatim from the tutorial's .cf files. The
 #: mailboxes query is one logical line there, continued on an indented line;
@@ -146,7 +146,10 @@ def load_seed(
 
 def cf_text(query: str, hosts: str, dbname: str, user: str, password: str) -> str:
     """One mysql-virtual_*.cf file in the tutorial's key order and layout."""
-    return f"user = {user}\npassword = {password}\ndbname = {dbname}\nquery = {query}\nhosts = {hosts}\n"
+    return (
+        f"user = {user}\npassword = {password}\ndbname = {dbname}\n"
+        f"query = {query}\nhosts = {hosts}\n"
+    )
 
 
 def cf_logical_value(query: str) -> str:
@@ -212,8 +215,7 @@ def authmysqlrc_text(
     else:
         server = f"MYSQL_SERVER\t\t{mariadb.host}\nMYSQL_PORT\t\t{mariadb.port}\n"
     return (
-        server
-        + f"MYSQL_USERNAME\t\t{user}\n"
+        server + f"MYSQL_USERNAME\t\t{user}\n"
         f"MYSQL_PASSWORD\t\t{password}\n"
         "MYSQL_OPT\t\t0\n"
         f"MYSQL_DATABASE\t\t{dbname}\n"
@@ -227,7 +229,9 @@ def authmysqlrc_text(
     )
 
 
-def seed_main_cf(cf: dict[str, Path], virtual_mailbox_base: str | os.PathLike[str]) -> dict[str, str]:
+def seed_main_cf(
+    cf: dict[str, Path], virtual_mailbox_base: str | os.PathLike[str]
+) -> dict[str, str]:
     """The tutorial's virtual-domain main.cf settings, pointing at ``cf``.
 
     Only the lookup wiring (no TLS, no SASL, no hostnames): enough to run the

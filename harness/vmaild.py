@@ -29,7 +29,8 @@ def config_text(*, db_port: int, dbname: str, user: str, password: str,
                 ports: dict[str, int] | None = None, socketmap_port: int | None = None,
                 metrics_port: int | None = None, control_path: str | None = None,
                 extra: str = "", cache: str = "", queries: dict[str, str] | None = None,
-                catchall_maps: tuple[str, ...] = ("forwardings",)) -> str:
+                catchall_maps: tuple[str, ...] = ("forwardings",),
+                chains: dict[str, str] | None = None) -> str:
     """A vmaild.conf for the seed's four maps against a private MariaDB."""
     lines = ["[database]", f"hosts = 127.0.0.1:{db_port}", f"user = {user}",
              f"password = {password}", f"dbname = {dbname}", "connect_timeout = 1",
@@ -41,6 +42,9 @@ def config_text(*, db_port: int, dbname: str, user: str, password: str,
             lines.append(f"tcp = 127.0.0.1:{ports[name]}")
         if name in catchall_maps:
             lines.append("catchall = yes")
+        chain = (chains if chains is not None else {"forwardings": "email2email"}).get(name)
+        if chain and chain in (queries or SEED_QUERIES):
+            lines.append(f"chain = {chain}")
         lines.append("")
     if socketmap_port:
         lines += ["[socketmap]", f"listen = 127.0.0.1:{socketmap_port}", ""]

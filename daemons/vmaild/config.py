@@ -110,6 +110,11 @@ class MapConfig:
     # None means "as in [lookup]"; an empty string switches extension stripping off.
     recipient_delimiter: str | None = None
     fold_case: bool = True
+    # Other maps whose queries are tried, in order, for each key form before the next form
+    # (full address, then without extension, then @domain) -- what Postfix does across
+    # the tables of one list for mysql: tables. ``chain = email2email`` on the aliases map
+    # keeps a catch-all from swallowing mail for existing mailboxes, as in the seed.
+    chain: tuple[str, ...] = ()
     ttl: float | None = _num(None, 0)
     negative_ttl: float | None = _num(None, 0)
 
@@ -354,6 +359,11 @@ def parse(text: str, path: str = "<string>") -> Config:
         else:
             raise ConfigError(path, name, None, "unknown section")
 
+    for name, m in maps.items():
+        for other in m.chain:
+            if other not in maps or other == name:
+                raise ConfigError(path, f"map {name}", "chain",
+                                  f"{other!r} is not another [map] section")
     if "database" not in sections:
         raise ConfigError(path, "database", None, "missing section")
     db = _finish_database(sections["database"], path)
@@ -379,11 +389,18 @@ def _build(cls: type, items: dict[str, str], path: str, section: str, extra: dic
             values[key] = _convert(f, raw.strip())
         except ValueError as e:
             raise ConfigError(path, section, key, str(e)) from None
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as e:
+        # A section's own validation (__post_init__) names the key in ``e.key``.
+        raise ConfigError(path, section, getattr(e, "key", None),
+                          getattr(e, "problem", str(e))) from None
 
 
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
     t = str(f.type)
+    if t.startswith("tuple[str"):
+        return tuple(x for x in raw.replace(",", " ").split() if x)
     if "DatabaseHost" in t:
         return tuple(parse_db_host(h) for h in raw.replace(",", " ").split())
     if "Listen" in t:

@@ -18,13 +18,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pymysql
 import pymysql.cursors
 
 from .config import DatabaseConfig, DatabaseHost
-from .metrics import Metrics
+
+if TYPE_CHECKING:  # prometheus_client costs vmailctl ~0.1 s of start-up it never needs
+    from .metrics import Metrics
 
 log = logging.getLogger("vmaild.db")
 T = TypeVar("T")
@@ -171,6 +173,7 @@ class Database:
         order = [h for h in hosts if self._down_until.get(h, 0.0) <= now]
         order += [h for h in hosts if h not in order]
         errors = []
+        errno: int | None = None
         for host in order:
             try:
                 raw = pymysql.connect(
@@ -183,6 +186,7 @@ class Database:
                 )
             except (pymysql.err.Error, OSError) as e:
                 errors.append(f"{host}: {_describe(e)}")
+                errno = _errno(e)
                 self._mark_down(host)
                 continue
             _limit_statement_time(raw, self.cfg.query_timeout)
@@ -194,7 +198,8 @@ class Database:
             if self.metrics is not None:
                 self.metrics.db_up.labels(str(host)).set(1)
             return _Conn(raw, host)
-        raise DatabaseError("no database host answered: " + "; ".join(errors))
+        # The last errno tells callers "access denied" (1045) from "host down" (2003).
+        raise DatabaseError("no database host answered: " + "; ".join(errors), errno)
 
     def _mark_down(self, host: DatabaseHost) -> None:
         self._down_until[host] = time.monotonic() + self.cfg.retry_interval

@@ -31,7 +31,7 @@ class TemporaryFailure(Exception):
 @dataclass(frozen=True)
 class _Map:
     config: MapConfig
-    query: expansions.CompiledQuery
+    queries: tuple[expansions.CompiledQuery, ...]  # its own first, then its chain's
     delimiters: str
 
 
@@ -58,7 +58,9 @@ class Lookups:
         self._children: dict[tuple[str, Outcome], tuple[Any, Any]] = {}
         d = config.cache
         for name, m in config.maps.items():
-            self.maps[name] = _Map(m, expansions.compile_query(m.query), config.delimiter_for(m))
+            queries = tuple(expansions.compile_query(config.maps[n].query)
+                            for n in (name, *m.chain))
+            self.maps[name] = _Map(m, queries, config.delimiter_for(m))
             cache.configure_map(name, TTLs(
                 ttl=d.ttl if m.ttl is None else m.ttl,
                 negative_ttl=d.negative_ttl if m.negative_ttl is None else m.negative_ttl,
@@ -97,13 +99,14 @@ class Lookups:
 
     async def _resolve(self, m: _Map, key: str) -> str | None:
         for candidate in addresses.candidates(key, m.delimiters, m.config.catchall):
-            try:
-                params = m.query.bind(candidate)
-            except expansions.Suppressed:
-                continue
-            value = join_rows(await self.db.fetch(m.query.sql, params))
-            if value is not None:
-                return value
+            for query in m.queries:
+                try:
+                    params = query.bind(candidate)
+                except expansions.Suppressed:
+                    continue
+                value = join_rows(await self.db.fetch(query.sql, params))
+                if value is not None:
+                    return value
         return None
 
     def _observe(self, map_name: str, outcome: Outcome, started: float) -> None:

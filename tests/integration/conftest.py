@@ -42,7 +42,9 @@ def require(missing: list[str], what: str) -> None:
         missing = [*missing, "root privileges"]
     if not missing:
         return
-    reason = f"{what} unavailable, missing: {', '.join(missing)} (run scripts/install-deps.sh as root)"
+    reason = (
+        f"{what} unavailable, missing: {', '.join(missing)} (run scripts/install-deps.sh as root)"
+    )
     if stack_required():
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
@@ -79,7 +81,9 @@ def service_tmp() -> Iterator[Path]:
 @pytest.fixture
 def seed_cf(seed_db: SeedDatabase, service_tmp: Path) -> dict[str, Path]:
     """The tutorial's four mysql-virtual_*.cf files pointing at ``seed_db``."""
-    return write_mysql_cf(service_tmp / "cf", seed_db.mariadb, seed_db.dbname, seed_db.user, seed_db.password)
+    return write_mysql_cf(
+        service_tmp / "cf", seed_db.mariadb, seed_db.dbname, seed_db.user, seed_db.password
+    )
 
 
 # --------------------------------------------------------------------- Postfix
@@ -90,7 +94,9 @@ def postfix_factory() -> Iterator[Callable[..., Postfix]]:
     require(Postfix.missing_requirements(), "Postfix")
     made: list[Postfix] = []
 
-    def make(main_cf: dict[str, str] | None = None, master_cf: Any = None, **kwargs: Any) -> Postfix:
+    def make(
+        main_cf: dict[str, str] | None = None, master_cf: Any = None, **kwargs: Any
+    ) -> Postfix:
         instance = Postfix(main_cf, master_cf, **kwargs)
         made.append(instance)  # before start(): a failed start is cleaned up too
         return instance.start()

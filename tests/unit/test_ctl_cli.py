@@ -149,3 +149,58 @@ def test_lookup_with_the_daemon_down_is_a_temporary_failure(tmp_path: Path) -> N
     code, out, err = run("-c", str(conf), "lookup", "domains", "example.com")
     assert code == EXIT_TEMPFAIL and out == ""
     assert "vmaild did not answer" in err and "--direct" in err
+
+
+# -- reading passwords -----------------------------------------------------------------------
+
+
+class FakeTty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_password_from_the_first_line_of_stdin() -> None:
+    from vmaild.ctl.prompt import read_password
+    assert read_password(io.StringIO("pw one\r\nsecond\n"), True, "a@x.org") == "pw one"
+    assert read_password(io.StringIO("last-no-newline"), True, "a@x.org") == "last-no-newline"
+
+
+@pytest.mark.parametrize(("stdin", "message"), [
+    ("", "no password"), ("\n", "no password"), ("a\x01b\n", "control characters")])
+def test_bad_stdin_passwords(stdin: str, message: str) -> None:
+    from vmaild.ctl.context import Refused
+    from vmaild.ctl.prompt import read_password
+    with pytest.raises(Refused, match=message):
+        read_password(io.StringIO(stdin), True, "a@x.org")
+
+
+def test_password_prompt_asks_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmaild.ctl import prompt
+    from vmaild.ctl.context import Refused
+    answers = iter(["secret", "secret", "secret", "typo", ""])
+    prompts: list[str] = []
+
+    def fake_getpass(text: str) -> str:
+        prompts.append(text)
+        return next(answers)
+
+    monkeypatch.setattr(prompt.getpass, "getpass", fake_getpass)
+    assert prompt.read_password(FakeTty(), False, "a@x.org") == "secret"
+    assert prompts == ["New password for a@x.org: ", "Again: "]
+    with pytest.raises(Refused, match="differ"):
+        prompt.read_password(FakeTty(), False, "a@x.org")
+    with pytest.raises(Refused, match="empty password"):
+        prompt.read_password(FakeTty(), False, "a@x.org")
+    with pytest.raises(Refused, match="use --password-stdin"):
+        prompt.read_password(io.StringIO("x\n"), False, "a@x.org")
+
+
+def test_hashing_uses_the_configured_scheme() -> None:
+    from passlib.hash import bcrypt, sha512_crypt
+
+    from vmaild.ctl.context import Refused
+    from vmaild.ctl.prompt import hashed
+    assert sha512_crypt.verify("pw", hashed("pw", "sha512_crypt"))
+    assert bcrypt.verify("pw", hashed("pw", "bcrypt"))
+    with pytest.raises(Refused, match="cannot hash"):
+        hashed("pw", "rot13")

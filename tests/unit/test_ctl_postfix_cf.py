@@ -155,7 +155,9 @@ def test_import_seed_files_gives_a_config_vmaild_accepts(seed_files: list[str]) 
     # The Postfix lines come after the config, as comments.
     assert "#   virtual_alias_domains =" in out
     assert "#   virtual_mailbox_domains = tcp:127.0.0.1:10021" in out
-    assert ("#   virtual_alias_maps = tcp:127.0.0.1:10023, tcp:127.0.0.1:10024") in out
+    # email2email is answered through the forwardings map's chain (Postfix's order).
+    assert "#   virtual_alias_maps = tcp:127.0.0.1:10023\n" in out
+    assert cfg.maps["forwardings"].chain == ("email2email",)
     assert "#   virtual_mailbox_maps = tcp:127.0.0.1:10022" in out
 
 
@@ -167,7 +169,7 @@ def test_alias_maps_keep_the_seed_order_whatever_the_file_order(seed_files: list
     assert lines == [
         "virtual_alias_domains =",
         "virtual_mailbox_domains = tcp:127.0.0.1:10021",
-        "virtual_alias_maps = tcp:127.0.0.1:10023, tcp:127.0.0.1:10022",
+        "virtual_alias_maps = tcp:127.0.0.1:10023",
         "virtual_mailbox_maps = tcp:127.0.0.1:10024",
     ]
 
@@ -178,8 +180,7 @@ def test_import_socketmap(seed_files: list[str]) -> None:
     cfg = vconfig.parse(out)
     assert str(cfg.socketmap.listen) == "127.0.0.1:10020"
     assert all(m.tcp is None for m in cfg.maps.values())
-    assert ("#   virtual_alias_maps = socketmap:inet:127.0.0.1:10020:forwardings, "
-            "socketmap:inet:127.0.0.1:10020:email2email") in out
+    assert "#   virtual_alias_maps = socketmap:inet:127.0.0.1:10020:forwardings\n" in out
 
 
 def test_import_json(seed_files: list[str]) -> None:

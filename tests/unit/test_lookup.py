@@ -100,3 +100,58 @@ def test_suppressed_query_is_not_found_without_a_query() -> None:
     lookups, db, _ = make_lookups(text=text)
     assert asyncio.run(lookups.lookup("bydomain", "nodomain")) is None
     assert db.queries == []
+
+
+CHAIN = """\
+[database]
+hosts = h
+user = u
+dbname = d
+
+[map aliases]
+query = SELECT destination FROM forwardings WHERE source='%s'
+catchall = yes
+chain = email2email
+
+[map email2email]
+query = SELECT email FROM users WHERE email='%s'
+"""
+
+
+class TwoTables:
+    """forwardings: only the catch-all; users: joe."""
+
+    def __init__(self) -> None:
+        self.queries: list[tuple[str, str]] = []
+
+    async def fetch(self, sql: str, params: tuple[str, ...] = ()) -> list[tuple[str]]:
+        table = "users" if "FROM users" in sql else "forwardings"
+        self.queries.append((table, params[0]))
+        if table == "forwardings" and params[0] == "@ex.com":
+            return [("catch@ex.com",)]
+        if table == "users" and params[0] == "joe@ex.com":
+            return [("joe@ex.com",)]
+        return []
+
+
+def test_chain_tries_every_table_per_key_form_like_postfix() -> None:
+    """The seed's virtual_alias_maps = forwardings, email2email: an existing mailbox must
+    not fall into the catch-all (Postfix tries each key form across the whole list)."""
+    from vmaild import config as config_mod
+    from vmaild.cache import TTLs, Cache
+    from vmaild.lookup import Lookups
+    from vmaild.metrics import Metrics
+
+    cfg = config_mod.parse(CHAIN)
+    db = TwoTables()
+    lookups = Lookups(cfg, db, Cache(TTLs(60, 10, 3600), 100), Metrics())  # type: ignore[arg-type]
+    assert asyncio.run(lookups.lookup("aliases", "joe+x@ex.com")) == "joe@ex.com"
+    assert db.queries == [("forwardings", "joe+x@ex.com"), ("users", "joe+x@ex.com"),
+                          ("forwardings", "joe@ex.com"), ("users", "joe@ex.com")]
+    assert asyncio.run(lookups.lookup("aliases", "nobody@ex.com")) == "catch@ex.com"
+
+
+def test_chain_must_name_another_map() -> None:
+    from vmaild import config as config_mod
+    with pytest.raises(config_mod.ConfigError, match=r"\[map aliases\] chain: 'nope' is not"):
+        config_mod.parse(CHAIN.replace("chain = email2email", "chain = nope"))

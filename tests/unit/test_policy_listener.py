@@ -4,11 +4,14 @@ reply on bad input or internal errors (PROTOCOLS.md 3.3, 3.4)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.test_policy_fakes import BASE, FakePolicyDB, User, make_service
 from vmaild import config
@@ -224,3 +227,55 @@ def test_service_is_taken_from_the_current_runtime() -> None:
     assert asyncio.run(go()) == b"action=DUNNO\n\n" * 2
     assert [r.recipient for r in first.requests] == ["a@x"]
     assert [r.recipient for r in second.requests] == ["b@x"]
+
+
+# -- fuzzing without sockets -----------------------------------------------------------------------
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "wrote after close"
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+REPLY = re.compile(rb"(action=[^\n\r\0]+\n\n)*")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.binary(max_size=64),
+    st.sampled_from([b"request=smtpd_access_policy\n", b"recipient=a@b\n", b"\n", b"=",
+                     b"sender=x=y\n", b"\0", b"\xff", b"\r\n"]),
+), max_size=30))
+def test_any_input_gets_well_formed_replies_or_a_close(chunks: list[bytes]) -> None:
+    async def go() -> FakeTransport:
+        app = make_app(Stub())
+        proto = PolicyProtocol(app)
+        transport = FakeTransport()
+        proto.connection_made(transport)  # type: ignore[arg-type]
+        for chunk in chunks:
+            if transport.closed:
+                break
+            proto.data_received(chunk)
+            for _ in range(3):
+                await asyncio.sleep(0)
+        proto.connection_lost(None)
+        return transport
+
+    transport = asyncio.run(go())
+    assert REPLY.fullmatch(transport.written), transport.written

@@ -183,3 +183,24 @@ def test_old_buckets_are_pruned_now_and_then() -> None:
     clock.now += 301
     asyncio.run(run())
     assert db.kinds().count("prune") == 2
+
+
+def test_one_read_per_transaction() -> None:
+    service, _, db, _ = limited("ratelimit_prune_interval = 0\n")
+    assert send(service, 3, "t") == ["DUNNO"] * 4
+    assert db.kinds() == ["select", "update"]
+    db.queries.clear()
+    service, _, db, _ = limited("ratelimit_count_state = RCPT\nratelimit_prune_interval = 0\n")
+    assert send(service, 3, "t", state_eom=False) == ["DUNNO"] * 3
+    assert db.kinds() == ["select", "update", "update", "update"]
+    assert db.counters == {(LOGIN, B0): [1, 3]}
+
+
+def test_end_of_message_without_its_rcpts_reads_the_totals() -> None:
+    # The RCPTs went to another vmaild (or this one restarted): the totals are read then.
+    service, _, db, _ = limited("ratelimit_prune_interval = 0\n")
+    db.counters[(LOGIN, B0)] = [3, 3]
+    got = decide(service, request(instance="elsewhere", protocol_state="END-OF-MESSAGE",
+                                  recipient_count=1, **AUTH))
+    assert got == "450 4.7.1 Sending limit exceeded"
+    assert db.kinds() == ["select"]

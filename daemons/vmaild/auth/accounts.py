@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pymysql
-
 from .. import expansions
 from ..config import Config
 from ..db import Database
@@ -152,7 +150,8 @@ def account_from_row(row: dict[str, Any], cfg: Config) -> Account:
     )
 
 
-def _named_rows(conn: pymysql.connections.Connection, sql: str,
+# ``conn`` is a pymysql connection lent by Database.run (typed Any: pymysql has no stubs).
+def _named_rows(conn: Any, sql: str,
                 params: Sequence[Any] | dict[str, Any] | None) -> list[dict[str, Any]]:
     with conn.cursor() as cur:
         cur.execute(sql, params or None)
@@ -160,7 +159,7 @@ def _named_rows(conn: pymysql.connections.Connection, sql: str,
         return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
 
 
-def _update(conn: pymysql.connections.Connection, sql: str, params: dict[str, str]) -> int:
+def _update(conn: Any, sql: str, params: dict[str, str]) -> int:
     with conn.cursor() as cur:
         return int(cur.execute(sql, params))
 

@@ -17,7 +17,6 @@ down, the last row seen stands in, but only a login verified earlier succeeds.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import os
@@ -38,10 +37,13 @@ from .login_cache import BoundedTTL, VerifiedLogins
 
 log = logging.getLogger("vmaild.auth")
 
-_CRAM = {"cram-md5": hashlib.md5, "cram-sha1": hashlib.sha1, "cram-sha256": hashlib.sha256}
+# authtype -> the HMAC's hash (authsaslcram.c).
+_CRAM = {"cram-md5": "md5", "cram-sha1": "sha1", "cram-sha256": "sha256"}
 # MySQL errors that mean "this schema cannot store a new hash": the seed's varchar(20)
 # (1406 data too long), a missing column or table (1054, 1146), no UPDATE grant (1142).
 _SCHEMA_ERRORS = frozenset({1406, 1054, 1146, 1142, 1265})
+# Seconds a Maildir found present is trusted to still be there.
+MAILDIR_RECHECK = 60.0
 
 
 class TemporaryFailure(Exception):
@@ -65,6 +67,7 @@ class AuthService:
         self.limits = FailureLimits(ac.fail_delay, ac.fail_delay_max, ac.fail_window,
                                     ac.fail_tracked, clock)
         self.rehash_enabled = ac.rehash
+        self._maildirs_seen: BoundedTTL[bool] = BoundedTTL(MAILDIR_RECHECK, 100_000, clock)
         self._sleep = sleep
         self._tasks: set[asyncio.Task[None]] = set()
         self._rehashing: set[str] = set()
@@ -153,7 +156,7 @@ class AuthService:
         self._maybe_rehash(account, password, digest)
         return await self._succeed(service, login, account, "verified")
 
-    async def _cram(self, service: str, req: codec.Auth, digestmod: object) -> bytes:
+    async def _cram(self, service: str, req: codec.Auth, digestmod: str) -> bytes:
         """CRAM-* works only with a clear-text ({PLAIN}) stored password (4.3)."""
         parts = req.cram()
         if parts is None:
@@ -170,7 +173,7 @@ class AuthService:
         secret = passwords.clear_text(account.password)
         if secret is None:
             return await self._fail(service, login, "CRAM needs a clear-text password")
-        expected = hmac.new(secret.encode(), challenge.encode(), digestmod).hexdigest()  # type: ignore[arg-type]
+        expected = hmac.new(secret.encode(), challenge.encode(), digestmod).hexdigest()
         if not hmac.compare_digest(expected.encode(), answer.strip().lower().encode()):
             return await self._fail(service, login, "wrong CRAM response")
         return await self._succeed(service, login, account, "cram")
@@ -178,28 +181,35 @@ class AuthService:
     # -- PASSWD ----------------------------------------------------------------------------
 
     async def passwd(self, req: codec.Passwd) -> bytes:
-        """Change a password: the old one must verify; store a new hash (4.3)."""
-        login = req.username
-        account, fresh = await self._account(login)
-        if account is None or not account.active:
-            return await self._passwd_fail(login, "unknown or disabled account")
-        if not fresh:
-            raise TemporaryFailure("database unavailable")
-        if not await self._verify_or_tempfail(req.old, account.password):
-            return await self._passwd_fail(login, "wrong old password")
-        new = req.new
+        """Change a password: the old one must verify; store a new hash (4.3).
+
+        The UPDATE is conditional on the hash the old password was verified against. If
+        that hash changed meanwhile (typically our own rehash of the login just before),
+        the check is made once more against the new one: the old password may well still
+        be right, and a change must not fail because of an upgrade it never saw."""
+        login, new = req.username, req.new
         if not new or len(new) > passwords.MAX_PASSWORD or any(ord(c) < 32 for c in new):
             return await self._passwd_fail(login, "unacceptable new password")
-        try:
-            new_hash = await self.hasher.hash(new)
-        except RuntimeError as e:
-            raise TemporaryFailure(str(e)) from e
-        changed = await self._update(self.cfg.auth.passwd_query, account, new_hash)
-        if changed != 1:
-            return await self._passwd_fail(login, "the password changed meanwhile")
+        new_hash: str | None = None
+        for _attempt in range(2):
+            account, fresh = await self._account(login)
+            if account is None or not account.active:
+                return await self._passwd_fail(login, "unknown or disabled account")
+            if not fresh:
+                raise TemporaryFailure("database unavailable")
+            if not await self._verify_or_tempfail(req.old, account.password):
+                return await self._passwd_fail(login, "wrong old password")
+            if new_hash is None:
+                try:
+                    new_hash = await self.hasher.hash(new)
+                except RuntimeError as e:
+                    raise TemporaryFailure(str(e)) from e
+            if await self._update(self.cfg.auth.passwd_query, account, new_hash) == 1:
+                break
+        else:
+            return await self._passwd_fail(login, "the password kept changing meanwhile")
         self.limits.succeeded(login)
-        updated = replace(account, password=new_hash)
-        self.rows.put(login.lower(), updated)
+        self.rows.put(login.lower(), replace(account, password=new_hash))
         self.verified.add(account.address, new_hash, self.verified.digest(new))
         log.info("password changed for %s (service %s)", account.address, req.service)
         return codec.OK
@@ -289,10 +299,15 @@ class AuthService:
             raise TemporaryFailure(str(e)) from e
 
     async def _ensure_maildir(self, account: Account) -> None:
+        """Create a missing Maildir (issue 4, item 7). Checked in a worker thread, since a
+        filesystem can block; a Maildir seen within MAILDIR_RECHECK seconds is not checked
+        again, which keeps the thread hop off the common path."""
         box = self.cfg.mailbox
         if not box.create_maildirs:
             return
         path = account.maildir_path()
+        if self._maildirs_seen.get(path):
+            return
         base = os.path.normpath(box.base)
         # Only under [mailbox] base: a row must not make the daemon create directories
         # (owned by someone else) anywhere it pleases.
@@ -306,6 +321,7 @@ class AuthService:
         except OSError as e:
             log.error("cannot create Maildir %s for %s: %s", path, account.address, e)
             return
+        self._maildirs_seen.put(path, True)
         if created:
             log.info("created Maildir %s for %s", path, account.address)
 

@@ -32,6 +32,7 @@ class Map:
     port: int
     parameter: str | None    # the main.cf parameter it belongs in, if known
     catchall: bool
+    chain: tuple[str, ...] = ()  # maps tried per key form after this one (see below)
 
     def reference(self, socketmap: str | None) -> str:
         if socketmap is not None:
@@ -88,6 +89,14 @@ def build_maps(tables: list[postfix_cf.MysqlTable], first_port: int) -> list[Map
             raise Refused(f"{table.path}: query: {e}") from None
         parameter, catchall, _ = classify(name)
         maps.append(Map(name, table, first_port + i, parameter, catchall))
+    # Postfix tries each key form across all of virtual_alias_maps before the next form,
+    # so the seed's email2email stops the '@domain' catch-all from taking mail for
+    # existing mailboxes. tcp: tables only see the full address, so vmaild does that
+    # ordering itself: the catch-all map chains the email2email map.
+    identity = [m.name for m in maps if classify(m.name)[2] == 1]
+    for m in maps:
+        if m.catchall and identity:
+            m.chain = tuple(identity)
     return maps
 
 
@@ -123,6 +132,8 @@ def config_text(db: dict[str, str], maps: list[Map], sources: list[str],
             lines.append(f"tcp = 127.0.0.1:{m.port}")
         if m.catchall:
             lines.append("catchall = yes")
+        if m.chain:
+            lines.append(f"chain = {' '.join(m.chain)}")
     return "\n".join(lines) + "\n"
 
 
@@ -141,6 +152,8 @@ def postfix_lines(maps: list[Map], socketmap: str | None) -> list[str]:
     for parameter in ("virtual_mailbox_domains", "virtual_alias_maps",
                       "virtual_mailbox_maps", "transport_maps"):
         group = sorted(by_parameter.get(parameter, []), key=lambda m: classify(m.name)[2])
+        chained = {name for m in group for name in m.chain}
+        group = [m for m in group if m.name not in chained]  # answered through the chain
         if group:
             refs = ", ".join(m.reference(socketmap) for m in group)
             lines.append(f"{parameter} = {refs}")
@@ -156,10 +169,12 @@ def notes(maps: list[Map]) -> list[str]:
         result.append("virtual(8) refuses tcp: and socketmap: tables for "
                       "virtual_mailbox_maps: deliver through maildrop (virtual_transport = "
                       "maildrop) as vmaild's postfix/ snippets do, or mail is deferred (4.3.5)")
-    if any(m.catchall for m in maps) and any(classify(m.name)[2] == 1 for m in maps):
-        result.append("tcp: tables are asked only for the full address, so an '@domain' "
-                      "catch-all in the catchall map answers before the email2email map "
-                      "is asked: with a catch-all, mail to existing mailboxes goes to it too")
+    for m in maps:
+        if m.chain:
+            result.append(f"[map {m.name}] chains {', '.join(m.chain)}: for each key form "
+                          f"(full address, without extension, @domain) both are asked, in "
+                          f"that order, as Postfix does across virtual_alias_maps, so a "
+                          f"catch-all never takes mail for an existing mailbox")
     return result
 
 

@@ -8,6 +8,7 @@ argparse's own exit 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -54,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
          stderr: TextIO | None = None, stdin: TextIO | None = None) -> int:
+    # The shared modules log for the daemon; here every failure is reported once, as
+    # the one line below, so their records must not reach Python's last-resort handler.
+    logger = logging.getLogger("vmaild")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
     args = build_parser().parse_args(argv)
     ctx = Context(getattr(args, "config", None), getattr(args, "json", False),
                   out=stdout, err=stderr, stdin=stdin)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import getpass
 from typing import TextIO
 
-from ..passwords import hash_password
 from .context import Refused
 
 
@@ -33,6 +32,8 @@ def read_password(stdin: TextIO, from_stdin: bool, who: str) -> str:
 
 
 def hashed(password: str, scheme: str) -> str:
+    from ..passwords import hash_password  # passlib's handlers load slowly; only when hashing
+
     try:
         return hash_password(password, scheme)
     except (ValueError, RuntimeError) as e:  # unknown scheme, missing hash backend

@@ -21,7 +21,7 @@ LOCK_TIMEOUT = 30
 
 @dataclass
 class State:
-    kind: str                      # empty | seed | vmaild | unknown
+    kind: str                      # empty | seed | partial | vmaild | unknown
     version: int | None = None
     tables: list[str] = field(default_factory=list)
     problem: str = ""
@@ -34,6 +34,8 @@ class State:
             return f"seed ({schema.SEED_VERSION})"
         if self.kind == "vmaild":
             return str(self.version)
+        if self.kind == "partial":
+            return "incomplete"
         return "unknown"
 
     @property
@@ -47,6 +49,8 @@ class State:
             return "run 'vmailctl db init'"
         if self.kind == "seed" or (self.kind == "vmaild" and (self.version or 0) < schema.LATEST):
             return "run 'vmailctl db migrate'"
+        if self.kind == "partial":
+            return f"{self.problem}: run 'vmailctl db migrate' again to finish it"
         if self.kind == "vmaild":
             return f"newer than this vmailctl (knows up to {schema.LATEST}): upgrade vmailctl"
         return self.problem
@@ -72,8 +76,9 @@ def detect(conn: Conn) -> State:
     if schema.SCHEMA_TABLE in tables:
         row = fetch_one(conn, f"SELECT MAX(version) AS v FROM {schema.SCHEMA_TABLE}")
         if row is None or row["v"] is None:
-            return State("unknown", tables=tables,
-                         problem=f"{schema.SCHEMA_TABLE} has no version row")
+            # vmaild_schema is written last: an init or migration stopped half-way.
+            return State("partial", tables=tables,
+                         problem="an init or migration did not finish")
         return State("vmaild", int(row["v"]), tables)
     for table, needed in schema.SEED_REQUIRED.items():
         if table not in tables:
@@ -120,10 +125,13 @@ def _upgrade_table(conn: Conn, t: schema.Table) -> None:
     the seed's hashes and addresses are ASCII, so the character set conversion is
     byte-for-byte for them."""
     info = _table_info(conn, t.name)
-    if info.get("engine", "").lower() != "innodb" or \
-            info.get("row_format", "").lower() in ("compact", "redundant"):
-        # MyISAM had no transactions; COMPACT rows cannot index varchar(255) in utf8mb4.
-        _execute(conn, f"ALTER TABLE `{t.name}` ENGINE=InnoDB ROW_FORMAT=DYNAMIC")
+    if info.get("engine", "").lower() != "innodb":
+        # The tutorial's era defaulted to MyISAM: no transactions, no crash safety.
+        _execute(conn, f"ALTER TABLE `{t.name}` ENGINE=InnoDB")
+        info = _table_info(conn, t.name)
+    if info.get("row_format", "").lower() in ("compact", "redundant"):
+        # These cannot index a varchar(255) in utf8mb4 (767-byte key prefix limit).
+        _execute(conn, f"ALTER TABLE `{t.name}` ROW_FORMAT=DYNAMIC")
     if info.get("collation") != schema.COLLATION:
         _execute(conn, f"ALTER TABLE `{t.name}` CONVERT TO CHARACTER SET {schema.CHARSET} "
                        f"COLLATE {schema.COLLATION}")
@@ -156,15 +164,25 @@ def _ensure_tables(conn: Conn) -> None:
 def _ensure_triggers(conn: Conn) -> None:
     for t in schema.watched_tables():
         for trigger in schema.triggers_for(t, _columns(conn, t.name)):
-            _execute(conn, f"DROP TRIGGER IF EXISTS `{trigger.name}`")
             try:
+                _execute(conn, f"DROP TRIGGER IF EXISTS `{trigger.name}`")
                 _execute(conn, trigger.create())
-            except pymysql.err.Error as e:
+            except (pymysql.err.OperationalError, pymysql.err.ProgrammingError) as e:
+                if _errno(e) not in TRIGGER_PRIVILEGE_ERRNOS:
+                    raise
                 raise Refused(_trigger_problem(e)) from e
 
 
+# 1419: binlog on and no SUPER; 1142: no TRIGGER privilege; 1227: needs SUPER.
+TRIGGER_PRIVILEGE_ERRNOS = (1419, 1142, 1227)
+
+
+def _errno(e: BaseException) -> int | None:
+    return e.args[0] if e.args and isinstance(e.args[0], int) else None
+
+
 def _trigger_problem(e: pymysql.err.Error) -> str:
-    errno = e.args[0] if e.args else None
+    errno = _errno(e)
     if errno == 1419:
         return ("creating triggers needs SUPER while binary logging is on: set "
                 "log_bin_trust_function_creators = 1 in the server's configuration "
@@ -172,7 +190,7 @@ def _trigger_problem(e: pymysql.err.Error) -> str:
     if errno in (1142, 1227):
         return ("the database user may not create triggers: GRANT TRIGGER (or ALL) on "
                 "the database, then run the command again")
-    return f"cannot create trigger: {e.args[-1] if e.args else e}"
+    return f"cannot create trigger: {e.args[-1]}"
 
 
 def _set_version(conn: Conn, version: int) -> None:
@@ -214,7 +232,7 @@ def init(conn: Conn) -> tuple[State, State]:
             return before, before
         if before.kind == "seed":
             raise Refused("database has the seed's tables: use 'vmailctl db migrate'")
-        if before.kind != "empty":
+        if before.kind not in ("empty", "partial"):
             raise Refused(f"database is not empty (schema {before.label}: "
                           f"{before.advice()}); init only creates a new schema")
         _apply_latest(conn)

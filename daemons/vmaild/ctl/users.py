@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
-
-from passlib.context import CryptContext
 
 from . import maildirs, names, prompt, sizes
 from .context import Context, Refused, Row, fetch_all, fetch_one, transaction
@@ -16,16 +15,23 @@ from .schema import BUMP
 
 USER_COLUMNS = ("email, name, quota_bytes, quota_messages, active, maildir, created_at, "
                 "password_changed_at, password")
-# Only to show which scheme a stored hash uses (the seed's are des_crypt).
-_IDENTIFY = CryptContext(schemes=["argon2", "bcrypt", "sha512_crypt", "sha256_crypt",
-                                  "md5_crypt", "des_crypt"])
+
+
+@functools.cache
+def _identifier() -> Any:
+    """Only to show which scheme a stored hash uses (the seed's are des_crypt); built on
+    first use because loading the hash handlers costs every other command time."""
+    from passlib.context import CryptContext
+
+    return CryptContext(schemes=["argon2", "bcrypt", "sha512_crypt", "sha256_crypt",
+                                 "md5_crypt", "des_crypt"])
 
 
 def scheme_of(stored: str) -> str:
     if stored.startswith("{") and "}" in stored:
         return stored[1:stored.index("}")].lower()  # Dovecot-style {SCHEME}
     try:
-        return _IDENTIFY.identify(stored, required=False) or "unknown"
+        return _identifier().identify(stored, required=False) or "unknown"
     except ValueError:
         return "unknown"
 

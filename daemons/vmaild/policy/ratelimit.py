@@ -14,9 +14,12 @@ the data, and a message is counted once it is complete, at END-OF-MESSAGE, with 
 accepted RCPT counts a recipient and the first RCPT of a transaction (``instance``) counts
 the message: nothing needed at END-OF-MESSAGE, but aborted transactions count as well.
 
-Concurrent sessions of one user may overshoot a limit by what they send in parallel: the
-check and the count are not one transaction (that would serialise all of a user's mail on a
-row lock). Over a limit, the user gets a temporary code and its client retries later.
+The window's totals are read once per transaction (at its first request) and this
+transaction's own recipients are added to them in memory, so a transaction of n recipients
+costs one read, plus one write where it is counted. Concurrent sessions of one user may
+therefore overshoot a limit by what they send in parallel: the check and the count are not
+one database transaction (that would serialise all of a user's mail on a row lock). Over a
+limit, the user gets a temporary code and its client retries later.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from ..codec.policy import PolicyRequest
 from ..config import PolicyConfig
@@ -39,7 +43,7 @@ log = logging.getLogger("vmaild.policy")
 
 BUCKET_SECONDS = 60  # send_counters.bucket = floor(unix_time / 60)
 COUNT_STATES = ("END-OF-MESSAGE", "RCPT")
-_PENDING_ENTRIES = 10_000
+_TRANSACTIONS = 10_000
 
 
 def bucket_of(t: float) -> int:
@@ -69,6 +73,15 @@ def window_totals(rows: Iterable[tuple[object, ...]], now: float,
     return messages, recipients
 
 
+@dataclass(slots=True)
+class _Transaction:
+    """One mail transaction (Postfix's ``instance``) of one login, as this vmaild saw it."""
+
+    messages: float        # the window's totals when the transaction began
+    recipients: float
+    accepted: int = 0      # RCPTs let through so far
+
+
 class RateLimitCheck:
     name = "ratelimit"
 
@@ -89,8 +102,8 @@ class RateLimitCheck:
         self.prune_interval = pc.ratelimit_prune_interval
         self.action = check_action(pc.ratelimit_action)
         self.fail_action = check_action(pc.ratelimit_fail_action, fail=True)
-        # (instance, login) -> recipients let through so far in that transaction.
-        self._pending: dict[tuple[str, str], int] = {}
+        # (instance, login) -> what this instance knows about that open transaction.
+        self._txns: dict[tuple[str, str], _Transaction] = {}
         self._last_prune = 0.0
         self._prune_task: asyncio.Task[None] | None = None
 
@@ -105,24 +118,23 @@ class RateLimitCheck:
         now = self.clock()
         self._maybe_prune(now)
         key = (request.instance, login)
-        messages, recipients = await self._totals(login, now)
+        txn = self._txns.get(key) if request.instance else None
+        if txn is None:
+            # The totals are read once per transaction, before it added anything: later
+            # RCPTs and END-OF-MESSAGE add this transaction's own recipients to them.
+            txn = _Transaction(*await self._totals(login, now))
         if request.protocol_state.upper() == "RCPT":
-            pending = self._pending.get(key)
-            if self.count_at_rcpt:
-                # This transaction's earlier RCPTs are in the database already.
-                add_messages, add_recipients = (0 if pending is not None else 1), 1
-            else:
-                add_messages, add_recipients = 1, (pending or 0) + 1
-            if self._over(login, messages + add_messages, recipients + add_recipients):
+            if self._over(login, txn.messages + 1, txn.recipients + txn.accepted + 1):
                 return Result(self.name, self.action)
-            self._remember(key, (pending or 0) + 1)
             if self.count_at_rcpt:
-                await self._count(login, now, add_messages, 1)
+                await self._count(login, now, 0 if txn.accepted else 1, 1)
+            txn.accepted += 1
+            self._remember(key, txn)
             return Result(self.name)
         # END-OF-MESSAGE: recipient_count is the number of accepted recipients (3.1).
-        n = request.recipient_count or self._pending.get(key) or 1
-        self._pending.pop(key, None)
-        if self._over(login, messages + 1, recipients + n):
+        self._txns.pop(key, None)
+        n = request.recipient_count or txn.accepted or 1
+        if self._over(login, txn.messages + 1, txn.recipients + n):
             return Result(self.name, self.action)
         await self._count(login, now, 1, n)
         return Result(self.name)
@@ -136,12 +148,12 @@ class RateLimitCheck:
                      self.max_recipients, self.window)
         return over_m or over_r
 
-    def _remember(self, key: tuple[str, str], value: int) -> None:
+    def _remember(self, key: tuple[str, str], txn: _Transaction) -> None:
         if not key[0]:
             return  # no instance: nothing ties the requests of a transaction together
-        if key not in self._pending and len(self._pending) >= _PENDING_ENTRIES:
-            self._pending.pop(next(iter(self._pending)))  # oldest: an abandoned transaction
-        self._pending[key] = value
+        if key not in self._txns and len(self._txns) >= _TRANSACTIONS:
+            self._txns.pop(next(iter(self._txns)))  # the oldest: an abandoned transaction
+        self._txns[key] = txn
 
     async def _totals(self, login: str, now: float) -> tuple[float, float]:
         params = self.select.bind({"login": login, "since": bucket_of(now - self.window)})
@@ -180,6 +192,9 @@ class RateLimitCheck:
             log.debug("policy: pruned %d old send_counters rows", n)
 
     def close(self) -> None:
-        if self._prune_task is not None:
-            with contextlib.suppress(RuntimeError):
-                self._prune_task.cancel()
+        """Called from a worker thread (Runtime.close on reload and stop): the task is
+        cancelled through its own loop, the only thread-safe way."""
+        task = self._prune_task
+        if task is not None and not task.done():
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                task.get_loop().call_soon_threadsafe(task.cancel)

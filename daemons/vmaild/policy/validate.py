@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..config import ConfigError
 from . import ratelimit, recipient, sender
 from .actions import check_action, fill
 from .queries import compile_named
@@ -16,11 +17,16 @@ if TYPE_CHECKING:
     from ..config import PolicyConfig
 
 
-class PolicySettingError(ValueError):
-    """A bad ``[policy]`` value; ``key`` names it, ``problem`` says what is wrong."""
+class PolicySettingError(ConfigError, ValueError):
+    """A bad ``[policy]`` value; ``key`` names it, ``problem`` says what is wrong.
+
+    A ConfigError, so that start-up and SIGHUP report it in one line like any other
+    configuration mistake. Raised from inside the dataclass, it cannot know the file's
+    path; config._build may re-raise it with the path (it is a ValueError for that).
+    """
 
     def __init__(self, key: str, problem: str):
-        super().__init__(f"[policy] {key}: {problem}")
+        Exception.__init__(self, f"[policy] {key}: {problem}")
         self.key = key
         self.problem = problem
 

@@ -1,0 +1,307 @@
+"""Benchmark: logins per second through Courier's authdaemond, vmaild against authmysql.
+
+Issue 4, "Benchmark": one run, one machine, one private MariaDB with the seed's tables
+(migrated by ``vmailctl db migrate``), and the same users and hashes for both contenders:
+
+- **vmaild**: authdaemond -> vmaild-authpipe (as /etc/courier/authProg) -> ``vmaild serve``,
+  with ``[auth] rehash = no`` so the stored hashes stay exactly what authmysql reads, and a
+  warm daemon (relays started, database connections open, by a warm-up account);
+  - *first login*: every user once, users the daemon has never seen (nothing cached);
+  - *repeated login*: the same users again (answered from the verified-login cache);
+- **authmysql**: Courier's own C module with the seed's authmysqlrc (no cache: every login
+  queries MariaDB and runs crypt(3)).
+
+Clients speak authdaemond's socket protocol like authtest (PROTOCOLS.md 5.1 framing, one
+connection per request), from several processes at once. Three hash sets: the seed's DES
+(``ENCRYPT()``), sha512_crypt at glibc's 5,000 rounds, and sha512_crypt at passlib's
+default 656,000 rounds (what vmaild writes by default). Targets: repeated logins faster
+than authmysql, first logins within 10% of it.
+
+A report, not a test: a missed target still exits 0; a run that cannot complete, or a login
+that fails, exits 1. Results go to bench/results/auth-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness import Courier, MariaDB, seed
+from harness.courier import AUTHDAEMON_SOCKET
+from harness.vmaild import Vmaild
+from vmaild import passwords
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BIN = Path(sys.executable).parent
+DBNAME, DBUSER, DBPASSWORD = "vmaild_bench_auth", "bench_auth", "bench-auth-pw"
+DOMAIN = "bench.test"
+CLIENTS = 8          # concurrent client processes (authdaemond has `daemons` workers)
+DAEMONS = 5          # Debian's default authdaemonrc
+WARM_UP = (f"warm-up@{DOMAIN}", "warm-up-pw")
+
+
+@dataclass(frozen=True)
+class HashSet:
+    name: str
+    scheme: str       # "des" (MariaDB ENCRYPT()) or a passwords.hash_password scheme
+    rounds: int
+    users: int
+    quick_users: int
+    passes: int       # repeated-login passes, and authmysql passes
+
+
+HASH_SETS = (
+    HashSet("des (seed ENCRYPT)", "des", 0, 600, 150, 3),
+    HashSet("sha512_crypt 5000", "sha512_crypt", 5000, 600, 150, 3),
+    HashSet("sha512_crypt 656000", "sha512_crypt", 656_000, 40, 12, 1),
+)
+
+
+def log(msg: str) -> None:
+    print(f"[bench auth {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- the client (runs in worker processes) ---------------------------------------------------
+
+def login_request(user: str, password: str, service: str = "imap") -> bytes:
+    """authdaemond's socket request as libsasl and authtest build it (5.1: the final LF of
+    the password is counted, one more LF follows)."""
+    payload = f"{service}\nlogin\n{user}\n{password}\n".encode()
+    return b"AUTH %d\n" % len(payload) + payload + b"\n"
+
+
+def one_login(path: str, user: str, password: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(60)
+        s.connect(path)
+        s.sendall(login_request(user, password))
+        reply = b""
+        while chunk := s.recv(8192):
+            reply += chunk
+    return reply.endswith(b".\n") and not reply.startswith(b"FAIL")
+
+
+def run_chunk(path: str, items: list[tuple[str, str]]) -> tuple[int, int]:
+    ok = sum(one_login(path, u, p) for u, p in items)
+    return ok, len(items) - ok
+
+
+def make_hash(scheme: str, rounds: int, password: str) -> str:
+    return passwords.hash_password(password, scheme, rounds)
+
+
+# -- the bench -------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, quick: bool, tmp: Path):
+        self.quick = quick
+        self.tmp = tmp
+        self.db = MariaDB()
+        self.pool = ProcessPoolExecutor(max_workers=CLIENTS)
+        self.vmaild: Vmaild | None = None
+        self.courier: Courier | None = None
+        self.users: dict[str, list[tuple[str, str]]] = {}
+        self.results: dict[str, Any] = {"sets": {}}
+
+    # set-up
+    def setup(self) -> None:
+        self.db.start()
+        seed.load_seed(self.db, DBNAME, DBUSER, DBPASSWORD, rows=False)
+        conf = (f"[database]\nhosts = 127.0.0.1:{self.db.port}\nuser = {DBUSER}\n"
+                f"password = {DBPASSWORD}\ndbname = {DBNAME}\n\n"
+                f"[auth]\nlisten = unix:{self.tmp}/auth.sock\nrehash = no\n\n"
+                f"[mailbox]\nbase = {self.tmp}/vmail\ncreate_maildirs = no\n\n"
+                "[log]\nlevel = warning\n")
+        self.vmaild = Vmaild(conf, self.tmp / "vmaild")
+        r = subprocess.run([str(BIN / "vmailctl"), "-c", str(self.vmaild.config_path), "db",
+                            "migrate"], capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"vmailctl db migrate: {r.stderr}")
+        self.db.query("INSERT INTO domains (domain) VALUES (%s)", (DOMAIN,), database=DBNAME)
+        self.db.query("INSERT INTO users (email, password) VALUES (%s, ENCRYPT(%s))", WARM_UP,
+                      database=DBNAME)
+        for n, hs in enumerate(HASH_SETS):
+            count = hs.quick_users if self.quick else hs.users
+            users = [(f"s{n}u{i:05d}@{DOMAIN}", f"pw-{n}-{i}-secret") for i in range(count)]
+            started = time.monotonic()
+            if hs.scheme == "des":
+                hashes = [None] * count  # ENCRYPT() below, exactly as the seed stored them
+            else:
+                hashes = list(self.pool.map(make_hash, [hs.scheme] * count,
+                                            [hs.rounds] * count, [p for _, p in users]))
+            conn = self.db.root_conn(DBNAME)
+            try:
+                with conn.cursor() as cur:
+                    if hs.scheme == "des":
+                        cur.executemany("INSERT INTO users (email, password) "
+                                        "VALUES (%s, ENCRYPT(%s))", users)
+                    else:
+                        cur.executemany("INSERT INTO users (email, password) VALUES (%s, %s)",
+                                        [(u, h) for (u, _), h in zip(users, hashes, strict=True)])
+            finally:
+                conn.close()
+            self.users[hs.name] = users
+            log(f"{hs.name}: {count} users ({time.monotonic() - started:.1f} s)")
+        self.vmaild.start()
+
+    # one measured phase
+    def phase(self, items: list[tuple[str, str]], path: str = str(AUTHDAEMON_SOCKET)) -> dict:
+        chunks = [items[i::CLIENTS] for i in range(CLIENTS)]
+        cpu0 = os.times()
+        started = time.perf_counter()
+        futures = [self.pool.submit(run_chunk, path, c) for c in chunks if c]
+        ok = failed = 0
+        for f in futures:
+            a, b = f.result()
+            ok, failed = ok + a, failed + b
+        wall = time.perf_counter() - started
+        cpu1 = os.times()
+        if failed:
+            raise RuntimeError(f"{failed} of {len(items)} logins failed")
+        return {"logins": ok, "seconds": round(wall, 3), "rate": ok / wall,
+                "load": round(os.getloadavg()[0], 2),
+                "children_cpu": round((cpu1.children_user + cpu1.children_system)
+                                      - (cpu0.children_user + cpu0.children_system), 2)}
+
+    def warm_up(self) -> None:
+        """Start every authdaemond worker's authProg and open vmaild's database connections
+        with an account of its own, so that the measured users are still unseen."""
+        self.phase([WARM_UP] * (DAEMONS * 20))
+
+    def run_vmaild(self) -> None:
+        assert self.vmaild is not None
+        self.courier = Courier(BIN / "vmaild-authpipe", daemons=DAEMONS, imap=False, pop3=False,
+                               auth_env={"VMAILD_CONFIG": str(self.vmaild.config_path)})
+        self.courier.start()
+        try:
+            self.warm_up()
+            for hs in HASH_SETS:
+                users = self.users[hs.name]
+                first = self.phase(users)  # never seen by this daemon: nothing cached
+                repeated = self.phase(users * hs.passes)
+                direct = self.phase(users * hs.passes, str(self.tmp / "auth.sock"))
+                self.results["sets"][hs.name] = {"users": len(users), "first": first,
+                                                 "repeated": repeated, "direct": direct}
+                log(f"vmaild {hs.name}: first {first['rate']:.0f}/s, repeated "
+                    f"{repeated['rate']:.0f}/s, repeated without authdaemond "
+                    f"{direct['rate']:.0f}/s")
+        finally:
+            self.courier.cleanup()
+            self.courier = None
+
+    def run_authmysql(self) -> None:
+        rc = seed.authmysqlrc_text(self.db, DBNAME, DBUSER, DBPASSWORD, home=self.tmp / "vmail")
+        self.courier = Courier(None, modules="authmysql", authmysqlrc=rc, daemons=DAEMONS,
+                               imap=False, pop3=False)
+        self.courier.start()
+        try:
+            self.warm_up()
+            for hs in HASH_SETS:
+                users = self.users[hs.name]
+                r = self.phase(users * hs.passes)
+                self.results["sets"][hs.name]["authmysql"] = r
+                log(f"authmysql {hs.name}: {r['rate']:.0f}/s")
+        finally:
+            self.courier.cleanup()
+            self.courier = None
+
+    def cleanup(self) -> None:
+        if self.courier is not None:
+            self.courier.cleanup()
+        if self.vmaild is not None:
+            self.vmaild.stop()
+        self.pool.shutdown(cancel_futures=True)
+        self.db.cleanup()
+
+
+def report(res: dict[str, Any], quick: bool) -> str:
+    lines = ["", f"vmaild auth benchmark -- {'QUICK' if quick else 'full'} mode, "
+             f"{os.cpu_count()} CPUs, {CLIENTS} client processes, authdaemond daemons={DAEMONS}",
+             f"load average at start: {res['meta']['loadavg_start']:.2f}"
+             + ("  << busy machine: figures are depressed and noisy"
+                if res["meta"]["loadavg_start"] > 1.0 else ""),
+             "",
+             f"  {'hash set':<22} {'users':>5} {'authmysql/s':>11} {'vmaild first/s':>14} "
+             f"{'first vs':>8} {'repeated/s':>10} {'repeat vs':>9} {'direct/s':>9}"]
+    for name, s in res["sets"].items():
+        base = s["authmysql"]["rate"]
+        first, rep = s["first"]["rate"], s["repeated"]["rate"]
+        lines.append(f"  {name:<22} {s['users']:>5} {base:>11.0f} {first:>14.0f} "
+                     f"{first / base:>7.2f}x {rep:>10.0f} {rep / base:>8.2f}x "
+                     f"{s['direct']['rate']:>9.0f}")
+    lines += ["", "  'vs' = vmaild / authmysql (same run, users, hashes, authdaemond, clients);",
+              "  'direct' = repeated logins sent straight to vmaild's [auth] socket (no "
+              "authdaemond, no relay).", "", "targets:"]
+    for t in res["targets"]:
+        lines.append(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['what']}: {t['value']}")
+    return "\n".join(lines)
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for name, s in res["sets"].items():
+        base = s["authmysql"]["rate"]
+        rep, first = s["repeated"]["rate"] / base, s["first"]["rate"] / base
+        out.append({"what": f"repeated logins faster than authmysql ({name})",
+                    "value": f"{rep:.2f}x", "met": rep > 1.0})
+        out.append({"what": f"first logins within 10% of authmysql ({name})",
+                    "value": f"{first:.2f}x", "met": first >= 0.9})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_auth", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="fewer users per hash set (also VMAILD_BENCH_QUICK=1)")
+    args = p.parse_args(argv)
+    quick = args.quick or os.environ.get("VMAILD_BENCH_QUICK") == "1"
+    missing = MariaDB.missing_requirements() + Courier.missing_requirements("authpipe authmysql")
+    if missing:
+        print(f"bench auth: cannot run, missing: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    tmp = Path(tempfile.mkdtemp(prefix="vmaild-bench-auth-"))
+    os.chmod(tmp, 0o755)
+    bench = Bench(quick, tmp)
+    started = time.time()
+    loadavg_start = os.getloadavg()[0]
+    try:
+        bench.setup()
+        bench.run_vmaild()
+        bench.run_authmysql()
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001 - report, clean up, exit 1
+        log(f"failed: {type(e).__name__}: {e}")
+        return 1
+    finally:
+        bench.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+    res = bench.results
+    res["meta"] = {"quick": quick, "cpus": os.cpu_count(), "clients": CLIENTS,
+                   "daemons": DAEMONS, "loadavg_start": loadavg_start,
+                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+                   "wall_seconds": round(time.time() - started, 1)}
+    res["targets"] = targets(res)
+    print(report(res, quick), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"auth-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}.json"
+    path.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    print(f"\nresults: {path}  ({res['meta']['wall_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""servers/auth.py: one request per connection, reply then close, or close without one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from passlib.hash import sha512_crypt
+
+from vmaild.config import Listen
+from vmaild.servers import auth as auth_server
+from vmaild.servers.auth import AuthProtocol
+from vmaild.servers.base import start_listener
+
+from .test_auth_service import FakeDB, aio, make_service
+
+SHA = sha512_crypt.using(rounds=1000)
+
+
+async def serving(tmp_path: Path, body: Callable[[str, FakeDB, Any], Awaitable[None]],
+                  extra: str = "") -> None:
+    service, db = make_service(tmp_path, "rehash = no\n" + extra)
+    db.add("joe@example.test", SHA.hash("s3cret"))
+    app = SimpleNamespace(metrics=service.metrics, connections=set(),
+                          runtime=SimpleNamespace(services={"auth": service}))
+    path = str(tmp_path / "auth.sock")
+    server = await start_listener(Listen(path=path), lambda: AuthProtocol(app))  # type: ignore[arg-type]
+    try:
+        await body(path, db, app)
+    finally:
+        server.close()
+        service.close()
+
+
+async def exchange(path: str, *pieces: bytes, pause: float = 0.0) -> bytes:
+    """Send the pieces, then read everything until the server closes."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    for piece in pieces:
+        writer.write(piece)
+        await writer.drain()
+        if pause:
+            await asyncio.sleep(pause)
+    data = await asyncio.wait_for(reader.read(), 10)  # to EOF: the server must close
+    writer.close()
+    return data
+
+
+def auth_bytes(user: str, password: str, service: str = "imap") -> bytes:
+    body = f"{service}\nlogin\n{user}\n{password}\n".encode()
+    return b"AUTH %d\n" % len(body) + body
+
+
+@aio
+async def test_reply_then_close(tmp_path: Path) -> None:
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        reply = await exchange(path, auth_bytes("joe@example.test", "s3cret"))
+        assert reply.startswith(b"UID=5000\n") and reply.endswith(b"ADDRESS=joe@example.test\n"
+                                                                  b"MAILDIR=example.test/joe/\n.\n")
+        assert await exchange(path, auth_bytes("joe@example.test", "nope")) == b"FAIL\n"
+        pre = await exchange(path, b"PRE . login joe@example.test\n")
+        assert pre == reply
+        assert await exchange(path, b"ENUMERATE\n") == (
+            f"joe@example.test\t5000\t5001\t{tmp_path}/vmail\texample.test/joe/\n.\n".encode())
+    await serving(tmp_path, body, "fail_delay = 0\n")
+
+
+@aio
+async def test_request_in_one_byte_pieces(tmp_path: Path) -> None:
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        data = auth_bytes("joe@example.test", "s3cret")
+        reply = await exchange(path, *(data[i:i + 1] for i in range(len(data))), pause=0.001)
+        assert reply.endswith(b"\n.\n")
+    await serving(tmp_path, body)
+
+
+@aio
+async def test_cyrus_sasl_request_with_its_extra_lf(tmp_path: Path) -> None:
+    # PROTOCOLS.md 5.1: n counts the password's LF, one more LF follows; the reply must be
+    # followed by a close (libsasl reads to EOF).
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        reply = await exchange(path, auth_bytes("joe@example.test", "s3cret", "smtp") + b"\n")
+        assert reply.endswith(b"\n.\n") and len(reply) < 8191
+    await serving(tmp_path, body)
+
+
+@aio
+async def test_temporary_failure_closes_without_a_reply(tmp_path: Path) -> None:
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        db.down = True
+        assert await exchange(path, auth_bytes("joe@example.test", "s3cret")) == b""
+        assert await exchange(path, b"PRE . imap joe@example.test\n") == b""
+    await serving(tmp_path, body)
+
+
+@aio
+async def test_a_bug_in_the_service_closes_without_a_reply(tmp_path: Path) -> None:
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        async def broken(request: object) -> bytes:
+            raise KeyError("bug")
+        app.runtime.services["auth"].answer = broken
+        assert await exchange(path, b"PRE . imap joe@example.test\n") == b""
+    await serving(tmp_path, body)
+
+
+@aio
+async def test_garbage(tmp_path: Path) -> None:
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        # A complete request that makes no sense: FAIL. Lost framing: closed, no reply.
+        assert await exchange(path, b"HELLO there\n") == b"FAIL\n"
+        assert await exchange(path, b"AUTH twelve\n") == b""
+        assert await exchange(path, b"PRE " + b"x" * 20000) == b""
+    await serving(tmp_path, body)
+
+
+@aio
+async def test_only_the_first_request_is_answered(tmp_path: Path) -> None:
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        reply = await exchange(path, b"PRE . imap joe@example.test\nPRE . imap joe@example.test\n")
+        assert reply.count(b"\n.\n") == 1
+    await serving(tmp_path, body)
+
+
+@aio
+async def test_idle_connections_are_dropped(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth_server, "IDLE_SECONDS", 0.1)
+
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        assert await exchange(path, b"PRE . imap jo") == b""
+        assert not app.connections
+    await serving(tmp_path, body)
+
+
+@aio
+async def test_the_current_runtimes_service_answers(tmp_path: Path) -> None:
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        other, other_db = make_service(tmp_path)
+        other_db.add("ann@example.test", SHA.hash("pw"))
+        app.runtime = SimpleNamespace(services={"auth": other})  # what SIGHUP does
+        assert (await exchange(path, b"PRE . imap ann@example.test\n")).endswith(b".\n")
+        assert await exchange(path, b"PRE . imap joe@example.test\n") == b"FAIL\n"
+        other.close()
+    await serving(tmp_path, body)

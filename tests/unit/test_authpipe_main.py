@@ -1,0 +1,308 @@
+"""vmaild-authpipe driven like authdaemond drives it: through pipes, against a fake vmaild.
+
+Each test runs the real program (``python -m vmaild.authpipe_main``) with its stdin and
+stdout as pipes, and a unix-socket server in a thread standing in for ``vmaild serve``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vmaild import authpipe_main
+from vmaild.codec import authpipe as codec
+
+ACCOUNT = (b"UID=5000\nGID=5000\nHOME=/home/vmail\nADDRESS=joe@example.test\n"
+           b"MAILDIR=example.test/joe/\n.\n")
+
+
+class FakeVmaild:
+    """Accepts connections; for each, reads one request and plays the next scripted
+    answer: bytes (sent in ``pieces``, then close), None (close at once), or "hang"."""
+
+    def __init__(self, path: str, answers: list[bytes | str | None], pieces: int = 1):
+        self.path = path
+        self.answers = list(answers)
+        self.pieces = pieces
+        self.requests: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(16)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                raw, decoder = b"", codec.AuthpipeDecoder()
+                while not decoder.feed(chunk := conn.recv(65536)) and chunk:
+                    raw += chunk
+                self.requests.append(raw + chunk)
+                answer = self.answers.pop(0) if self.answers else None
+                if answer == "hang":
+                    self.stop.wait(30)
+                elif isinstance(answer, bytes):
+                    step = max(1, len(answer) // self.pieces)
+                    for i in range(0, len(answer), step):
+                        conn.sendall(answer[i:i + step])
+                        time.sleep(0.005)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> str:
+    return str(tmp_path / "auth.sock")
+
+
+@pytest.fixture
+def conf(tmp_path: Path, sock_path: str) -> Path:
+    path = tmp_path / "vmaild.conf"
+    path.write_text("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n\n"
+                    f"[auth]\nlisten = unix:{sock_path}\nrelay_timeout = 1.5\n")
+    return path
+
+
+@pytest.fixture
+def fake(sock_path: str) -> Iterator[FakeVmaild]:
+    server = FakeVmaild(sock_path, [])
+    yield server
+    server.close()
+
+
+def start_relay(conf: Path) -> subprocess.Popen[bytes]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "VMAILD_CONFIG": str(conf)}
+    return subprocess.Popen([sys.executable, "-m", "vmaild.authpipe_main"], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def send(proc: subprocess.Popen[bytes], data: bytes, piece: int = 0) -> None:
+    assert proc.stdin is not None
+    fd = proc.stdin.fileno()
+    if not piece:
+        os.write(fd, data)
+        return
+    for i in range(0, len(data), piece):
+        os.write(fd, data[i:i + piece])
+        time.sleep(0.002)
+
+
+def read_reply(proc: subprocess.Popen[bytes], reader: codec.ReplyReader | None = None,
+               timeout: float = 10) -> bytes | None:
+    """Read one reply the way authdaemond does; None when stdout hit EOF first."""
+    assert proc.stdout is not None
+    reader = reader or codec.ReplyReader()
+    fd, deadline = proc.stdout.fileno(), time.monotonic() + timeout
+    while True:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, "no reply within the timeout"
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        reply = reader.feed(chunk)
+        if reply is not None:
+            return reply
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 5) -> tuple[int, bytes]:
+    """Wait for exit; return (status, anything left on stdout)."""
+    assert proc.stdout is not None
+    rc = proc.wait(timeout)
+    rest = proc.stdout.read()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None:
+            f.close()
+    return rc, rest
+
+
+def auth_bytes(user: str, password: str, service: str = "imap") -> bytes:
+    body = f"{service}\nlogin\n{user}\n{password}\n".encode()
+    return b"AUTH %d\n" % len(body) + body
+
+
+# -- relaying ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("piece", [0, 1], ids=["whole", "one-byte-pieces"])
+def test_requests_are_relayed_byte_exact(conf: Path, fake: FakeVmaild, piece: int) -> None:
+    request = auth_bytes("joe@example.test", "pass word\twith tab")
+    fake.answers = [ACCOUNT, b"FAIL\n", ACCOUNT]
+    proc = start_relay(conf)
+    send(proc, request, piece)
+    assert read_reply(proc) == ACCOUNT
+    send(proc, b"PRE . imap user with spaces@example.test\n", piece)
+    assert read_reply(proc) == b"FAIL\n"
+    # authdata without a final LF: exactly <len> bytes, never up to a newline (4.3).
+    body = b"imap\nlogin\njoe@example.test\ns3cret"
+    send(proc, b"AUTH %d\n" % len(body) + body, piece)
+    assert read_reply(proc) == ACCOUNT
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert finish(proc) == (0, b"")
+    assert fake.requests == [request, b"PRE . imap user with spaces@example.test\n",
+                             b"AUTH %d\n" % len(body) + body]
+
+
+def test_reply_arriving_in_pieces_is_written_once(conf: Path, fake: FakeVmaild) -> None:
+    fake.answers, fake.pieces = [ACCOUNT], 7
+    proc = start_relay(conf)
+    send(proc, b"PRE . imap joe@example.test\n")
+    assert proc.stdout is not None
+    time.sleep(0.3)  # all pieces have been sent by now
+    assert os.read(proc.stdout.fileno(), 65536) == ACCOUNT  # one write, whole
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert finish(proc) == (0, b"")
+
+
+def test_passwd_and_a_long_enumerate(conf: Path, fake: FakeVmaild) -> None:
+    listing = b"".join(b"user%d@example.test\t5000\t5000\t/home/vmail\n" % i
+                       for i in range(3000)) + b".\n"
+    assert len(listing) > 100_000
+    fake.answers, fake.pieces = [b"OK\n", listing], 13
+    proc = start_relay(conf)
+    send(proc, b"PASSWD webmail\tjoe@example.test\told\tnew\n")
+    assert read_reply(proc, codec.ReplyReader(single_line=True)) == b"OK\n"
+    send(proc, b"ENUMERATE\n")
+    assert read_reply(proc, codec.ReplyReader(1 << 24)) == listing
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert finish(proc) == (0, b"")
+
+
+def test_a_nonsense_request_gets_fail_without_asking_vmaild(conf: Path, fake: FakeVmaild) -> None:
+    proc = start_relay(conf)
+    send(proc, b"HELLO\n")
+    assert read_reply(proc) == b"FAIL\n"
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert finish(proc) == (0, b"")
+    assert fake.requests == []
+
+
+# -- ending --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pending", [b"", b"AUTH 40\nimap\nlog"], ids=["idle", "mid-request"])
+def test_stdin_eof_exits_zero_at_once(conf: Path, fake: FakeVmaild, pending: bytes) -> None:
+    proc = start_relay(conf)
+    send(proc, pending)
+    t0 = time.monotonic()
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert finish(proc) == (0, b"")
+    assert time.monotonic() - t0 < 2
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "waiting-for-vmaild"])
+def test_sigterm_exits_zero_at_once(conf: Path, fake: FakeVmaild, busy: bool) -> None:
+    fake.answers = ["hang"]
+    proc = start_relay(conf)
+    time.sleep(0.3)  # let it install its handler and block on stdin
+    if busy:
+        send(proc, b"PRE . imap joe@example.test\n")
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert finish(proc) == (0, b"")
+    assert time.monotonic() - t0 < 1
+
+
+@pytest.mark.parametrize("answer", [None, b"UID=5000\nGID=5000\n", b"FAIL\nextra", "hang"],
+                         ids=["closed", "partial", "trailing-bytes", "timeout"])
+def test_no_complete_reply_exits_without_writing(conf: Path, fake: FakeVmaild,
+                                                 answer: bytes | str | None) -> None:
+    fake.answers = [answer]
+    proc = start_relay(conf)
+    send(proc, auth_bytes("joe@example.test", "s3cret"))
+    assert read_reply(proc) is None  # EOF on stdout: not one byte written
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert finish(proc) == (authpipe_main.EX_TEMPFAIL, b"")
+    assert b"vmaild-authpipe:" in err and b"s3cret" not in err  # never a password
+
+
+def test_daemon_down_exits_without_writing(conf: Path) -> None:
+    proc = start_relay(conf)  # nothing listens on the socket path
+    t0 = time.monotonic()
+    send(proc, auth_bytes("joe@example.test", "s3cret"))
+    assert read_reply(proc) is None
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert finish(proc) == (authpipe_main.EX_TEMPFAIL, b"")
+    assert time.monotonic() - t0 < 2
+    assert b"vmaild-authpipe:" in err and b"s3cret" not in err
+
+
+def test_broken_config_exits_without_writing(tmp_path: Path) -> None:
+    conf = tmp_path / "vmaild.conf"
+    conf.write_text("[database]\nhosts = h\n")  # no [auth] listen
+    proc = start_relay(conf)
+    send(proc, b"PRE . imap joe@example.test\n")
+    assert read_reply(proc) is None
+    assert finish(proc) == (authpipe_main.EX_TEMPFAIL, b"")
+
+
+# -- cheap start-up ------------------------------------------------------------------------
+
+def test_startup_imports_nothing_heavy(conf: Path) -> None:
+    code = ("import sys; from vmaild import authpipe_main as m; m.read_settings(sys.argv[1]); "
+            "print(' '.join(x for x in ('passlib', 'pymysql', 'prometheus_client', 'asyncio') "
+            "if x in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(conf)], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == ""
+
+
+def test_read_settings(tmp_path: Path, conf: Path, sock_path: str) -> None:
+    assert authpipe_main.read_settings(str(conf)) == (sock_path, 1.5)
+    tcp = tmp_path / "tcp.conf"
+    tcp.write_text("[auth]\nlisten = 127.0.0.1:9999 ; comment\nrelay_timeout = 300\n")
+    assert authpipe_main.read_settings(str(tcp)) == (("127.0.0.1", 9999), 29.0)
+    bad = tmp_path / "bad.conf"
+    bad.write_text("[auth]\nlisten = nowhere\n")
+    with pytest.raises(ValueError, match=r"\[auth\] listen"):
+        authpipe_main.read_settings(str(bad))
+
+
+# -- encoding ------------------------------------------------------------------------------
+
+_text = st.text(st.characters(min_codepoint=32, exclude_characters="\t\x7f",
+                                 exclude_categories=("Cs",)), min_size=1,
+                max_size=30).filter(lambda s: s.strip() == s)
+
+
+@given(service=_text.filter(lambda s: " " not in s), user=_text, password=_text,
+       final_lf=st.booleans())
+def test_encode_request_round_trips(service: str, user: str, password: str,
+                                    final_lf: bool) -> None:
+    auth = codec.Auth(service, "login", f"{user}\n{password}{chr(10) if final_lf else ''}"
+                      .encode())
+    pre = codec.Pre(".", service, user)
+    passwd = codec.Passwd(service, user, password, password[::-1])
+    for request in (auth, pre, passwd, codec.Enumerate()):
+        encoded = authpipe_main.encode_request(request)
+        assert codec.AuthpipeDecoder().feed(encoded) == [request]
+
+
+def test_encode_request_matches_protocols_example() -> None:
+    # PROTOCOLS.md 4.3: service imap, user joe@example.com, password s3cret.
+    auth = codec.Auth("imap", "login", b"joe@example.com\ns3cret\n")
+    assert authpipe_main.encode_request(auth) == b"AUTH 34\nimap\nlogin\njoe@example.com\ns3cret\n"
