@@ -8,6 +8,7 @@ with ``Type=notify``, so the tests exercise it too. No sleeps, no port polling.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,6 +62,7 @@ class Vmaild:
 
     def __init__(self, config: str, workdir: str | os.PathLike[str] | None = None,
                  env: dict[str, str] | None = None):
+        self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vmaild-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.workdir / "vmaild.conf"
@@ -141,6 +143,8 @@ class Vmaild:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- observation ---------------------------------------------------------------------------
 
