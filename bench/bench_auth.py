@@ -122,7 +122,7 @@ class Bench:
                 f"password = {DBPASSWORD}\ndbname = {DBNAME}\n\n"
                 f"[auth]\nlisten = unix:{self.tmp}/auth.sock\nrehash = no\n\n"
                 f"[mailbox]\nbase = {self.tmp}/vmail\ncreate_maildirs = no\n\n"
-                "[log]\nlevel = warning\n")
+                "[log]\nlevel = info\n")
         self.vmaild = Vmaild(conf, self.tmp / "vmaild")
         r = subprocess.run([str(BIN / "vmailctl"), "-c", str(self.vmaild.config_path), "db",
                             "migrate"], capture_output=True, text=True, timeout=300)
@@ -179,42 +179,50 @@ class Bench:
         with an account of its own, so that the measured users are still unseen."""
         self.phase([WARM_UP] * (DAEMONS * 20))
 
+    def use_courier(self, courier: Courier) -> None:
+        """Switch authdaemond (its paths are global: one at a time). On a failure the
+        running one is left for logs() and cleaned up by cleanup()."""
+        if self.courier is not None:
+            self.courier.cleanup()
+        self.courier = courier
+        courier.start()
+        self.warm_up()
+
     def run_vmaild(self) -> None:
         assert self.vmaild is not None
-        self.courier = Courier(BIN / "vmaild-authpipe", daemons=DAEMONS, imap=False, pop3=False,
-                               auth_env={"VMAILD_CONFIG": str(self.vmaild.config_path)})
-        self.courier.start()
-        try:
-            self.warm_up()
-            for hs in HASH_SETS:
-                users = self.users[hs.name]
-                first = self.phase(users)  # never seen by this daemon: nothing cached
-                repeated = self.phase(users * hs.passes)
-                direct = self.phase(users * hs.passes, str(self.tmp / "auth.sock"))
-                self.results["sets"][hs.name] = {"users": len(users), "first": first,
-                                                 "repeated": repeated, "direct": direct}
-                log(f"vmaild {hs.name}: first {first['rate']:.0f}/s, repeated "
-                    f"{repeated['rate']:.0f}/s, repeated without authdaemond "
-                    f"{direct['rate']:.0f}/s")
-        finally:
-            self.courier.cleanup()
-            self.courier = None
+        self.use_courier(Courier(BIN / "vmaild-authpipe", daemons=DAEMONS, imap=False,
+                                 pop3=False,
+                                 auth_env={"VMAILD_CONFIG": str(self.vmaild.config_path)}))
+        for hs in HASH_SETS:
+            users = self.users[hs.name]
+            first = self.phase(users)  # never seen by this daemon: nothing cached
+            repeated = self.phase(users * hs.passes)
+            direct = self.phase(users * hs.passes, str(self.tmp / "auth.sock"))
+            self.results["sets"][hs.name] = {"users": len(users), "first": first,
+                                             "repeated": repeated, "direct": direct}
+            log(f"vmaild {hs.name}: first {first['rate']:.0f}/s, repeated "
+                f"{repeated['rate']:.0f}/s, repeated without authdaemond "
+                f"{direct['rate']:.0f}/s")
 
     def run_authmysql(self) -> None:
         rc = seed.authmysqlrc_text(self.db, DBNAME, DBUSER, DBPASSWORD, home=self.tmp / "vmail")
-        self.courier = Courier(None, modules="authmysql", authmysqlrc=rc, daemons=DAEMONS,
-                               imap=False, pop3=False)
-        self.courier.start()
-        try:
-            self.warm_up()
-            for hs in HASH_SETS:
-                users = self.users[hs.name]
-                r = self.phase(users * hs.passes)
-                self.results["sets"][hs.name]["authmysql"] = r
-                log(f"authmysql {hs.name}: {r['rate']:.0f}/s")
-        finally:
-            self.courier.cleanup()
-            self.courier = None
+        self.use_courier(Courier(None, modules="authmysql", authmysqlrc=rc, daemons=DAEMONS,
+                                 imap=False, pop3=False))
+        for hs in HASH_SETS:
+            users = self.users[hs.name]
+            r = self.phase(users * hs.passes)
+            self.results["sets"][hs.name]["authmysql"] = r
+            log(f"authmysql {hs.name}: {r['rate']:.0f}/s")
+
+    def logs(self) -> str:
+        """The last lines of vmaild's and authdaemond's logs, to explain a failure."""
+        parts = []
+        if self.vmaild is not None:
+            parts.append("--- vmaild ---\n" + "\n".join(self.vmaild.log().splitlines()[-15:]))
+        if self.courier is not None:
+            parts.append("--- authdaemond ---\n"
+                         + "\n".join(self.courier.log_text().splitlines()[-15:]))
+        return "\n".join(parts)
 
     def cleanup(self) -> None:
         if self.courier is not None:
@@ -284,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted")
         return 130
     except Exception as e:  # noqa: BLE001 - report, clean up, exit 1
-        log(f"failed: {type(e).__name__}: {e}")
+        log(f"failed: {type(e).__name__}: {e}\n{bench.logs()}")
         return 1
     finally:
         bench.cleanup()

@@ -137,6 +137,25 @@ def seed_users(db: MariaDB, dbname: str, emails: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def start_mariadb(tmp: Path) -> MariaDB:
+    """A private server with its own tmpdir. mariadb-install-db still uses /tmp, and was
+    seen to fail there once in a while when other work on the machine cleans /tmp
+    ("Error on delete of '/tmp/#sql-temptable-...'"): one retry with a fresh datadir."""
+    for attempt in (1, 2):
+        base = tmp / f"mariadb{attempt}"
+        (base / "tmp").mkdir(parents=True)
+        shutil.chown(base / "tmp", "mysql", "mysql")
+        db = MariaDB(base, extra_args=(f"--tmpdir={base / 'tmp'}",))
+        try:
+            return db.start()
+        except Exception as e:  # noqa: BLE001
+            db.stop()
+            if attempt == 2:
+                raise
+            log(f"MariaDB did not start ({str(e).splitlines()[0]}); trying once more")
+    raise AssertionError("unreachable")
+
+
 def create_slap_user(db: MariaDB) -> None:
     conn = db.root_conn()
     try:
@@ -180,6 +199,10 @@ class Instance:
 
     def cache_entries(self) -> float | None:
         return metric(self.vm.metrics_text(self.metrics_port), "vmaild_cache_entries")
+
+    def db_queries(self) -> float:
+        text = self.vm.metrics_text(self.metrics_port)
+        return metric(text, "vmaild_db_query_seconds_count") or 0.0
 
     def stop(self) -> None:
         self.vm.stop()
@@ -247,8 +270,7 @@ class Bench:
             raise RuntimeError("missing: " + ", ".join(missing) + " (run `make deps`)")
         # mkdtemp makes the base 0700; mariadbd runs as `mysql` and must traverse it.
         os.chmod(self.tmp, 0o755)
-        (self.tmp / "mariadb").mkdir()
-        self.db = MariaDB(self.tmp / "mariadb").start()
+        self.db = start_mariadb(self.tmp)
         create_slap_user(self.db)
         self.emails = [address(i, 5) for i in range(1, self.plan.users + 1)]
         insert_s = seed_users(self.db, DBNAME, self.emails)
@@ -273,6 +295,7 @@ class Bench:
             raise RuntimeError(f"warm-up: {warm['found']} found, {entries} cache entries, "
                                f"{len(self.emails)} wanted")
         slap = self.slap_prepare()
+        queries = self.main.db_queries()
         out: dict[str, Any] = {"warmup": warm, "tcp": {}, "socketmap": {}}
         for conns in CONCURRENCY:
             runs, slaps = [], []
@@ -292,6 +315,11 @@ class Bench:
                 f"p99 {r['p99_us']} us vmaild CPU {r['vmaild_cpu']:.0%}")
         if slap is not None:
             self.slap_finish(slap)
+        # Every answer above must have come from the cache.
+        out["db_queries_during_runs"] = self.main.db_queries() - queries
+        if out["db_queries_during_runs"]:
+            raise RuntimeError(f"{out['db_queries_during_runs']} database queries during "
+                               "the cached runs")
         return out
 
     def cached_run(self, mode: str, conns: int) -> dict:
@@ -449,16 +477,23 @@ class Bench:
 
     def rss(self) -> dict:
         """N distinct keys through the tcp: map: 90% existing users (found, cached with
-        their value), 10% unknown addresses (cached as not-found)."""
+        their value), 10% unknown addresses (cached as not-found). The first tenth is a
+        separate stage, so that the growth per entry can be told from fixed costs (thread
+        stacks, connection buffers) that come with the first misses."""
         assert self.db is not None
         n = self.plan.rss_keys
         n_found = n * 9 // 10
         users = [address(i, 7) for i in range(1, n_found + 1)]
         insert_s = seed_users(self.db, RSS_DBNAME, users)
-        keyfile = self.tmp / "rss-keys.txt"
-        keyfile.write_text("\n".join(users + [address(i, 7, "nx") for i in
-                                              range(1, n - n_found + 1)]) + "\n")
+        keys = users + [address(i, 7, "nx") for i in range(1, n - n_found + 1)]
         del users
+        # Interleave found and unknown keys, as mail traffic would.
+        keys = interleave(keys[:n_found], keys[n_found:])
+        first = n // 10
+        stage1, stage2 = self.tmp / "rss-keys-1.txt", self.tmp / "rss-keys-2.txt"
+        stage1.write_text("\n".join(keys[:first]) + "\n")
+        stage2.write_text("\n".join(keys[first:]) + "\n")
+        del keys
         inst = self.start_instance(
             RSS_DBNAME, "vmaild-rss",
             f"ttl = 86400\nnegative_ttl = 86400\nmax_entries = {max(n, 1_000_000)}\n"
@@ -466,23 +501,40 @@ class Bench:
         try:
             before = proc_status_kb(inst.pid, "VmRSS")
             started = time.perf_counter()
-            fill = self.load(inst, mode="tcp", conns=16, keyfile=keyfile, duration=3600, total=n)
+            fill1 = self.load(inst, mode="tcp", conns=16, keyfile=stage1, duration=3600,
+                              total=first)
+            middle = proc_status_kb(inst.pid, "VmRSS")
+            fill2 = self.load(inst, mode="tcp", conns=16, keyfile=stage2, duration=3600,
+                              total=n - first)
             fill_s = time.perf_counter() - started
             after = proc_status_kb(inst.pid, "VmRSS")
             peak = proc_status_kb(inst.pid, "VmHWM")
-            entries = inst.cache_entries()
-            if fill["requests"] != n or fill["errors"] or entries != n:
-                raise RuntimeError(f"fill: {fill['requests']} answered, {fill['errors']} "
-                                   f"errors, {entries} cache entries; {n} wanted")
-            # A second pass must be all hits: the keys really are cached.
-            check = self.load(inst, mode="tcp", conns=16, keyfile=keyfile, duration=600,
-                              total=min(n, 100_000))
-            return {"keys": n, "found": fill["found"], "notfound": fill["notfound"],
+            text = inst.vm.metrics_text(inst.metrics_port)
+            entries = metric(text, "vmaild_cache_entries")
+            answered = fill1["requests"] + fill2["requests"]
+            errors = fill1["errors"] + fill2["errors"]
+            if answered != n or errors or entries != n:
+                raise RuntimeError(f"fill: {answered} answered, {errors} errors, {entries} "
+                                   f"cache entries; {n} wanted")
+            # A second pass over part of the keys must not reach the database.
+            queries = metric(text, "vmaild_db_query_seconds_count")
+            check = self.load(inst, mode="tcp", conns=16, keyfile=stage2, duration=600,
+                              total=min(n - first, 100_000))
+            again = metric(inst.vm.metrics_text(inst.metrics_port),
+                           "vmaild_db_query_seconds_count")
+            if again != queries:
+                raise RuntimeError(f"second pass: {again - (queries or 0)} database queries, "
+                                   "expected none (keys not cached?)")
+            per_entry = (after - before) * 1024 / n
+            marginal = (after - middle) * 1024 / (n - first)
+            return {"keys": n, "found": fill1["found"] + fill2["found"],
+                    "notfound": fill1["notfound"] + fill2["notfound"],
                     "insert_seconds": round(insert_s, 1), "fill_seconds": round(fill_s, 1),
-                    "fill_rps": fill["rps"], "rss_before_mb": before / 1024,
-                    "rss_after_mb": after / 1024, "vmhwm_mb": peak / 1024,
-                    "cache_entries": entries,
-                    "bytes_per_entry": (after - before) * 1024 / n,
+                    "fill_rps": answered / fill_s, "rss_before_mb": before / 1024,
+                    "rss_stage1_mb": middle / 1024, "rss_after_mb": after / 1024,
+                    "vmhwm_mb": peak / 1024, "cache_entries": entries,
+                    "bytes_per_entry": per_entry, "bytes_per_entry_marginal": marginal,
+                    "estimate_1m_mb": (after + marginal * max(0, 1_000_000 - n) / 1024) / 1024,
                     "hit_pass_rps": check["rps"], "quick": self.plan.quick}
         finally:
             self.stop_instance(inst)
@@ -526,6 +578,18 @@ def versions() -> dict:
             "kernel": platform.release()}
 
 
+def interleave(many: list[str], few: list[str]) -> list[str]:
+    """``many`` with ``few`` spread evenly among them."""
+    if not few:
+        return list(many)
+    step = len(many) / len(few)
+    out: list[str] = []
+    for i, key in enumerate(few):
+        out += many[round(i * step):round((i + 1) * step)]
+        out.append(key)
+    return out
+
+
 def median_run(runs: list[dict], key: str) -> dict:
     """The run with the median ``key``, plus every run's figure."""
     best = sorted(runs, key=lambda r: r[key])[len(runs) // 2]
@@ -563,10 +627,9 @@ def targets(res: dict[str, Any]) -> list[dict]:
                         "met": rss["rss_after_mb"] < RSS_TARGET_MB,
                         "detail": f"{rss['rss_after_mb']:.0f} MB"})
         else:
-            est = rss["rss_before_mb"] + rss["bytes_per_entry"] * 1_000_000 / 2**20
             out.append({"target": f"RSS < {RSS_TARGET_MB} MB at 1,000,000 cached keys",
                         "met": None, "detail": f"not measured: {num(rss['keys'])} keys only "
-                        f"(--quick); linear estimate {est:.0f} MB"})
+                        f"(--quick); extrapolated {rss['estimate_1m_mb']:.0f} MB"})
     return out
 
 
@@ -648,9 +711,12 @@ def report(res: dict[str, Any], plan: Plan) -> str:
         add(f"  {num(rss['found'])} found users + {num(rss['notfound'])} unknown addresses, "
             f"filled through tcp:{MAP} at 16 connections in {rss['fill_seconds']} s "
             f"({num(rss['fill_rps'])} misses/s)")
-        add(f"  VmRSS before {rss['rss_before_mb']:.0f} MB, after {rss['rss_after_mb']:.0f} MB "
-            f"(peak {rss['vmhwm_mb']:.0f} MB); {rss['bytes_per_entry']:.0f} bytes per entry; "
-            f"vmaild_cache_entries {num(rss['cache_entries'])}")
+        add(f"  VmRSS before {rss['rss_before_mb']:.0f} MB, after the first tenth "
+            f"{rss['rss_stage1_mb']:.0f} MB, after all {rss['rss_after_mb']:.0f} MB "
+            f"(peak {rss['vmhwm_mb']:.0f} MB); vmaild_cache_entries {num(rss['cache_entries'])}")
+        add(f"  {rss['bytes_per_entry']:.0f} bytes per entry overall, "
+            f"{rss['bytes_per_entry_marginal']:.0f} for the last nine tenths; hit pass "
+            f"afterwards {num(rss['hit_pass_rps'])}/s with no database query")
     for name in ("setup", "cached", "misses", "postmap", "slap", "rss"):
         r = res.get(name)
         if isinstance(r, dict) and "error" in r:
@@ -664,6 +730,12 @@ def report(res: dict[str, Any], plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def work_root() -> str | None:
+    """Where the run's scratch directory goes: $VMAILD_BENCH_TMP, else /var/tmp."""
+    root = os.environ.get("VMAILD_BENCH_TMP") or "/var/tmp"
+    return root if os.path.isdir(root) and os.access(root, os.W_OK) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bench_lookup", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -674,7 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     quick = args.quick or os.environ.get("VMAILD_BENCH_QUICK") == "1"
     plan = Plan(quick, args)
-    tmp = Path(tempfile.mkdtemp(prefix="vmaild-bench-lookup-"))
+    # Not under /tmp: other work on the machine was seen to clean /tmp (and vmaild-* in
+    # it) while a run was going on, taking the key files and MariaDB's socket with it.
+    tmp = Path(tempfile.mkdtemp(prefix="bench-lookup-", dir=work_root()))
     bench = Bench(plan, tmp)
     started = time.time()
     try:

@@ -80,7 +80,7 @@ async def _one_conn(port: int, mode: str, requests: list[bytes], limit: int,
             t0 = time.perf_counter()
             writer.write(requests[i % len(requests)])
             if mode == "socketmap":
-                length = int(await reader.readuntil(b":")[:-1])
+                length = int((await reader.readuntil(b":"))[:-1])
                 reply = (await reader.readexactly(length + 1))[:-1]
                 ok, nf = reply.startswith(b"OK "), reply.startswith(b"NOTFOUND")
             else:

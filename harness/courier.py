@@ -197,7 +197,7 @@ class Courier:
         if self.authmysqlrc is not None:
             _write(
                 AUTHMYSQLRC,
-                _with_version_marker(self.authmysqlrc, AUTHMYSQLRC),
+                _in_packaged_frame(self.authmysqlrc, AUTHMYSQLRC),
                 0o640,
                 group="courier",
             )
@@ -205,17 +205,20 @@ class Courier:
     def set_auth_prog(
         self, auth_prog: str | os.PathLike[str], auth_env: Mapping[str, str] | None = None
     ) -> None:
-        """Install another authProg and restart authdaemond to pick it up."""
+        """Install another authProg and restart authdaemond to pick it up
+        (before :meth:`start`, just remember it)."""
         self.auth_prog = Path(auth_prog)
         self.auth_env = dict(auth_env or {})
-        _write(AUTHPROG, self._authprog_wrapper(), 0o755)
-        if self._authdaemond is not None:
+        if self._guard.held:  # only ever write /etc/courier after backing it up
+            _write(AUTHPROG, self._authprog_wrapper(), 0o755)
             self.restart_authdaemond()
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> Courier:
         """Lock and back up the global files, write ours, start authdaemond,
         then imapd and pop3d; each step waits until its socket accepts."""
+        if self.running:
+            return self
         missing = self.missing_requirements(self.modules)
         if missing:
             raise RuntimeError(f"cannot run Courier here, missing: {', '.join(missing)}")
@@ -277,6 +280,8 @@ class Courier:
         ENOENT (what they see when the service is down) instead of
         ECONNREFUSED.
         """
+        if self._authdaemond is None:
+            return  # never touch a socket some other authdaemond owns
         stop_process(self._authdaemond, timeout=10.0)
         self._authdaemond = None
         if AUTHDAEMON_SOCKET.exists() or AUTHDAEMON_SOCKET.is_symlink():
@@ -408,7 +413,7 @@ _FALLBACK_AUTHMYSQLRC = (
 )
 
 
-def _with_version_marker(settings: str, packaged: Path) -> str:
+def _in_packaged_frame(settings: str, packaged: Path) -> str:
     """Put ``settings`` into the packaged file's frame.
 
     authmysql rejects a config file that lacks the sysconftool marker section

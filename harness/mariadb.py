@@ -150,7 +150,9 @@ class MariaDB:
 
         try:
             wait_for_unix(self.socket, self.start_timeout, abort=abort)
-            wait_until(self._root_login_works, self.start_timeout, "mariadb root login", abort=abort)
+            wait_until(
+                self._root_login_works, self.start_timeout, "mariadb root login", abort=abort
+            )
         except BaseException:
             self.kill()  # never leave a half-started server behind
             raise

@@ -492,7 +492,18 @@ def _alternate_dirs() -> list[str]:
 
 
 def _set_alternate_dirs(dirs: list[str]) -> None:
-    run(["postconf", "-c", "/etc/postfix", "-e", f"alternate_config_directories={' '.join(dirs)}"])
+    if dirs:
+        run(
+            [
+                "postconf",
+                "-c",
+                "/etc/postfix",
+                "-e",
+                f"alternate_config_directories={' '.join(dirs)}",
+            ]
+        )
+    else:  # back to the default: remove the line rather than leave "... = "
+        run(["postconf", "-c", "/etc/postfix", "-X", "alternate_config_directories"])
 
 
 def _locked_edit(edit: Callable[[list[str]], list[str]]) -> None:

@@ -3,9 +3,9 @@
 A thin relay (PROTOCOLS.md 4.1-4.4). authdaemond starts one per worker, as root, with no
 arguments, and writes one request at a time to its stdin. For each request we read it
 completely with the codec (exactly <len> bytes for AUTH, never up to a newline), connect
-to vmaild's ``[auth] listen`` socket, forward it, read the reply until the socket closes
-(vmaild answers one request per connection), check it is complete, and write it to stdout
-in one write.
+to vmaild's ``[auth] listen`` socket (one connection per request: vmaild answers and
+closes), forward it, read the reply until the codec's ReplyReader finds it complete, and
+write it to stdout in one write.
 
 Rules that keep authdaemond healthy:
 - nothing is ever written except a complete reply to the request just read (4.2: stray
@@ -50,8 +50,8 @@ def encode_request(request: codec.Decoded) -> bytes:
     if isinstance(request, codec.Pre):
         return f"PRE {request.module} {request.service} {request.username}\n".encode()
     if isinstance(request, codec.Passwd):
-        fields = (request.service, request.username, request.old, request.new)
-        return ("PASSWD " + "\t".join(fields) + "\n").encode()
+        parts = (request.service, request.username, request.old, request.new)
+        return ("PASSWD " + "\t".join(parts) + "\n").encode()
     if isinstance(request, codec.Enumerate):
         return b"ENUMERATE\n"
     raise TypeError(f"cannot relay {type(request).__name__}")

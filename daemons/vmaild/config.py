@@ -201,7 +201,7 @@ class MailboxConfig:
 @dataclass(frozen=True)
 class AuthConfig:
     """``[auth]``: logins for Courier's authdaemond (through vmaild-authpipe) and, through it,
-    Cyrus SASL (vmaild/auth/, PROTOCOLS.md sections 4 and 5, README "Logins").
+    Cyrus SASL (vmaild/auth/, PROTOCOLS.md sections 4 and 5, courier/README.md).
 
     ``query`` takes Postfix expansions (%s %u %d) of the login name; its columns are read
     by name: address, password, maildir, name, active, quota (maildir++ text) or

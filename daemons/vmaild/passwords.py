@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from passlib.context import CryptContext
+from passlib.context import CryptContext  # type: ignore[import-untyped]
 
 from .auth import cryptlib
 
@@ -152,7 +152,7 @@ def _check_scheme(scheme: str) -> str:
 
 
 def _handler(scheme: str) -> Any:
-    from passlib.registry import get_crypt_handler
+    from passlib.registry import get_crypt_handler  # type: ignore[import-untyped]
     return get_crypt_handler(scheme)
 
 

@@ -52,5 +52,7 @@ class Hasher:
                 self._pool, passwords.hash_password, password, self.scheme, self.rounds)
 
     def close(self) -> None:
-        # Work already running finishes; new work is refused (RuntimeError from the pool).
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        # Work already handed to the pool finishes (its callers are waiting for it); new
+        # work is refused with RuntimeError, which the service turns into a temporary
+        # failure. Never cancel: a cancelled request task would leave its client waiting.
+        self._pool.shutdown(wait=False)

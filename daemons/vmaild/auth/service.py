@@ -94,8 +94,9 @@ class AuthService:
         return self.answer_now(request) or codec.FAIL
 
     def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        """Called on reload and stop, from a worker thread (so no task is touched here):
+        hashing already under way finishes, new hashing is refused, and a request still
+        in flight on this runtime gets a temporary failure."""
         self.hasher.close()
 
     # -- PRE -------------------------------------------------------------------------------
@@ -311,7 +312,8 @@ class AuthService:
         base = os.path.normpath(box.base)
         # Only under [mailbox] base: a row must not make the daemon create directories
         # (owned by someone else) anywhere it pleases.
-        if os.path.commonpath([base, path]) != base or path == base:
+        if (not os.path.isabs(path) or not os.path.isabs(base)
+                or os.path.commonpath([base, path]) != base or path == base):
             log.debug("not creating %s: outside [mailbox] base %s", path, base)
             return
         loop = asyncio.get_running_loop()
