@@ -67,7 +67,8 @@ def test_pidfile_without_daemon_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_broken_config_stops_startup_with_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "v.conf"
-    cfg.write_text("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n[map x]\ntcp = 1.2.3.4:0\n")
+    cfg.write_text("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
+                   "[map x]\ntcp = 1.2.3.4:0\n")
     r = run([sys.executable, "-m", "vmaild.cli", "serve", "-c", str(cfg)], check=False)
     assert r.returncode == 1
     assert r.stderr == f"vmaild: {cfg}: [map x] tcp: bad port '0' (1-65535)\n"

@@ -138,7 +138,7 @@ def test_chain_tries_every_table_per_key_form_like_postfix() -> None:
     """The seed's virtual_alias_maps = forwardings, email2email: an existing mailbox must
     not fall into the catch-all (Postfix tries each key form across the whole list)."""
     from vmaild import config as config_mod
-    from vmaild.cache import TTLs, Cache
+    from vmaild.cache import Cache, TTLs
     from vmaild.lookup import Lookups
     from vmaild.metrics import Metrics
 
