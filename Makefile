@@ -41,7 +41,12 @@ demo: deps venv
 	$(PY) -m harness.demo
 
 bench: deps venv
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Put vmaild and the seed setup's files in place on this Debian system (as root); safe to
+# re-run. ROOT=/some/dir installs into a staging tree instead (scripts/install.sh).
+install:
+	bash scripts/install.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

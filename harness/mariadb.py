@@ -106,6 +106,7 @@ class MariaDB:
                 "--no-defaults",
                 "--user=mysql",
                 f"--datadir={self.datadir}",
+                f"--tmpdir={self.rundir}",  # never the shared /tmp
                 "--auth-root-authentication-method=socket",
                 "--skip-test-db",
                 *_CHARSET_ARGS,
@@ -128,6 +129,7 @@ class MariaDB:
                     "--user=mysql",
                     f"--datadir={self.datadir}",
                     f"--socket={self.socket}",
+                    f"--tmpdir={self.rundir}",
                     f"--port={self.port}",
                     f"--bind-address={self.host}",
                     f"--pid-file={self.rundir / 'mysqld.pid'}",

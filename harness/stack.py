@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -148,6 +148,13 @@ class TlsListener:
         self.proc = None
 
 
+def _can_run_python_as(user: str) -> bool:
+    """Can ``user`` run this interpreter and import vmaild (as systemd's User= would)?"""
+    probe = run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
+                 sys.executable, "-c", "import vmaild.cli"], check=False, cwd="/")
+    return probe.returncode == 0
+
+
 def _sh(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
@@ -189,8 +196,7 @@ class MailStack:
         self.base = self.sandbox / "vmail"          # [mailbox] base, the seed's /home/vmail
         self.rundir = self.sandbox / "run"          # RuntimeDirectory=vmaild
         self.tls_dir = self.sandbox / "tls"
-        self.ports = {name: free_port() for name in ("domains", "mailboxes", "forwardings",
-                                                      "email2email", "policy", "metrics")}
+        self.ports = {name: free_port() for name in ("socketmap", "policy", "metrics")}
         self.mariadb = MariaDB(self.sandbox / "mariadb")
         self.db = seed.SeedDatabase(self.mariadb)
         self.vmaild: Vmaild | None = None
@@ -201,7 +207,12 @@ class MailStack:
         self._acl_before: bytes | None = None
         self._acl_applied = False
         self.config_path = self.sandbox / "vmaild" / "vmaild.conf"
+        # pipe(8) runs the wrapper as vmail: a copy in the sandbox is reachable wherever
+        # the checkout is (a repository under /root is not).
+        self.wrapper = self.sandbox / "vmaild-maildrop"
+        self.notes: list[str] = []
         self.timings: dict[str, float] = {}
+        self.migrate_output = ""
 
     # ------------------------------------------------------------ configuration
     def vmaild_config(self) -> str:
@@ -210,8 +221,7 @@ class MailStack:
         cp["database"].update(hosts=f"127.0.0.1:{self.mariadb.port}", user=self.db.user,
                               password=self.db.password, dbname=self.db.dbname,
                               connect_timeout="1", retry_interval="1")
-        for name in ("domains", "mailboxes", "forwardings", "email2email"):
-            cp[f"map {name}"]["tcp"] = f"127.0.0.1:{self.ports[name]}"
+        cp["socketmap"]["listen"] = f"127.0.0.1:{self.ports['socketmap']}"
         cp["policy"]["listen"] = f"127.0.0.1:{self.ports['policy']}"
         cp["metrics"]["listen"] = f"127.0.0.1:{self.ports['metrics']}"
         cp["auth"]["listen"] = f"unix:{self.rundir / 'auth.sock'}"
@@ -228,17 +238,13 @@ class MailStack:
     def replacements(self) -> dict[str, str]:
         """Production addresses and paths in the shipped files -> the sandbox's."""
         example = shipped.vmaild_example()
-        moved = {f"127.0.0.1:{self.ports[n]}" for n in self.ports}
-        reps = {}
-        for name in ("domains", "mailboxes", "forwardings", "email2email"):
-            reps[example[f"map {name}"]["tcp"]] = f"127.0.0.1:{self.ports[name]}"
-        reps[example["policy"]["listen"]] = f"127.0.0.1:{self.ports['policy']}"
-        assert set(reps.values()) <= moved
+        reps = {example[section]["listen"]: f"127.0.0.1:{self.ports[section]}"
+                for section in ("socketmap", "policy", "metrics")}
         tls = shipped.INSTALLED_TLS_DIR
         reps[f"{tls}/mail.key"] = str(self.tls_dir / "mail.key")
         reps[f"{tls}/mail.crt"] = str(self.tls_dir / "mail.crt")
         reps[f"{tls}/mail.pem"] = str(self.tls_dir / "mail.pem")
-        reps[shipped.INSTALLED_WRAPPER] = str(shipped.MAILDROP_WRAPPER)
+        reps[shipped.INSTALLED_WRAPPER] = str(self.wrapper)
         return reps
 
     def postfix_main_cf(self) -> dict[str, str]:
@@ -250,6 +256,9 @@ class MailStack:
             for key in ("smtpd_tls_chain_files", "smtpd_tls_security_level",
                         "smtpd_tls_auth_only", "smtpd_tls_loglevel"):
                 settings.pop(key, None)
+        # Test clients connect from 127.0.0.1 and play the internet: with loopback in
+        # mynetworks (the harness default) permit_mynetworks would let them relay.
+        settings["mynetworks"] = "192.0.2.1/32"
         return {**settings, **self.extra_main_cf}
 
     def postfix_master_cf(self) -> list[str]:
@@ -282,22 +291,25 @@ class MailStack:
         return env
 
     # ------------------------------------------------------------------ lifecycle
+    def steps(self) -> list[tuple[str, Callable[[], None]]]:
+        """The start-up steps in order (the demo prints one line after each)."""
+        return [("tls", self._make_certificate), ("mariadb", self._start_mariadb),
+                ("vmaild", self._start_vmaild), ("courier", self._start_courier),
+                ("postfix", self._start_postfix)]
+
     def start(self) -> MailStack:
         try:
-            self._timed("tls", self._make_certificate)
-            self._timed("mariadb", self._start_mariadb)
-            self._timed("vmaild", self._start_vmaild)
-            self._timed("courier", self._start_courier)
-            self._timed("postfix", self._start_postfix)
+            for name, step in self.steps():
+                self.run_step(name, step)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _timed(self, what: str, step: object) -> None:
+    def run_step(self, name: str, step: Callable[[], None]) -> None:
         started = time.monotonic()
-        step()  # type: ignore[operator]
-        self.timings[what] = time.monotonic() - started
+        step()
+        self.timings[name] = time.monotonic() - started
 
     def _make_certificate(self) -> None:
         if self.tls:
@@ -318,9 +330,19 @@ class MailStack:
         self.config_path.parent.mkdir(exist_ok=True)
         self.config_path.write_text(self.vmaild_config())
         os.chmod(self.config_path, 0o644)
-        self.vmailctl("db", "migrate")
-        self.vmaild = VmaildAsUser(self.config_path.read_text(), self.config_path.parent,
-                                   user=self.vmaild_user)
+        self.migrate_output = self.vmailctl("db", "migrate").stdout.strip()
+        shutil.copy(shipped.MAILDROP_WRAPPER, self.wrapper)
+        os.chmod(self.wrapper, 0o755)
+        if self.vmaild_user and not _can_run_python_as(self.vmaild_user):
+            self.notes.append(f"vmaild runs as root: {self.vmaild_user} cannot run "
+                              f"{sys.executable} with the vmaild package (checkout not "
+                              "readable by it?)")
+            self.vmaild_user = ""
+        if self.vmaild_user:
+            self.vmaild = VmaildAsUser(self.config_path.read_text(), self.config_path.parent,
+                                       user=self.vmaild_user)
+        else:
+            self.vmaild = Vmaild(self.config_path.read_text(), self.config_path.parent)
         self.vmaild.start()
 
     def _start_courier(self) -> None:
@@ -557,3 +579,58 @@ class MailStack:
         os.killpg(self.vmaild.proc.pid, signal.SIGKILL)
         self.vmaild.proc.wait()
         self.vmaild.stop()
+
+    # ------------------------------------------------------------- the queue
+    def hold_delivery(self) -> None:
+        """Keep accepted mail in the queue (``defer_transports = maildrop``)."""
+        assert self.postfix is not None
+        self.postfix.postconf({"defer_transports": "maildrop"})
+
+    def release_delivery(self) -> None:
+        """Undo :meth:`hold_delivery` and ask for delivery of everything queued now."""
+        assert self.postfix is not None
+        run(["postconf", "-c", str(self.postfix.config_dir), "-X", "defer_transports"])
+        self.postfix.reload()
+        self.postfix.flush()
+
+    def submit(self, sender: str, recipient: str, subject: str, body: str = "hello\n", *,
+               login: tuple[str, str] | None = None, size: bool = True) -> Submission:
+        """One message to one recipient, step by step, the way an MTA client sees it:
+        the RCPT or DATA reply, and the queue id when Postfix took the message. ``size``
+        False leaves out SIZE= (the policy service then cannot refuse a big message at
+        RCPT, only maildrop's quota can)."""
+        data = self.message(sender, [recipient], subject, body).as_bytes()
+        with self.smtp() as client:
+            client.ehlo("client.example.net")
+            if login:
+                client.starttls(context=self.client_tls())
+                client.ehlo("client.example.net")
+                client.login(*login)
+            options = [f"SIZE={len(data)}"] if size else []
+            code, text = client.mail(sender, options)
+            if code == 250:
+                code, text = client.rcpt(recipient)
+            if code not in (250, 251):
+                client.rset()
+                return Submission(code, text.decode(errors="replace"), None)
+            code, text = client.data(data)
+        reply = text.decode(errors="replace")
+        queued = re.search(r"queued as ([0-9A-F]+)", reply)
+        return Submission(code, reply, queued.group(1) if queued else None)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What an SMTP client got for one message (see :meth:`MailStack.submit`)."""
+
+    code: int
+    text: str
+    queue_id: str | None
+
+    @property
+    def accepted(self) -> bool:
+        return self.queue_id is not None
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500

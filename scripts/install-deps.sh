@@ -20,6 +20,7 @@ PACKAGES=(
   courier-imap courier-pop maildrop
   libsasl2-modules sasl2-bin
   swaks python3-venv openssl
+  gcc libc6-dev
   systemd
 )
 
