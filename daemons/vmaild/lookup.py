@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from . import addresses, expansions
 from .cache import Cache, Outcome, TTLs
@@ -55,7 +54,6 @@ class Lookups:
         self.cache = cache
         self.metrics = metrics
         self.maps: dict[str, _Map] = {}
-        self._children: dict[tuple[str, Outcome], tuple[Any, Any]] = {}
         d = config.cache
         for name, m in config.maps.items():
             queries = tuple(expansions.compile_query(config.maps[n].query)
@@ -110,10 +108,5 @@ class Lookups:
         return None
 
     def _observe(self, map_name: str, outcome: Outcome, started: float) -> None:
-        children = self._children.get((map_name, outcome))
-        if children is None:  # resolving labels costs more than observing; do it once
-            children = (self.metrics.lookup_seconds.labels(map_name, outcome.value),
-                        self.metrics.lookups.labels(map_name, outcome.value))
-            self._children[(map_name, outcome)] = children
-        children[0].observe(time.perf_counter() - started)
-        children[1].inc()
+        self.metrics.lookup_stats.observe(map_name, outcome.value,
+                                          time.perf_counter() - started)

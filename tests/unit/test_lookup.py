@@ -90,8 +90,8 @@ def test_fast_path_records_metrics() -> None:
     assert lookups.cached("mailboxes", "joe@ex.com") == (False, None)
     asyncio.run(lookups.lookup("mailboxes", "joe@ex.com"))
     assert lookups.cached("mailboxes", "JOE@ex.com") == (True, "v")
-    assert metrics.lookups.labels("mailboxes", "hit")._value.get() == 1
-    assert metrics.lookups.labels("mailboxes", "miss")._value.get() == 1
+    assert metrics.lookup_stats.count("mailboxes", "hit") == 1
+    assert metrics.lookup_stats.count("mailboxes", "miss") == 1
 
 
 def test_suppressed_query_is_not_found_without_a_query() -> None:

@@ -70,6 +70,11 @@ class SocketmapDecoder:
         self._length: int | None = None  # payload length once its prefix has been read
         self._failed = False
 
+    @property
+    def idle(self) -> bool:
+        """True when nothing is buffered (a new chunk starts a new netstring)."""
+        return not self._buf and self._length is None and not self._failed
+
     def feed(self, data: bytes) -> list[Decoded]:
         """Add *data* and return the requests completed by it, in order."""
         if self._failed:

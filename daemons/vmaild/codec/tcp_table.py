@@ -96,6 +96,11 @@ class TcpTableDecoder:
         self._scanned = 0  # prefix of _buf already searched for LF (avoids rescans)
         self._finished = False
 
+    @property
+    def idle(self) -> bool:
+        """True when no partial request is buffered (a new chunk starts a new line)."""
+        return not self._buf and not self._finished
+
     def feed(self, data: bytes) -> list[Decoded]:
         """Add *data* and return the requests completed by it, in order."""
         if self._finished:

@@ -15,6 +15,36 @@ if TYPE_CHECKING:
 log = logging.getLogger("vmaild.socketmap")
 
 
+_OK_REPLIES: dict[str, bytes] = {}   # encoded OK replies by value; see tcp_table.py
+_OK_REPLIES_MAX = 65536
+_NOTFOUND = codec.reply_notfound()
+
+
+def ok_reply(value: str) -> bytes:
+    reply = _OK_REPLIES.get(value)
+    if reply is None:
+        if len(_OK_REPLIES) >= _OK_REPLIES_MAX:
+            _OK_REPLIES.clear()
+        reply = _OK_REPLIES[value] = codec.reply_ok(value)
+    return reply
+
+
+def plain_request(data: bytes) -> tuple[str, str] | None:
+    """(map, key) when ``data`` is exactly one netstring ``<len>:<map> <key>,`` of plain
+    ASCII, else None. Postfix sends one request and waits (PROTOCOLS.md §2.4), so a chunk
+    is almost always exactly one netstring."""
+    colon = data.find(b":", 0, 7)
+    if colon <= 0 or not data.endswith(b",") or not data[:colon].isdigit():
+        return None
+    payload = data[colon + 1:-1]
+    if int(data[:colon]) != len(payload) or not payload.isascii():
+        return None
+    name, sp, key = payload.decode("ascii").partition(" ")
+    if not sp or not name or not key:
+        return None
+    return name, key
+
+
 class SocketmapProtocol(SequentialProtocol):
     listener = "socketmap"
 
@@ -22,6 +52,18 @@ class SocketmapProtocol(SequentialProtocol):
         super().__init__(app.metrics, app.connections)
         self.app = app
         self.decoder = codec.SocketmapDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        # The fast path: one plain netstring, nothing pending, a fresh cache entry.
+        if self.task is None and not self.queue and self.decoder.idle:
+            request = plain_request(data)
+            if request is not None and request[0] in self.app.runtime.lookups.maps:
+                hit, value = self.app.runtime.lookups.cached(*request)
+                if hit:
+                    assert self.transport is not None
+                    self.transport.write(_NOTFOUND if value is None else ok_reply(value))
+                    return
+        super().data_received(data)
 
     def decode(self, data: bytes) -> list[Any]:
         return self.decoder.feed(data)
@@ -40,7 +82,7 @@ class SocketmapProtocol(SequentialProtocol):
             return codec.reply_perm("unknown map")
         if not hit:
             return None
-        return codec.reply_ok(value) if value is not None else codec.reply_notfound()
+        return ok_reply(value) if value is not None else _NOTFOUND
 
     async def answer(self, request: codec.Request) -> bytes | None:
         try:
@@ -49,4 +91,4 @@ class SocketmapProtocol(SequentialProtocol):
             return codec.reply_perm("unknown map")
         except TemporaryFailure:
             return codec.reply_temp("temporary lookup failure")
-        return codec.reply_ok(value) if value is not None else codec.reply_notfound()
+        return ok_reply(value) if value is not None else _NOTFOUND

@@ -18,6 +18,36 @@ if TYPE_CHECKING:
 log = logging.getLogger("vmaild.tcp_table")
 
 
+# Encoded `200` replies by value: quoting costs more than the cache lookup itself, and the
+# same values (a domain, a mailbox path) are answered over and over. Bounded; cleared when
+# full rather than tracked per entry.
+_FOUND_REPLIES: dict[str, bytes] = {}
+_FOUND_REPLIES_MAX = 65536
+_NOT_FOUND = codec.reply_not_found()
+_PLAIN_KEY_BYTES = frozenset(range(0x21, 0x7F)) - {ord("%")}
+
+
+def found_reply(value: str) -> bytes:
+    reply = _FOUND_REPLIES.get(value)
+    if reply is None:
+        if len(_FOUND_REPLIES) >= _FOUND_REPLIES_MAX:
+            _FOUND_REPLIES.clear()
+        reply = _FOUND_REPLIES[value] = codec.reply_found(value)
+    return reply
+
+
+def plain_request_key(data: bytes) -> str | None:
+    """The key when ``data`` is exactly one ``get <key>\n`` line whose key needs no
+    unquoting (printable ASCII, no '%'), else None. Postfix sends one request and waits
+    for the answer (PROTOCOLS.md §1.4), so almost every chunk is such a line."""
+    if not (data.startswith(b"get ") and data.endswith(b"\n")) or len(data) > 1024:
+        return None
+    key = data[4:-1]
+    if not key or not _PLAIN_KEY_BYTES.issuperset(key):
+        return None
+    return key.decode("ascii")
+
+
 class TcpTableProtocol(SequentialProtocol):
     def __init__(self, app: App, map_name: str):
         super().__init__(app.metrics, app.connections)
@@ -25,6 +55,19 @@ class TcpTableProtocol(SequentialProtocol):
         self.map_name = map_name
         self.listener = f"tcp:{map_name}"
         self.decoder = codec.TcpTableDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        # The fast path: one plain request, nothing pending, a fresh cache entry. Anything
+        # else (escapes, several lines, a miss) goes through the decoder and the queue.
+        if self.task is None and not self.queue and self.decoder.idle:
+            key = plain_request_key(data)
+            if key is not None:
+                hit, value = self.app.runtime.lookups.cached(self.map_name, key)
+                if hit:
+                    assert self.transport is not None
+                    self.transport.write(_NOT_FOUND if value is None else found_reply(value))
+                    return
+        super().data_received(data)
 
     def decode(self, data: bytes) -> list[Any]:
         return self.decoder.feed(data)
@@ -34,7 +77,7 @@ class TcpTableProtocol(SequentialProtocol):
             hit, value = self.app.runtime.lookups.cached(self.map_name, request.key)
             if not hit:
                 return None
-            return codec.reply_found(value) if value is not None else codec.reply_not_found()
+            return found_reply(value) if value is not None else _NOT_FOUND
         if isinstance(request, codec.BadRequest):
             self.metrics.protocol_errors.labels(self.listener).inc()
             log.warning("%s: bad request: %s", self.listener, request.reason)
@@ -50,4 +93,4 @@ class TcpTableProtocol(SequentialProtocol):
         except TemporaryFailure:
             # 400: Postfix defers (451 4.3.0) and never treats it as "user unknown".
             return codec.reply_temporary("temporary lookup failure")
-        return codec.reply_found(value) if value is not None else codec.reply_not_found()
+        return found_reply(value) if value is not None else _NOT_FOUND
