@@ -500,7 +500,7 @@ class MailStack:
              ) -> Iterator[imaplib.IMAP4]:
         """A logged-in IMAP session: STARTTLS on the imapd port (IMAP_TLS_REQUIRED=1 in
         courier/imapd-ssl.vmaild), or IMAPS on the imapd-ssl port."""
-        assert self.courier is not None
+        assert self.courier is not None and self.courier.imap_port is not None
         client: imaplib.IMAP4
         if implicit_tls:
             client = imaplib.IMAP4_SSL(LOOPBACK, self.tls_listeners["imapd"].port,
@@ -520,7 +520,7 @@ class MailStack:
     def pop3(self, address: str, password: str, *, implicit_tls: bool = False
              ) -> Iterator[poplib.POP3]:
         """A logged-in POP3 session (STLS on the pop3d port, or POP3S)."""
-        assert self.courier is not None
+        assert self.courier is not None and self.courier.pop3_port is not None
         client: poplib.POP3
         if implicit_tls:
             client = poplib.POP3_SSL(LOOPBACK, self.tls_listeners["pop3d"].port,

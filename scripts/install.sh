@@ -1,0 +1,454 @@
+#!/usr/bin/env bash
+# scripts/install.sh (`make install`): put vmaild and the seed setup's files in place on a
+# Debian 12 system, as root. Safe to run again: nothing changes when nothing changed, and a
+# file you edited is never overwritten silently.
+#
+#   sudo make install                  # or: sudo scripts/install.sh
+#   ROOT=/tmp/x scripts/install.sh     # into a staging tree (DESTDIR-style); tests do this
+#
+# What it does (each step prints one line, "changed" or "ok"):
+#  1. accounts: group and user vmail (5000:5000, home /home/vmail, no login) as in the seed;
+#     postfix added to group courier (SMTP AUTH reaches authdaemond's socket);
+#  2. the package: a virtualenv in /opt/vmaild, rebuilt only when the source changed;
+#     vmaild, vmailctl, vmaild-authpipe linked into /usr/local/bin; the maildrop wrapper in
+#     /usr/local/lib/vmaild; README and snippets in /usr/local/share/doc/vmaild;
+#  3. configuration files (vmaild.conf, the systemd unit, tmpfiles.d, sysusers.d, Cyrus
+#     SASL's smtpd.conf) like dpkg conffiles: installed when absent, updated when you did
+#     not edit them, and when you did and the shipped version changed, yours stays and the
+#     new one is written next to it as FILE.new, with a notice;
+#  4. /home/vmail (vmail, 0750) and a self-signed certificate in /etc/vmaild/tls (the seed's
+#     openssl step), never replaced once there;
+#  5. Courier: /etc/courier/authProg -> vmaild-authpipe, and the settings of
+#     courier/*.vmaild set line by line in authdaemonrc, imapd, imapd-ssl, pop3d,
+#     pop3d-ssl; Postfix: main.cf settings of postfix/main.cf.vmaild and main.cf.policy
+#     with `postconf -e`, master.cf entries of postfix/master.cf.vmaild with `postconf -M`.
+#     Each file is copied to FILE.vmaild-backup before vmaild first changes it;
+#  6. systemd: daemon-reload and the tmpfiles entry applied (authdaemond's socket
+#     directory gets an ACL entry for vmail, systemd/vmaild.tmpfiles). Services are not
+#     started or restarted; the last lines say which ones to restart.
+#
+# Environment: ROOT (staging root, default /), PYTHON (default /usr/bin/python3),
+# VMAILD_HOSTNAME (certificate name; default: Postfix's myhostname, else hostname -f).
+set -euo pipefail
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=${ROOT:-}
+ROOT=${ROOT%/}
+PYTHON=${PYTHON:-/usr/bin/python3}
+
+VENV=/opt/vmaild
+BINDIR=/usr/local/bin
+LIBDIR=/usr/local/lib/vmaild
+DOCDIR=/usr/local/share/doc/vmaild
+ETC=/etc/vmaild
+TLS=$ETC/tls
+STATE=/var/lib/vmaild/install     # pristine copies of installed conffiles
+MAILHOME=/home/vmail
+VMAIL_ID=5000
+
+changes=0
+restart=()
+log() { printf 'install: %s\n' "$*"; }
+changed() { changes=$((changes + 1)); log "$1: changed${2:+ ($2)}"; }
+ok() { log "$1: ok${2:+ ($2)}"; }
+die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
+want_restart() {
+  if [[ " ${restart[*]} " != *" $1 "* ]]; then restart+=("$1"); fi
+}
+
+[[ $(id -u) -eq 0 ]] || die "run as root (ownership of /etc/vmaild, /home/vmail, Courier's files)"
+[[ -z $ROOT || -d $ROOT ]] || die "ROOT=$ROOT is not a directory"
+
+# ------------------------------------------------------------------------------ accounts
+passwd_field() {  # passwd_field DB NAME FIELD: a field of an /etc/passwd or /etc/group entry
+  if [[ -z $ROOT ]]; then
+    getent "$1" "$2" | cut -d: -f"$3"
+  elif [[ -f $ROOT/etc/$1 ]]; then
+    awk -F: -v n="$2" -v f="$3" '$1 == n { print $f; exit }' "$ROOT/etc/$1"
+  fi
+}
+
+ensure_accounts() {
+  if [[ -n $ROOT && ! -f $ROOT/etc/passwd ]]; then
+    log "accounts: skipped (no $ROOT/etc/passwd)"
+    return
+  fi
+  local prefix=()
+  if [[ -n $ROOT ]]; then prefix=(--prefix "$ROOT"); fi
+  local gid uid
+  gid=$(passwd_field group vmail 3)
+  if [[ -z $gid ]]; then
+    groupadd "${prefix[@]}" -g "$VMAIL_ID" vmail
+    changed "group vmail" "gid $VMAIL_ID"
+  elif [[ $gid != "$VMAIL_ID" ]]; then
+    die "group vmail exists with gid $gid; the seed and vmaild.conf [mailbox] expect $VMAIL_ID"
+  fi
+  uid=$(passwd_field passwd vmail 3)
+  if [[ -z $uid ]]; then
+    useradd "${prefix[@]}" -u "$VMAIL_ID" -g vmail -d "$MAILHOME" -M -s /usr/sbin/nologin \
+      -c "virtual mail owner" vmail
+    changed "user vmail" "uid $VMAIL_ID"
+  elif [[ $uid != "$VMAIL_ID" ]]; then
+    die "user vmail exists with uid $uid; the seed and vmaild.conf [mailbox] expect $VMAIL_ID"
+  else
+    ok "user and group vmail ($VMAIL_ID)"
+  fi
+  # Cyrus SASL in smtpd connects to /run/courier/authdaemon/socket (0750 courier:courier).
+  if [[ -n $(passwd_field passwd postfix 1) && -n $(passwd_field group courier 1) ]]; then
+    if [[ ",$(passwd_field group courier 4)," == *,postfix,* ]]; then
+      ok "postfix in group courier"
+    else
+      usermod "${prefix[@]}" -a -G courier postfix
+      changed "postfix in group courier"
+      want_restart postfix
+    fi
+  else
+    log "postfix in group courier: skipped (postfix or courier not installed)"
+  fi
+}
+
+# ----------------------------------------------------------------------------- package
+source_hash() {
+  (cd "$SRC" && find daemons -name '*.py' -o -name '*.typed' | LC_ALL=C sort \
+     | xargs sha256sum setup.cfg pyproject.toml README.md) | sha256sum | cut -d' ' -f1
+}
+
+install_package() {
+  local venv=$ROOT$VENV hash stamp
+  hash=$(source_hash)
+  stamp=$venv/.vmaild-source
+  if [[ -x $venv/bin/vmaild && -f $stamp && $(cat "$stamp") == "$hash" ]]; then
+    ok "package in $VENV"
+  else
+    [[ -x $venv/bin/python ]] || "$PYTHON" -m venv "$venv" \
+      || die "cannot create a virtualenv with $PYTHON (apt-get install python3-venv)"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$SRC" 2>&1 \
+      | grep -v '^WARNING: Location' >&2 || true
+    "$venv/bin/vmaild" --version >/dev/null || die "the package did not install into $VENV"
+    printf '%s\n' "$hash" >"$stamp"
+    changed "package in $VENV" "$("$venv/bin/vmaild" --version)"
+    want_restart vmaild
+    want_restart courier-authdaemon
+  fi
+  local name
+  mkdir -p "$ROOT$BINDIR"
+  for name in vmaild vmailctl vmaild-authpipe; do
+    link "$VENV/bin/$name" "$BINDIR/$name"
+  done
+  install_file "$SRC/postfix/vmaild-maildrop" "$LIBDIR/vmaild-maildrop" 0755
+  local doc
+  for doc in README.md postfix/main.cf.vmaild postfix/main.cf.policy postfix/master.cf.vmaild \
+             courier/README.md scripts/vmaild.conf.example; do
+    install_file "$SRC/$doc" "$DOCDIR/${doc//\//-}" 0644 quiet
+  done
+  ok "documentation in $DOCDIR"
+}
+
+link() {  # link TARGET PATH: PATH is a symlink to TARGET (absolute, as on the real system)
+  local target=$1 path=$ROOT$2
+  if [[ -L $path && $(readlink "$path") == "$target" ]]; then
+    ok "$2 -> $target"
+    return
+  fi
+  if [[ -e $path && ! -L $path ]]; then
+    backup_once "$path"
+    rm -f "$path"
+  fi
+  ln -sfn "$target" "$path"
+  changed "$2 -> $target"
+}
+
+install_file() {  # install_file SRC PATH MODE [quiet]: a program or document, always ours
+  local src=$1 path=$ROOT$2 mode=$3
+  mkdir -p "$(dirname "$path")"
+  if [[ -f $path ]] && cmp -s "$src" "$path"; then
+    if [[ ${4:-} != quiet ]]; then ok "$2"; fi
+  else
+    install -m "$mode" "$src" "$path"
+    changed "$2"
+  fi
+}
+
+# ------------------------------------------------------------------------- conffiles
+# conffile SRC PATH MODE OWNER:GROUP [SERVICE]: dpkg's conffile rules. The pristine copy
+# of what was installed last time tells "edited by the admin" from "not edited".
+conffile() {
+  local src=$1 rel=$2 mode=$3 owner=$4 service=${5:-}
+  local path=$ROOT$rel pristine=$ROOT$STATE/${rel//\//_}
+  mkdir -p "$(dirname "$path")" "$ROOT$STATE"
+  if [[ ! -e $path ]]; then
+    install -m "$mode" "$src" "$path"
+    chown "$owner" "$path"
+    cp "$src" "$pristine"
+    changed "$rel" "installed"
+    if [[ -n $service ]]; then want_restart "$service"; fi
+  elif cmp -s "$src" "$path"; then
+    cp "$src" "$pristine"
+    rm -f "$path.new"
+    ok "$rel"
+  elif [[ -f $pristine ]] && cmp -s "$pristine" "$path"; then
+    install -m "$mode" "$src" "$path"   # not edited here: follow the shipped version
+    chown "$owner" "$path"
+    cp "$src" "$pristine"
+    changed "$rel" "updated"
+    if [[ -n $service ]]; then want_restart "$service"; fi
+  elif [[ -f $pristine ]] && cmp -s "$pristine" "$src"; then
+    ok "$rel" "edited here; kept"
+  else
+    install -m "$mode" "$src" "$path.new"
+    chown "$owner" "$path.new"
+    cp "$src" "$pristine"
+    changes=$((changes + 1))
+    log "$rel: NOTICE: edited here and changed in vmaild; kept yours, the new version is" \
+        "$rel.new (compare: diff $rel $rel.new)"
+  fi
+}
+
+install_conffiles() {
+  local vgroup=vmail
+  if [[ -z $(passwd_field group vmail 1) ]]; then vgroup=root; fi
+  # The database password is in it: vmaild (vmail) and vmaild-authpipe (root) read it.
+  conffile "$SRC/scripts/vmaild.conf.example" $ETC/vmaild.conf 0640 "root:$vgroup" vmaild
+  conffile "$SRC/systemd/vmaild.service" /etc/systemd/system/vmaild.service 0644 root:root vmaild
+  conffile "$SRC/systemd/vmaild.tmpfiles" /etc/tmpfiles.d/vmaild.conf 0644 root:root
+  conffile "$SRC/systemd/vmaild.sysusers" /etc/sysusers.d/vmaild.conf 0644 root:root
+  if [[ -d $ROOT/etc/postfix ]]; then
+    conffile "$SRC/postfix/sasl/smtpd.conf" /etc/postfix/sasl/smtpd.conf 0644 root:root postfix
+  fi
+}
+
+# ----------------------------------------------------------------- home, certificate
+ensure_mailhome() {
+  local home=$ROOT$MAILHOME owner
+  if [[ ! -d $home ]]; then
+    mkdir -p "$home"
+    chown "$VMAIL_ID:$VMAIL_ID" "$home"
+    chmod 0750 "$home"
+    changed "$MAILHOME" "vmail, 0750"
+    return
+  fi
+  owner=$(stat -c %u:%g "$home")
+  if [[ $owner != "$VMAIL_ID:$VMAIL_ID" ]]; then
+    # maildrop refuses a home owned by anyone else ("Home directory owned by wrong user").
+    chown "$VMAIL_ID:$VMAIL_ID" "$home"
+    changed "$MAILHOME" "owner was $owner"
+  else
+    ok "$MAILHOME"
+  fi
+}
+
+mail_hostname() {
+  if [[ -n ${VMAILD_HOSTNAME:-} ]]; then
+    printf '%s\n' "$VMAILD_HOSTNAME"
+  elif [[ -f $ROOT/etc/postfix/main.cf ]] && command -v postconf >/dev/null; then
+    postconf -c "$ROOT/etc/postfix" -h myhostname 2>/dev/null || hostname -f
+  else
+    hostname -f 2>/dev/null || hostname
+  fi
+}
+
+ensure_certificate() {
+  local dir=$ROOT$TLS name cgroup=root
+  if [[ -n $(passwd_field group courier 1) ]]; then cgroup=courier; fi
+  mkdir -p "$dir"
+  chmod 0755 "$dir"
+  if [[ -s $dir/mail.key && -s $dir/mail.crt && -s $dir/mail.pem ]]; then
+    ok "$TLS" "certificate for $(openssl x509 -in "$dir/mail.crt" -noout -subject | sed 's/^subject=//')"
+    return
+  fi
+  name=$(mail_hostname)
+  # The seed: openssl req -new -x509 -newkey rsa:2048 -nodes -days 365. One key and
+  # certificate for Postfix (smtpd_tls_chain_files) and Courier (TLS_CERTFILE wants key
+  # and certificate in one file; couriertls reads it as courier for STARTTLS, hence
+  # 0640 root:courier like Debian's /etc/courier/imapd.pem).
+  (umask 077 && openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=$name" \
+     -addext "subjectAltName=DNS:$name" -keyout "$dir/mail.key" -out "$dir/mail.crt" \
+     2>/dev/null) || die "openssl could not make a certificate"
+  cat "$dir/mail.key" "$dir/mail.crt" >"$dir/mail.pem"
+  chmod 0600 "$dir/mail.key"
+  chmod 0644 "$dir/mail.crt"
+  chown "root:$cgroup" "$dir/mail.pem"
+  chmod 0640 "$dir/mail.pem"
+  changed "$TLS" "self-signed for $name; replace mail.key/crt/pem with a real one any time"
+  local unit
+  for unit in postfix courier-imap courier-imap-ssl courier-pop courier-pop-ssl; do
+    want_restart "$unit"
+  done
+}
+
+# --------------------------------------------------------------------------- Courier
+backup_once() {
+  if [[ ! -e $1.vmaild-backup ]]; then cp -p "$1" "$1.vmaild-backup"; fi
+}
+
+# set_shell_vars FILE SETTINGS: every NAME=value line of SETTINGS (shell syntax, as in
+# courier/*.vmaild) replaces the first NAME= line of FILE, or is appended.
+set_shell_vars() {
+  local file=$1 settings=$2 tmp
+  tmp=$(mktemp)
+  awk '
+    FNR == NR {
+      if ($0 ~ /^[A-Za-z_][A-Za-z0-9_]*=/) { k = substr($0, 1, index($0, "=") - 1); v[k] = $0; order[++n] = k }
+      next
+    }
+    {
+      if ($0 ~ /^[A-Za-z_][A-Za-z0-9_]*=/) {
+        k = substr($0, 1, index($0, "=") - 1)
+        if (k in v) { if (!(k in done)) print v[k]; done[k] = 1; next }
+      }
+      print
+    }
+    END { for (i = 1; i <= n; i++) if (!(order[i] in done)) print v[order[i]] }
+  ' "$settings" "$file" >"$tmp"
+  if cmp -s "$tmp" "$file"; then
+    rm -f "$tmp"
+    return 1
+  fi
+  backup_once "$file"
+  cat "$tmp" >"$file"   # keep the file's owner and mode
+  rm -f "$tmp"
+}
+
+configure_courier() {
+  local etc=$ROOT/etc/courier name
+  if [[ ! -d $etc ]]; then
+    log "Courier: skipped (no /etc/courier)"
+    return
+  fi
+  # authdaemond runs /etc/courier/authProg (compiled-in path) as root with no arguments;
+  # vmaild-authpipe reads /etc/vmaild/vmaild.conf (courier/README.md).
+  if [[ -L $etc/authProg && $(readlink "$etc/authProg") == "$BINDIR/vmaild-authpipe" ]]; then
+    ok "/etc/courier/authProg -> $BINDIR/vmaild-authpipe"
+  else
+    if [[ -e $etc/authProg && ! -L $etc/authProg ]]; then backup_once "$etc/authProg"; fi
+    ln -sfn "$BINDIR/vmaild-authpipe" "$etc/authProg"
+    changed "/etc/courier/authProg -> $BINDIR/vmaild-authpipe"
+    want_restart courier-authdaemon
+  fi
+  local -A service=([authdaemonrc]=courier-authdaemon [imapd]=courier-imap
+                    [imapd-ssl]=courier-imap-ssl [pop3d]=courier-pop [pop3d-ssl]=courier-pop-ssl)
+  for name in authdaemonrc imapd imapd-ssl pop3d pop3d-ssl; do
+    if [[ ! -f $etc/$name ]]; then
+      log "/etc/courier/$name: skipped (not installed)"
+    elif set_shell_vars "$etc/$name" "$SRC/courier/$name.vmaild"; then
+      changed "/etc/courier/$name" "settings of courier/$name.vmaild; backup $name.vmaild-backup"
+      want_restart "${service[$name]}"
+    else
+      ok "/etc/courier/$name"
+    fi
+  done
+}
+
+# --------------------------------------------------------------------------- Postfix
+snippet_settings() {  # main.cf snippet -> "name=value" lines (continuations joined)
+  awk '
+    /^[ \t]*#/ || /^[ \t]*$/ { next }
+    /^[ \t]/ { sub(/^[ \t]+/, ""); line = line " " $0; next }
+    { if (line != "") print line; line = $0 }
+    END { if (line != "") print line }
+  ' "$@" | sed -E 's/^([A-Za-z0-9_]+)[ \t]*=[ \t]*/\1=/'
+}
+
+configure_postfix() {
+  local dir=$ROOT/etc/postfix
+  if [[ ! -f $dir/main.cf ]] || ! command -v postconf >/dev/null; then
+    log "Postfix: skipped (no /etc/postfix/main.cf)"
+    return
+  fi
+  # One postconf run to read and one to write each file: Postfix pauses ~2 s before
+  # reading a main.cf modified in the last 2 s, so one run per setting would crawl.
+  local pc=(postconf -c "$dir") line name value
+  local -A current=()
+  while IFS= read -r line; do
+    name=${line%% =*} value=${line#*=}
+    current[$name]=${value# }
+  done < <("${pc[@]}" -n 2>/dev/null)
+  local edits=() removals=()
+  while IFS= read -r line; do
+    name=${line%%=*} value=${line#*=}
+    if [[ ! -v current[$name] || ${current[$name]} != "$value" ]]; then
+      edits+=("$name=$value")
+    fi
+  done < <(snippet_settings "$SRC/postfix/main.cf.vmaild" "$SRC/postfix/main.cf.policy")
+  # The seed's virtual_create_maildirsize / virtual_maildir_extended belong to the
+  # unofficial VDA patch: "unused parameter" on a stock Postfix (main.cf.policy).
+  for name in virtual_create_maildirsize virtual_maildir_extended; do
+    if [[ -v current[$name] ]]; then removals+=("$name"); fi
+  done
+  if ((${#edits[@]} + ${#removals[@]})); then
+    backup_once "$dir/main.cf"
+    if ((${#edits[@]})); then "${pc[@]}" -e "${edits[@]}"; fi
+    if ((${#removals[@]})); then "${pc[@]}" -X "${removals[@]}"; fi
+    changed "/etc/postfix/main.cf" \
+      "$((${#edits[@]} + ${#removals[@]})) settings; backup main.cf.vmaild-backup"
+    want_restart postfix
+  else
+    ok "/etc/postfix/main.cf"
+  fi
+  local -A services=()
+  while IFS= read -r line; do
+    services[$(awk '{ print $1 "/" $2 }' <<<"$line")]=$(tr -s ' \t' ' ' <<<"$line")
+  done < <("${pc[@]}" -M 2>/dev/null)
+  local entries=() key
+  while IFS= read -r line; do
+    key=$(awk '{ print $1 "/" $2 }' <<<"$line")
+    if [[ ${services[$key]:-} != "$(tr -s ' \t' ' ' <<<"$line")" ]]; then
+      entries+=("$key=$line")
+    fi
+  done < <(snippet_settings_master "$SRC/postfix/master.cf.vmaild")
+  if ((${#entries[@]})); then
+    backup_once "$dir/master.cf"
+    "${pc[@]}" -M "${entries[@]}"
+    changed "/etc/postfix/master.cf" "${#entries[@]} services; backup master.cf.vmaild-backup"
+    want_restart postfix
+  else
+    ok "/etc/postfix/master.cf"
+  fi
+}
+
+snippet_settings_master() {  # master.cf snippet -> one line per service
+  awk '
+    /^[ \t]*#/ || /^[ \t]*$/ { next }
+    /^[ \t]/ { sub(/^[ \t]+/, ""); line = line " " $0; next }
+    { if (line != "") print line; line = $0 }
+    END { if (line != "") print line }
+  ' "$1"
+}
+
+# --------------------------------------------------------------------------- systemd
+apply_systemd() {
+  if [[ -n $ROOT ]]; then
+    if command -v systemd-tmpfiles >/dev/null && [[ -d $ROOT/run/courier/authdaemon ]]; then
+      systemd-tmpfiles --root="$ROOT" --create "$ROOT/etc/tmpfiles.d/vmaild.conf"
+      ok "tmpfiles entry applied under $ROOT"
+    fi
+    return
+  fi
+  if command -v systemd-tmpfiles >/dev/null && [[ -d /run/courier/authdaemon ]]; then
+    systemd-tmpfiles --create /etc/tmpfiles.d/vmaild.conf
+    ok "tmpfiles entry applied" "ACL u:vmail:x on /run/courier/authdaemon"
+  fi
+  if [[ -d /run/systemd/system ]]; then
+    systemctl daemon-reload
+    ok "systemctl daemon-reload"
+  fi
+}
+
+ensure_accounts
+install_package
+install_conffiles
+ensure_mailhome
+ensure_certificate
+configure_courier
+configure_postfix
+apply_systemd
+
+if ((changes == 0)); then
+  log "done: nothing to change"
+else
+  log "done: $changes change(s)"
+fi
+if ((${#restart[@]})); then
+  log "next: set [database] in $ETC/vmaild.conf, then: systemctl enable --now vmaild;" \
+      "restart ${restart[*]}"
+fi

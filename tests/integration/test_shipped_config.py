@@ -1,0 +1,356 @@
+"""The shipped files on their own (issue 6, items 1-3): Postfix accepts every setting,
+systemd accepts the unit, tmpfiles.d and sysusers.d do what they say, scripts/install.sh
+is idempotent and never overwrites a local edit silently, and postfix/vmaild-maildrop
+turns exactly one kind of answer into a bounce.
+
+Staging roots stand in for / (``ROOT=... scripts/install.sh``, ``systemd-tmpfiles
+--root``): nothing here touches the real /etc.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from harness import shared_tempdir, shipped
+from harness.postfix import Postfix, cool_down
+from harness.procs import run
+from tests.integration.conftest import require
+
+VENV_VMAILD = Path(sys.executable).parent / "vmaild"
+
+
+@pytest.fixture
+def tmp_root() -> Iterator[Path]:
+    path = shared_tempdir("vmaild-root-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def need(*tools: str) -> None:
+    require([t for t in tools if shutil.which(t) is None], ", ".join(tools))
+
+
+def copy_accounts(root: Path) -> None:
+    """/etc/passwd and friends without vmail, and with nobody in group courier: what a
+    fresh Debian with the mail packages has before vmaild is installed."""
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        lines = Path(f"/etc/{name}").read_text().splitlines()
+        kept = [line for line in lines if not line.startswith("vmail:")]
+        if name in ("group", "gshadow"):
+            kept = [":".join(line.split(":")[:-1] + [""]) if line.startswith("courier:")
+                    else line for line in kept]
+        (root / "etc" / name).write_text("\n".join(kept) + "\n")
+        os.chmod(root / "etc" / name, 0o640 if "shadow" in name else 0o644)
+
+
+# -- Postfix ----------------------------------------------------------------------------------
+
+def postconf_n(config_dir: Path) -> subprocess.CompletedProcess[str]:
+    # Postfix pauses ~2 s before reading a main.cf written in the last 2 s.
+    cool_down(config_dir / "main.cf", config_dir / "master.cf")
+    return run(["postconf", "-c", str(config_dir), "-n"])
+
+
+def test_postconf_n_without_unused_parameters(tmp_root: Path) -> None:
+    """Debian's main.cf and master.cf plus the shipped snippets, as `postconf -n` sees them:
+    every setting known (no "unused parameter" warning), every value as shipped. A seed
+    leftover proves the check would catch one."""
+    need("postconf")
+    require(Postfix.missing_requirements(), "Postfix")
+    conf = tmp_root / "postfix"
+    conf.mkdir()
+    for name in ("main.cf", "master.cf"):
+        shutil.copy(f"/etc/postfix/{name}", conf / name)
+    settings = {**shipped.main_cf_settings(shipped.MAIN_CF),
+                **shipped.main_cf_settings(shipped.MAIN_CF_POLICY)}
+    run(["postconf", "-c", str(conf), "-e", *(f"{k}={v}" for k, v in settings.items())])
+    cool_down(conf / "main.cf")
+    run(["postconf", "-c", str(conf), "-M",
+         *("/".join(shipped.master_service_key(e)) + f"={e}" for e in shipped.master_cf_entries())])
+    result = postconf_n(conf)
+    assert result.stderr == ""
+    shown = dict(line.split(" =", 1) for line in result.stdout.splitlines())
+    for name, value in settings.items():
+        assert shown[name].strip() == value, name
+    # maildrop_destination_recipient_limit is known only because master.cf has "maildrop".
+    assert "maildrop_destination_recipient_limit" in shown
+    cool_down(conf / "main.cf", conf / "master.cf")
+    master = run(["postconf", "-c", str(conf), "-M", "maildrop/unix", "smtp/inet"]).stdout
+    assert "user=vmail argv=/usr/local/lib/vmaild/vmaild-maildrop socketmap:" in master
+    assert " -a " not in master  # -a is the wrapper's business, see postfix/vmaild-maildrop
+    assert master.split("\n")[1].split()[4] == "n"  # smtp inet: chroot = n (Cyrus SASL)
+    run(["postconf", "-c", str(conf), "-e", "virtual_create_maildirsize=yes"])
+    cool_down(conf / "main.cf")
+    assert "unused parameter: virtual_create_maildirsize=yes" in postconf_n(conf).stderr
+
+
+# -- systemd ----------------------------------------------------------------------------------
+
+def test_unit_passes_systemd_analyze_verify(tmp_root: Path) -> None:
+    """The unit with ExecStart pointing at this virtualenv's vmaild (verify insists that the
+    program exists); no warnings at all."""
+    need("systemd-analyze")
+    text = (shipped.SYSTEMD_DIR / "vmaild.service").read_text()
+    assert "ExecStart=/usr/local/bin/vmaild serve" in text
+    unit = tmp_root / "vmaild.service"
+    unit.write_text(text.replace("/usr/local/bin/vmaild", str(VENV_VMAILD)))
+    result = run(["systemd-analyze", "verify", str(unit)], check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
+                 "RuntimeDirectory=vmaild", "User=vmail", "NoNewPrivileges=yes",
+                 "ProtectSystem=strict", "ReadWritePaths=/home/vmail", "PrivateTmp=yes",
+                 "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+                 "SystemCallFilter=@system-service", "CapabilityBoundingSet=\n"):
+        assert line in text, line
+    security = run(["systemd-analyze", "security", "--offline=yes", str(unit)], check=False)
+    exposure = security.stdout.strip().splitlines()[-1]
+    assert "Overall exposure level for vmaild.service: 1." in exposure, exposure
+
+
+def test_tmpfiles_gives_vmail_the_authdaemond_directory_only(tmp_root: Path) -> None:
+    """Debian's courier-authdaemon tmpfiles entry plus ours, applied by systemd-tmpfiles as
+    at boot: vmail (what maildrop runs as) can reach the socket, other users cannot."""
+    need("systemd-tmpfiles", "setpriv")
+    copy_accounts(tmp_root)
+    with open(tmp_root / "etc" / "passwd", "a") as f:  # vmail, as sysusers/install add it
+        f.write("vmail:x:5000:5000::/home/vmail:/usr/sbin/nologin\n")
+    with open(tmp_root / "etc" / "group", "a") as f:
+        f.write("vmail:x:5000:\n")
+    d = tmp_root / "etc" / "tmpfiles.d"
+    d.mkdir(parents=True)
+    courier = Path("/usr/lib/tmpfiles.d/courier-authdaemon.conf")
+    shutil.copy(courier if courier.exists() else Path(os.devnull), d / courier.name)
+    shutil.copy(shipped.SYSTEMD_DIR / "vmaild.tmpfiles", d / "vmaild.conf")
+    run(["systemd-tmpfiles", f"--root={tmp_root}", "--create"])
+    socket_dir = tmp_root / "run" / "courier" / "authdaemon"
+    assert oct(socket_dir.stat().st_mode & 0o777) == "0o750"
+    probe = socket_dir / "probe"
+    probe.write_text("x")
+    os.chmod(probe, 0o644)
+    for parent in (tmp_root, tmp_root / "run", tmp_root / "run" / "courier"):
+        os.chmod(parent, 0o755)
+
+    def readable_by(user: str) -> bool:
+        return run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
+                    "cat", str(probe)], check=False).returncode == 0
+
+    assert readable_by("vmail")
+    assert not readable_by("nobody")
+
+
+def test_sysusers_creates_the_seed_accounts(tmp_root: Path) -> None:
+    need("systemd-sysusers")
+    copy_accounts(tmp_root)
+    conf = tmp_root / "etc" / "sysusers.d"
+    conf.mkdir(parents=True)
+    shutil.copy(shipped.SYSTEMD_DIR / "vmaild.sysusers", conf / "vmaild.conf")
+    run(["systemd-sysusers", f"--root={tmp_root}"])
+    passwd = (tmp_root / "etc" / "passwd").read_text()
+    group = (tmp_root / "etc" / "group").read_text()
+    assert "\nvmail:x:5000:5000:virtual mail owner:/home/vmail:/usr/sbin/nologin\n" in passwd
+    assert "\nvmail:x:5000:\n" in group
+    assert next(line for line in group.splitlines()
+                if line.startswith("courier:")).endswith(":postfix")
+
+
+# -- scripts/install.sh -----------------------------------------------------------------------
+
+def staging_root(root: Path) -> None:
+    """A Debian system with the mail packages installed and nothing of vmaild."""
+    copy_accounts(root)
+    shutil.copytree("/etc/postfix", root / "etc" / "postfix", symlinks=True)
+    for leftover in ("main.cf.vmaild-backup", "master.cf.vmaild-backup"):
+        (root / "etc" / "postfix" / leftover).unlink(missing_ok=True)
+    courier = root / "etc" / "courier"
+    courier.mkdir(parents=True)
+    for name in ("authdaemonrc", "imapd", "imapd-ssl", "pop3d", "pop3d-ssl"):
+        shutil.copy(f"/etc/courier/{name}", courier / name)
+    # The packaged authdaemonrc (a harness run may have left the real one edited).
+    rc = courier / "authdaemonrc"
+    rc.write_text("\n".join('authmodulelist="authpam"' if line.startswith("authmodulelist=")
+                            else line for line in rc.read_text().splitlines()) + "\n")
+    (root / "run" / "courier" / "authdaemon").mkdir(parents=True)
+
+
+def install(root: Path) -> list[str]:
+    result = run(["bash", str(shipped.INSTALL_SCRIPT)], env={**os.environ, "ROOT": str(root),
+                 "VMAILD_HOSTNAME": "mail.example.test"}, timeout=600)
+    return result.stdout.splitlines()
+
+
+def changes(lines: list[str]) -> list[str]:
+    return [line for line in lines if ": changed" in line or "NOTICE" in line]
+
+
+def test_install_twice_then_local_edits(tmp_root: Path) -> None:
+    need("postconf", "openssl", "systemd-tmpfiles", "useradd")
+    staging_root(tmp_root)
+    first = install(tmp_root)
+    assert changes(first), first
+    r = tmp_root
+    # What the first run put in place.
+    assert (r / "opt/vmaild/bin/vmaild").exists()
+    assert run([str(r / "opt/vmaild/bin/vmaild"), "--version"]).stdout.startswith("vmaild ")
+    assert os.readlink(r / "usr/local/bin/vmailctl") == "/opt/vmaild/bin/vmailctl"
+    assert os.readlink(r / "etc/courier/authProg") == "/usr/local/bin/vmaild-authpipe"
+    assert os.access(r / "usr/local/lib/vmaild/vmaild-maildrop", os.X_OK)
+    conf = r / "etc/vmaild/vmaild.conf"
+    assert conf.read_text() == shipped.VMAILD_CONF_EXAMPLE.read_text()
+    assert oct(conf.stat().st_mode & 0o777) == "0o640" and conf.stat().st_gid == 5000
+    assert (r / "etc/systemd/system/vmaild.service").read_text() == (
+        shipped.SYSTEMD_DIR / "vmaild.service").read_text()
+    passwd = (r / "etc/passwd").read_text()
+    assert "\nvmail:x:5000:5000:" in passwd
+    assert ":postfix" in next(line for line in (r / "etc/group").read_text().splitlines()
+                              if line.startswith("courier:"))
+    home = r / "home/vmail"
+    assert (home.stat().st_uid, home.stat().st_gid, oct(home.stat().st_mode & 0o777)) == (
+        5000, 5000, "0o750")
+    tls = r / "etc/vmaild/tls"
+    assert "CN = mail.example.test" in run(["openssl", "x509", "-in", str(tls / "mail.crt"),
+                                            "-noout", "-subject"]).stdout
+    assert oct((tls / "mail.key").stat().st_mode & 0o777) == "0o600"
+    assert (r / "etc/courier/authdaemonrc.vmaild-backup").exists()
+    rc = (r / "etc/courier/authdaemonrc").read_text()
+    assert '\nauthmodulelist="authpipe"\n' in rc and 'authmodulelist="authpam"' not in rc
+    assert "\nTLS_CERTFILE=/etc/vmaild/tls/mail.pem\n" in (r / "etc/courier/imapd-ssl").read_text()
+    result = postconf_n(r / "etc/postfix")
+    assert result.stderr == ""
+    assert "virtual_transport = maildrop" in result.stdout
+    assert os.getxattr(r / "run/courier/authdaemon", "system.posix_acl_access")
+
+    # Again: nothing to do.
+    second = install(tmp_root)
+    assert changes(second) == [] and second[-1] == "install: done: nothing to change", second
+
+    # The admin sets the database password: kept, no .new (the shipped file is unchanged).
+    conf.write_text(conf.read_text().replace("mail_admin_password", "s3cret"))
+    third = install(tmp_root)
+    assert changes(third) == []
+    assert "install: /etc/vmaild/vmaild.conf: ok (edited here; kept)" in third
+    assert "s3cret" in conf.read_text() and not conf.with_suffix(".conf.new").exists()
+
+    # The admin edited the unit, and the shipped unit changed since the last install
+    # (simulated by what the install recorded as shipped last time): theirs stays, the new
+    # one is written as .new, with a notice.
+    unit = r / "etc/systemd/system/vmaild.service"
+    unit.write_text(unit.read_text().replace("RestartSec=2s", "RestartSec=5s"))
+    pristine = r / "var/lib/vmaild/install/_etc_systemd_system_vmaild.service"
+    pristine.write_text(pristine.read_text().replace("TimeoutStopSec=20s", "TimeoutStopSec=9s"))
+    fourth = install(tmp_root)
+    notices = [line for line in fourth if "NOTICE" in line]
+    assert len(notices) == 1 and "/etc/systemd/system/vmaild.service.new" in notices[0]
+    assert "RestartSec=5s" in unit.read_text()
+    assert Path(f"{unit}.new").read_text() == (shipped.SYSTEMD_DIR / "vmaild.service").read_text()
+
+    # A file nobody edited follows the shipped version without a question.
+    tmpfiles = r / "etc/tmpfiles.d/vmaild.conf"
+    old = "# an older shipped version\n" + tmpfiles.read_text()
+    tmpfiles.write_text(old)
+    (r / "var/lib/vmaild/install/_etc_tmpfiles.d_vmaild.conf").write_text(old)
+    fifth = install(tmp_root)
+    assert "install: /etc/tmpfiles.d/vmaild.conf: changed (updated)" in fifth
+    assert tmpfiles.read_text() == (shipped.SYSTEMD_DIR / "vmaild.tmpfiles").read_text()
+    # And the admin's Postfix edit of a shipped setting is put back (main.cf is not a
+    # conffile of ours; the settings are), with the first backup kept.
+    run(["postconf", "-c", str(r / "etc/postfix"), "-e", "message_size_limit=10240000"])
+    sixth = install(tmp_root)
+    assert any(line.startswith("install: /etc/postfix/main.cf: changed (1 settings")
+               for line in sixth), sixth
+    assert "message_size_limit = 30720000" in postconf_n(r / "etc/postfix").stdout
+
+
+# -- postfix/vmaild-maildrop ------------------------------------------------------------------
+
+class FakeVmaild:
+    """A one-answer tcp_table or socketmap server, enough for the wrapper's one question."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.requests: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                self.requests.append(conn.recv(4096))
+                conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def fake_maildrop(tmp_root: Path) -> Callable[[int], Path]:
+    def make(status: int) -> Path:
+        script = tmp_root / f"maildrop-{status}"
+        script.write_text(f'#!/bin/sh\necho "maildrop $*" >&2\ncat >/dev/null\nexit {status}\n')
+        script.chmod(0o755)
+        return script
+    return make
+
+
+def wrapper(maildrop: Path, map_ref: str, address: str = "u ser%x@example.test"
+            ) -> subprocess.CompletedProcess[str]:
+    return run([str(shipped.MAILDROP_WRAPPER), map_ref, address, "ext"], input="message\n",
+               env={"PATH": "/usr/bin:/bin", "VMAILD_MAILDROP": str(maildrop)}, check=False)
+
+
+@pytest.mark.parametrize(("status", "passed_on"), [(0, 0), (75, 75), (77, 77), (73, 73),
+                                                  (1, 75), (143, 75)])
+def test_wrapper_passes_sysexits_on_and_defers_the_rest(
+        fake_maildrop: Callable[[int], Path], status: int, passed_on: int) -> None:
+    """maildrop's own verdicts (0 and sysexits codes) stand; exit(1) or a signal -- which
+    pipe(8) would bounce as "unknown mail system error" -- becomes a deferral."""
+    result = wrapper(fake_maildrop(status), "socketmap:inet:127.0.0.1:9:mailboxes")
+    assert result.returncode == passed_on
+    assert "maildrop -a -d u ser%x@example.test ext" in result.stderr
+
+
+@pytest.mark.parametrize(("kind", "answer", "status"), [
+    ("tcp", b"500 not found\n", 67),
+    ("tcp", b"200 example.test/user/\n", 75),
+    ("tcp", b"400 database down\n", 75),
+    ("socketmap", b"9:NOTFOUND ,", 67),
+    ("socketmap", b"22:OK example.test/u ser/,", 75),
+    ("socketmap", b"12:TEMP db down,", 75),
+    ("socketmap", b"", 75),
+])
+def test_wrapper_bounces_only_when_vmaild_agrees(fake_maildrop: Callable[[int], Path],
+                                                 kind: str, answer: bytes, status: int) -> None:
+    server = FakeVmaild(answer)
+    try:
+        ref = (f"tcp:127.0.0.1:{server.port}" if kind == "tcp"
+               else f"socketmap:inet:127.0.0.1:{server.port}:mailboxes")
+        result = wrapper(fake_maildrop(67), ref)
+    finally:
+        server.close()
+    assert result.returncode == status, result.stderr
+    expected = (b"get u%20ser%25x@example.test\n" if kind == "tcp"
+                else b"30:mailboxes u ser%x@example.test,")
+    assert server.requests == [expected]
+
+
+def test_wrapper_defers_when_vmaild_is_unreachable_or_misconfigured(
+        fake_maildrop: Callable[[int], Path]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]  # closed again below: nobody listens there
+    assert wrapper(fake_maildrop(67), f"tcp:127.0.0.1:{port}").returncode == 75
+    assert wrapper(fake_maildrop(0), "mysql:/etc/postfix/x.cf").returncode == 75
