@@ -41,6 +41,7 @@ from .procs import (
     tail,
     terminate_pids,
 )
+from .service import Service
 from .sysfiles import FileGuard
 
 COURIER_ETC = Path("/etc/courier")
@@ -69,7 +70,7 @@ AUTHMYSQL_LIB = "/usr/lib/courier-authlib/libauthmysql.so"
 BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
-class Courier:
+class Courier(Service):
     """authdaemond (authpipe and/or authmysql) plus imapd and pop3d on loopback."""
 
     def __init__(
@@ -350,21 +351,6 @@ class Courier:
         if self._guard.held:
             self._guard.release()
 
-    def cleanup(self) -> None:
-        """Stop and delete the log directory (if the harness created it)."""
-        self.stop()
-        if self._owns_basedir:
-            shutil.rmtree(self.basedir, ignore_errors=True)
-
-    def __enter__(self) -> Courier:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         return f"<Courier modules={self.modules!r} imap={self.imap_port} pop3={self.pop3_port}>"

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .ports import LOOPBACK, free_port, unix_accepts, wait_for_unix
 from .procs import exited, run, stop_process, tail
+from .service import Service
 from .wait import wait_until
 
 if TYPE_CHECKING:  # pymysql is imported lazily so `import harness` stays light
@@ -44,7 +45,7 @@ def _ident(name: str) -> str:
     return f"`{name}`"
 
 
-class MariaDB:
+class MariaDB(Service):
     """Private mariadbd on 127.0.0.1:<free port> with its own socket."""
 
     REQUIRED_BINARIES = ("mariadbd", "mariadb-install-db", "mariadb")
@@ -203,21 +204,6 @@ class MariaDB:
             os.kill(self._proc.pid, signal.SIGCONT)
             self._paused = False
 
-    def cleanup(self) -> None:
-        """Stop and, if the harness created the base directory, delete it."""
-        self.stop()
-        if self._owns_basedir:
-            shutil.rmtree(self.basedir, ignore_errors=True)
-
-    def __enter__(self) -> MariaDB:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

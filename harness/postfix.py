@@ -42,6 +42,7 @@ from pathlib import Path
 
 from .ports import LOOPBACK, free_port, wait_for_port
 from .procs import pid_alive, pids_with_cwd_under, run, signal_pids, tail, terminate_pids
+from .service import Service
 from .wait import HarnessTimeout, wait_until
 
 #: Debian's default master.cf services, every one with chroot = n (column 5).
@@ -122,7 +123,7 @@ def cool_down(*paths: str | os.PathLike[str]) -> None:
 _MAIN_CF_LOCK = "/run/lock/vmaild-harness-postfix-main-cf.lock"
 
 
-class Postfix:
+class Postfix(Service):
     """One private Postfix instance; use as a context manager."""
 
     REQUIRED_BINARIES = ("postfix", "postconf", "postmap", "postqueue", "postsuper")
@@ -362,21 +363,6 @@ class Postfix:
         except HarnessTimeout:
             pass
 
-    def cleanup(self) -> None:
-        """Stop and delete the instance directory (if the harness made it)."""
-        self.stop()
-        if self._owns_basedir:
-            shutil.rmtree(self.basedir, ignore_errors=True)
-
-    def __enter__(self) -> Postfix:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -46,6 +46,7 @@ from .mariadb import MariaDB
 from .ports import LOOPBACK, free_port, wait_for_port
 from .postfix import Postfix
 from .procs import exited, run, stop_process, tail
+from .service import Service
 from .tls import Certificate, make_certificate
 from .vmaild import Vmaild
 from .wait import wait_until
@@ -176,7 +177,7 @@ _STATUS = re.compile(r" postfix/(?P<svc>[\w/-]+)\[\d+\]: (?P<qid>[0-9A-F]+): to=
 
 
 @dataclass
-class MailStack:
+class MailStack(Service):
     """The seed on vmaild, everything on loopback; use as a context manager."""
 
     basedir: Path | None = None
@@ -379,20 +380,8 @@ class MailStack:
             self.vmaild.stop()
         self.mariadb.stop()
 
-    def cleanup(self) -> None:
-        self.stop()
-        if self._owns_basedir:
-            shutil.rmtree(self.sandbox, ignore_errors=True)
-
-    def __enter__(self) -> MailStack:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
+    def service_dir(self) -> Path:
+        return self.sandbox
 
     # ------------------------------------------------------ the tmpfiles ACL entry
     def _apply_acl(self) -> None:
