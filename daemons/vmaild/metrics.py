@@ -113,6 +113,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r)
         self.login_rehashes = Counter("vmaild_login_rehashes",
                                       "Stored hashes upgraded to the default scheme", registry=r)
+        self.auth_requests = Counter("vmaild_auth_requests", "Auth socket requests by kind "
+                                     "(pre, auth, passwd, enumerate, bad) and result "
+                                     "(ok, fail, tempfail)", ["kind", "result"], registry=r)
+        self.auth_request_seconds = Histogram("vmaild_auth_request_seconds",
+                                              "Auth socket request latency by kind", ["kind"],
+                                              buckets=LATENCY_BUCKETS, registry=r)
         self.login_limited = Counter("vmaild_login_failures_limited",
                                      "Replies delayed by the failure limit", registry=r)
         # Policy

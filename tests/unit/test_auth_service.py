@@ -508,3 +508,24 @@ async def test_a_deleted_maildir_is_recreated_after_the_recheck_interval(tmp_pat
     now[0] += MAILDIR_RECHECK
     await service.answer(codec.Pre(".", "login", "joe@example.test"))
     assert (maildir / "new").is_dir()
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+@aio
+async def test_every_request_is_counted_by_kind_and_result(tmp_path: Path) -> None:
+    service, db = make_service(tmp_path, "fail_delay = 0\n")
+    db.add("joe@example.test", SHA.hash("pw"))
+    await service.answer(codec.Pre(".", "login", "joe@example.test"))        # maildrop
+    await service.answer(codec.Pre(".", "login", "nobody@example.test"))
+    await service.answer(auth_request("joe@example.test", "pw"))
+    assert service.answer_now(codec.BadRequest("garbage")) == codec.FAIL
+    db.down = True
+    with pytest.raises(TemporaryFailure):
+        await service.answer(codec.Pre(".", "login", "ann@example.test"))
+    counts = {(k, r): metric(service, "vmaild_auth_requests_total", kind=k, result=r)
+              for k in ("pre", "auth", "bad") for r in ("ok", "fail", "tempfail")}
+    assert {key: n for key, n in counts.items() if n} == {
+        ("pre", "ok"): 1, ("pre", "fail"): 1, ("pre", "tempfail"): 1,
+        ("auth", "ok"): 1, ("bad", "fail"): 1}
+    assert metric(service, "vmaild_auth_request_seconds_count", kind="pre") == 3

@@ -36,6 +36,9 @@ from .limits import FailureLimits
 from .login_cache import BoundedTTL, VerifiedLogins
 
 log = logging.getLogger("vmaild.auth")
+# Metric label of each request type (a fixed set, never request data).
+_KINDS: dict[type, str] = {codec.Pre: "pre", codec.Auth: "auth", codec.Passwd: "passwd",
+                           codec.Enumerate: "enumerate"}
 
 # authtype -> the HMAC's hash (authsaslcram.c).
 _CRAM = {"cram-md5": "md5", "cram-sha1": "sha1", "cram-sha256": "sha256"}
@@ -78,11 +81,29 @@ class AuthService:
         """Replies that need no waiting (a malformed request gets FAIL, 4.4)."""
         if isinstance(request, codec.BadRequest):
             log.warning("auth: bad request: %s", request.reason)
+            self._count("bad", "fail", 0.0)
             return codec.FAIL
         return None
 
     async def answer(self, request: codec.Decoded) -> bytes:
-        """The reply bytes; raises TemporaryFailure for "no reply"."""
+        """The reply bytes; raises TemporaryFailure for "no reply". Every request is
+        counted by kind (pre: maildrop's and imapd's account lookups; auth; passwd;
+        enumerate) and result, so lookups that never log in are visible too."""
+        kind = _KINDS.get(type(request), "bad")
+        started = time.perf_counter()
+        result = "tempfail"
+        try:
+            reply = await self._answer(request)
+            result = "fail" if reply == codec.FAIL else "ok"
+            return reply
+        finally:
+            self._count(kind, result, time.perf_counter() - started)
+
+    def _count(self, kind: str, result: str, seconds: float) -> None:
+        self.metrics.auth_requests.labels(kind, result).inc()
+        self.metrics.auth_request_seconds.labels(kind).observe(seconds)
+
+    async def _answer(self, request: codec.Decoded) -> bytes:
         if isinstance(request, codec.Auth):
             return await self.auth(request)
         if isinstance(request, codec.Pre):
