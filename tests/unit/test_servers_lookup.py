@@ -236,3 +236,14 @@ def test_socketmap_fast_path_replies_match_the_decoder_path() -> None:
         assert await exchange(port, req, len(want)) == want                 # fast path
         assert await exchange(port, req, len(want), pieces=True) == want    # decoder path
     run_server(sockmap, scenario)
+
+
+def test_reply_memo_is_bounded_and_exact() -> None:
+    from vmaild.codec import tcp_table as codec
+    from vmaild.servers.base import ReplyMemo
+
+    memo = ReplyMemo(codec.reply_found, limit=2)
+    assert memo("a b") == codec.reply_found("a b") == b"200 a%20b\n"
+    memo("x")
+    memo("y")  # full: cleared, then stored
+    assert len(memo.replies) == 1 and memo("y") == b"200 y\n"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..codec import socketmap as codec
 from ..lookup import TemporaryFailure, UnknownMap
-from .base import SequentialProtocol
+from .base import ReplyMemo, SequentialProtocol
 
 if TYPE_CHECKING:
     from ..daemon import App
@@ -15,18 +15,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("vmaild.socketmap")
 
 
-_OK_REPLIES: dict[str, bytes] = {}   # encoded OK replies by value; see tcp_table.py
-_OK_REPLIES_MAX = 65536
+ok_reply = ReplyMemo(codec.reply_ok)
 _NOTFOUND = codec.reply_notfound()
-
-
-def ok_reply(value: str) -> bytes:
-    reply = _OK_REPLIES.get(value)
-    if reply is None:
-        if len(_OK_REPLIES) >= _OK_REPLIES_MAX:
-            _OK_REPLIES.clear()
-        reply = _OK_REPLIES[value] = codec.reply_ok(value)
-    return reply
 
 
 def plain_request(data: bytes) -> tuple[str, str] | None:

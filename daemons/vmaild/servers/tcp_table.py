@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..codec import tcp_table as codec
 from ..lookup import TemporaryFailure
-from .base import SequentialProtocol
+from .base import ReplyMemo, SequentialProtocol
 
 if TYPE_CHECKING:
     from ..daemon import App
@@ -18,22 +18,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("vmaild.tcp_table")
 
 
-# Encoded `200` replies by value: quoting costs more than the cache lookup itself, and the
-# same values (a domain, a mailbox path) are answered over and over. Bounded; cleared when
-# full rather than tracked per entry.
-_FOUND_REPLIES: dict[str, bytes] = {}
-_FOUND_REPLIES_MAX = 65536
+found_reply = ReplyMemo(codec.reply_found)
 _NOT_FOUND = codec.reply_not_found()
 _PLAIN_KEY_BYTES = frozenset(range(0x21, 0x7F)) - {ord("%")}
-
-
-def found_reply(value: str) -> bytes:
-    reply = _FOUND_REPLIES.get(value)
-    if reply is None:
-        if len(_FOUND_REPLIES) >= _FOUND_REPLIES_MAX:
-            _FOUND_REPLIES.clear()
-        reply = _FOUND_REPLIES[value] = codec.reply_found(value)
-    return reply
 
 
 def plain_request_key(data: bytes) -> str | None:
