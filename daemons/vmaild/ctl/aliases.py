@@ -95,12 +95,6 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> None:
 
 def cmd_remove(ctx: Context, args: argparse.Namespace) -> None:
     source = names.pattern(args.source)
-
-    def work(conn: Any) -> None:
-        with transaction(conn) as cur:
-            if not cur.execute("DELETE FROM forwardings WHERE source = %s", (source,)):
-                raise Refused(f"no alias {source}")
-
-    ctx.run(work)
-    ctx.changed()
+    ctx.delete_row("DELETE FROM forwardings WHERE source = %s", (source,),
+                   f"no alias {source}")
     ctx.done(f"removed alias {source}", source=source)

@@ -87,6 +87,17 @@ class Context:
             self._db.close()
             self._db = None
 
+    def delete_row(self, sql: str, params: tuple[Any, ...], missing: str) -> None:
+        """Run one DELETE in a transaction, refuse with ``missing`` when it matched
+        nothing, and tell a running vmaild."""
+        def work(conn: pymysql.connections.Connection) -> None:
+            with transaction(conn) as cur:
+                if not cur.execute(sql, params):
+                    raise Refused(missing)
+
+        self.run(work)
+        self.changed()
+
     # -- after a change ------------------------------------------------------------------
 
     def changed(self) -> None:

@@ -74,14 +74,8 @@ def cmd_transport_list(ctx: Context, args: argparse.Namespace) -> None:
 
 def cmd_transport_remove(ctx: Context, args: argparse.Namespace) -> None:
     domain = names.domain(args.domain)
-
-    def work(conn: Any) -> None:
-        with transaction(conn) as cur:
-            if not cur.execute("DELETE FROM transport WHERE domain = %s", (domain,)):
-                raise Refused(f"no transport for {domain}")
-
-    ctx.run(work)
-    ctx.changed()
+    ctx.delete_row("DELETE FROM transport WHERE domain = %s", (domain,),
+                   f"no transport for {domain}")
     ctx.done(f"removed transport of {domain}", domain=domain)
 
 
@@ -110,15 +104,8 @@ def cmd_grant(ctx: Context, args: argparse.Namespace) -> None:
 def cmd_revoke(ctx: Context, args: argparse.Namespace) -> None:
     login = names.address(args.login)
     sender = names.pattern(args.sender)
-
-    def work(conn: Any) -> None:
-        with transaction(conn) as cur:
-            if not cur.execute("DELETE FROM sender_grants WHERE login = %s AND sender = %s",
-                               (login, sender)):
-                raise Refused(f"{login} has no grant for {sender}")
-
-    ctx.run(work)
-    ctx.changed()
+    ctx.delete_row("DELETE FROM sender_grants WHERE login = %s AND sender = %s",
+                   (login, sender), f"{login} has no grant for {sender}")
     ctx.done(f"{login} may no longer send as {sender}", login=login, sender=sender)
 
 
