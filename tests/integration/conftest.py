@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,16 @@ def seed_db(mariadb: MariaDB) -> SeedDatabase:
     """The tutorial's database (schema + example rows), reloaded pristine for
     each test: tests may add users or break rows."""
     return load_seed(mariadb)
+
+
+@pytest.fixture(scope="module")
+def module_seed_db(mariadb: MariaDB) -> Iterator[SeedDatabase]:
+    """The tutorial's database loaded once per test module, in a database of its own, for
+    modules whose tests only read it (cheaper than ``seed_db``'s reload per test)."""
+    dbname = f"seed_{uuid.uuid4().hex[:8]}"
+    db = load_seed(mariadb, dbname=dbname)
+    yield db
+    mariadb.drop_database(dbname)
 
 
 @pytest.fixture

@@ -6,14 +6,11 @@ import os
 import signal
 import socket
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness import seed
-from harness.mariadb import MariaDB
 from harness.ports import free_port
 from harness.procs import pid_alive, run
 from harness.vmaild import Vmaild, config_text, seed_ports
@@ -22,24 +19,16 @@ from harness.wait import wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def seed_db(mariadb: MariaDB) -> Iterator[seed.SeedDatabase]:
-    dbname = f"ops_{uuid.uuid4().hex[:8]}"
-    db = seed.load_seed(mariadb, dbname=dbname)
-    yield db
-    mariadb.drop_database(dbname)
-
-
 def conf(db: seed.SeedDatabase, **kw: object) -> str:
     return config_text(db_port=db.mariadb.port, dbname=db.dbname, user=db.user,
                        password=db.password, **kw)  # type: ignore[arg-type]
 
 
-def test_daemon_mode_writes_pidfile_and_stops_on_sigterm(seed_db: seed.SeedDatabase,
+def test_daemon_mode_writes_pidfile_and_stops_on_sigterm(module_seed_db: seed.SeedDatabase,
                                                          tmp_path: Path) -> None:
     ports = seed_ports()
     cfg = tmp_path / "vmaild.conf"
-    cfg.write_text(conf(seed_db, ports=ports))
+    cfg.write_text(conf(module_seed_db, ports=ports))
     pidfile = tmp_path / "vmaild.pid"
     r = run([sys.executable, "-m", "vmaild.cli", "serve", "--daemon", "--pidfile", str(pidfile),
              "-c", str(cfg)], check=False, timeout=30)
@@ -74,17 +63,17 @@ def test_broken_config_stops_startup_with_one_line(tmp_path: Path) -> None:
     assert r.stderr == f"vmaild: {cfg}: [map x] tcp: bad port '0' (1-65535)\n"
 
 
-def test_sigterm_lets_a_request_in_progress_finish(seed_db: seed.SeedDatabase,
+def test_sigterm_lets_a_request_in_progress_finish(module_seed_db: seed.SeedDatabase,
                                                    tmp_path: Path) -> None:
     port = free_port()
     slow = {"slow": "SELECT email FROM users WHERE email='%s' AND SLEEP(1) = 0"}
-    with Vmaild(conf(seed_db, ports={"slow": port}, queries=slow), tmp_path) as v:
+    with Vmaild(conf(module_seed_db, ports={"slow": port}, queries=slow), tmp_path) as v:
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(b"get sales@raecoo.com\n")
         # SIGTERM only once the query is really running in MariaDB.
         running = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
                    "WHERE INFO LIKE '%%SLEEP(1)%%' AND INFO NOT LIKE '%%PROCESSLIST%%'")
-        wait_until(lambda: seed_db.mariadb.query(running)[0][0] > 0, 10, "the slow query")
+        wait_until(lambda: module_seed_db.mariadb.query(running)[0][0] > 0, 10, "the slow query")
         assert v.proc is not None
         v.proc.send_signal(signal.SIGTERM)
         s.settimeout(10)
@@ -93,10 +82,10 @@ def test_sigterm_lets_a_request_in_progress_finish(seed_db: seed.SeedDatabase,
         s.close()
 
 
-def test_socketmap_on_a_unix_socket(seed_db: seed.SeedDatabase, tmp_path: Path) -> None:
+def test_socketmap_on_a_unix_socket(module_seed_db: seed.SeedDatabase, tmp_path: Path) -> None:
     path = tmp_path / "sockmap.sock"
     extra = f"[socketmap]\nlisten = unix:{path}\n"
-    with Vmaild(conf(seed_db, extra=extra), tmp_path):
+    with Vmaild(conf(module_seed_db, extra=extra), tmp_path):
         assert oct(path.stat().st_mode & 0o777) == "0o660"
         r = run(["postmap", "-q", "sales@raecoo.com", f"socketmap:unix:{path}:email2email"],
                 check=False)
@@ -104,23 +93,23 @@ def test_socketmap_on_a_unix_socket(seed_db: seed.SeedDatabase, tmp_path: Path) 
     assert not path.exists()
 
 
-def test_stale_socket_file_is_replaced(seed_db: seed.SeedDatabase, tmp_path: Path) -> None:
+def test_stale_socket_file_is_replaced(module_seed_db: seed.SeedDatabase, tmp_path: Path) -> None:
     path = tmp_path / "stale.sock"
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(path))
     s.close()  # a socket file nobody listens on, as a crash leaves it
-    with Vmaild(conf(seed_db, extra=f"[socketmap]\nlisten = unix:{path}\n"), tmp_path):
+    with Vmaild(conf(module_seed_db, extra=f"[socketmap]\nlisten = unix:{path}\n"), tmp_path):
         r = run(["postmap", "-q", "raecoo.com", f"socketmap:unix:{path}:domains"], check=False)
         assert r.stdout.strip() == "raecoo.com"
 
 
-def test_port_in_use_fails_startup(seed_db: seed.SeedDatabase, tmp_path: Path) -> None:
+def test_port_in_use_fails_startup(module_seed_db: seed.SeedDatabase, tmp_path: Path) -> None:
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     port = busy.getsockname()[1]
     try:
-        v = Vmaild(conf(seed_db, ports={"domains": port}), tmp_path)
+        v = Vmaild(conf(module_seed_db, ports={"domains": port}), tmp_path)
         with pytest.raises(RuntimeError, match="exited with 1"):
             v.start()
         assert "cannot listen" in v.log()
@@ -128,14 +117,14 @@ def test_port_in_use_fails_startup(seed_db: seed.SeedDatabase, tmp_path: Path) -
         busy.close()
 
 
-def test_query_timeout_is_a_temporary_failure(seed_db: seed.SeedDatabase,
+def test_query_timeout_is_a_temporary_failure(module_seed_db: seed.SeedDatabase,
                                               tmp_path: Path) -> None:
     """A query slower than query_timeout is abandoned: 400 within about the timeout."""
     import time
 
     port = free_port()
     slow = {"slow": "SELECT email FROM users WHERE email='%s' AND SLEEP(5) = 0"}
-    cfg = conf(seed_db, ports={"slow": port}, queries=slow).replace(
+    cfg = conf(module_seed_db, ports={"slow": port}, queries=slow).replace(
         "query_timeout = 2", "query_timeout = 1")
     with Vmaild(cfg, tmp_path):
         s = socket.create_connection(("127.0.0.1", port))

@@ -9,7 +9,6 @@ tell a deferral from a bounce.
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -23,24 +22,17 @@ from harness.wait import wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def seed_db(mariadb: MariaDB) -> Iterator[seed.SeedDatabase]:
-    dbname = f"seed_{uuid.uuid4().hex[:8]}"
-    db = seed.load_seed(mariadb, dbname=dbname)
-    yield db
-    mariadb.drop_database(dbname)
-
-
 def make_config(db: seed.SeedDatabase, ports: dict[str, int], **kw: object) -> str:
     return config_text(db_port=db.mariadb.port, dbname=db.dbname, user=db.user,
                        password=db.password, ports=ports, **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
-def daemon(seed_db: seed.SeedDatabase, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def daemon(module_seed_db: seed.SeedDatabase,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     ports = seed_ports()
     sm, mp = free_port(), free_port()
-    v = Vmaild(make_config(seed_db, ports, socketmap_port=sm, metrics_port=mp),
+    v = Vmaild(make_config(module_seed_db, ports, socketmap_port=sm, metrics_port=mp),
                tmp_path_factory.mktemp("vmaild"))
     v.start()
     yield {"vmaild": v, "ports": ports, "socketmap": sm, "metrics": mp}
@@ -78,7 +70,7 @@ def test_case_and_extension(daemon: dict, map_name: str, key: str, value: str) -
     assert postmap(key, tcp(daemon, map_name)) == (0, value, "")
 
 
-def test_catchall_only_where_configured(daemon: dict, seed_db: seed.SeedDatabase) -> None:
+def test_catchall_only_where_configured(daemon: dict, module_seed_db: seed.SeedDatabase) -> None:
     catchall = {k: v for k, v in seed.SEED_FORWARDINGS.items() if k.startswith("@")}
     assert catchall, "the seed data has a catch-all"
     source, dest = next(iter(catchall.items()))
@@ -90,11 +82,12 @@ def test_catchall_only_where_configured(daemon: dict, seed_db: seed.SeedDatabase
 @pytest.mark.parametrize("key", ["a'b@raecoo.com", "%s@raecoo.com", "' OR '1'='1",
                                  "x' OR 1=1 -- @raecoo.com", "sales@raecoo.com' -- ",
                                  "\\'; DROP TABLE users; --"])
-def test_injection_shaped_keys_are_data(daemon: dict, seed_db: seed.SeedDatabase,
+def test_injection_shaped_keys_are_data(daemon: dict, module_seed_db: seed.SeedDatabase,
                                         key: str) -> None:
     rc, out, err = postmap(key, tcp(daemon, "mailboxes"))
     assert (rc, out, err) == (1, "", "")
-    count = seed_db.mariadb.query("SELECT COUNT(*) FROM users", database=seed_db.dbname)
+    db = module_seed_db
+    count = db.mariadb.query("SELECT COUNT(*) FROM users", database=db.dbname)
     assert count[0][0] == len(seed.SEED_USERS)
 
 
@@ -192,10 +185,10 @@ def test_failover_to_second_host(own_mariadb: MariaDB, tmp_path) -> None:
 # -- signals -------------------------------------------------------------------------------------
 
 
-def test_sighup_reloads_good_config_and_refuses_broken_one(seed_db: seed.SeedDatabase,
+def test_sighup_reloads_good_config_and_refuses_broken_one(module_seed_db: seed.SeedDatabase,
                                                            tmp_path) -> None:
     ports = seed_ports()
-    cfg = make_config(seed_db, ports)
+    cfg = make_config(module_seed_db, ports)
     with Vmaild(cfg, tmp_path) as v:
         table = f"tcp:127.0.0.1:{ports['email2email']}"
         assert postmap("sales@raecoo.com", table)[0] == 0
@@ -218,10 +211,10 @@ def test_sighup_reloads_good_config_and_refuses_broken_one(seed_db: seed.SeedDat
         assert v.stop() == 0
 
 
-def test_check_command(seed_db: seed.SeedDatabase, tmp_path) -> None:
+def test_check_command(module_seed_db: seed.SeedDatabase, tmp_path) -> None:
     from harness.procs import run
     good = tmp_path / "good.conf"
-    good.write_text(make_config(seed_db, seed_ports()))
+    good.write_text(make_config(module_seed_db, seed_ports()))
     r = run([sys.executable, "-m", "vmaild.cli", "check", "-c", str(good)], check=False)
     assert r.returncode == 0 and "ok (4 maps)" in r.stdout
     bad = tmp_path / "bad.conf"
