@@ -70,7 +70,8 @@ def cmd_add(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> None:
-    sql, params = f"SELECT {COLUMNS} FROM forwardings", ()
+    sql = f"SELECT {COLUMNS} FROM forwardings"
+    params: tuple[str, ...] = ()
     if args.domain:
         sql, params = sql + " WHERE source_domain = %s", (names.domain(args.domain),)
     rows = ctx.run(lambda conn: fetch_all(conn, sql + " ORDER BY source_domain, source", params))

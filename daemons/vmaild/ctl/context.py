@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TextIO, TypeVar
 
-import pymysql
-import pymysql.cursors
+import pymysql  # type: ignore[import-untyped]  # no stubs: setup.cfg has no types-PyMySQL
+import pymysql.cursors  # type: ignore[import-untyped]
 
 from .. import config as vconfig
 from ..db import Database

@@ -110,7 +110,8 @@ def cmd_revoke(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def cmd_grant_list(ctx: Context, args: argparse.Namespace) -> None:
-    sql, params = "SELECT login, sender FROM sender_grants", ()
+    sql = "SELECT login, sender FROM sender_grants"
+    params: tuple[str, ...] = ()
     if args.login:
         sql, params = sql + " WHERE login = %s", (names.address(args.login),)
     rows = ctx.run(lambda conn: fetch_all(conn, sql + " ORDER BY login, sender", params))

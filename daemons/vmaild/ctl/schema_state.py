@@ -9,13 +9,14 @@ running it again finishes the job. A named lock keeps two vmailctl runs apart.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
-import pymysql
+import pymysql  # type: ignore[import-untyped]  # no stubs: setup.cfg has no types-PyMySQL
 
 from . import schema
 from .context import Refused, fetch_all, fetch_one
 
-Conn = pymysql.connections.Connection
+Conn: TypeAlias = pymysql.connections.Connection
 LOCK_TIMEOUT = 30
 
 

@@ -21,7 +21,7 @@ USER_COLUMNS = ("email, name, quota_bytes, quota_messages, active, maildir, crea
 def _identifier() -> Any:
     """Only to show which scheme a stored hash uses (the seed's are des_crypt); built on
     first use because loading the hash handlers costs every other command time."""
-    from passlib.context import CryptContext
+    from passlib.context import CryptContext  # type: ignore[import-untyped]  # no stubs
 
     return CryptContext(schemes=["argon2", "bcrypt", "sha512_crypt", "sha256_crypt",
                                  "md5_crypt", "des_crypt"])
