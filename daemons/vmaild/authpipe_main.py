@@ -2,10 +2,13 @@
 
 A thin relay (PROTOCOLS.md 4.1-4.4). authdaemond starts one per worker, as root, with no
 arguments, and writes one request at a time to its stdin. For each request we read it
-completely with the codec (exactly <len> bytes for AUTH, never up to a newline), connect
-to vmaild's ``[auth] listen`` socket (one connection per request: vmaild answers and
-closes), forward it, read the reply until the codec's ReplyReader finds it complete, and
-write it to stdout in one write.
+completely with the codec (exactly <len> bytes for AUTH, never up to a newline), forward
+it over one persistent connection to vmaild's ``[auth] listen`` socket (opened with
+``RELAY 1``, see servers/auth.py), read the reply until the codec's ReplyReader finds it
+complete, and write it to stdout in one write. Keeping the connection saves a connect,
+an accept and a close per login; a connection vmaild closed while we were idle (a restart)
+is noticed before it is used and replaced. An older vmaild that does not know ``RELAY``
+gets one connection per request instead.
 
 Rules that keep authdaemond healthy:
 - nothing is ever written except a complete reply to the request just read (4.2: stray
@@ -24,6 +27,7 @@ relay. Start-up stays cheap: no passlib, pymysql or prometheus in this process.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import sys
@@ -80,26 +84,77 @@ def _connect(address: str | tuple[str, int], timeout: float) -> socket.socket:
     return sock
 
 
-def exchange(address: str | tuple[str, int], request: codec.Decoded, timeout: float) -> bytes:
-    """Send one request to vmaild and return its complete reply, or raise RelayFailure."""
-    deadline = time.monotonic() + timeout
-    reader = reply_reader(request)
-    try:
-        with _connect(address, timeout) as sock:
+def _read_reply(sock: socket.socket, reader: codec.ReplyReader, deadline: float) -> bytes:
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RelayFailure("timed out waiting for vmaild")
+        sock.settimeout(left)
+        chunk = sock.recv(READ_SIZE)
+        if not chunk:
+            raise RelayFailure("vmaild closed the connection without a complete reply")
+        reply = reader.feed(chunk)
+        if reply is not None:
+            return reply
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """An idle connection has nothing to read. Readable means vmaild closed it (EOF) or
+    sent bytes nobody asked for: either way it is not safe to send a request on."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return not readable
+
+
+class Upstream:
+    """The connection to vmaild, kept open across requests when vmaild agrees."""
+
+    def __init__(self, address: str | tuple[str, int], timeout: float):
+        self.address = address
+        self.timeout = timeout
+        self.persistent = True  # False once vmaild turned RELAY 1 down (an older vmaild)
+        self._sock: socket.socket | None = None
+
+    def exchange(self, request: codec.Decoded) -> bytes:
+        """Send one request and return its complete reply, or raise RelayFailure."""
+        deadline = time.monotonic() + self.timeout
+        try:
+            sock = self._socket(deadline)
             sock.sendall(encode_request(request))
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RelayFailure("timed out waiting for vmaild")
-                sock.settimeout(left)
-                chunk = sock.recv(READ_SIZE)
-                if not chunk:
-                    raise RelayFailure("vmaild closed the connection without a complete reply")
-                reply = reader.feed(chunk)
-                if reply is not None:
-                    return reply
-    except (OSError, codec.AuthpipeError) as e:
-        raise RelayFailure(f"vmaild at {address}: {e}") from e
+            reply = _read_reply(sock, reply_reader(request), deadline)
+        except (OSError, codec.AuthpipeError, RelayFailure) as e:
+            self.close()
+            if isinstance(e, RelayFailure):
+                raise
+            raise RelayFailure(f"vmaild at {self.address}: {e}") from e
+        if not self.persistent:
+            self.close()
+        return reply
+
+    def _socket(self, deadline: float) -> socket.socket:
+        if self._sock is not None and _still_open(self._sock):
+            return self._sock
+        self.close()
+        sock = _connect(self.address, self.timeout)
+        if not self.persistent:
+            return sock
+        try:
+            sock.sendall(codec.RELAY_HELLO)
+            answer = _read_reply(sock, codec.ReplyReader(single_line=True), deadline)
+        except BaseException:
+            sock.close()
+            raise
+        if answer != codec.RELAY_HELLO:
+            # An older vmaild answered FAIL and closes: one connection per request, then.
+            sock.close()
+            self.persistent = False
+            return _connect(self.address, self.timeout)
+        self._sock = sock
+        return sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -113,9 +168,11 @@ def relay(address: str | tuple[str, int], timeout: float, stdin: int = 0,
           stdout: int = 1) -> int:
     """Serve requests from ``stdin`` until EOF (0) or a failure (EX_TEMPFAIL)."""
     decoder = codec.AuthpipeDecoder()
+    upstream = Upstream(address, timeout)
     while True:
         data = os.read(stdin, READ_SIZE)
         if not data:
+            upstream.close()
             return 0
         try:
             requests = decoder.feed(data)
@@ -125,11 +182,11 @@ def relay(address: str | tuple[str, int], timeout: float, stdin: int = 0,
             _complain(f"bad request from authdaemond: {e}")
             return EX_TEMPFAIL
         for request in requests:
-            if isinstance(request, codec.BadRequest):
+            if isinstance(request, (codec.BadRequest, codec.RelayHello)):
                 reply = codec.FAIL  # a complete request that makes no sense (4.4)
             else:
                 try:
-                    reply = exchange(address, request, timeout)
+                    reply = upstream.exchange(request)
                 except RelayFailure as e:
                     _complain(str(e))
                     return EX_TEMPFAIL

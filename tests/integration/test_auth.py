@@ -288,6 +288,30 @@ def test_database_down(stack: Stack) -> None:
     assert 'vmaild_logins_total{result="tempfail",service="imap"}' in metrics
 
 
+def auth_connections(stack: Stack) -> float:
+    """vmaild's open connections on the [auth] socket, from its metrics."""
+    for line in stack.vmaild.metrics_text(stack.metrics_port).splitlines():
+        if line.startswith('vmaild_connections{listener="auth"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_relays_keep_their_connections_across_a_vmaild_restart(stack: Stack) -> None:
+    """vmaild-authpipe keeps one connection to vmaild (RELAY 1): many logins, at most one
+    connection per authdaemond worker. Restarting vmaild closes them; each relay notices
+    before its next request and connects again, so not one login fails meanwhile."""
+    user = stack.add_user("restart-pw")
+    for _ in range(12):
+        assert stack.courier.authtest(user, "restart-pw")[0] == 0
+    assert 1 <= auth_connections(stack) <= stack.courier.daemons
+    stack.vmaild.stop()
+    stack.vmaild.start()
+    for _ in range(12):
+        rc, _, err = stack.courier.authtest(user, "restart-pw")
+        assert rc == 0, err
+    assert 1 <= auth_connections(stack) <= stack.courier.daemons
+
+
 def test_relay_processes_stay_healthy(stack: Stack) -> None:
     """After all of the above, authdaemond's workers still answer quickly: no relay left
     hanging (a relay that ignored EOF would cost 2-12 s per restart, PROTOCOLS.md 4.2)."""

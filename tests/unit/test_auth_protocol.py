@@ -1,4 +1,5 @@
-"""servers/auth.py: one request per connection, reply then close, or close without one."""
+"""servers/auth.py: one request per connection (reply then close, or close without one),
+or a persistent relay connection opened with RELAY 1."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from passlib.hash import sha512_crypt
 
+from vmaild.codec import authpipe as codec
 from vmaild.config import Listen
 from vmaild.servers import auth as auth_server
 from vmaild.servers.auth import AuthProtocol
@@ -144,4 +146,82 @@ async def test_the_current_runtimes_service_answers(tmp_path: Path) -> None:
         assert (await exchange(path, b"PRE . imap ann@example.test\n")).endswith(b".\n")
         assert await exchange(path, b"PRE . imap joe@example.test\n") == b"FAIL\n"
         other.close()
+    await serving(tmp_path, body)
+
+
+# -- persistent connections (RELAY 1, what vmaild-authpipe opens) ---------------------------
+
+async def read_reply(reader: asyncio.StreamReader, single_line: bool = False) -> bytes:
+    """One reply, line by line as 4.4 ends it (no EOF needed, replies may be pipelined);
+    b"" if the server closed first."""
+    reply = b""
+    while True:
+        line = await asyncio.wait_for(reader.readline(), 10)
+        if not line.endswith(b"\n"):
+            return b""
+        reply += line
+        if line == b".\n" or (reply == line and (single_line or line == b"FAIL\n")):
+            return reply
+
+
+@pytest.mark.parametrize("piece", [0, 1], ids=["whole", "one-byte-pieces"])
+@aio
+async def test_relay_connection_answers_every_request_in_order(tmp_path: Path,
+                                                               piece: int) -> None:
+    requests = [auth_bytes("joe@example.test", "s3cret"), auth_bytes("joe@example.test", "x"),
+                b"PRE . imap joe@example.test\n", b"PRE . imap nobody@example.test\n",
+                b"HELLO\n", b"RELAY 1\n"]
+    expected_fail = [False, True, False, True, True, True]  # a second RELAY 1 is nonsense
+
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        reader, writer = await asyncio.open_unix_connection(path)
+        data = codec.RELAY_HELLO + b"".join(requests)
+        chunks = [data[i:i + 1] for i in range(len(data))] if piece else [data]
+        for chunk in chunks:  # all pipelined: answered strictly in order
+            writer.write(chunk)
+        await writer.drain()
+        assert await read_reply(reader, single_line=True) == codec.RELAY_HELLO
+        for failed in expected_fail:
+            reply = await read_reply(reader)
+            assert (reply == b"FAIL\n") == failed and reply.endswith(b"\n")
+        assert len(app.connections) == 1  # still open
+        writer.close()
+    await serving(tmp_path, body)
+
+
+@aio
+async def test_relay_connection_survives_requests_and_ends_on_a_temporary_failure(
+        tmp_path: Path) -> None:
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(codec.RELAY_HELLO)
+        assert await read_reply(reader, single_line=True) == codec.RELAY_HELLO
+        for _ in range(3):
+            writer.write(b"PRE . imap joe@example.test\n")
+            assert (await read_reply(reader)).endswith(b"\n.\n")
+        db.down = True  # no reply at all: the relay exits, authdaemond says "try later"
+        writer.write(b"PRE . imap unknown@example.test\n")
+        assert await read_reply(reader) == b""
+        writer.close()
+    await serving(tmp_path, body)
+
+
+@aio
+async def test_relay_connection_with_lost_framing_answers_what_came_first(
+        tmp_path: Path) -> None:
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(codec.RELAY_HELLO + b"PRE . imap joe@example.test\nAUTH twelve\n")
+        assert await read_reply(reader, single_line=True) == codec.RELAY_HELLO
+        assert (await read_reply(reader)).endswith(b"\n.\n")
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # then closed
+        writer.close()
+    await serving(tmp_path, body)
+
+
+@aio
+async def test_relay_hello_after_a_request_is_not_a_relay_connection(tmp_path: Path) -> None:
+    async def body(path: str, db: FakeDB, app: Any) -> None:
+        reply = await exchange(path, b"PRE . imap joe@example.test\n" + codec.RELAY_HELLO)
+        assert reply.endswith(b"\n.\n") and reply.count(b".\n") == 1  # answered, closed
     await serving(tmp_path, body)

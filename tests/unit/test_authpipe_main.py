@@ -29,14 +29,22 @@ ACCOUNT = (b"UID=5000\nGID=5000\nHOME=/home/vmail\nADDRESS=joe@example.test\n"
 
 
 class FakeVmaild:
-    """Accepts connections; for each, reads one request and plays the next scripted
-    answer: bytes (sent in ``pieces``, then close), None (close at once), or "hang"."""
+    """Accepts connections and plays the next scripted answer to each request: bytes (sent
+    in ``pieces``), None (close at once), "hang", or (bytes, "close"): answer, then close
+    (vmaild restarting between two requests). Like vmaild, it answers ``RELAY 1``
+    with ``RELAY 1`` and then serves requests on that connection until one is answered
+    with None; otherwise it closes after one request. ``legacy`` plays a vmaild that
+    predates RELAY (it answers FAIL and closes)."""
 
-    def __init__(self, path: str, answers: list[bytes | str | None], pieces: int = 1):
+    def __init__(self, path: str, answers: list[bytes | str | tuple[bytes, str] | None],
+                 pieces: int = 1, legacy: bool = False):
         self.path = path
         self.answers = list(answers)
         self.pieces = pieces
+        self.legacy = legacy
         self.requests: list[bytes] = []
+        self.connections = 0
+        self.closed = threading.Semaphore(0)  # released once per connection closed
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
         self.sock.listen(16)
@@ -53,19 +61,44 @@ class FakeVmaild:
                 continue
             except OSError:
                 return
+            self.connections += 1
             with conn:
-                raw, decoder = b"", codec.AuthpipeDecoder()
-                while not decoder.feed(chunk := conn.recv(65536)) and chunk:
-                    raw += chunk
-                self.requests.append(raw + chunk)
-                answer = self.answers.pop(0) if self.answers else None
-                if answer == "hang":
-                    self.stop.wait(30)
-                elif isinstance(answer, bytes):
-                    step = max(1, len(answer) // self.pieces)
-                    for i in range(0, len(answer), step):
-                        conn.sendall(answer[i:i + step])
-                        time.sleep(0.005)
+                self._serve_connection(conn)
+            self.closed.release()
+
+    def _serve_connection(self, conn: socket.socket) -> None:
+        decoder, persistent = codec.AuthpipeDecoder(), False
+        while True:
+            raw, decoded, chunk = b"", [], b""
+            while not decoded:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                raw += chunk
+                decoded = decoder.feed(chunk)
+            if isinstance(decoded[0], codec.RelayHello) and not persistent:
+                if self.legacy:
+                    conn.sendall(b"FAIL\n")
+                    return
+                conn.sendall(codec.RELAY_HELLO)
+                persistent = True
+                continue
+            self.requests.append(raw)
+            answer = self.answers.pop(0) if self.answers else None
+            if answer == "hang":
+                self.stop.wait(30)
+                return
+            close_after = isinstance(answer, tuple)
+            if isinstance(answer, tuple):
+                answer = answer[0]
+            if not isinstance(answer, bytes):
+                return
+            step = max(1, len(answer) // self.pieces)
+            for i in range(0, len(answer), step):
+                conn.sendall(answer[i:i + step])
+                time.sleep(0.005)
+            if not persistent or close_after:
+                return
 
     def close(self) -> None:
         self.stop.set()
@@ -163,6 +196,54 @@ def test_requests_are_relayed_byte_exact(conf: Path, fake: FakeVmaild, piece: in
     assert finish(proc) == (0, b"")
     assert fake.requests == [request, b"PRE . imap user with spaces@example.test\n",
                              b"AUTH %d\n" % len(body) + body]
+
+
+def test_one_connection_serves_every_request(conf: Path, fake: FakeVmaild) -> None:
+    fake.answers = [ACCOUNT, b"FAIL\n", b"OK\n", ACCOUNT]
+    proc = start_relay(conf)
+    for request, reader in ((auth_bytes("joe@example.test", "s3cret"), None),
+                            (auth_bytes("joe@example.test", "wrong"), None),
+                            (b"PASSWD imap\tjoe@example.test\ts3cret\tnew\n",
+                             codec.ReplyReader(single_line=True)),
+                            (b"PRE . imap joe@example.test\n", None)):
+        send(proc, request)
+        assert read_reply(proc, reader) is not None
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert finish(proc) == (0, b"")
+    assert len(fake.requests) == 4
+    assert fake.connections == 1  # RELAY 1, then all four on it
+
+
+def test_a_connection_vmaild_closed_meanwhile_is_replaced(conf: Path, fake: FakeVmaild) -> None:
+    # vmaild answers, then goes away (a restart) while the relay waits for authdaemond:
+    # the next request must go to a new connection, not fail on the dead one.
+    fake.answers = [(ACCOUNT, "close"), ACCOUNT]
+    proc = start_relay(conf)
+    send(proc, b"PRE . imap joe@example.test\n")
+    assert read_reply(proc) == ACCOUNT
+    assert fake.closed.acquire(timeout=5)  # vmaild's end is closed before the next request
+    send(proc, b"PRE . imap joe@example.test\n")
+    assert read_reply(proc) == ACCOUNT
+    proc.stdin.close()  # type: ignore[union-attr]
+    assert finish(proc) == (0, b"")
+    assert fake.connections == 2
+
+
+def test_an_older_vmaild_gets_one_connection_per_request(conf: Path, sock_path: str) -> None:
+    fake = FakeVmaild(sock_path, [ACCOUNT, b"FAIL\n"], legacy=True)
+    try:
+        proc = start_relay(conf)
+        send(proc, b"PRE . imap joe@example.test\n")
+        assert read_reply(proc) == ACCOUNT  # not the FAIL that refused RELAY 1
+        send(proc, auth_bytes("joe@example.test", "wrong"))
+        assert read_reply(proc) == b"FAIL\n"
+        proc.stdin.close()  # type: ignore[union-attr]
+        assert finish(proc) == (0, b"")
+    finally:
+        fake.close()
+    assert fake.connections == 3  # the refused RELAY 1, then one per request
+    assert fake.requests == [b"PRE . imap joe@example.test\n",
+                             auth_bytes("joe@example.test", "wrong")]
 
 
 def test_reply_arriving_in_pieces_is_written_once(conf: Path, fake: FakeVmaild) -> None:

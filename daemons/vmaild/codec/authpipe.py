@@ -6,6 +6,7 @@ Requests, as authpipe.c builds them::
     AUTH <len> LF <service> LF <authtype> LF <authdata>      (exactly <len> bytes after the LF)
     PASSWD <service> TAB <username> TAB <old> TAB <new> LF
     ENUMERATE LF
+    RELAY 1 LF            (vmaild's own: vmaild-authpipe asks for a persistent connection)
 
 Replies: :func:`encode_account`, :data:`FAIL`, :data:`OK` (PASSWD), :func:`encode_enumerate`.
 A temporary failure is *no* reply: the program exits instead (4.4).
@@ -119,7 +120,16 @@ class BadRequest:
     reason: str
 
 
-Decoded = Pre | Auth | Passwd | Enumerate | BadRequest
+@dataclass(frozen=True, slots=True)
+class RelayHello:
+    """Not Courier's: ``RELAY 1`` opens vmaild-authpipe's persistent connection to vmaild's
+    ``[auth] listen`` socket (answered with :data:`RELAY_HELLO`). Without it, vmaild answers
+    one request per connection and closes, as a reader-to-EOF client expects (5.2)."""
+
+
+RELAY_HELLO = b"RELAY 1\n"
+
+Decoded = Pre | Auth | Passwd | Enumerate | RelayHello | BadRequest
 
 
 class AuthpipeDecoder:
@@ -214,6 +224,8 @@ def _parse_line(verb: bytes, rest: bytes) -> Decoded:
         return Passwd(*fields)
     if verb == b"ENUMERATE" and not rest:
         return Enumerate()
+    if verb == b"RELAY" and rest == b"1":
+        return RelayHello()
     return BadRequest(f"unknown request {verb[:20].decode('ascii', 'backslashreplace')!r}")
 
 

@@ -1,12 +1,19 @@
-"""The ``[auth] listen`` socket: one authpipe request per connection (PROTOCOLS.md 4, 5).
+"""The ``[auth] listen`` socket: authpipe requests (PROTOCOLS.md 4, 5).
 
-vmaild-authpipe connects once per request and forwards the bytes authdaemond gave it. We
-answer and close, like authdaemond does to its own clients: the close is how the relay
-(and Cyrus SASL's checkpw.c, which reads to EOF, 5.2) knows the reply is complete even for
-a multi-line ENUMERATE. A temporary failure is a close without any reply.
+Two ways to talk to it:
 
-Bytes after the first request are ignored: Cyrus SASL sends one LF after the counted AUTH
-payload (5.1), and nothing else is expected.
+- **one request per connection** (the default, like authdaemond's own socket): we answer
+  the first request and close. The close is how a client that reads to EOF (Cyrus SASL's
+  checkpw.c, 5.2) knows the reply is complete, even for a multi-line ENUMERATE. Bytes
+  after the first request are ignored: Cyrus SASL sends one LF after the counted AUTH
+  payload (5.1).
+- **persistent** (what vmaild-authpipe does): the connection opens with ``RELAY 1`` LF,
+  answered ``RELAY 1`` LF; then every request is answered in order and the connection
+  stays open. Each reply ends where the codec's ReplyReader says (4.4), so the relay needs
+  no close to find the end, and a login costs no connect, accept or close.
+
+Either way a temporary failure is a close without any reply: the relay exits without
+writing, and authdaemond reports a temporary failure rather than a wrong password (4.4).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class AuthProtocol(SequentialProtocol):
         self.app = app
         self.decoder = codec.AuthpipeDecoder()
         self._have_request = False
+        self.persistent = False  # after RELAY 1: answer every request, stay open
+        self._hello_answered = False
         self._idle: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -58,21 +67,27 @@ class AuthProtocol(SequentialProtocol):
             self.transport.close()
 
     def decode(self, data: bytes) -> list[Any]:
-        if self._have_request:
+        if self._have_request and not self.persistent:
             return []
         try:
             requests = self.decoder.feed(data)
         except codec.AuthpipeError as e:
-            # A request completed before the garbage is still answered; otherwise the
-            # connection ends without a reply (base.py counts and logs it).
-            if not e.decoded:
+            # The framing is lost. base.py answers the requests completed before the
+            # garbage, then closes; with nothing completed, it just closes. A one-request
+            # connection only needs its first request, so that one is answered as usual.
+            if self.persistent or not e.decoded or isinstance(e.decoded[0], codec.RelayHello):
                 raise
             requests = e.decoded
         if not requests:
             return []
+        if self.persistent:
+            return requests
         self._have_request = True
-        self.closing = True  # close once the reply is written
         self._cancel_idle()
+        if isinstance(requests[0], codec.RelayHello):
+            self.persistent = True
+            return requests
+        self.closing = True  # one request per connection: close once it is answered
         return requests[:1]
 
     def _service(self) -> Any:
@@ -80,6 +95,13 @@ class AuthProtocol(SequentialProtocol):
         return self.app.runtime.services["auth"]
 
     def answer_now(self, request: Any) -> bytes | None:
+        if isinstance(request, codec.RelayHello):
+            # Only as a connection's first request (decode() made it persistent); later,
+            # it is a request that makes no sense (4.4).
+            if self._hello_answered:
+                return codec.FAIL
+            self._hello_answered = True
+            return codec.RELAY_HELLO
         return self._service().answer_now(request)
 
     async def answer(self, request: Any) -> bytes | None:
