@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from vmaild import config
-from vmaild.auth.accounts import Account, AccountError, account_from_row, default_maildir
+from vmaild.auth.accounts import (
+    Account,
+    AccountError,
+    AccountSource,
+    account_from_row,
+    default_maildir,
+)
 from vmaild.codec.authpipe import encode_account
+from vmaild.db import DatabaseError
+
+from .test_auth_service import FakeDB, aio
 
 CFG = config.parse("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n")
 
@@ -82,3 +94,81 @@ def test_default_maildir() -> None:
     assert default_maildir("joe@example.test") == "example.test/joe/"
     assert default_maildir("a@b@c") == "c/a@b/"
     assert default_maildir("joe") == "joe/"
+
+
+# -- batched fetches ------------------------------------------------------------------------
+
+class CountingDB(FakeDB):
+    """FakeDB whose jobs wait for the test to release them, counting jobs and queries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs = 0
+        self.gate = asyncio.Event()
+
+    async def run(self, fn: Any, *, retry: bool = False) -> Any:
+        self.jobs += 1
+        await self.gate.wait()
+        return await super().run(fn, retry=retry)
+
+
+async def settle() -> None:
+    """Let every task that can run, run (the fake database never does I/O)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def source(db: FakeDB) -> AccountSource:
+    return AccountSource(config.parse("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"),
+                         db)  # type: ignore[arg-type]
+
+
+@aio
+async def test_a_burst_of_fetches_shares_a_few_jobs() -> None:
+    db = CountingDB()
+    for i in range(20):
+        db.add(f"u{i}@example.test", f"hash-{i}")
+    accounts = source(db)
+    tasks = [asyncio.create_task(accounts.fetch(f"U{i}@example.test")) for i in range(20)]
+    tasks.append(asyncio.create_task(accounts.fetch("nobody@example.test")))
+    await settle()
+    assert db.jobs == AccountSource.MAX_JOBS  # the first ones went at once, the rest wait
+    db.gate.set()
+    found = await asyncio.gather(*tasks)
+    assert [a.password for a in found[:20] if a] == [f"hash-{i}" for i in range(20)]
+    assert found[20] is None
+    assert db.jobs == AccountSource.MAX_JOBS + 1  # the 19 waiting went in one batch
+    assert len(db.statements) == 21  # still one query per login
+
+
+@aio
+async def test_a_failed_job_fails_each_of_its_logins_and_the_next_batch_runs() -> None:
+    db = CountingDB()
+    db.add("joe@example.test", "hash")
+    accounts = source(db)
+    db.down = True
+    first = [asyncio.create_task(accounts.fetch("joe@example.test")) for _ in range(5)]
+    await settle()
+    db.gate.set()
+    results = await asyncio.gather(*first, return_exceptions=True)
+    assert all(isinstance(r, DatabaseError) for r in results)
+    db.down = False
+    account = await accounts.fetch("joe@example.test")
+    assert account is not None and account.password == "hash"
+
+
+@aio
+async def test_a_fetch_whose_client_left_is_dropped_from_its_batch() -> None:
+    db = CountingDB()
+    db.add("joe@example.test", "hash")
+    accounts = source(db)
+    running = [asyncio.create_task(accounts.fetch("joe@example.test"))
+               for _ in range(AccountSource.MAX_JOBS)]
+    gone = asyncio.create_task(accounts.fetch("gone@example.test"))
+    kept = asyncio.create_task(accounts.fetch("joe@example.test"))
+    await settle()
+    gone.cancel()
+    db.gate.set()
+    assert all(await asyncio.gather(*running, kept))
+    assert "gone@example.test" not in str(db.statements)
+    assert len(db.statements) == AccountSource.MAX_JOBS + 1

@@ -17,6 +17,7 @@ make the account unusable, with a log line; they never reach the reply.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ from typing import Any
 
 from .. import expansions
 from ..config import Config
-from ..db import Database
+from ..db import Database, DatabaseError
 
 log = logging.getLogger("vmaild.auth")
 
@@ -166,12 +167,24 @@ def _update(conn: Any, sql: str, params: dict[str, str]) -> int:
 
 class AccountSource:
     """The account queries of one configuration. Every method raises DatabaseError when
-    the database cannot answer; ``AccountError`` when a row is unusable."""
+    the database cannot answer; ``AccountError`` when a row is unusable.
+
+    Account fetches are batched: a fetch starts a database job at once when fewer than
+    ``MAX_JOBS`` are running, otherwise it joins the batch that the next finishing job
+    starts. A batch runs its queries one after another on one pooled connection, so a
+    burst of logins costs one trip to a worker thread per batch instead of one per login.
+    Every query still starts after its login arrived: a changed password is seen at once.
+    """
+
+    MAX_JOBS = 2      # account jobs running at once (the rest of the pool serves lookups)
+    MAX_BATCH = 32    # logins per job: one slow batch must not hold up too many
 
     def __init__(self, cfg: Config, db: Database):
         self.cfg = cfg
         self.db = db
         self.query = expansions.compile_query(cfg.auth.query)
+        self._waiting: list[tuple[Any, asyncio.Future[list[dict[str, Any]]]]] = []
+        self._jobs = 0
 
     async def fetch(self, login: str) -> Account | None:
         """The account for a login name, or None when there is none."""
@@ -179,13 +192,50 @@ class AccountSource:
             params = self.query.bind(login)
         except expansions.Suppressed:
             return None  # as in Postfix: e.g. %d of a name without a domain
-        sql = self.query.sql
-        rows = await self.db.run(lambda conn: _named_rows(conn, sql, params), retry=True)
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((params, future))
+        if self._jobs < self.MAX_JOBS:
+            self._start_job()
+        rows = await future
         if not rows:
             return None
         if len(rows) > 1:
             log.warning("[auth] query returned %d rows for one login; using the first", len(rows))
         return account_from_row(rows[0], self.cfg)
+
+    def _start_job(self) -> None:
+        batch = self._waiting[:self.MAX_BATCH]
+        del self._waiting[:self.MAX_BATCH]
+        batch = [(params, future) for params, future in batch if not future.done()]
+        if not batch:
+            return
+        self._jobs += 1
+        task = asyncio.get_running_loop().create_task(self._run_job(batch))
+        task.add_done_callback(_retrieve)
+
+    async def _run_job(self, batch: list[tuple[Any, asyncio.Future[list[dict[str, Any]]]]],
+                       ) -> None:
+        sql = self.query.sql
+        all_params = [params for params, _ in batch]
+        try:
+            results = await self.db.run(
+                lambda conn: [_named_rows(conn, sql, params) for params in all_params],
+                retry=True)
+        except BaseException as e:  # DatabaseError, or a bug: every waiter hears of it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(e if isinstance(e, Exception) else
+                                         DatabaseError("account query cancelled"))
+            if not isinstance(e, Exception):
+                raise
+        else:
+            for (_, future), rows in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(rows)
+        finally:
+            self._jobs -= 1
+            while self._waiting and self._jobs < self.MAX_JOBS:
+                self._start_job()
 
     async def enumerate(self) -> list[Account]:
         sql = self.cfg.auth.enumerate_query
@@ -206,3 +256,9 @@ class AccountSource:
         longer ``old``, someone changed it meanwhile)."""
         params = {"address": address, "old": old, "new": new}
         return await self.db.run(lambda conn: _update(conn, sql, params))
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # Its waiters got the outcome; this only keeps asyncio from logging it a second time.
+    if not task.cancelled():
+        task.exception()
