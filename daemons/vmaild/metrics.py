@@ -78,6 +78,7 @@ class LookupStats(Collector):
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         # Lookups (tcp:, socketmap:): vmaild_lookup_seconds and vmaild_lookups_total
         self.lookup_stats = LookupStats(LATENCY_BUCKETS)
@@ -128,6 +129,16 @@ class Metrics:
         self.policy_seconds = Histogram("vmaild_policy_request_seconds",
                                         "Policy request latency", buckets=LATENCY_BUCKETS,
                                         registry=r)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: prometheus_client validates and looks
+        the labels up on every call, which costs more than the increment on a hot path.
+        Labels are from bounded sets (see the module docstring), so this stays small."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def watch_cache(self, size: Callable[[], int]) -> None:
         self.cache_entries.set_function(lambda: float(size()))

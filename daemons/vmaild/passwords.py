@@ -119,6 +119,16 @@ def verify(password: str, stored: str) -> bool:
         return False
 
 
+#: Schemes whose verification costs microseconds (DES is one crypt(3) call, ~10 us; clear
+#: text a digest): not worth a trip to a worker thread.
+CHEAP = frozenset({"des_crypt", "plaintext"})
+
+
+def is_cheap(stored: str) -> bool:
+    """Whether verifying against ``stored`` is cheap enough for the event loop."""
+    return parse(stored).scheme in CHEAP
+
+
 def clear_text(stored: str) -> str | None:
     """The password itself when it is stored as {PLAIN}/{CLEARTEXT} (CRAM needs it)."""
     s = parse(stored)

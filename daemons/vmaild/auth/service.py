@@ -47,6 +47,8 @@ _CRAM = {"cram-md5": "md5", "cram-sha1": "sha1", "cram-sha256": "sha256"}
 _SCHEMA_ERRORS = frozenset({1406, 1054, 1146, 1142, 1265})
 # Seconds a Maildir found present is trusted to still be there.
 MAILDIR_RECHECK = 60.0
+# Encoded account replies kept (cleared when full).
+REPLY_MEMO = 10_000
 
 
 class TemporaryFailure(Exception):
@@ -74,6 +76,8 @@ class AuthService:
         self._sleep = sleep
         self._tasks: set[asyncio.Task[None]] = set()
         self._rehashing: set[str] = set()
+        # Encoded replies by the whole row: the same accounts log in over and over.
+        self._replies: dict[Account, bytes] = {}
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -100,8 +104,9 @@ class AuthService:
             self._count(kind, result, time.perf_counter() - started)
 
     def _count(self, kind: str, result: str, seconds: float) -> None:
-        self.metrics.auth_requests.labels(kind, result).inc()
-        self.metrics.auth_request_seconds.labels(kind).observe(seconds)
+        m = self.metrics
+        m.child(m.auth_requests, kind, result).inc()
+        m.child(m.auth_request_seconds, kind).observe(seconds)
 
     async def _answer(self, request: codec.Decoded) -> bytes:
         if isinstance(request, codec.Auth):
@@ -146,7 +151,7 @@ class AuthService:
             if authtype in _CRAM:
                 return await self._cram(service, req, _CRAM[authtype])
         except TemporaryFailure:
-            self.metrics.logins.labels(service, "tempfail").inc()
+            self.metrics.child(self.metrics.logins, service, "tempfail").inc()
             raise
         # Unknown authtype (4.3): FAIL, and authdaemond tries its next module.
         return await self._fail(service, "", f"unsupported authtype {authtype[:20]!r}")
@@ -292,14 +297,15 @@ class AuthService:
 
     async def _succeed(self, service: str, login: str, account: Account, how: str) -> bytes:
         self.limits.succeeded(login)
-        self.metrics.logins.labels(service, "ok").inc()
-        log.debug("login %s as %s (service %s): ok (%s)", _shown(login), account.address,
-                  service, how)
+        self.metrics.child(self.metrics.logins, service, "ok").inc()
+        if log.isEnabledFor(logging.DEBUG):  # _shown() costs more than the rest of a login
+            log.debug("login %s as %s (service %s): ok (%s)", _shown(login), account.address,
+                      service, how)
         await self._ensure_maildir(account)
         return self._reply(account)
 
     async def _fail(self, service: str, login: str, reason: str) -> bytes:
-        self.metrics.logins.labels(service, "fail").inc()
+        self.metrics.child(self.metrics.logins, service, "fail").inc()
         delay = self.limits.failed(login) if login else 0.0
         log.info("login %s (service %s) failed: %s%s", _shown(login), service, reason,
                  f"; reply delayed {delay:g}s" if delay else "")
@@ -312,6 +318,14 @@ class AuthService:
             await self._sleep(delay)
 
     def _reply(self, account: Account) -> bytes:
+        reply = self._replies.get(account)
+        if reply is None:
+            if len(self._replies) >= REPLY_MEMO:
+                self._replies.clear()
+            reply = self._replies[account] = self._encode(account)
+        return reply
+
+    def _encode(self, account: Account) -> bytes:
         try:
             # 8190: one byte under what Cyrus SASL accepts, should a client talk to us
             # directly (PROTOCOLS.md 5.2); authdaemond takes 8191.
