@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -108,7 +109,10 @@ class Bench:
         self.quick = quick
         self.tmp = tmp
         self.db = MariaDB()
-        self.pool = ProcessPoolExecutor(max_workers=CLIENTS)
+        # forkserver: a worker forked from this process after authdaemond was set up would
+        # inherit the harness's lock on the global Courier files and hold it past cleanup.
+        self.pool = ProcessPoolExecutor(max_workers=CLIENTS,
+                                        mp_context=multiprocessing.get_context("forkserver"))
         self.vmaild: Vmaild | None = None
         self.courier: Courier | None = None
         self.users: dict[str, list[tuple[str, str]]] = {}
