@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _daemonize(cfg: config_mod.Config, pidfile: str | None) -> int:
-    import daemon
-    import daemon.pidfile
+    import daemon  # type: ignore[import-untyped]  # python-daemon ships no type hints
+    import daemon.pidfile  # type: ignore[import-untyped]
 
     lock = None
     if pidfile:

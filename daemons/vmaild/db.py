@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import pymysql
-import pymysql.cursors
+import pymysql  # type: ignore[import-untyped]  # pymysql ships no type hints
+import pymysql.cursors  # type: ignore[import-untyped]
 
 from .config import DatabaseConfig, DatabaseHost
 
