@@ -466,6 +466,24 @@ async def test_hashing_does_not_block_the_event_loop(tmp_path: Path) -> None:
     assert median < 0.004, f"median tick {median * 1000:.1f} ms (max {gaps[-1] * 1000:.1f})"
 
 
+@pytest.mark.parametrize(("stored", "inline"), [
+    (des_crypt.hash("pw"), True), ("{PLAIN}pw", True),
+    (sha512_crypt.using(rounds=1000).hash("pw"), False), ("$1$abcdefgh$" + "x" * 22, False)])
+@aio
+async def test_only_microsecond_hashes_are_verified_inline(tmp_path: Path, stored: str,
+                                                           inline: bool) -> None:
+    # A thread hop costs more than a DES check; anything slower must stay off the loop.
+    # With the hashing pool shut down, only inline verification can still answer.
+    service, _ = make_service(tmp_path)
+    service.hasher.close()
+    if inline:
+        assert await service.hasher.verify("pw", stored)
+        assert not await service.hasher.verify("wrong", stored)
+    else:
+        with pytest.raises(RuntimeError):
+            await service.hasher.verify("pw", stored)
+
+
 # -- Maildirs --------------------------------------------------------------------------------
 
 @aio

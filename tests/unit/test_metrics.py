@@ -41,3 +41,13 @@ def test_two_instances_do_not_share_a_registry() -> None:
     a, b = Metrics(), Metrics()
     a.lookup_stats.observe("m", "hit", 0.001)
     assert samples(b).get('vmaild_lookups_total{map="m",outcome="hit"}') is None
+
+
+def test_child_is_remembered_per_metric_and_labels() -> None:
+    m = Metrics()
+    ok = m.child(m.logins, "imap", "ok")
+    assert m.child(m.logins, "imap", "ok") is ok
+    assert m.child(m.logins, "imap", "fail") is not ok
+    ok.inc()
+    assert m.registry.get_sample_value("vmaild_logins_total",
+                                       {"service": "imap", "result": "ok"}) == 1.0
