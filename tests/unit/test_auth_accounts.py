@@ -12,6 +12,7 @@ from vmaild.auth.accounts import (
     Account,
     AccountError,
     AccountSource,
+    _union,
     account_from_row,
     default_maildir,
 )
@@ -132,13 +133,75 @@ async def test_a_burst_of_fetches_shares_a_few_jobs() -> None:
     tasks = [asyncio.create_task(accounts.fetch(f"U{i}@example.test")) for i in range(20)]
     tasks.append(asyncio.create_task(accounts.fetch("nobody@example.test")))
     await settle()
-    assert db.jobs == AccountSource.MAX_JOBS  # the first ones went at once, the rest wait
+    assert db.jobs == accounts.max_jobs  # the first ones went at once, the rest wait
     db.gate.set()
     found = await asyncio.gather(*tasks)
     assert [a.password for a in found[:20] if a] == [f"hash-{i}" for i in range(20)]
     assert found[20] is None
-    assert db.jobs == AccountSource.MAX_JOBS + 1  # the 19 waiting went in one batch
-    assert len(db.statements) == 21  # still one query per login
+    assert accounts.max_jobs == 1  # a batch is one statement: one job is enough
+    assert db.jobs == 2  # the first login's, then one batch for the 20 that waited
+    # One statement per job: the batch's is the query 20 times over, UNION ALL.
+    assert len(db.statements) == 2
+    assert db.statements[-1].count("UNION ALL") == 19
+
+
+@aio
+async def test_a_query_that_cannot_be_wrapped_runs_once_per_login() -> None:
+    db = CountingDB()
+    for i in range(6):
+        db.add(f"u{i}@example.test", f"hash-{i}")
+    accounts = source(db)
+    accounts.union = False  # what an ORDER BY or LIMIT in [auth] query means
+    assert accounts.max_jobs == 2  # queries one by one: two batches may run at once
+    tasks = [asyncio.create_task(accounts.fetch(f"u{i}@example.test")) for i in range(6)]
+    await settle()
+    db.gate.set()
+    assert [a.password for a in await asyncio.gather(*tasks) if a] == [
+        f"hash-{i}" for i in range(6)]
+    assert db.jobs == accounts.max_jobs + 1 and len(db.statements) == 6
+
+
+@aio
+async def test_a_refused_union_falls_back_for_good() -> None:
+    class NoDerivedTables(CountingDB):
+        async def run(self, fn: Any, *, retry: bool = False) -> Any:
+            result = await super().run(fn, retry=retry)
+            if "UNION ALL" in self.statements[-1]:
+                raise DatabaseError("(1060) Duplicate column name 'address'", 1060)
+            return result
+
+    db = NoDerivedTables()
+    for i in range(5):
+        db.add(f"u{i}@example.test", f"hash-{i}")
+    accounts = source(db)
+    tasks = [asyncio.create_task(accounts.fetch(f"u{i}@example.test")) for i in range(5)]
+    await settle()
+    db.gate.set()
+    assert all(await asyncio.gather(*tasks))  # answered, not failed
+    assert accounts.union is False
+
+
+@pytest.mark.parametrize(("query", "unionable"), [
+    ("SELECT email AS address, password FROM users WHERE email = '%s'", True),
+    ("select email as address, password from users where email='%s'", True),
+    ("SELECT email AS address FROM users WHERE email = '%s' ORDER BY x", False),
+    ("SELECT email AS address FROM users WHERE email = '%s' LIMIT 1", False),
+    ("SELECT a AS address FROM t WHERE a = '%s' UNION SELECT b FROM u WHERE b = '%s'", False),
+    ("WITH x AS (SELECT 1) SELECT email AS address FROM users WHERE email='%s'", False),
+])
+def test_which_queries_are_batched_as_one_statement(query: str, unionable: bool) -> None:
+    cfg = config.parse("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
+                       f"[auth]\nquery = {query}\n")
+    assert AccountSource(cfg, FakeDB()).union is unionable  # type: ignore[arg-type]
+
+
+def test_the_batch_statement_tags_each_login() -> None:
+    sql, params = _union("SELECT a AS address FROM t WHERE a = %s AND b = %s;",
+                         [("x", "1"), ("y", "2")])
+    assert sql == ("SELECT 0 AS vmaild_batch_login, q.* FROM (SELECT a AS address FROM t "
+                   "WHERE a = %s AND b = %s) AS q UNION ALL SELECT 1 AS vmaild_batch_login, "
+                   "q.* FROM (SELECT a AS address FROM t WHERE a = %s AND b = %s) AS q")
+    assert params == ["x", "1", "y", "2"]
 
 
 @aio
@@ -163,7 +226,7 @@ async def test_a_fetch_whose_client_left_is_dropped_from_its_batch() -> None:
     db.add("joe@example.test", "hash")
     accounts = source(db)
     running = [asyncio.create_task(accounts.fetch("joe@example.test"))
-               for _ in range(AccountSource.MAX_JOBS)]
+               for _ in range(accounts.max_jobs)]
     gone = asyncio.create_task(accounts.fetch("gone@example.test"))
     kept = asyncio.create_task(accounts.fetch("joe@example.test"))
     await settle()
@@ -171,4 +234,4 @@ async def test_a_fetch_whose_client_left_is_dropped_from_its_batch() -> None:
     db.gate.set()
     assert all(await asyncio.gather(*running, kept))
     assert "gone@example.test" not in str(db.statements)
-    assert len(db.statements) == AccountSource.MAX_JOBS + 1
+    assert db.jobs == accounts.max_jobs + 1

@@ -170,13 +170,19 @@ class AccountSource:
     the database cannot answer; ``AccountError`` when a row is unusable.
 
     Account fetches are batched: a fetch starts a database job at once when fewer than
-    ``MAX_JOBS`` are running, otherwise it joins the batch that the next finishing job
-    starts. A batch runs its queries one after another on one pooled connection, so a
-    burst of logins costs one trip to a worker thread per batch instead of one per login.
-    Every query still starts after its login arrived: a changed password is seen at once.
+    ``max_jobs`` are running, otherwise it joins the batch that the next finishing job
+    starts. A batch is one statement, the account query once per login joined with UNION
+    ALL (see ``_union``), so a burst of logins costs one trip to a worker thread and one
+    round trip to the database, and pymysql reads the column definitions once instead of
+    per login (most of its cost for a one-row result). Every query still starts after its
+    login arrived: a changed password is seen at once. A query that cannot be wrapped
+    (ORDER BY, LIMIT, UNION, ...: see ``_unionable``) runs once per login in the batch.
     """
 
-    MAX_JOBS = 2      # account jobs running at once (the rest of the pool serves lookups)
+    # Account jobs running at once; the rest of the pool serves lookups. One is enough when
+    # a batch is one statement (a round trip whatever its size), and makes batches larger.
+    JOBS_UNION = 1
+    JOBS_EACH = 2     # when each login's query runs on its own: do not serialise them all
     MAX_BATCH = 32    # logins per job: one slow batch must not hold up too many
 
     def __init__(self, cfg: Config, db: Database):
@@ -185,6 +191,7 @@ class AccountSource:
         self.query = expansions.compile_query(cfg.auth.query)
         self._waiting: list[tuple[Any, asyncio.Future[list[dict[str, Any]]]]] = []
         self._jobs = 0
+        self.union = _unionable(self.query.sql)
 
     async def fetch(self, login: str) -> Account | None:
         """The account for a login name, or None when there is none."""
@@ -194,7 +201,7 @@ class AccountSource:
             return None  # as in Postfix: e.g. %d of a name without a domain
         future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
         self._waiting.append((params, future))
-        if self._jobs < self.MAX_JOBS:
+        if self._jobs < self.max_jobs:
             self._start_job()
         rows = await future
         if not rows:
@@ -215,12 +222,9 @@ class AccountSource:
 
     async def _run_job(self, batch: list[tuple[Any, asyncio.Future[list[dict[str, Any]]]]],
                        ) -> None:
-        sql = self.query.sql
         all_params = [params for params, _ in batch]
         try:
-            results = await self.db.run(
-                lambda conn: [_named_rows(conn, sql, params) for params in all_params],
-                retry=True)
+            results = await self._rows(all_params)
         except BaseException as e:  # DatabaseError, or a bug: every waiter hears of it
             for _, future in batch:
                 if not future.done():
@@ -234,8 +238,35 @@ class AccountSource:
                     future.set_result(rows)
         finally:
             self._jobs -= 1
-            while self._waiting and self._jobs < self.MAX_JOBS:
+            while self._waiting and self._jobs < self.max_jobs:
                 self._start_job()
+
+    @property
+    def max_jobs(self) -> int:
+        return self.JOBS_UNION if self.union else self.JOBS_EACH
+
+    async def _rows(self, all_params: list[Any]) -> list[list[dict[str, Any]]]:
+        """The account query's rows for each login of a batch, in order."""
+        sql = self.query.sql
+        if self.union and len(all_params) > 1:
+            union_sql, flat = _union(sql, all_params)
+            try:
+                rows = await self.db.run(lambda conn: _named_rows(conn, union_sql, flat),
+                                         retry=True)
+            except DatabaseError as e:
+                if e.errno not in _UNION_ERRORS:
+                    raise
+                # The server would not take the wrapped query: say so once, stop trying.
+                log.warning("[auth] query cannot be batched (%s); running it once per login",
+                            e)
+                self.union = False
+            else:
+                out: list[list[dict[str, Any]]] = [[] for _ in all_params]
+                for row in rows:
+                    out[int(row.pop(_BATCH_COLUMN))].append(row)
+                return out
+        return await self.db.run(
+            lambda conn: [_named_rows(conn, sql, params) for params in all_params], retry=True)
 
     async def enumerate(self) -> list[Account]:
         sql = self.cfg.auth.enumerate_query
@@ -256,6 +287,31 @@ class AccountSource:
         longer ``old``, someone changed it meanwhile)."""
         params = {"address": address, "old": old, "new": new}
         return await self.db.run(lambda conn: _update(conn, sql, params))
+
+
+# The batch statement's extra column: which login of the batch a row belongs to.
+_BATCH_COLUMN = "vmaild_batch_login"
+# Words after which a query is not wrapped: the optimizer may drop an ORDER BY inside a
+# derived table, and the rest change what "the query's rows" means.
+_NOT_UNIONABLE = re.compile(r"\b(ORDER\s+BY|LIMIT|UNION|INTO|FOR\s+UPDATE|LOCK\s+IN|"
+                            r"PROCEDURE|WITH)\b", re.IGNORECASE)
+# MySQL errors meaning "this query cannot be a derived table" (duplicate column name,
+# syntax, derived table needs an alias, unknown column, ...): fall back, do not fail.
+_UNION_ERRORS = frozenset({1060, 1064, 1248, 1054, 1221, 1222, 1235, 1349})
+
+
+def _unionable(sql: str) -> bool:
+    # Literals are already placeholders (expansions.py), so a keyword here is SQL.
+    return sql.lstrip().upper().startswith("SELECT") and not _NOT_UNIONABLE.search(sql)
+
+
+def _union(sql: str, all_params: list[Any]) -> tuple[str, list[Any]]:
+    """One statement for a batch: the query once per login, each arm a derived table
+    tagged with the login's position, so rows map back whatever address they carry."""
+    inner = sql.rstrip().rstrip(";")
+    arms = [f"SELECT {i} AS {_BATCH_COLUMN}, q.* FROM ({inner}) AS q"
+            for i in range(len(all_params))]
+    return " UNION ALL ".join(arms), [value for params in all_params for value in params]
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
