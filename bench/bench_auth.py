@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import cpu
 from harness import Courier, MariaDB, seed
 from harness.courier import AUTHDAEMON_SOCKET
 from harness.vmaild import Vmaild
@@ -162,7 +163,10 @@ class Bench:
     # one measured phase
     def phase(self, items: list[tuple[str, str]], path: str = str(AUTHDAEMON_SOCKET)) -> dict:
         chunks = [items[i::CLIENTS] for i in range(CLIENTS)]
-        cpu0 = os.times()
+        assert self.vmaild is not None
+        roles = cpu.roles_for(vmaild_config=str(self.vmaild.config_path),
+                              mariadb_datadir=str(self.db.datadir))
+        cpu0 = cpu.snapshot(roles)
         started = time.perf_counter()
         futures = [self.pool.submit(run_chunk, path, c) for c in chunks if c]
         ok = failed = 0
@@ -170,13 +174,11 @@ class Bench:
             a, b = f.result()
             ok, failed = ok + a, failed + b
         wall = time.perf_counter() - started
-        cpu1 = os.times()
+        cpu_us = cpu.per_request(cpu0, cpu.snapshot(roles), len(items))
         if failed:
             raise RuntimeError(f"{failed} of {len(items)} logins failed")
         return {"logins": ok, "seconds": round(wall, 3), "rate": ok / wall,
-                "load": round(os.getloadavg()[0], 2),
-                "children_cpu": round((cpu1.children_user + cpu1.children_system)
-                                      - (cpu0.children_user + cpu0.children_system), 2)}
+                "load": round(os.getloadavg()[0], 2), "cpu_us_per_login": cpu_us}
 
     def warm_up(self) -> None:
         """Start every authdaemond worker's authProg and open vmaild's database connections
@@ -254,9 +256,28 @@ def report(res: dict[str, Any], quick: bool) -> str:
                      f"{s['direct']['rate']:>9.0f}")
     lines += ["", "  'vs' = vmaild / authmysql (same run, users, hashes, authdaemond, clients);",
               "  'direct' = repeated logins sent straight to vmaild's [auth] socket (no "
-              "authdaemond, no relay).", "", "targets:"]
+              "authdaemond, no relay).", "", cpu_table(res), "", "targets:"]
     for t in res["targets"]:
         lines.append(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['what']}: {t['value']}")
+    return "\n".join(lines)
+
+
+CPU_ROLES = ("clients", "authdaemond", "relay", "vmaild", "mariadb")
+
+
+def cpu_table(res: dict[str, Any]) -> str:
+    """CPU microseconds per login by process, from /proc (bench/cpu.py): where the time
+    goes. On this many CPUs, a contender's rate is bounded by CPUs / its total."""
+    lines = ["CPU per login, microseconds (bench/cpu.py; this machine's CPUs divided by a "
+             "total bound its rate):",
+             f"  {'hash set':<22} {'phase':<10}" + "".join(f"{r:>12}" for r in CPU_ROLES)
+             + f"{'total':>8}"]
+    for name, s in res["sets"].items():
+        for phase in ("first", "repeated", "authmysql"):
+            us = s[phase].get("cpu_us_per_login", {})
+            lines.append(f"  {name:<22} {phase:<10}"
+                         + "".join(f"{us.get(r, 0):>12}" for r in CPU_ROLES)
+                         + f"{sum(us.values()):>8}")
     return "\n".join(lines)
 
 
