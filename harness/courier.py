@@ -15,59 +15,67 @@ in the foreground the way that script builds its command line, on
 127.0.0.1:<free port>, with the login programs' stderr going to a log file.
 authdaemond is run in the foreground too (the binary itself never
 daemonises; /usr/sbin/authdaemond only wraps it in courierlogger), with
-stderr to a log file so DEBUG_LOGIN output is visible.
+stderr to a log file so DEBUG_LOGIN output is visible. The implicit-TLS
+listeners (imapd-ssl, pop3d-ssl; :mod:`harness.courier_tls`) are started on
+request with :meth:`Courier.start_tls_listener`; like imapd and pop3d they are
+recorded for crash recovery and stopped with the rest.
+
+Helpers: :mod:`harness.courier_paths` (compiled-in paths),
+:mod:`harness.courier_files` (the global files' text),
+:mod:`harness.courier_procs` (process lookup, crash recovery).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shlex
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from .ports import LOOPBACK, free_port, wait_for_port, wait_for_unix
-from .procs import (
-    all_pids,
-    exited,
-    group_members,
-    pid_alive,
-    run,
-    stop_process,
-    tail,
-    terminate_pids,
+from .courier_files import (
+    authdaemonrc_text,
+    authprog_wrapper,
+    in_packaged_frame,
+    prepare_run_dirs,
+    write_file,
 )
+from .courier_paths import (
+    AUTHDAEMON_DIR,
+    AUTHDAEMON_PIDFILE,
+    AUTHDAEMON_SOCKET,
+    AUTHDAEMOND_BIN,
+    AUTHDAEMONRC,
+    AUTHMYSQL_LIB,
+    AUTHMYSQLRC,
+    AUTHPIPE_LIB,
+    AUTHPROG,
+    BASE_ENV,
+    COURIER_ETC,
+    COURIERTCPD,
+    COURIERTLS,
+    GAM_SERVER,
+    IMAPD,
+    IMAPLOGIN,
+    POP3D,
+    POP3LOGIN,
+    RUN_COURIER,
+)
+from .courier_procs import pids_of, recover_crashed_run, refuse_foreign_authdaemond
+from .courier_tls import TlsListener
+from .ports import LOOPBACK, free_port, wait_for_port, wait_for_unix
+from .procs import exited, run, stop_process, tail, terminate_pids
 from .service import Service
 from .sysfiles import FileGuard
 
-COURIER_ETC = Path("/etc/courier")
-AUTHDAEMONRC = COURIER_ETC / "authdaemonrc"
-AUTHPROG = COURIER_ETC / "authProg"
-AUTHMYSQLRC = COURIER_ETC / "authmysqlrc"
-RUN_COURIER = Path("/run/courier")
-AUTHDAEMON_DIR = RUN_COURIER / "authdaemon"
-AUTHDAEMON_SOCKET = AUTHDAEMON_DIR / "socket"
-#: Written by courierlogger when the packaged init script runs authdaemond.
-AUTHDAEMON_PIDFILE = AUTHDAEMON_DIR / "pid"
-
-AUTHDAEMOND_BIN = "/usr/lib/courier/courier-authlib/authdaemond"
-COURIERTCPD = "/usr/sbin/couriertcpd"
-IMAPLOGIN = "/usr/lib/courier/courier/imaplogin"
-IMAPD = "/usr/bin/imapd"
-POP3LOGIN = "/usr/lib/courier/courier/courierpop3login"
-POP3D = "/usr/lib/courier/courier/courierpop3d"
-#: imapd/pop3d (libgamin) spawn this file-alteration monitor on first use; it
-#: detaches and would otherwise linger ~30 s after the harness stops.
-GAM_SERVER = "/usr/libexec/gam_server"
-AUTHPIPE_LIB = "/usr/lib/courier-authlib/libauthpipe.so"
-AUTHMYSQL_LIB = "/usr/lib/courier-authlib/libauthmysql.so"
-
-#: The environment authdaemond (and so authProg) gets: as bare as under init.
-BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+#: The paths and the TLS listener live in their own modules; importable from here too.
+__all__ = [
+    "AUTHDAEMON_DIR", "AUTHDAEMON_PIDFILE", "AUTHDAEMON_SOCKET", "AUTHDAEMOND_BIN",
+    "AUTHDAEMONRC", "AUTHMYSQL_LIB", "AUTHMYSQLRC", "AUTHPIPE_LIB", "AUTHPROG", "BASE_ENV",
+    "COURIER_ETC", "COURIERTCPD", "COURIERTLS", "GAM_SERVER", "IMAPD", "IMAPLOGIN", "POP3D",
+    "POP3LOGIN", "RUN_COURIER", "Courier", "TlsListener",
+]
 
 
 class Courier(Service):
@@ -139,6 +147,7 @@ class Courier(Service):
         self._authdaemond: subprocess.Popen[bytes] | None = None
         self._imapd: subprocess.Popen[bytes] | None = None
         self._pop3d: subprocess.Popen[bytes] | None = None
+        self._tls_listeners: list[TlsListener] = []
         self._gam_before: set[int] = set()
 
     # --------------------------------------------------------- requirements
@@ -164,41 +173,21 @@ class Courier(Service):
         return missing
 
     # ------------------------------------------------------ global config
-    def _authdaemonrc_text(self) -> str:
-        """The packaged authdaemonrc with our three settings replaced, so all
-        other defaults stay as Debian ships them."""
-        text = AUTHDAEMONRC.read_text() if AUTHDAEMONRC.exists() else ""
-        for key, value in (
-            ("authmodulelist", f'"{self.modules}"'),
-            ("daemons", str(self.daemons)),
-            ("DEBUG_LOGIN", str(self.debug_login)),
-        ):
-            line = f"{key}={value}"
-            text, n = re.subn(rf"^{key}=.*$", line, text, flags=re.M)
-            if n == 0:
-                text += f"\n{line}\n"
-        return text
-
-    def _authprog_wrapper(self) -> str:
-        assert self.auth_prog is not None
-        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.auth_env.items())
-        return (
-            "#!/bin/sh\n"
-            "# Installed by the vmaild test harness (harness/courier.py); the original\n"
-            "# is restored when the harness stops. authdaemond runs this as root.\n"
-            f'{exports}exec {shlex.quote(str(self.auth_prog))} "$@"\n'
-        )
-
     def _write_global_files(self) -> None:
-        _write(AUTHDAEMONRC, self._authdaemonrc_text(), 0o640, group="courier")
+        write_file(
+            AUTHDAEMONRC,
+            authdaemonrc_text(self.modules, self.daemons, self.debug_login),
+            0o640,
+            group="courier",
+        )
         if self.auth_prog is not None:
             # authdaemond checks access(X_OK) once at start; if the program is
             # not executable then, authpipe is disabled until a restart.
-            _write(AUTHPROG, self._authprog_wrapper(), 0o755)
+            write_file(AUTHPROG, authprog_wrapper(self.auth_prog, self.auth_env), 0o755)
         if self.authmysqlrc is not None:
-            _write(
+            write_file(
                 AUTHMYSQLRC,
-                _in_packaged_frame(self.authmysqlrc, AUTHMYSQLRC),
+                in_packaged_frame(self.authmysqlrc, AUTHMYSQLRC),
                 0o640,
                 group="courier",
             )
@@ -211,7 +200,7 @@ class Courier(Service):
         self.auth_prog = Path(auth_prog)
         self.auth_env = dict(auth_env or {})
         if self._guard.held:  # only ever write /etc/courier after backing it up
-            _write(AUTHPROG, self._authprog_wrapper(), 0o755)
+            write_file(AUTHPROG, authprog_wrapper(self.auth_prog, self.auth_env), 0o755)
             self.restart_authdaemond()
 
     # ------------------------------------------------------------ lifecycle
@@ -224,10 +213,10 @@ class Courier(Service):
         if missing:
             raise RuntimeError(f"cannot run Courier here, missing: {', '.join(missing)}")
         os.chmod(self.basedir, 0o755)
-        self._guard.acquire(self.lock_timeout, recover=_recover_crashed_run)
-        self._gam_before = set(_pids_of(GAM_SERVER))
+        self._guard.acquire(self.lock_timeout, recover=recover_crashed_run)
+        self._gam_before = set(pids_of(GAM_SERVER))
         try:
-            _refuse_foreign_authdaemond()
+            refuse_foreign_authdaemond()
             self._write_global_files()
             self.start_authdaemond()
             if self.want_imap:
@@ -250,7 +239,7 @@ class Courier(Service):
         but without courierlogger, and wait for its socket."""
         if self._authdaemond is not None and self._authdaemond.poll() is None:
             return
-        _prepare_run_dirs()
+        prepare_run_dirs()
         if AUTHDAEMON_SOCKET.exists() or AUTHDAEMON_SOCKET.is_symlink():
             AUTHDAEMON_SOCKET.unlink()  # stale: we checked nobody else runs one
         script = f"set -a; . {AUTHDAEMONRC}; exec {AUTHDAEMOND_BIN}"
@@ -336,8 +325,22 @@ class Courier(Service):
         wait_for_port(self.host, port, self.start_timeout, abort=lambda: exited(proc, name, log))
         return proc
 
+    def start_tls_listener(self, kind: str, port: int, log: Path) -> TlsListener:
+        """Start the implicit-TLS listener ``kind`` ("imapd": IMAPS, "pop3d": POP3S)
+        on 127.0.0.1:port with :attr:`login_env`, once Courier runs. Like imapd and
+        pop3d it is recorded for crash recovery and stopped by :meth:`stop`."""
+        if not self._guard.held:
+            raise RuntimeError("start Courier before its TLS listeners")
+        listener = TlsListener(kind, port, self.login_env, log)
+        self._tls_listeners.append(listener)  # stop() stops it even if start fails
+        listener.start(self.start_timeout)
+        self._record_pids()
+        return listener
+
     def _record_pids(self) -> None:
-        pids = [p.pid for p in (self._authdaemond, self._imapd, self._pop3d) if p is not None]
+        procs = [self._authdaemond, self._imapd, self._pop3d]
+        procs += [listener.proc for listener in self._tls_listeners]
+        pids = [p.pid for p in procs if p is not None]
         if self._guard.held:
             self._guard.record(session_pids=pids)
 
@@ -346,7 +349,10 @@ class Courier(Service):
         for proc in (self._imapd, self._pop3d):
             stop_process(proc, timeout=10.0)
         self._imapd = self._pop3d = None
-        terminate_pids([p for p in _pids_of(GAM_SERVER) if p not in self._gam_before])
+        for listener in self._tls_listeners:
+            listener.stop()
+        self._tls_listeners = []
+        terminate_pids([p for p in pids_of(GAM_SERVER) if p not in self._gam_before])
         self.stop_authdaemond()
         if self._guard.held:
             self._guard.release()
@@ -379,86 +385,3 @@ class Courier(Service):
             f"==> {p.name} <==\n{tail(p, 10_000)}"
             for p in (self.authdaemond_log, self.imapd_log, self.pop3d_log)
         )
-
-
-# ------------------------------------------------------------------ helpers
-def _write(path: Path, text: str, mode: int, group: str | None = None) -> None:
-    if path.is_symlink():
-        path.unlink()  # never write through a symlink into someone else's file
-    path.write_text(text)
-    os.chmod(path, mode)
-    shutil.chown(path, "root", group or "root")
-
-
-_MARKER = "##NAME: MARKER:0"
-#: Used only if /etc/courier/authmysqlrc is missing (courier-authlib 0.71.4).
-_FALLBACK_AUTHMYSQLRC = (
-    "##VERSION: $Id: 01c3b327e4d5b8f4123500ce4c8d0ef7a690c10d-20210515150130$\n"
-    f"{_MARKER}\n#\n# Do not remove this section from this configuration file. This section\n"
-    "# must be present at the end of this file.\n"
-)
-
-
-def _in_packaged_frame(settings: str, packaged: Path) -> str:
-    """Put ``settings`` into the packaged file's frame.
-
-    authmysql rejects a config file that lacks the sysconftool marker section
-    at its end ("ERR: marker line not found in /etc/courier/authmysqlrc
-    (probably forgot to run sysconftool after an upgrade)", and every login
-    then fails). The tutorial edits the packaged file and so keeps it. We
-    take the packaged file, drop its active settings (keeping comments, the
-    ##VERSION line and the marker section) and insert ours before the marker.
-    """
-    if _MARKER in settings:
-        return settings
-    base = packaged.read_text(errors="replace") if packaged.exists() else ""
-    if _MARKER not in base:
-        base = _FALLBACK_AUTHMYSQLRC
-    head, _, marker_tail = base.partition(_MARKER)
-    kept = [line for line in head.splitlines() if not line.strip() or line.lstrip().startswith("#")]
-    return "\n".join(kept) + "\n\n" + settings.rstrip("\n") + "\n\n" + _MARKER + marker_tail
-
-
-def _prepare_run_dirs() -> None:
-    """What the package's tmpfiles.d entry does at boot (no systemd here)."""
-    RUN_COURIER.mkdir(exist_ok=True)
-    shutil.chown(RUN_COURIER, "root", "courier")
-    os.chmod(RUN_COURIER, 0o775)
-    AUTHDAEMON_DIR.mkdir(exist_ok=True)
-    shutil.chown(AUTHDAEMON_DIR, "courier", "courier")
-    os.chmod(AUTHDAEMON_DIR, 0o750)
-
-
-def _pids_of(executable: str) -> list[int]:
-    """Every live process running ``executable``."""
-    found = []
-    for pid in all_pids():
-        try:
-            exe = os.readlink(f"/proc/{pid}/exe")
-        except OSError:
-            continue
-        if exe == executable and pid_alive(pid):
-            found.append(pid)
-    return found
-
-
-def _refuse_foreign_authdaemond() -> None:
-    """Never take over an authdaemond the harness did not start."""
-    pids = _pids_of(AUTHDAEMOND_BIN)
-    if pids:
-        raise RuntimeError(
-            f"an authdaemond not started by this harness is running (pids {pids}); it owns "
-            f"{AUTHDAEMON_SOCKET}. Stop it first (/usr/sbin/authdaemond stop)."
-        )
-
-
-def _recover_crashed_run(state: dict[str, Any]) -> None:
-    """Stop the processes a crashed harness run left behind (by recorded pid
-    and process group), before its backed-up files are restored."""
-    for pid in state.get("session_pids", []):
-        try:
-            leader = os.readlink(f"/proc/{pid}/exe")
-        except OSError:
-            continue  # gone (or a reboot happened); nothing to stop
-        if leader in (AUTHDAEMOND_BIN, COURIERTCPD):
-            terminate_pids(group_members(pid))
