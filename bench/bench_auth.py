@@ -12,7 +12,11 @@ Issue 4, "Benchmark": one run, one machine, one private MariaDB with the seed's 
   queries MariaDB and runs crypt(3)).
 
 Clients speak authdaemond's socket protocol like authtest (PROTOCOLS.md 5.1 framing, one
-connection per request), from several processes at once. Three hash sets: the seed's DES
+connection per request), from several processes at once. The two contenders take turns:
+``ROUNDS`` rounds (one in quick mode), vmaild first in one round and authmysql first in the
+next, each vmaild round on a restarted daemon (so "first" means unseen again). Ratios are
+taken per round and the median is reported: this machine's speed drifts over minutes, and
+only figures measured close together compare fairly. Three hash sets: the seed's DES
 (``ENCRYPT()``), sha512_crypt at glibc's 5,000 rounds, and sha512_crypt at passlib's
 default 656,000 rounds (what vmaild writes by default). Targets: repeated logins faster
 than authmysql, first logins within 10% of it.
@@ -38,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import cpu
+from bench import auth_report, cpu
 from harness import Courier, MariaDB, seed
 from harness.courier import AUTHDAEMON_SOCKET
 from harness.vmaild import Vmaild
@@ -51,6 +55,7 @@ DOMAIN = "bench.test"
 CLIENTS = 8          # concurrent client processes (authdaemond has `daemons` workers)
 DAEMONS = 5          # Debian's default authdaemonrc
 WARM_UP = (f"warm-up@{DOMAIN}", "warm-up-pw")
+ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,8 @@ class Bench:
         self.vmaild: Vmaild | None = None
         self.courier: Courier | None = None
         self.users: dict[str, list[tuple[str, str]]] = {}
-        self.results: dict[str, Any] = {"sets": {}}
+        self.rounds: list[dict[str, dict[str, Any]]] = []
+        self._fresh_vmaild = True  # nothing logged in through it yet
 
     # set-up
     def setup(self) -> None:
@@ -194,8 +200,20 @@ class Bench:
         courier.start()
         self.warm_up()
 
-    def run_vmaild(self) -> None:
+    def run_rounds(self) -> None:
+        for n in range(1 if self.quick else ROUNDS):
+            self.rounds.append({hs.name: {"users": len(self.users[hs.name])}
+                                for hs in HASH_SETS})
+            contenders = [self.run_vmaild, self.run_authmysql]
+            for run in contenders if n % 2 == 0 else contenders[::-1]:
+                run(self.rounds[-1])
+
+    def run_vmaild(self, into: dict[str, dict[str, Any]]) -> None:
         assert self.vmaild is not None
+        if not self._fresh_vmaild:  # a new daemon: nothing cached, every user unseen
+            self.vmaild.stop()
+            self.vmaild.start()
+        self._fresh_vmaild = False
         self.use_courier(Courier(BIN / "vmaild-authpipe", daemons=DAEMONS, imap=False,
                                  pop3=False,
                                  auth_env={"VMAILD_CONFIG": str(self.vmaild.config_path)}))
@@ -204,20 +222,19 @@ class Bench:
             first = self.phase(users)  # never seen by this daemon: nothing cached
             repeated = self.phase(users * hs.passes)
             direct = self.phase(users * hs.passes, str(self.tmp / "auth.sock"))
-            self.results["sets"][hs.name] = {"users": len(users), "first": first,
-                                             "repeated": repeated, "direct": direct}
+            into[hs.name].update(first=first, repeated=repeated, direct=direct)
             log(f"vmaild {hs.name}: first {first['rate']:.0f}/s, repeated "
                 f"{repeated['rate']:.0f}/s, repeated without authdaemond "
                 f"{direct['rate']:.0f}/s")
 
-    def run_authmysql(self) -> None:
+    def run_authmysql(self, into: dict[str, dict[str, Any]]) -> None:
         rc = seed.authmysqlrc_text(self.db, DBNAME, DBUSER, DBPASSWORD, home=self.tmp / "vmail")
         self.use_courier(Courier(None, modules="authmysql", authmysqlrc=rc, daemons=DAEMONS,
                                  imap=False, pop3=False))
         for hs in HASH_SETS:
             users = self.users[hs.name]
             r = self.phase(users * hs.passes)
-            self.results["sets"][hs.name]["authmysql"] = r
+            into[hs.name]["authmysql"] = r
             log(f"authmysql {hs.name}: {r['rate']:.0f}/s")
 
     def logs(self) -> str:
@@ -239,60 +256,6 @@ class Bench:
         self.db.cleanup()
 
 
-def report(res: dict[str, Any], quick: bool) -> str:
-    lines = ["", f"vmaild auth benchmark -- {'QUICK' if quick else 'full'} mode, "
-             f"{os.cpu_count()} CPUs, {CLIENTS} client processes, authdaemond daemons={DAEMONS}",
-             f"load average at start: {res['meta']['loadavg_start']:.2f}"
-             + ("  << busy machine: figures are depressed and noisy"
-                if res["meta"]["loadavg_start"] > 1.0 else ""),
-             "",
-             f"  {'hash set':<22} {'users':>5} {'authmysql/s':>11} {'vmaild first/s':>14} "
-             f"{'first vs':>8} {'repeated/s':>10} {'repeat vs':>9} {'direct/s':>9}"]
-    for name, s in res["sets"].items():
-        base = s["authmysql"]["rate"]
-        first, rep = s["first"]["rate"], s["repeated"]["rate"]
-        lines.append(f"  {name:<22} {s['users']:>5} {base:>11.0f} {first:>14.0f} "
-                     f"{first / base:>7.2f}x {rep:>10.0f} {rep / base:>8.2f}x "
-                     f"{s['direct']['rate']:>9.0f}")
-    lines += ["", "  'vs' = vmaild / authmysql (same run, users, hashes, authdaemond, clients);",
-              "  'direct' = repeated logins sent straight to vmaild's [auth] socket (no "
-              "authdaemond, no relay).", "", cpu_table(res), "", "targets:"]
-    for t in res["targets"]:
-        lines.append(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['what']}: {t['value']}")
-    return "\n".join(lines)
-
-
-CPU_ROLES = ("clients", "authdaemond", "relay", "vmaild", "mariadb")
-
-
-def cpu_table(res: dict[str, Any]) -> str:
-    """CPU microseconds per login by process, from /proc (bench/cpu.py): where the time
-    goes. On this many CPUs, a contender's rate is bounded by CPUs / its total."""
-    lines = ["CPU per login, microseconds (bench/cpu.py; this machine's CPUs divided by a "
-             "total bound its rate):",
-             f"  {'hash set':<22} {'phase':<10}" + "".join(f"{r:>12}" for r in CPU_ROLES)
-             + f"{'total':>8}"]
-    for name, s in res["sets"].items():
-        for phase in ("first", "repeated", "authmysql"):
-            us = s[phase].get("cpu_us_per_login", {})
-            lines.append(f"  {name:<22} {phase:<10}"
-                         + "".join(f"{us.get(r, 0):>12}" for r in CPU_ROLES)
-                         + f"{sum(us.values()):>8}")
-    return "\n".join(lines)
-
-
-def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for name, s in res["sets"].items():
-        base = s["authmysql"]["rate"]
-        rep, first = s["repeated"]["rate"] / base, s["first"]["rate"] / base
-        out.append({"what": f"repeated logins faster than authmysql ({name})",
-                    "value": f"{rep:.2f}x", "met": rep > 1.0})
-        out.append({"what": f"first logins within 10% of authmysql ({name})",
-                    "value": f"{first:.2f}x", "met": first >= 0.9})
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bench_auth", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -311,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     loadavg_start = os.getloadavg()[0]
     try:
         bench.setup()
-        bench.run_vmaild()
-        bench.run_authmysql()
+        bench.run_rounds()
     except KeyboardInterrupt:
         log("interrupted")
         return 130
@@ -322,13 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
-    res = bench.results
+    res = auth_report.summarise(bench.rounds)
     res["meta"] = {"quick": quick, "cpus": os.cpu_count(), "clients": CLIENTS,
-                   "daemons": DAEMONS, "loadavg_start": loadavg_start,
+                   "daemons": DAEMONS, "rounds": len(bench.rounds),
+                   "loadavg_start": loadavg_start,
                    "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                    "wall_seconds": round(time.time() - started, 1)}
-    res["targets"] = targets(res)
-    print(report(res, quick), flush=True)
+    res["targets"] = auth_report.targets(res)
+    print(auth_report.report(res, quick), flush=True)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"auth-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}.json"
     path.write_text(json.dumps(res, indent=2, default=str) + "\n")
