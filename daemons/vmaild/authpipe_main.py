@@ -121,10 +121,11 @@ class Upstream:
             sock = self._socket(deadline)
             sock.sendall(encode_request(request))
             reply = _read_reply(sock, reply_reader(request), deadline)
-        except (OSError, codec.AuthpipeError, RelayFailure) as e:
+        except RelayFailure:
             self.close()
-            if isinstance(e, RelayFailure):
-                raise
+            raise
+        except (OSError, codec.AuthpipeError) as e:
+            self.close()
             raise RelayFailure(f"vmaild at {self.address}: {e}") from e
         if not self.persistent:
             self.close()
@@ -134,22 +135,16 @@ class Upstream:
         if self._sock is not None and _still_open(self._sock):
             return self._sock
         self.close()
-        sock = _connect(self.address, self.timeout)
-        if not self.persistent:
-            return sock
-        try:
-            sock.sendall(codec.RELAY_HELLO)
-            answer = _read_reply(sock, codec.ReplyReader(single_line=True), deadline)
-        except BaseException:
-            sock.close()
-            raise
-        if answer != codec.RELAY_HELLO:
-            # An older vmaild answered FAIL and closes: one connection per request, then.
-            sock.close()
-            self.persistent = False
-            return _connect(self.address, self.timeout)
-        self._sock = sock
-        return sock
+        self._sock = _connect(self.address, self.timeout)
+        if self.persistent:
+            self._sock.sendall(codec.RELAY_HELLO)
+            answer = _read_reply(self._sock, codec.ReplyReader(single_line=True), deadline)
+            if answer != codec.RELAY_HELLO:
+                # An older vmaild answered FAIL and closes: one connection per request.
+                self.persistent = False
+                self.close()
+                self._sock = _connect(self.address, self.timeout)
+        return self._sock
 
     def close(self) -> None:
         if self._sock is not None:
