@@ -29,7 +29,7 @@ from .service import Service
 from .wait import wait_until
 
 if TYPE_CHECKING:  # pymysql is imported lazily so `import harness` stays light
-    import pymysql
+    import pymysql  # type: ignore[import-untyped]  # pymysql ships no type hints
 
 _IDENT = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 

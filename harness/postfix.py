@@ -304,11 +304,13 @@ class Postfix(PostfixConfig, Service):
         offset ``since``; return the match."""
         rx = re.compile(pattern)
         try:
-            return wait_until(
+            found = wait_until(
                 lambda: rx.search(self.log_text(), since), timeout, f"maillog /{pattern}/"
             )
         except HarnessTimeout as exc:
             raise HarnessTimeout(f"{exc}; log tail:\n{tail(self.log_file)}") from None
+        assert found is not None  # wait_until returns only a truthy value
+        return found
 
     # ------------------------------------------------------------------- SMTP
     def smtp(self, timeout: float = 10.0) -> smtplib.SMTP:

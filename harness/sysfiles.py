@@ -105,7 +105,7 @@ class FileGuard:
         files_dir = self.state_dir / "files"
         shutil.rmtree(self.state_dir, ignore_errors=True)
         files_dir.mkdir(parents=True)
-        entries = {}
+        entries: dict[str, str | None] = {}
         for i, path in enumerate(self.paths):
             if path.is_symlink() or path.exists():
                 copy = files_dir / str(i)
