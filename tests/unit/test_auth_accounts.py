@@ -102,10 +102,12 @@ def test_default_maildir() -> None:
 class CountingDB(FakeDB):
     """FakeDB whose jobs wait for the test to release them, counting jobs and queries."""
 
-    def __init__(self) -> None:
+    def __init__(self, users: int = 0) -> None:
         super().__init__()
         self.jobs = 0
         self.gate = asyncio.Event()
+        for i in range(users):  # u0@example.test with hash-0, ...
+            self.add(f"u{i}@example.test", f"hash-{i}")
 
     async def run(self, fn: Any, *, retry: bool = False) -> Any:
         self.jobs += 1
@@ -126,9 +128,7 @@ def source(db: FakeDB) -> AccountSource:
 
 @aio
 async def test_a_burst_of_fetches_shares_a_few_jobs() -> None:
-    db = CountingDB()
-    for i in range(20):
-        db.add(f"u{i}@example.test", f"hash-{i}")
+    db = CountingDB(users=20)
     accounts = source(db)
     tasks = [asyncio.create_task(accounts.fetch(f"U{i}@example.test")) for i in range(20)]
     tasks.append(asyncio.create_task(accounts.fetch("nobody@example.test")))
@@ -147,9 +147,7 @@ async def test_a_burst_of_fetches_shares_a_few_jobs() -> None:
 
 @aio
 async def test_a_query_that_cannot_be_wrapped_runs_once_per_login() -> None:
-    db = CountingDB()
-    for i in range(6):
-        db.add(f"u{i}@example.test", f"hash-{i}")
+    db = CountingDB(users=6)
     accounts = source(db)
     accounts.union = False  # what an ORDER BY or LIMIT in [auth] query means
     assert accounts.max_jobs == 2  # queries one by one: two batches may run at once
@@ -170,9 +168,7 @@ async def test_a_refused_union_falls_back_for_good() -> None:
                 raise DatabaseError("(1060) Duplicate column name 'address'", 1060)
             return result
 
-    db = NoDerivedTables()
-    for i in range(5):
-        db.add(f"u{i}@example.test", f"hash-{i}")
+    db = NoDerivedTables(users=5)
     accounts = source(db)
     tasks = [asyncio.create_task(accounts.fetch(f"u{i}@example.test")) for i in range(5)]
     await settle()

@@ -164,6 +164,16 @@ async def read_reply(reader: asyncio.StreamReader, single_line: bool = False) ->
             return reply
 
 
+async def relay_connection(path: str, first: bytes = b"",
+                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection opened as vmaild-authpipe opens it: RELAY 1 (``first`` right behind
+    it), and its answer checked."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(codec.RELAY_HELLO + first)
+    assert await read_reply(reader, single_line=True) == codec.RELAY_HELLO
+    return reader, writer
+
+
 @pytest.mark.parametrize("piece", [0, 1], ids=["whole", "one-byte-pieces"])
 @aio
 async def test_relay_connection_answers_every_request_in_order(tmp_path: Path,
@@ -193,9 +203,7 @@ async def test_relay_connection_answers_every_request_in_order(tmp_path: Path,
 async def test_relay_connection_survives_requests_and_ends_on_a_temporary_failure(
         tmp_path: Path) -> None:
     async def body(path: str, db: FakeDB, app: Any) -> None:
-        reader, writer = await asyncio.open_unix_connection(path)
-        writer.write(codec.RELAY_HELLO)
-        assert await read_reply(reader, single_line=True) == codec.RELAY_HELLO
+        reader, writer = await relay_connection(path)
         for _ in range(3):
             writer.write(b"PRE . imap joe@example.test\n")
             assert (await read_reply(reader)).endswith(b"\n.\n")
@@ -210,9 +218,8 @@ async def test_relay_connection_survives_requests_and_ends_on_a_temporary_failur
 async def test_relay_connection_with_lost_framing_answers_what_came_first(
         tmp_path: Path) -> None:
     async def body(path: str, db: FakeDB, app: Any) -> None:
-        reader, writer = await asyncio.open_unix_connection(path)
-        writer.write(codec.RELAY_HELLO + b"PRE . imap joe@example.test\nAUTH twelve\n")
-        assert await read_reply(reader, single_line=True) == codec.RELAY_HELLO
+        reader, writer = await relay_connection(path, b"PRE . imap joe@example.test\n"
+                                                      b"AUTH twelve\n")
         assert (await read_reply(reader)).endswith(b"\n.\n")
         assert await asyncio.wait_for(reader.read(), 10) == b""  # then closed
         writer.close()
