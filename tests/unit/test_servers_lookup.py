@@ -240,7 +240,7 @@ def test_socketmap_fast_path_replies_match_the_decoder_path() -> None:
 
 def test_reply_memo_is_bounded_and_exact() -> None:
     from vmaild.codec import tcp_table as codec
-    from vmaild.servers.base import ReplyMemo
+    from vmaild.memo import ReplyMemo
 
     memo = ReplyMemo(codec.reply_found, limit=2)
     assert memo("a b") == codec.reply_found("a b") == b"200 a%20b\n"

@@ -29,6 +29,7 @@ from ..codec import authpipe as codec
 from ..config import Config
 from ..db import Database, DatabaseError
 from ..maildir import ensure_maildir
+from ..memo import ReplyMemo
 from ..metrics import Metrics
 from .accounts import Account, AccountError, AccountSource
 from .hashing import Hasher
@@ -77,7 +78,7 @@ class AuthService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._rehashing: set[str] = set()
         # Encoded replies by the whole row: the same accounts log in over and over.
-        self._replies: dict[Account, bytes] = {}
+        self._reply = ReplyMemo(self._encode, REPLY_MEMO)
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -316,14 +317,6 @@ class AuthService:
         if delay > 0:
             self.metrics.login_limited.inc()
             await self._sleep(delay)
-
-    def _reply(self, account: Account) -> bytes:
-        reply = self._replies.get(account)
-        if reply is None:
-            if len(self._replies) >= REPLY_MEMO:
-                self._replies.clear()
-            reply = self._replies[account] = self._encode(account)
-        return reply
 
     def _encode(self, account: Account) -> bytes:
         try:

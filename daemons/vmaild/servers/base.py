@@ -25,25 +25,6 @@ from ..metrics import Metrics
 log = logging.getLogger("vmaild.server")
 
 
-class ReplyMemo:
-    """Encoded "found" replies by value. Quoting and framing cost more than the cache
-    lookup itself, and the same values (a domain, a mailbox path) are answered over and
-    over. Bounded: cleared when full rather than tracked per entry."""
-
-    def __init__(self, encode: Callable[[str], bytes], limit: int = 65536):
-        self.encode = encode
-        self.limit = limit
-        self.replies: dict[str, bytes] = {}
-
-    def __call__(self, value: str) -> bytes:
-        reply = self.replies.get(value)
-        if reply is None:
-            if len(self.replies) >= self.limit:
-                self.replies.clear()
-            reply = self.replies[value] = self.encode(value)
-        return reply
-
-
 class ProtocolError(Exception):
     """The client broke the framing; the connection cannot continue."""
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..codec import socketmap as codec
 from ..lookup import TemporaryFailure, UnknownMap
-from .base import ReplyMemo, SequentialProtocol
+from ..memo import ReplyMemo
+from .base import SequentialProtocol
 
 if TYPE_CHECKING:
     from ..daemon import App

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..codec import tcp_table as codec
 from ..lookup import TemporaryFailure
-from .base import ReplyMemo, SequentialProtocol
+from ..memo import ReplyMemo
+from .base import SequentialProtocol
 
 if TYPE_CHECKING:
     from ..daemon import App
