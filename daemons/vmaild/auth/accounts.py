@@ -225,13 +225,11 @@ class AccountSource:
         all_params = [params for params, _ in batch]
         try:
             results = await self._rows(all_params)
-        except BaseException as e:  # DatabaseError, or a bug: every waiter hears of it
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(e if isinstance(e, Exception) else
-                                         DatabaseError("account query cancelled"))
-            if not isinstance(e, Exception):
-                raise
+        except Exception as e:  # DatabaseError, or a bug: every waiter hears of it
+            _fail(batch, e)
+        except BaseException:  # cancelled (shutting down): a temporary failure for them
+            _fail(batch, DatabaseError("account query cancelled"))
+            raise
         else:
             for (_, future), rows in zip(batch, results, strict=True):
                 if not future.done():
@@ -312,6 +310,13 @@ def _union(sql: str, all_params: list[Any]) -> tuple[str, list[Any]]:
     arms = [f"SELECT {i} AS {_BATCH_COLUMN}, q.* FROM ({inner}) AS q"
             for i in range(len(all_params))]
     return " UNION ALL ".join(arms), [value for params in all_params for value in params]
+
+
+def _fail(batch: list[tuple[Any, asyncio.Future[list[dict[str, Any]]]]],
+          error: Exception) -> None:
+    for _, future in batch:
+        if not future.done():  # a waiter whose client left is cancelled already
+            future.set_exception(error)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:
