@@ -36,6 +36,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import machine_busy_seconds, proc_cpu_seconds
 from harness import shared_tempdir
 from harness.mariadb import MariaDB
 from harness.ports import free_port
@@ -56,16 +57,6 @@ def log(msg: str) -> None:
 
 def user(i: int) -> str:
     return f"u{i:04d}@{DOMAIN}"
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 # -- requests, as Postfix 3.7 formats them --------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 # A role: its name and a test on (comm, command line).
 Role = tuple[str, Callable[[str, str], bool]]
@@ -75,3 +76,16 @@ def per_request(before: dict[int, tuple[str, float]], after: dict[int, tuple[str
     for pid, (role, seconds) in after.items():
         spent[role] = spent.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1]
     return {role: round(seconds / max(requests, 1) * 1e6) for role, seconds in spent.items()}
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process, from /proc/PID/stat (10 ms ticks: for runs of
+    seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent on anything but idle and iowait, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")

@@ -19,6 +19,7 @@ from typing import Any
 from harness import seed
 from harness.mariadb import MariaDB
 
+from ..cpu import machine_busy_seconds, proc_cpu_seconds
 from .common import (
     DBNAME,
     DBPASSWORD,
@@ -29,8 +30,6 @@ from .common import (
     SLAP_USER,
     children_cpu_seconds,
     log,
-    machine_busy_seconds,
-    proc_cpu_seconds,
 )
 from .servers import Instance
 

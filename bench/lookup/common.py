@@ -4,7 +4,6 @@ takes: CPU time and memory from /proc, figures from vmaild's /metrics."""
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import resource
 import sys
@@ -68,18 +67,6 @@ def median_run(runs: list[dict], key: str) -> dict:
 def loadavg() -> float:
     """The 1-minute load average (runnable processes; this benchmark itself adds about 2)."""
     return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent on anything but idle and iowait, from /proc/stat."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_seconds() -> float:

@@ -18,6 +18,7 @@ from typing import Any
 
 from harness.mariadb import MariaDB
 
+from ..cpu import machine_busy_seconds, proc_cpu_seconds
 from ..loadgen import LoadGenerator
 from .baselines import Slap, postmap_tables
 from .common import (
@@ -31,10 +32,8 @@ from .common import (
     interleave,
     loadavg,
     log,
-    machine_busy_seconds,
     median_run,
     metric,
-    proc_cpu_seconds,
     proc_status_kb,
 )
 from .servers import Instance, create_slap_user, seed_users, start_mariadb
