@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 from collections.abc import Callable
 
@@ -10,17 +11,64 @@ from .wait import wait_until
 
 LOOPBACK = "127.0.0.1"
 
+# Seeded from the OS: two test runs started together do not walk the same
+# sequence of ports.
+_random = random.SystemRandom()
+
+
+# Ports handed out by this process. The kernel may pick the same free port
+# twice in a row, and a service given a port binds it only later, so the
+# second caller would get a port the first is about to take (CI saw two maps
+# of one vmaild.conf given the same port).
+_handed_out: set[int] = set()
+
+# Below the kernel's ephemeral range, outgoing connections (to MariaDB, SMTP
+# clients, ...) never take a port that a test service is about to bind.
+_FALLBACK_RANGE = (20000, 32767)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            low, high = (int(n) for n in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _candidate_range() -> tuple[int, int]:
+    """The ports to pick from: those below the ephemeral range, if enough."""
+    low, _high = _ephemeral_range()
+    if low - 1 - 10000 >= 2000:
+        return 10000, low - 1
+    return _FALLBACK_RANGE
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
 
 def free_port(host: str = LOOPBACK) -> int:
-    """Return a TCP port on ``host`` that was free a moment ago.
+    """Return a TCP port on ``host`` that is free and not handed out before.
 
-    The kernel picks it (bind to port 0), so parallel test runs and a second
-    instance of a service do not collide on fixed numbers. There is a small
-    window before the service binds it; that is accepted for tests.
+    The port is picked at random below the kernel's ephemeral range and
+    checked by binding it, so parallel test runs and a second instance of a
+    service do not collide on fixed numbers, and no port is returned twice by
+    one process. There is a small window before the service binds it; that is
+    accepted for tests.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    low, high = _candidate_range()
+    for _ in range(200):
+        port = _random.randint(low, high)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free port on {host} in {low}-{high} after 200 tries")
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
