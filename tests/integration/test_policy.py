@@ -27,6 +27,7 @@ import pytest
 from harness import MariaDB, Postfix, free_port, shared_tempdir
 from harness.maildir import drop_message, make_maildir
 from harness.vmaild import Vmaild, config_text, seed_ports
+from harness.wait import wait_until
 from tests.integration.conftest import require
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -447,9 +448,8 @@ def test_database_down_never_rejects(stack: Stack) -> None:
     # Warm vmaild's map cache for alice, so that Postfix's own lookups still answer during
     # the outage (stale_ttl) and the policy's fail actions are what decides.
     assert send(stack, "someone@remote.example", ["alice@example.test"]) == ([250], 250)
-    stack.mariadb.stop()
+    stack.mariadb.stop()  # returns once mariadbd has exited
     try:
-        time.sleep(0.2)
         cases = [
             ("someone@remote.example", "alice@example.test", None),   # would pass
             ("someone@remote.example", "bob@example.test", None),     # would be 550 disabled
@@ -477,10 +477,9 @@ def test_database_down_never_rejects(stack: Stack) -> None:
     finally:
         stack.mariadb.start()
     # And back to normal once the database is.
-    deadline = time.monotonic() + 15
-    while True:
-        code, text = rcpt_reply(stack, "someone@remote.example", "bob@example.test")
-        if code == 550 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    def rejected_again() -> tuple[int, str] | None:
+        reply = rcpt_reply(stack, "someone@remote.example", "bob@example.test")
+        return reply if reply[0] == 550 else None
+
+    code, text = wait_until(rejected_again, 15, "bob's 550 once MariaDB is back", interval=0.2)
     assert rejected((code, text), 550, "5.2.1", "Mailbox disabled"), text

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from harness.wait import wait_until
 from vmaild import authpipe_main
 from vmaild.codec import authpipe as codec
 
@@ -144,6 +145,15 @@ def send(proc: subprocess.Popen[bytes], data: bytes, piece: int = 0) -> None:
         time.sleep(0.002)
 
 
+def catches(pid: int, signum: int) -> bool:
+    """True once process ``pid`` has a handler for ``signum`` (SigCgt in /proc)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
 def read_reply(proc: subprocess.Popen[bytes], reader: codec.ReplyReader | None = None,
                timeout: float = 10) -> bytes | None:
     """Read one reply the way authdaemond does; None when stdout hit EOF first."""
@@ -251,7 +261,8 @@ def test_reply_arriving_in_pieces_is_written_once(conf: Path, fake: FakeVmaild) 
     proc = start_relay(conf)
     send(proc, b"PRE . imap joe@example.test\n")
     assert proc.stdout is not None
-    time.sleep(0.3)  # all pieces have been sent by now
+    # The fake pauses between pieces, so a relay that forwarded each piece
+    # would make this first read return only the first one.
     assert os.read(proc.stdout.fileno(), 65536) == ACCOUNT  # one write, whole
     proc.stdin.close()  # type: ignore[union-attr]
     assert finish(proc) == (0, b"")
@@ -296,10 +307,10 @@ def test_stdin_eof_exits_zero_at_once(conf: Path, fake: FakeVmaild, pending: byt
 def test_sigterm_exits_zero_at_once(conf: Path, fake: FakeVmaild, busy: bool) -> None:
     fake.answers = ["hang"]
     proc = start_relay(conf)
-    time.sleep(0.3)  # let it install its handler and block on stdin
+    wait_until(lambda: catches(proc.pid, signal.SIGTERM), 10, "the relay's SIGTERM handler")
     if busy:
         send(proc, b"PRE . imap joe@example.test\n")
-        time.sleep(0.2)
+        wait_until(lambda: fake.requests, 10, "the request to reach the fake vmaild")
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     assert finish(proc) == (0, b"")
