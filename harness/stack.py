@@ -88,7 +88,8 @@ class MailStack(StackConfig, StackClients, Service):
         self.base = self.sandbox / "vmail"          # [mailbox] base, the seed's /home/vmail
         self.rundir = self.sandbox / "run"          # RuntimeDirectory=vmaild
         self.tls_dir = self.sandbox / "tls"
-        self.ports = {name: free_port() for name in ("socketmap", "policy", "metrics")}
+        self.ports = {name: free_port()
+                      for name in ("socketmap", "policy", "metrics", "submission")}
         self.mariadb = MariaDB(self.sandbox / "mariadb")
         self.db = seed.SeedDatabase(self.mariadb)
         self.vmaild: Vmaild | None = None

@@ -61,6 +61,7 @@ class StackClients:
     """The client half of :class:`harness.stack.MailStack` (a mixin: the attributes
     below are MailStack's)."""
 
+    ports: dict[str, int]
     base: Path
     tls: bool
     cert: Certificate | None
@@ -94,9 +95,12 @@ class StackClients:
             raise TimeoutError(f"{e}\n--- maillog ---\n{tail(self.postfix.log_file, 40)}") from None
         return self.messages(address)
 
-    def smtp(self, timeout: float = 30.0) -> smtplib.SMTP:
+    def smtp(self, timeout: float = 30.0, *, submission: bool = False) -> smtplib.SMTP:
+        """A client of port 25 (the harness's ``smtp inet``), or with ``submission`` of
+        the shipped submission service (port 587 in production)."""
         assert self.postfix is not None
-        return smtplib.SMTP(LOOPBACK, self.postfix.smtp_port, timeout=timeout)
+        port = self.ports["submission"] if submission else self.postfix.smtp_port
+        return smtplib.SMTP(LOOPBACK, port, timeout=timeout)
 
     def client_tls(self) -> ssl.SSLContext:
         """Clients check the sandbox certificate and its name, as a careful MUA would."""
@@ -198,17 +202,20 @@ class StackClients:
                 for m in _STATUS.finditer(self.postfix.log_text(), since)]
 
     def submit(self, sender: str, recipient: str, subject: str, body: str = "hello\n", *,
-               login: tuple[str, str] | None = None, size: bool = True) -> Submission:
+               login: tuple[str, str] | None = None, size: bool = True,
+               submission: bool = False) -> Submission:
         """One message to one recipient, step by step, the way an MTA client sees it:
         the RCPT or DATA reply, and the queue id when Postfix took the message. ``size``
         False leaves out SIZE= (the policy service then cannot refuse a big message at
-        RCPT, only maildrop's quota can)."""
+        RCPT, only maildrop's quota can). ``submission`` uses the submission port, with
+        STARTTLS whether or not there is a ``login``."""
         data = self.message(sender, [recipient], subject, body).as_bytes()
-        with self.smtp() as client:
+        with self.smtp(submission=submission) as client:
             client.ehlo("client.example.net")
-            if login:
+            if login or submission:
                 client.starttls(context=self.client_tls())
                 client.ehlo("client.example.net")
+            if login:
                 client.login(*login)
             options = [f"SIZE={len(data)}"] if size else []
             code, text = client.mail(sender, options)

@@ -79,8 +79,9 @@ class StackConfig:
         return {**settings, **self.extra_main_cf}
 
     def postfix_master_cf(self) -> list[str]:
-        """The shipped entries, except the public ``smtp inet`` listener: the harness
-        listens on 127.0.0.1:<free port> instead, with the same columns (checked)."""
+        """The shipped entries with the public listeners moved to loopback: the harness
+        runs ``smtp inet`` itself on 127.0.0.1:<free port> with the same columns (checked),
+        and ``submission inet`` (TLS only, so not without ``tls``) on ports["submission"]."""
         reps = self.replacements()
         entries = []
         for entry in shipped.master_cf_entries():
@@ -90,7 +91,9 @@ class StackConfig:
                 if columns != ["n", "-", "n", "-", "-"] or entry.split()[7] != "smtpd":
                     raise ValueError(f"unexpected shipped listener {entry!r}: the harness "
                                      "runs smtpd with private=n unpriv=- chroot=n")
-                continue
+                if name != "submission" or not self.tls:
+                    continue
+                entry = f"127.0.0.1:{self.ports['submission']} " + entry.split(None, 1)[1]
             entries.append(shipped.relocate(entry, reps))
         return entries
 

@@ -206,6 +206,35 @@ def test_wrong_password_is_535(stack: MailStack) -> None:
         assert e.value.smtp_code == 535
 
 
+def test_submission_needs_tls_then_a_login(stack: MailStack) -> None:
+    """Port 587 (master.cf.vmaild's submission service): nothing before STARTTLS
+    (smtpd_tls_security_level=encrypt), and after it nothing without a login, not even
+    mail for a local mailbox (smtpd_client_restrictions)."""
+    with stack.smtp(submission=True) as s:
+        s.ehlo("client.example.net")
+        assert "starttls" in s.esmtp_features and "auth" not in s.esmtp_features
+        code, text = s.mail(SENDER)
+        assert code == 530 and b"STARTTLS" in text, (code, text)
+    result = stack.submit(SENDER, "alice@example.test", f"no login {tag()}", submission=True)
+    assert result.code == 554 and "5.7.1" in result.text and not result.accepted, result
+
+
+def test_submission_delivers_and_checks_the_sender(stack: MailStack) -> None:
+    """A logged-in client on port 587: its mail is delivered, with the login in
+    Received:, and vmaild's policy refuses a sender address the login does not own."""
+    bob = ("bob@example.test", SEED_USERS["bob@example.test"])
+    t = tag()
+    sent = stack.submit("bob@example.test", "alice@example.test", f"via 587 {t}", login=bob,
+                        submission=True)
+    assert sent.accepted, sent
+    wait_tagged(stack, "alice@example.test", t)
+    message = next(p for p in stack.messages("alice@example.test") if t.encode() in p.read_bytes())
+    assert b"(Authenticated sender: bob@example.test)" in message.read_bytes()
+    forged = stack.submit("alice@example.test", "sales@raecoo.com", f"forged {tag()}", login=bob,
+                          submission=True)
+    assert forged.code == 553 and "not owned" in forged.text, forged
+
+
 def test_metrics_show_the_lookups_and_logins(stack: MailStack) -> None:
     metrics = stack.metrics()
     for name in ("domains", "mailboxes", "forwardings"):

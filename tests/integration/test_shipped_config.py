@@ -89,6 +89,14 @@ def test_postconf_n_without_unused_parameters(tmp_root: Path) -> None:
     assert "user=vmail argv=/usr/local/lib/vmaild/vmaild-maildrop socketmap:" in master
     assert " -a " not in master  # -a is the wrapper's business, see postfix/vmaild-maildrop
     assert master.split("\n")[1].split()[4] == "n"  # smtp inet: chroot = n (Cyrus SASL)
+    # Port 587: TLS, then a login, and the policy check that defers while vmaild is away.
+    submission = dict(line.split(" = ", 1) for line in run(
+        ["postconf", "-c", str(conf), "-x", "-P", "submission/inet"]).stdout.splitlines())
+    assert submission["submission/inet/smtpd_tls_security_level"] == "encrypt"
+    assert submission["submission/inet/smtpd_client_restrictions"] == (
+        "permit_sasl_authenticated,reject")
+    assert "default_action=DEFER_IF_PERMIT" in submission[
+        "submission/inet/smtpd_recipient_restrictions"]
     run(["postconf", "-c", str(conf), "-e", "virtual_create_maildirsize=yes"])
     cool_down(conf / "main.cf")
     assert "unused parameter: virtual_create_maildirsize=yes" in postconf_n(conf).stderr
