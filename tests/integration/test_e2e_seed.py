@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import Courier, MariaDB, Postfix
+from harness import Courier, MariaDB, Postfix, free_port
 from harness.seed import SEED_USERS
 from harness.stack import MailStack
 from tests.integration.conftest import CourierSession, require
@@ -233,6 +233,25 @@ def test_submission_delivers_and_checks_the_sender(stack: MailStack) -> None:
     forged = stack.submit("alice@example.test", "sales@raecoo.com", f"forged {tag()}", login=bob,
                           submission=True)
     assert forged.code == 553 and "not owned" in forged.text, forged
+
+
+def test_submission_defers_while_the_policy_service_cannot_be_asked(stack: MailStack) -> None:
+    """vmaild_submission_recipient_restrictions' default_action=DEFER_IF_PERMIT: with the
+    policy service unreachable (pointed at a closed port here), a logged-in client's mail
+    is deferred (450), never sent with its sender unchecked."""
+    assert stack.postfix is not None
+    name = "vmaild_submission_recipient_restrictions"
+    shipped_value = stack.postfix_main_cf()[name]
+    away = shipped_value.replace(f"127.0.0.1:{stack.ports['policy']}", f"127.0.0.1:{free_port()}")
+    assert away != shipped_value
+    stack.postfix.postconf({name: away})
+    try:
+        result = stack.submit("bob@example.test", "alice@example.test", f"policy away {tag()}",
+                              login=("bob@example.test", SEED_USERS["bob@example.test"]),
+                              submission=True)
+    finally:
+        stack.postfix.postconf({name: shipped_value})
+    assert result.code == 450 and "4.7.1" in result.text and not result.accepted, result
 
 
 def test_metrics_show_the_lookups_and_logins(stack: MailStack) -> None:
