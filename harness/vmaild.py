@@ -31,8 +31,10 @@ def config_text(*, db_port: int, dbname: str, user: str, password: str,
                 metrics_port: int | None = None, control_path: str | None = None,
                 extra: str = "", cache: str = "", queries: dict[str, str] | None = None,
                 catchall_maps: tuple[str, ...] = ("forwardings",),
-                chains: dict[str, str] | None = None) -> str:
-    """A vmaild.conf for the seed's four maps against a private MariaDB."""
+                chains: dict[str, str] | None = None,
+                map_options: dict[str, str] | None = None) -> str:
+    """A vmaild.conf for the seed's four maps against a private MariaDB.
+    ``map_options``: more ``key = value`` lines for a map's section, by map name."""
     lines = ["[database]", f"hosts = 127.0.0.1:{db_port}", f"user = {user}",
              f"password = {password}", f"dbname = {dbname}", "connect_timeout = 1",
              "query_timeout = 2", "pool_size = 4", "retry_interval = 1", ""]
@@ -46,6 +48,8 @@ def config_text(*, db_port: int, dbname: str, user: str, password: str,
         chain = (chains if chains is not None else {"forwardings": "email2email"}).get(name)
         if chain and chain in (queries or SEED_QUERIES):
             lines.append(f"chain = {chain}")
+        if map_options and name in map_options:
+            lines.append(map_options[name].strip())
         lines.append("")
     if socketmap_port:
         lines += ["[socketmap]", f"listen = 127.0.0.1:{socketmap_port}", ""]

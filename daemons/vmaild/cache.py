@@ -9,8 +9,11 @@ between all entries stored within the same tenth of a second.
 Rules (DESIGN.md, "Behaviour that must hold everywhere"):
 - a found value is fresh for ``ttl`` seconds, a not-found answer for ``negative_ttl``;
 - while the database fails, an expired *found* value is served for up to ``stale_ttl``
-  more seconds. An expired not-found answer is never served stale: a user created just
-  before an outage must get a temporary error, not a bounce;
+  more seconds. An expired not-found answer is not served stale: a user created just
+  before an outage must get a temporary error, not a bounce. A map may opt in with
+  ``stale_negative`` (``[map NAME] stale_negative = yes``): for an alias map, whose "not
+  found" only sends Postfix on to the mailbox map, that keeps mail to cached mailboxes
+  flowing through a long outage instead of deferring it once ``negative_ttl`` has passed;
 - concurrent misses of one key share one fetch (single-flight).
 """
 
@@ -29,7 +32,7 @@ class Outcome(StrEnum):
     HIT = "hit"            # a found value from a fresh cache entry
     MISS = "miss"          # a found value fetched from the database
     NOTFOUND = "notfound"  # not found, from the cache or the database
-    STALE = "stale"        # an expired found value, served because the database failed
+    STALE = "stale"        # an expired answer, served because the database failed
     ERROR = "error"        # temporary failure: nothing usable in the cache
 
 
@@ -38,6 +41,12 @@ class TTLs:
     ttl: float
     negative_ttl: float
     stale_ttl: float
+    stale_negative: bool = False
+
+    def keep_for(self) -> float:
+        """How long an entry can be of use at all, stale included."""
+        negative = self.negative_ttl + (self.stale_ttl if self.stale_negative else 0.0)
+        return max(self.ttl + self.stale_ttl, negative)
 
 
 class Cache:
@@ -102,8 +111,7 @@ class Cache:
         """Drop entries too old to be served even stale; returns how many went."""
         now, dropped = self.clock(), 0
         for name, entries in self._maps.items():
-            t = self._ttls.get(name, self.default_ttls)
-            limit = max(t.ttl + t.stale_ttl, t.negative_ttl)
+            limit = self._ttls.get(name, self.default_ttls).keep_for()
             while entries:
                 key = next(iter(entries))
                 if now - entries[key][1] < limit:
@@ -128,7 +136,7 @@ class Cache:
     async def get(self, map_name: str, key: str,
                   fetch: Callable[[], Awaitable[str | None]]) -> tuple[str | None, Outcome]:
         """Answer from the cache or through ``fetch``; a failed fetch re-raises its error
-        unless a stale found value can be served."""
+        unless a stale found value (or, with ``stale_negative``, not-found) can be served."""
         t = self._ttls.get(map_name, self.default_ttls)
         entry = self._maps.get(map_name, {}).get(key)
         age = 0.0
@@ -142,10 +150,16 @@ class Cache:
         try:
             value = await self._fetch_once(map_name, key, fetch)
         except Exception:
-            if entry is not None and entry[0] is not None and age < t.ttl + t.stale_ttl:
+            if entry is not None and self._servable_stale(entry[0], age, t):
                 return entry[0], Outcome.STALE
             raise
         return value, (Outcome.NOTFOUND if value is None else Outcome.MISS)
+
+    @staticmethod
+    def _servable_stale(value: str | None, age: float, t: TTLs) -> bool:
+        if value is not None:
+            return age < t.ttl + t.stale_ttl
+        return t.stale_negative and age < t.negative_ttl + t.stale_ttl
 
     async def _fetch_once(self, map_name: str, key: str,
                           fetch: Callable[[], Awaitable[str | None]]) -> str | None:

@@ -62,7 +62,7 @@ class Lookups:
             cache.configure_map(name, TTLs(
                 ttl=d.ttl if m.ttl is None else m.ttl,
                 negative_ttl=d.negative_ttl if m.negative_ttl is None else m.negative_ttl,
-                stale_ttl=d.stale_ttl))
+                stale_ttl=d.stale_ttl, stale_negative=m.stale_negative))
 
     def cached(self, map_name: str, key: str) -> tuple[bool, str | None]:
         """The fast path: (True, value-or-None) when a fresh cache entry answers at once.

@@ -95,6 +95,9 @@ class MapConfig:
     chain: tuple[str, ...] = ()
     ttl: float | None = _num(None, 0)
     negative_ttl: float | None = _num(None, 0)
+    # While the database fails, serve expired "not found" answers too (for up to
+    # [cache] stale_ttl). Meant for alias maps; see cache.py for why it is opt-in.
+    stale_negative: bool = False
 
 
 @dataclass(frozen=True)

@@ -143,24 +143,30 @@ def test_database_outage_never_turns_into_not_found(own_mariadb: MariaDB, tmp_pa
     db = seed.load_seed(own_mariadb)
     ports = seed_ports()
     cfg = make_config(db, ports, cache="ttl = 1\nnegative_ttl = 1\nstale_ttl = 3600",
-                      metrics_port=(mp := free_port()))
+                      metrics_port=(mp := free_port()),
+                      map_options={"forwardings": "stale_negative = yes"})
     with Vmaild(cfg, tmp_path) as v:
         table = f"tcp:127.0.0.1:{ports['mailboxes']}"
+        aliases = f"tcp:127.0.0.1:{ports['forwardings']}"
+        assert postmap("nobody@raecoo.com", aliases) == (1, "", "")
         assert postmap("sales@raecoo.com", table) == (0, "raecoo.com/sales/", "")
         assert postmap("nobody@raecoo.com", table)[:2] == (1, "")
 
         own_mariadb.stop()
         # Cached found answers keep being served; once expired (ttl = 1), as stale ones.
-        stale = 'vmaild_lookups_total{map="mailboxes",outcome="stale"}'
-
-        def served_stale() -> bool:
-            assert postmap("sales@raecoo.com", table) == (0, "raecoo.com/sales/", "")
-            return stale in v.metrics_text(mp)
-        wait_until(served_stale, timeout=10, what="a stale answer")
+        def served_stale(name: str, key: str, answer: tuple[int, str, str]) -> bool:
+            assert postmap(key, f"tcp:127.0.0.1:{ports[name]}") == answer
+            return f'vmaild_lookups_total{{map="{name}",outcome="stale"}}' in v.metrics_text(mp)
+        wait_until(lambda: served_stale("mailboxes", "sales@raecoo.com",
+                                        (0, "raecoo.com/sales/", "")),
+                   timeout=10, what="a stale answer")
         # ... an uncached key, or an expired not-found, is a temporary error, never 500.
         for key in ("alice@example.test", "nobody@raecoo.com"):
             rc, out, err = postmap(key, table)
             assert rc == 1 and out == "" and "query error" in err, (key, err)
+        # ... except in a map with stale_negative = yes: the alias map's "not found" holds.
+        wait_until(lambda: served_stale("forwardings", "nobody@raecoo.com", (1, "", "")),
+                   timeout=10, what="a stale not-found answer")
         assert f'vmaild_db_up{{host="127.0.0.1:{own_mariadb.port}"}} 0.0' in v.metrics_text(mp)
 
         own_mariadb.start()

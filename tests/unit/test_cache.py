@@ -86,6 +86,45 @@ def test_expired_not_found_is_never_served_stale() -> None:
         run(cache.get("m", "k", fetch))
 
 
+def test_stale_negative_serves_an_expired_not_found_while_the_database_fails() -> None:
+    """Opt-in per map: an alias map's "not found" keeps Postfix going on to the mailbox
+    map through an outage; it is given up after negative_ttl + stale_ttl like any entry."""
+    cache, clock = make()
+    cache.configure_map("aliases", TTLs(ttl=60, negative_ttl=10, stale_ttl=3600,
+                                        stale_negative=True))
+    fetch, calls = fetcher([None, Boom("db down")])
+    run(cache.get("aliases", "k", fetch))
+    clock.now += 11
+    assert run(cache.get("aliases", "k", fetch)) == (None, Outcome.STALE)
+    assert calls["n"] == 2  # the database was asked first: stale only on its failure
+    clock.now += 3600
+    with pytest.raises(Boom):
+        run(cache.get("aliases", "k", fetch))
+
+
+def test_stale_negative_never_hides_an_answer_the_database_gives() -> None:
+    cache, clock = make()
+    cache.configure_map("aliases", TTLs(ttl=60, negative_ttl=10, stale_ttl=3600,
+                                        stale_negative=True))
+    fetch, _ = fetcher([None, "new-alias"])
+    run(cache.get("aliases", "k", fetch))
+    clock.now += 11
+    assert run(cache.get("aliases", "k", fetch)) == ("new-alias", Outcome.MISS)
+
+
+def test_sweep_keeps_not_found_entries_a_stale_negative_map_can_still_serve() -> None:
+    cache, clock = make()
+    for name, stale_negative in (("aliases", True), ("plain", False)):
+        cache.configure_map(name, TTLs(ttl=5, negative_ttl=10, stale_ttl=3600,
+                                       stale_negative=stale_negative))
+        cache.store(name, "k", None)
+    clock.now += 3607  # past ttl + stale_ttl, within negative_ttl + stale_ttl
+    assert cache.sweep() == 1
+    assert cache.peek("plain", "k") is None and cache.peek("aliases", "k") is not None
+    clock.now += 5
+    assert cache.sweep() == 1 and len(cache) == 0
+
+
 def test_error_without_entry_raises() -> None:
     cache, _ = make()
     fetch, _ = fetcher([Boom("db down")])

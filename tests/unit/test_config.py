@@ -37,6 +37,7 @@ def test_design_example_parses() -> None:
         "127.0.0.1:3306", "db2.example.net:3306", "unix:/run/mysqld/mysqld.sock"]
     assert cfg.database.connect_timeout == 2.0 and cfg.database.pool_size == 8
     assert cfg.maps["aliases"].catchall is True
+    assert cfg.maps["aliases"].stale_negative is False  # opt-in
     assert cfg.maps["domains"].tcp == config.Listen(host="127.0.0.1", port=10021)
     assert cfg.delimiter_for(cfg.maps["aliases"]) == "-+"
     assert cfg.delimiter_for(cfg.maps["domains"]) == "+"
@@ -74,6 +75,8 @@ def test_design_md_full_example_parses() -> None:
      "vmaild.conf: [map domains] query: invalid expansion %x inside a quoted string"),
     (("catchall = yes", "catchall = maybe"),
      "vmaild.conf: [map aliases] catchall: expected yes or no, not 'maybe'"),
+    (("catchall = yes", "catchall = yes\nstale_negative = sometimes"),
+     "vmaild.conf: [map aliases] stale_negative: expected yes or no, not 'sometimes'"),
     (("listen = 127.0.0.1:10020", "listen = 127.0.0.1:10021"),
      "vmaild.conf: [socketmap] listen: 127.0.0.1:10021 is already used by [map domains] tcp"),
     (("[map domains]", "[map bad name!]"),

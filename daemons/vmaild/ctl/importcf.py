@@ -134,6 +134,10 @@ def config_text(db: dict[str, str], maps: list[Map], sources: list[str],
             lines.append("catchall = yes")
         if m.chain:
             lines.append(f"chain = {' '.join(m.chain)}")
+        if m.parameter == "virtual_alias_maps":
+            # A "not found" here sends Postfix on to the mailbox map: keep it through an
+            # outage (README, "No lost mail").
+            lines.append("stale_negative = yes")
     return "\n".join(lines) + "\n"
 
 
