@@ -236,21 +236,23 @@ def test_submission_delivers_and_checks_the_sender(stack: MailStack) -> None:
 
 
 def test_submission_defers_while_the_policy_service_cannot_be_asked(stack: MailStack) -> None:
-    """vmaild_submission_recipient_restrictions' default_action=DEFER_IF_PERMIT: with the
-    policy service unreachable (pointed at a closed port here), a logged-in client's mail
+    """The submission service's default_action=DEFER_IF_PERMIT: with the policy service
+    unreachable (pointed at a closed port in master.cf here), a logged-in client's mail
     is deferred (450), never sent with its sender unchecked."""
     assert stack.postfix is not None
-    name = "vmaild_submission_recipient_restrictions"
-    shipped_value = stack.postfix_main_cf()[name]
-    away = shipped_value.replace(f"127.0.0.1:{stack.ports['policy']}", f"127.0.0.1:{free_port()}")
-    assert away != shipped_value
-    stack.postfix.postconf({name: away})
+    master_cf = stack.postfix.config_dir / "master.cf"
+    shipped = master_cf.read_text()
+    policy = f"inet:127.0.0.1:{stack.ports['policy']},"
+    assert shipped.count(policy) == 1  # the submission entry's; port 25's is in main.cf
+    master_cf.write_text(shipped.replace(policy, f"inet:127.0.0.1:{free_port()},"))
+    stack.postfix.reload()
     try:
         result = stack.submit("bob@example.test", "alice@example.test", f"policy away {tag()}",
                               login=("bob@example.test", SEED_USERS["bob@example.test"]),
                               submission=True)
     finally:
-        stack.postfix.postconf({name: shipped_value})
+        master_cf.write_text(shipped)
+        stack.postfix.reload()
     assert result.code == 450 and "4.7.1" in result.text and not result.accepted, result
 
 
