@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 
 lint: venv
 	$(VENV)/bin/ruff check daemons tests harness bench
-	$(VENV)/bin/mypy daemons/vmaild harness
+	$(VENV)/bin/mypy daemons/vmaild harness bench
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/unit

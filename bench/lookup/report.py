@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from typing import Any
+from typing import Any, TypeGuard
 
 from .common import CONCURRENCY, MAP, RSS_TARGET_MB, Plan
 
@@ -20,14 +20,15 @@ def versions() -> dict:
         except OSError:
             return ""
 
-    import vmaild
+    import vmaild  # type: ignore[import-untyped]  # no py.typed: see bench_auth.py
     return {"vmaild": vmaild.__version__, "python": platform.python_version(),
             "mariadb": out(["mariadbd", "--version"]),
             "postfix": out(["postconf", "-h", "mail_version"]), "cpus": os.cpu_count(),
             "kernel": platform.release()}
 
 
-def ok(r: Any) -> bool:
+def ok(r: object) -> TypeGuard[dict[Any, Any]]:
+    """A part's results that are there and not an error (keys: names or concurrencies)."""
     return isinstance(r, dict) and "error" not in r
 
 

@@ -127,14 +127,15 @@ class Bench:
         queries = self.main.db_queries()
         out: dict[str, Any] = {"warmup": warm, "tcp": {}, "socketmap": {}}
         for conns in CONCURRENCY:
-            runs, slaps = [], []
+            runs: list[dict] = []
+            tried: list[dict | None] = []
             total = slap.calibrate(conns) if slap is not None else 0
             for _ in range(self.plan.repeats):
                 runs.append(self.cached_run("tcp", conns))
                 if total and slap is not None:
-                    slaps.append(slap.guarded(conns, total))
+                    tried.append(slap.guarded(conns, total))
             out["tcp"][conns] = median_run(runs, "rps")
-            slaps = [r for r in slaps if r is not None]
+            slaps = [r for r in tried if r is not None]
             if slap is not None and slaps:
                 slap.figures[conns] = median_run(slaps, "qps")
             self.log_pair(conns, out["tcp"][conns],
@@ -183,7 +184,7 @@ class Bench:
     def misses(self) -> dict:
         inst = self.start_instance(DBNAME, "vmaild-nocache", "max_entries = 0\ncheck_interval = 0")
         try:
-            out = {}
+            out: dict[int | str, Any] = {}
             for conns in (1, 16):
                 r = self.load(inst, mode="tcp", conns=conns, keyfile=self.keyfile)
                 if r["errors"] or r["notfound"]:
@@ -254,8 +255,8 @@ class Bench:
             again = metric(inst.vm.metrics_text(inst.metrics_port),
                            "vmaild_db_query_seconds_count")
             if again != queries:
-                raise RuntimeError(f"second pass: {again - (queries or 0)} database queries, "
-                                   "expected none (keys not cached?)")
+                raise RuntimeError(f"second pass: {(again or 0) - (queries or 0)} database "
+                                   "queries, expected none (keys not cached?)")
             per_entry = (after - before) * 1024 / n
             marginal = (after - middle) * 1024 / (n - first)
             return {"keys": n, "found": fill1["found"] + fill2["found"],
