@@ -42,13 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# vmaild has no py.typed, so a bare `mypy bench` sees it untyped. `import a.b as b` because
-# `from a import b` trips mypy's cache when `mypy bench` and `make lint` alternate.
-import vmaild.passwords as passwords  # type: ignore[import-untyped]
 from bench import auth_report, cpu
 from harness import Courier, MariaDB, seed
 from harness.courier import AUTHDAEMON_SOCKET
 from harness.vmaild import Vmaild
+from vmaild import passwords
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BIN = Path(sys.executable).parent

@@ -36,14 +36,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-# vmaild has no py.typed, so a bare `mypy bench` sees it untyped. `import a.b as b` because
-# `from a import b` trips mypy's cache when `mypy bench` and `make lint` alternate.
-import vmaild.ctl.schema_state as schema_state  # type: ignore[import-untyped]
 from bench.cpu import machine_busy_seconds, proc_cpu_seconds
 from harness import shared_tempdir
 from harness.mariadb import MariaDB
 from harness.ports import free_port
 from harness.vmaild import Vmaild
+from vmaild.ctl import schema_state
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DBNAME, DBUSER, DBPASSWORD = "vmaild_bench_policy", "bench", "bench-pw"

@@ -20,7 +20,7 @@ def versions() -> dict:
         except OSError:
             return ""
 
-    import vmaild  # type: ignore[import-untyped]  # no py.typed: see bench_auth.py
+    import vmaild
     return {"vmaild": vmaild.__version__, "python": platform.python_version(),
             "mariadb": out(["mariadbd", "--version"]),
             "postfix": out(["postconf", "-h", "mail_version"]), "cpus": os.cpu_count(),
