@@ -102,6 +102,20 @@ class StackClients:
         port = self.ports["submission"] if submission else self.postfix.smtp_port
         return smtplib.SMTP(LOOPBACK, port, timeout=timeout)
 
+    @contextlib.contextmanager
+    def smtp_session(self, *, login: tuple[str, str] | None = None, starttls: bool = False,
+                     submission: bool = False) -> Iterator[smtplib.SMTP]:
+        """A greeted SMTP session: EHLO; STARTTLS when asked, for a ``login`` (AUTH is
+        offered only under TLS, smtpd_tls_auth_only) and on the submission port; then AUTH."""
+        with self.smtp(submission=submission) as client:
+            client.ehlo("client.example.net")
+            if starttls or login or submission:
+                client.starttls(context=self.client_tls())
+                client.ehlo("client.example.net")
+            if login:
+                client.login(*login)
+            yield client
+
     def client_tls(self) -> ssl.SSLContext:
         """Clients check the sandbox certificate and its name, as a careful MUA would."""
         assert self.cert is not None
@@ -124,13 +138,7 @@ class StackClients:
         """Send one message through Postfix; ``login`` implies STARTTLS (AUTH is offered
         only under TLS, smtpd_tls_auth_only). Returns smtplib's refused recipients."""
         rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
-        with self.smtp() as client:
-            client.ehlo("client.example.net")
-            if starttls or login:
-                client.starttls(context=self.client_tls())
-                client.ehlo("client.example.net")
-            if login:
-                client.login(*login)
+        with self.smtp_session(login=login, starttls=starttls) as client:
             return client.send_message(self.message(sender, rcpts, subject, body),
                                        from_addr=sender, to_addrs=rcpts)
 
@@ -210,13 +218,7 @@ class StackClients:
         RCPT, only maildrop's quota can). ``submission`` uses the submission port, with
         STARTTLS whether or not there is a ``login``."""
         data = self.message(sender, [recipient], subject, body).as_bytes()
-        with self.smtp(submission=submission) as client:
-            client.ehlo("client.example.net")
-            if login or submission:
-                client.starttls(context=self.client_tls())
-                client.ehlo("client.example.net")
-            if login:
-                client.login(*login)
+        with self.smtp_session(login=login, submission=submission) as client:
             options = [f"SIZE={len(data)}"] if size else []
             code, text = client.mail(sender, options)
             if code == 250:

@@ -197,10 +197,7 @@ def test_smtp_auth_only_after_starttls(stack: MailStack) -> None:
 
 def test_wrong_password_is_535(stack: MailStack) -> None:
     import smtplib
-    with stack.smtp() as s:
-        s.ehlo("client.example.net")
-        s.starttls(context=stack.client_tls())
-        s.ehlo("client.example.net")
+    with stack.smtp_session(starttls=True) as s:
         with pytest.raises(smtplib.SMTPAuthenticationError) as e:
             s.login("bob@example.test", "not-the-password")
         assert e.value.smtp_code == 535
