@@ -11,14 +11,21 @@ from .procs import all_pids, group_members, pid_alive, terminate_pids
 
 
 def pids_of(executable: str) -> list[int]:
-    """Every live process running ``executable``."""
+    """Every live process running ``executable`` in this mount namespace.
+
+    A container on this machine (systemd-nspawn, ...) shows its processes in /proc too,
+    but its authdaemond owns the socket of its own /run, not ours, and its processes are
+    not ours to stop."""
     found = []
+    own = os.readlink("/proc/self/ns/mnt")
     for pid in all_pids():
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
+            if exe != executable or os.readlink(f"/proc/{pid}/ns/mnt") != own:
+                continue
         except OSError:
             continue
-        if exe == executable and pid_alive(pid):
+        if pid_alive(pid):
             found.append(pid)
     return found
 
