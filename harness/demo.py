@@ -120,8 +120,10 @@ def run_demo(demo: Demo, s: MailStack) -> None:
         result = s.submit(sender, rcpt, subject, "email body\n", **kw)  # type: ignore[arg-type]
         if not result.accepted:
             raise RuntimeError(f"{result.code} {result.text}")
+        # Both are real conditions: the message lands in the Maildir, and Postfix's status=
+        # line (written through postlogd, possibly later) lands in the maillog.
         s.wait_for_messages(USER, count + 1)
-        line = next(d for d in s.deliveries(mark) if d.queue_id == result.queue_id)
+        line = s.wait_for_delivery(mark, queue_id=result.queue_id)
         return f"{result.code} queued as {result.queue_id}; {line.relay}: {line.status} {line.text}"
 
     demo.step(f"SMTP from {SENDER} to {USER} (the seed's mailx test)",

@@ -312,6 +312,26 @@ class Postfix(PostfixConfig, Service):
         assert found is not None  # wait_until returns only a truthy value
         return found
 
+    def wait_for_removed(self, queue_ids: Iterable[str], timeout: float = 30.0, *,
+                         since: int = 0) -> None:
+        """Wait until the maillog says each of ``queue_ids`` left the queue (qmgr's
+        ``QID: removed``). The queue being empty is not enough: the log goes through
+        postlogd and can lag. Once ``removed`` is there, so is every ``status=`` line of
+        that message (each delivery agent logs before it reports to qmgr, and postlogd
+        writes what it receives in order)."""
+        wanted = set(queue_ids)
+
+        def missing() -> set[str]:
+            text = self.log_text()
+            return {q for q in wanted if not re.search(rf": {q}: removed$", text[since:], re.M)}
+
+        try:
+            wait_until(lambda: not missing(), timeout, f"'removed' for {len(wanted)} queue "
+                       "id(s) in the maillog", interval=0.05)
+        except HarnessTimeout as exc:
+            raise HarnessTimeout(f"{exc}; still missing: {sorted(missing())}; log tail:\n"
+                                 f"{tail(self.log_file)}") from None
+
     # ------------------------------------------------------------------- SMTP
     def smtp(self, timeout: float = 10.0) -> smtplib.SMTP:
         """A connected smtplib client (use it as a context manager)."""

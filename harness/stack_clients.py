@@ -21,7 +21,7 @@ from .ports import LOOPBACK
 from .postfix import Postfix
 from .procs import tail
 from .tls import Certificate
-from .wait import wait_until
+from .wait import HarnessTimeout, wait_until
 
 
 @dataclass
@@ -204,10 +204,36 @@ class StackClients:
             return subjects
 
     def deliveries(self, since: int = 0) -> list[Delivery]:
-        """Every ``status=`` line in the maillog after offset ``since``."""
+        """Every ``status=`` line in the maillog after offset ``since``, as far as it has
+        been written: Postfix logs through postlogd, so a message can be in its Maildir
+        (and out of the queue) before its line is. See :meth:`wait_for_delivery`."""
         assert self.postfix is not None
         return [Delivery(m["qid"], m["to"], m["relay"], m["status"], m["text"])
                 for m in _STATUS.finditer(self.postfix.log_text(), since)]
+
+    def wait_for_delivery(self, since: int = 0, *, queue_id: str | None = None,
+                          to: str | None = None, timeout: float = 30.0) -> Delivery:
+        """The first ``status=`` line after offset ``since`` for ``queue_id`` and/or the
+        recipient ``to``, waiting until the maillog has it; a timeout names what was
+        missing and shows the log's tail."""
+        assert self.postfix is not None
+        if queue_id is None and to is None:
+            raise ValueError("wait_for_delivery needs a queue_id or a recipient")
+
+        def found() -> Delivery | None:
+            return next((d for d in self.deliveries(since)
+                         if queue_id in (None, d.queue_id) and to in (None, d.to)), None)
+
+        what = " ".join(x for x in (queue_id and f"queue id {queue_id}",
+                                    to and f"to=<{to}>") if x)
+        try:
+            line = wait_until(found, timeout, f"a status= line for {what} in the maillog "
+                              f"after offset {since}", interval=0.05)
+        except TimeoutError as e:
+            raise HarnessTimeout(f"{e}\n--- maillog ---\n{tail(self.postfix.log_file, 40)}"
+                                 ) from None
+        assert line is not None  # wait_until returns only a truthy value
+        return line
 
     def submit(self, sender: str, recipient: str, subject: str, body: str = "hello\n", *,
                login: tuple[str, str] | None = None, size: bool = True,
