@@ -124,6 +124,7 @@ def outage(stack: MailStack, service: str, stop: Callable[[], object],
         wait_until(lambda: run.submit(rcpt, number).accepted,  # noqa: B023 - used at once
                    30, f"{rcpt} to be accepted again")
     pf.wait_for_empty_queue(60, flush=True)
+    pf.wait_for_removed(run.queued, since=run_mark)  # and every status= line is logged
     # 4. count
     everything = stack.deliveries(run_mark)
     deferred = {d.queue_id for d in during_outage

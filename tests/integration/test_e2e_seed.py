@@ -73,6 +73,7 @@ def test_seed_walkthrough(stack: MailStack) -> None:
         subject]
     assert stack.pop3_subjects("sales@walkthrough.test", "walk-pw-1", implicit_tls=True) == [
         subject]
+    stack.wait_for_delivery(mark, to="sales@walkthrough.test")  # the log can lag the Maildir
     delivered = [d for d in stack.deliveries(mark) if d.to == "sales@walkthrough.test"]
     assert [(d.relay, d.status) for d in delivered] == [("maildrop", "sent")]
 
@@ -106,6 +107,7 @@ def test_forwarding_to_two_destinations(stack: MailStack) -> None:
         stack.wait_for_messages(user, 1)
     for user in ("alice@example.test", "bob@example.test"):
         assert stack.count_tagged(user, t) == 1
+        stack.wait_for_delivery(mark, to=user)  # the log can lag the Maildir
     sent = {(d.to, d.status) for d in stack.deliveries(mark)}
     assert sent == {("alice@example.test", "sent"), ("bob@example.test", "sent")}
 
