@@ -7,7 +7,10 @@ more than ``pool_size`` connections. ``hosts`` are tried in order, like Postfix'
 answers, and new connections go back to it once that time is up.
 
 Every failure becomes ``DatabaseError``: to Postfix and Courier a database that cannot
-answer is a temporary failure, never "not found".
+answer is a temporary failure, never "not found". A statement the server refuses because
+it does not fit the schema (``SCHEMA_ERRNOS``: unknown column, missing table, syntax, no
+grant) is one too, with ``misfit`` set: the host answered, so it is not marked down and the
+connection goes back to the pool (schema_fit.py reports such statements once, by key).
 """
 
 from __future__ import annotations
@@ -35,13 +38,38 @@ T = TypeVar("T")
 _BROKEN = (pymysql.err.OperationalError, pymysql.err.InterfaceError, pymysql.err.InternalError,
            OSError, EOFError)
 
+# Server errors that say "this statement does not fit this database": the same statement
+# fails the same way until the configuration or the schema changes. pymysql raises some of
+# them as OperationalError (1054, 1142, 1305...), which would otherwise count as a lost
+# connection and mark the host down. Data-dependent errors (1406 data too long, 1242
+# subquery returns more than one row, 1062 duplicate key) are not here: another key may work.
+SCHEMA_ERRNOS = frozenset({
+    1054,  # unknown column
+    1146,  # table doesn't exist
+    1064, 1149,  # SQL syntax
+    1052,  # column is ambiguous
+    1066,  # not unique table/alias
+    1109,  # unknown table (in a qualified column or a multi-table statement)
+    1110,  # column specified twice
+    1111,  # invalid use of a group function
+    1136,  # column count doesn't match value count
+    1142, 1143,  # command denied for table / column (no grant)
+    1222,  # different number of columns in the SELECTs of a UNION
+    1241,  # operand should contain 1 column
+    1248,  # every derived table must have its own alias
+    1305, 1630,  # function does not exist
+    1582, 1583,  # wrong parameters to a native function
+})
+
 
 class DatabaseError(Exception):
-    """The database could not answer. ``errno`` is MySQL's error number when there is one."""
+    """The database could not answer. ``errno`` is MySQL's error number when there is one;
+    ``misfit`` is True when the server refused the statement itself (``SCHEMA_ERRNOS``)."""
 
-    def __init__(self, message: str, errno: int | None = None):
+    def __init__(self, message: str, errno: int | None = None, *, misfit: bool = False):
         super().__init__(message)
         self.errno = errno
+        self.misfit = misfit
 
 
 class _Conn:
@@ -94,6 +122,12 @@ class Database:
             try:
                 result = fn(conn.raw)
             except _BROKEN as e:
+                if _misfit(e):
+                    # The server answered; the statement does not fit its schema. The host
+                    # and the connection are fine (no retry: it would fail the same way).
+                    self._release(conn)
+                    self._count_error(conn.host)
+                    raise DatabaseError(_describe(e), errno_of(e), misfit=True) from e
                 self._discard(conn, e)
                 # A pooled connection may have died while idle (server restart, idle
                 # timeout). Its idle siblings went with it, so drop them all and try
@@ -103,11 +137,11 @@ class Database:
                 if reused and fast and attempt + 1 < attempts:
                     self._drop_idle()
                     continue
-                raise DatabaseError(_describe(e), _errno(e)) from e
+                raise DatabaseError(_describe(e), errno_of(e)) from e
             except pymysql.err.Error as e:
                 self._release(conn)  # the connection is fine; the statement was not
                 self._count_error(conn.host)
-                raise DatabaseError(_describe(e), _errno(e)) from e
+                raise DatabaseError(_describe(e), errno_of(e), misfit=_misfit(e)) from e
             except BaseException:
                 self._discard(conn, None)
                 raise
@@ -186,7 +220,7 @@ class Database:
                 )
             except (pymysql.err.Error, OSError) as e:
                 errors.append(f"{host}: {_describe(e)}")
-                errno = _errno(e)
+                errno = errno_of(e)
                 self._mark_down(host)
                 continue
             _limit_statement_time(raw, self.cfg.query_timeout)
@@ -241,9 +275,14 @@ def _execute(conn: pymysql.connections.Connection, sql: str, params: Sequence[An
         return int(cur.execute(sql, tuple(params) or None))
 
 
-def _errno(e: BaseException) -> int | None:
+def errno_of(e: BaseException) -> int | None:
+    """MySQL's error number of a pymysql error (None for other errors)."""
     args = getattr(e, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
+
+
+def _misfit(e: BaseException) -> bool:
+    return isinstance(e, pymysql.err.Error) and errno_of(e) in SCHEMA_ERRNOS
 
 
 def _describe(e: BaseException) -> str:
