@@ -1,4 +1,9 @@
-"""The ``vmaild`` command: ``serve`` (foreground for systemd, or ``--daemon``) and ``check``."""
+"""The ``vmaild`` command: ``serve`` (foreground for systemd, or ``--daemon``) and ``check``.
+
+``check`` exits 0 when the file is good (and, when the database answers, every configured
+query fits it), 1 when the file is wrong or a query does not fit the database, and 75
+(EX_TEMPFAIL, as vmailctl) when ``--db`` asks for the database and it does not answer.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +30,43 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("-c", "--config", default=None,
                        help=f"configuration file (default: ${config_mod.ENV_VAR} or "
                             f"{config_mod.DEFAULT_PATH})")
+    db = check.add_mutually_exclusive_group()
+    db.add_argument("--db", dest="db", action="store_const", const="require", default="auto",
+                    help="try every query against the database; fail (75) if it does not "
+                         "answer (default: try it, and check only the file if it does not)")
+    db.add_argument("--no-db", dest="db", action="store_const", const="skip",
+                    help="check the file only, without connecting")
     serve.add_argument("--daemon", action="store_true",
                        help="detach from the terminal (systemd wants the foreground)")
     serve.add_argument("--pidfile", help="with --daemon: write the daemon's pid here")
     return p
+
+
+def check(cfg: config_mod.Config, db: str = "auto") -> int:
+    """``vmaild check``: the file is valid (it was loaded); then, unless ``db`` is "skip",
+    the probes of schema_fit.py, which print the same lines ``vmaild serve`` logs."""
+    summary = f"{len(cfg.maps)} maps"
+    if db == "skip":
+        print(f"{cfg.path}: ok ({summary}); queries not checked against the database")
+        return 0
+    from .db import DatabaseError
+    from .schema_fit import check_now, probes
+
+    try:
+        misfits = check_now(cfg)
+    except DatabaseError as e:
+        if db == "require":
+            print(f"vmaild: {cfg.path}: cannot check the queries: {e}", file=sys.stderr)
+            return 75
+        print(f"vmaild: database not checked ({e}); checked the file only", file=sys.stderr)
+        print(f"{cfg.path}: ok ({summary}); queries not checked against the database")
+        return 0
+    for m in misfits:
+        print(f"vmaild: {m.line()}", file=sys.stderr)
+    if misfits:
+        return 1
+    print(f"{cfg.path}: ok ({summary}); {len(probes(cfg))} queries fit the database")
+    return 0
 
 
 def setup_logging(cfg: config_mod.LogConfig, detached: bool = False) -> None:
@@ -68,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vmaild: {e}", file=sys.stderr)
         return 1
     if args.command == "check":
-        print(f"{path}: ok ({len(cfg.maps)} maps)")
-        return 0
+        return check(cfg, args.db)
     if args.pidfile and not args.daemon:
         print("vmaild: --pidfile goes with --daemon", file=sys.stderr)
         return 2

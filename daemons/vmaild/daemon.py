@@ -25,6 +25,7 @@ from .config import Config, Listen
 from .db import Database, DatabaseError
 from .lookup import Lookups
 from .metrics import Metrics
+from .schema_fit import SchemaFit
 from .servers.base import SequentialProtocol, start_listener
 
 log = logging.getLogger("vmaild")
@@ -38,6 +39,7 @@ class Runtime:
     db: Database
     cache: Cache
     lookups: Lookups
+    fit: SchemaFit
     services: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -45,18 +47,20 @@ class Runtime:
         db = Database(cfg.database, metrics)
         c = cfg.cache
         cache = Cache(TTLs(c.ttl, c.negative_ttl, c.stale_ttl), c.max_entries)
-        rt = cls(cfg, db, cache, Lookups(cfg, db, cache, metrics))
+        fit = SchemaFit(cfg, metrics)
+        rt = cls(cfg, db, cache, Lookups(cfg, db, cache, metrics, fit=fit), fit)
         # The auth and policy services live in their own packages and are only imported
         # when configured.
         if cfg.auth.listen is not None:
             from .auth.service import AuthService
-            rt.services["auth"] = AuthService(cfg, db, metrics)
+            rt.services["auth"] = AuthService(cfg, db, metrics, fit=fit)
         if cfg.policy.listen is not None:
             from .policy.service import PolicyService
-            rt.services["policy"] = PolicyService(cfg, db, metrics)
+            rt.services["policy"] = PolicyService(cfg, db, metrics, fit=fit)
         return rt
 
     def close(self) -> None:
+        self.fit.active = False
         for service in self.services.values():
             close = getattr(service, "close", None)
             if close is not None:
@@ -78,6 +82,7 @@ class App:
         self._metrics_listen: Listen | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._version: Any = None
+        self._fit_task: asyncio.Task[None] | None = None
 
     @property
     def config(self) -> Config:
@@ -151,6 +156,16 @@ class App:
         await self.sync_listeners(self.config)
         self._tasks.append(asyncio.create_task(self._sweep_loop()))
         self._tasks.append(asyncio.create_task(self._poll_changes()))
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        """Probe the running configuration's queries against the database, in the
+        background: start-up and reloads never wait for the database (schema_fit.py)."""
+        if self._fit_task is not None:
+            self._fit_task.cancel()
+        rt = self.runtime
+        rt.fit.publish()
+        self._fit_task = asyncio.create_task(rt.fit.watch(rt.db))
 
     async def reload(self, path: str) -> bool:
         sd_notify("RELOADING=1")
@@ -173,6 +188,8 @@ class App:
             self.metrics.reloads.labels("refused").inc()
             sd_notify("READY=1")
             return False
+        old.fit.active = False  # its requests in flight no longer touch the gauge
+        self._check_schema()
         await asyncio.get_running_loop().run_in_executor(None, old.close)
         self._version = None
         self.metrics.reloads.labels("ok").inc()
@@ -187,6 +204,8 @@ class App:
             server.close()
         for task in self._tasks:
             task.cancel()
+        if self._fit_task is not None:
+            self._fit_task.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_SECONDS
         while any(c.busy for c in self.connections) and loop.time() < deadline:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import addresses, expansions
 from .cache import Cache, Outcome, TTLs
 from .config import Config, MapConfig
 from .db import Database, DatabaseError
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .schema_fit import SchemaFit
 
 log = logging.getLogger("vmaild.lookup")
 
@@ -32,6 +36,7 @@ class _Map:
     config: MapConfig
     queries: tuple[expansions.CompiledQuery, ...]  # its own first, then its chain's
     delimiters: str
+    sources: tuple[str, ...]  # the map whose query each one is, for schema_fit
 
 
 def join_rows(rows: list[tuple[object, ...]]) -> str | None:
@@ -49,16 +54,18 @@ def join_rows(rows: list[tuple[object, ...]]) -> str | None:
 
 
 class Lookups:
-    def __init__(self, config: Config, db: Database, cache: Cache, metrics: Metrics):
+    def __init__(self, config: Config, db: Database, cache: Cache, metrics: Metrics,
+                 fit: SchemaFit | None = None):
         self.db = db
         self.cache = cache
         self.metrics = metrics
+        self.fit = fit
         self.maps: dict[str, _Map] = {}
         d = config.cache
         for name, m in config.maps.items():
-            queries = tuple(expansions.compile_query(config.maps[n].query)
-                            for n in (name, *m.chain))
-            self.maps[name] = _Map(m, queries, config.delimiter_for(m))
+            sources = (name, *m.chain)
+            queries = tuple(expansions.compile_query(config.maps[n].query) for n in sources)
+            self.maps[name] = _Map(m, queries, config.delimiter_for(m), sources)
             cache.configure_map(name, TTLs(
                 ttl=d.ttl if m.ttl is None else m.ttl,
                 negative_ttl=d.negative_ttl if m.negative_ttl is None else m.negative_ttl,
@@ -90,19 +97,27 @@ class Lookups:
         except DatabaseError as e:
             self._observe(map_name, Outcome.ERROR, started)
             self.metrics.lookup_errors.labels(map_name).inc()
-            log.warning("map %s: lookup failed: %s", map_name, e)
+            # A query that does not fit the schema was reported once (schema_fit.py).
+            log.log(logging.DEBUG if e.misfit and self.fit is not None else logging.WARNING,
+                    "map %s: lookup failed: %s", map_name, e)
             raise TemporaryFailure(str(e)) from e
         self._observe(map_name, outcome, started)
         return value
 
     async def _resolve(self, m: _Map, key: str) -> str | None:
         for candidate in addresses.candidates(key, m.delimiters, m.config.catchall):
-            for query in m.queries:
+            for source, query in zip(m.sources, m.queries, strict=True):
                 try:
                     params = query.bind(candidate)
                 except expansions.Suppressed:
                     continue
-                value = join_rows(await self.db.fetch(query.sql, params))
+                try:
+                    rows = await self.db.fetch(query.sql, params)
+                except DatabaseError as e:
+                    if self.fit is not None:
+                        self.fit.report(f"map {source}", "query", e)
+                    raise
+                value = join_rows(rows)
                 if value is not None:
                     return value
         return None

@@ -106,6 +106,11 @@ class Metrics:
                                        ["listener"], registry=r)
         self.reloads = Counter("vmaild_config_reloads", "SIGHUP reloads, by result",
                                ["result"], registry=r)
+        # schema_fit.py: section and key come from the configuration's own names.
+        self.schema_errors = Gauge("vmaild_config_schema_errors",
+                                   "1 if the configured query does not fit the database "
+                                   "(unknown column, missing table, syntax, no grant)",
+                                   ["section", "key"], registry=r)
         # Logins
         self.logins = Counter("vmaild_logins", "Logins by service and result "
                               "(ok, fail, tempfail)", ["service", "result"], registry=r)

@@ -254,15 +254,21 @@ class AccountSource:
             except DatabaseError as e:
                 if e.errno not in _UNION_ERRORS:
                     raise
+                # The query itself may be what the server refused (an unknown column):
+                # then it fails below as well, and that is not the wrapping's fault.
+                each = await self._each(sql, all_params)
                 # The server would not take the wrapped query: say so once, stop trying.
                 log.warning("[auth] query cannot be batched (%s); running it once per login",
                             e)
                 self.union = False
-            else:
-                out: list[list[dict[str, Any]]] = [[] for _ in all_params]
-                for row in rows:
-                    out[int(row.pop(_BATCH_COLUMN))].append(row)
-                return out
+                return each
+            out: list[list[dict[str, Any]]] = [[] for _ in all_params]
+            for row in rows:
+                out[int(row.pop(_BATCH_COLUMN))].append(row)
+            return out
+        return await self._each(sql, all_params)
+
+    async def _each(self, sql: str, all_params: list[Any]) -> list[list[dict[str, Any]]]:
         return await self.db.run(
             lambda conn: [_named_rows(conn, sql, params) for params in all_params], retry=True)
 

@@ -31,6 +31,7 @@ from ..db import Database, DatabaseError
 from ..maildir import ensure_maildir
 from ..memo import ReplyMemo
 from ..metrics import Metrics
+from ..schema_fit import SchemaFit
 from .accounts import Account, AccountError, AccountSource
 from .hashing import Hasher
 from .limits import FailureLimits
@@ -59,10 +60,12 @@ class TemporaryFailure(Exception):
 class AuthService:
     def __init__(self, cfg: Config, db: Database, metrics: Metrics, *,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 fit: SchemaFit | None = None):
         ac = cfg.auth
         self.cfg = cfg
         self.metrics = metrics
+        self.fit = fit  # reports a query that does not fit the schema, once
         self.accounts = AccountSource(cfg, db)
         self.hasher = Hasher(ac.hash_workers, ac.password_scheme, ac.password_rounds, metrics)
         self.verified = VerifiedLogins(ac.login_cache_ttl, ac.login_cache_size, clock)
@@ -232,7 +235,7 @@ class AuthService:
                     new_hash = await self.hasher.hash(new)
                 except RuntimeError as e:
                     raise TemporaryFailure(str(e)) from e
-            if await self._update(self.cfg.auth.passwd_query, account, new_hash) == 1:
+            if await self._update("passwd_query", account, new_hash) == 1:
                 break
         else:
             return await self._passwd_fail(login, "the password kept changing meanwhile")
@@ -254,7 +257,8 @@ class AuthService:
         try:
             accounts = await self.accounts.enumerate()
         except DatabaseError as e:
-            log.warning("ENUMERATE: database unavailable: %s", e)
+            if not self._misfit("enumerate_query", e):
+                log.warning("ENUMERATE: database unavailable: %s", e)
             raise TemporaryFailure(str(e)) from e
         return codec.encode_enumerate(
             (a.address, a.uid, a.gid, a.home, a.maildir) for a in accounts)
@@ -270,7 +274,8 @@ class AuthService:
         except DatabaseError as e:
             stale = self.rows.get(key)
             if stale is None:
-                log.warning("account %s: database unavailable: %s", _shown(login), e)
+                if not self._misfit("query", e):
+                    log.warning("account %s: database unavailable: %s", _shown(login), e)
                 raise TemporaryFailure(str(e)) from e
             return stale, False
         except AccountError as e:
@@ -288,12 +293,18 @@ class AuthService:
         except RuntimeError as e:
             raise TemporaryFailure(str(e)) from e
 
-    async def _update(self, sql: str, account: Account, new_hash: str) -> int:
+    def _misfit(self, key: str, e: DatabaseError) -> bool:
+        """True if [auth] ``key`` does not fit the schema (schema_fit logs that once)."""
+        return self.fit is not None and self.fit.report("auth", key, e)
+
+    async def _update(self, key: str, account: Account, new_hash: str) -> int:
         try:
-            return await self.accounts.update_password(sql, account.address,
-                                                       account.password, new_hash)
+            return await self.accounts.update_password(getattr(self.cfg.auth, key),
+                                                       account.address, account.password,
+                                                       new_hash)
         except DatabaseError as e:
-            log.warning("password update for %s failed: %s", account.address, e)
+            if not self._misfit(key, e):
+                log.warning("password update for %s failed: %s", account.address, e)
             raise TemporaryFailure(str(e)) from e
 
     async def _succeed(self, service: str, login: str, account: Account, how: str) -> bytes:
@@ -375,7 +386,9 @@ class AuthService:
             changed = await self.accounts.update_password(
                 self.cfg.auth.rehash_query, account.address, account.password, new_hash)
         except DatabaseError as e:
-            if e.errno in _SCHEMA_ERRORS:
+            if self._misfit("rehash_query", e):
+                self.rehash_enabled = False
+            elif e.errno in _SCHEMA_ERRORS:
                 log.warning("rehash off until reload: cannot store new hashes (%s); "
                             "run 'vmailctl db migrate' or set [auth] rehash = no", e)
                 self.rehash_enabled = False

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..db import DatabaseError
 
 
 class CheckFailed(Exception):
     """A check could not decide (database or disk error): its fail action answers.
 
     ``label`` names the part that failed, for the metric (``quota`` within ``recipient``).
+    ``key`` names the ``[policy]`` query whose ``error`` it was (see schema_fit.py).
     """
 
-    def __init__(self, message: str, label: str | None = None):
+    def __init__(self, message: str, label: str | None = None, *, key: str | None = None,
+                 error: DatabaseError | None = None):
         super().__init__(message)
         self.label = label
+        self.key = key
+        self.error = error
 
 
 @dataclass(frozen=True, slots=True)

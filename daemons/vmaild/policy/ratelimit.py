@@ -31,6 +31,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..codec.policy import PolicyRequest
 from ..config import PolicyConfig
@@ -38,6 +39,9 @@ from ..db import DatabaseError
 from .actions import check_action
 from .check import CheckFailed, Result, number
 from .queries import compile_named
+
+if TYPE_CHECKING:
+    from ..schema_fit import SchemaFit
 
 log = logging.getLogger("vmaild.policy")
 
@@ -85,8 +89,10 @@ class _Transaction:
 class RateLimitCheck:
     name = "ratelimit"
 
-    def __init__(self, pc: PolicyConfig, db: object, clock: Callable[[], float] = time.time):
+    def __init__(self, pc: PolicyConfig, db: object, clock: Callable[[], float] = time.time,
+                 fit: SchemaFit | None = None):
         self.db = db
+        self.fit = fit  # reports a query that does not fit the schema, once
         self.clock = clock  # wall clock: buckets are shared between hosts
         self.window = pc.ratelimit_window
         self.max_messages = pc.ratelimit_messages
@@ -160,7 +166,7 @@ class RateLimitCheck:
         try:
             rows = await self.db.fetch(self.select.sql, params)  # type: ignore[attr-defined]
         except DatabaseError as e:
-            raise CheckFailed(str(e)) from e
+            raise CheckFailed(str(e), key="ratelimit_query", error=e) from e
         return window_totals(rows, now, self.window)
 
     async def _count(self, login: str, now: float, messages: int, recipients: int) -> None:
@@ -169,7 +175,7 @@ class RateLimitCheck:
         try:
             await self.db.execute(self.update.sql, params)  # type: ignore[attr-defined]
         except DatabaseError as e:
-            raise CheckFailed(f"counting failed: {e}") from e
+            raise CheckFailed(f"counting failed: {e}", key="ratelimit_update", error=e) from e
 
     def _maybe_prune(self, now: float) -> None:
         """Delete buckets no window can see any more, now and then, in the background."""
@@ -186,7 +192,8 @@ class RateLimitCheck:
             n = await self.db.execute(self.prune.sql,  # type: ignore[attr-defined]
                                       self.prune.bind({"before": before}))
         except DatabaseError as e:
-            log.warning("policy: pruning old send_counters rows failed: %s", e)
+            if not (self.fit is not None and self.fit.report("policy", "ratelimit_prune", e)):
+                log.warning("policy: pruning old send_counters rows failed: %s", e)
             return
         if n:
             log.debug("policy: pruned %d old send_counters rows", n)

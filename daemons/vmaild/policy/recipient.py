@@ -88,7 +88,7 @@ class RecipientCheck:
             try:
                 rows = await self.db.fetch(self.query.sql, params)  # type: ignore[attr-defined]
             except DatabaseError as e:
-                raise CheckFailed(str(e)) from e
+                raise CheckFailed(str(e), key="recipient_query", error=e) from e
             if rows:
                 return candidate, tuple(rows[0])
         return None

@@ -74,7 +74,7 @@ class SenderCheck:
                 rows = await self.db.fetch(self.query.sql,  # type: ignore[attr-defined]
                                            self.query.bind(values))
             except DatabaseError as e:
-                raise CheckFailed(str(e)) from e
+                raise CheckFailed(str(e), key="sender_query", error=e) from e
             if rows:
                 return True
         return False

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..codec.policy import PolicyRequest
 from ..config import Config
@@ -28,6 +28,9 @@ from .quota import UsageReader
 from .ratelimit import RateLimitCheck
 from .recipient import RecipientCheck
 from .sender import SenderCheck
+
+if TYPE_CHECKING:
+    from ..schema_fit import SchemaFit
 
 log = logging.getLogger("vmaild.policy")
 
@@ -48,9 +51,10 @@ class PolicyService:
     """Built from the configuration by ``Runtime.build``; rebuilt on every reload."""
 
     def __init__(self, cfg: Config, db: Any, metrics: Metrics, *,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, fit: SchemaFit | None = None):
         pc = cfg.policy
         self.metrics = metrics
+        self.fit = fit  # reports a query that does not fit the schema, once
         self.timeout = pc.request_timeout
         delimiter = (cfg.lookup.recipient_delimiter if pc.recipient_delimiter is None
                      else pc.recipient_delimiter)
@@ -64,7 +68,7 @@ class PolicyService:
                 self.reader = UsageReader(pc.quota_count_max_files, pc.quota_count_ttl)
             self.checks.append(RecipientCheck(pc, cfg.mailbox, delimiter, db, self.reader))
         if pc.ratelimit_check and (pc.ratelimit_messages > 0 or pc.ratelimit_recipients > 0):
-            self.ratelimit = RateLimitCheck(pc, db, clock)
+            self.ratelimit = RateLimitCheck(pc, db, clock, fit)
             self.checks.append(self.ratelimit)
         self._children: dict[tuple[str, str], Any] = {}
 
@@ -100,7 +104,8 @@ class PolicyService:
             try:
                 result = await check.run(request)
             except CheckFailed as e:
-                log.warning("policy: %s check failed: %s", e.label or check.name, e)
+                if not self._misfit(e):
+                    log.warning("policy: %s check failed: %s", e.label or check.name, e)
                 action = self._failed(check, e.label)
                 if action == DUNNO:
                     continue  # fail open: the other checks may still have something to say
@@ -112,6 +117,11 @@ class PolicyService:
                          request.sasl_username or "-", request.client_address)
                 return result.action
         return DUNNO
+
+    def _misfit(self, e: CheckFailed) -> bool:
+        """True if a [policy] query does not fit the schema (schema_fit logs that once)."""
+        return (self.fit is not None and e.key is not None and e.error is not None
+                and self.fit.report("policy", e.key, e.error))
 
     def _failed(self, check: Check, label: str | None) -> str | None:
         action = check.fail_action
