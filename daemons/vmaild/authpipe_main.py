@@ -22,6 +22,10 @@ Rules that keep authdaemond healthy:
 The configuration (``$VMAILD_CONFIG`` or /etc/vmaild/vmaild.conf) is read at start; since
 a failed request ends the process, a changed ``[auth] listen`` is picked up by the next
 relay. Start-up stays cheap: no passlib, pymysql or prometheus in this process.
+
+Then, started as root (as authdaemond does), the relay becomes the account that owns that
+socket, the one vmaild runs as, before it connects or reads a request (privdrop.py); if that
+fails it exits without writing, like any other failure here.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import sys
 import time
 from dataclasses import fields
 
+from . import privdrop
 from .codec import authpipe as codec
 
 EX_TEMPFAIL = 75  # sysexits.h: "try again later"
@@ -256,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         address, timeout = read_settings(path)
     except ValueError as e:
         _complain(str(e))
+        return EX_TEMPFAIL
+    try:
+        privdrop.drop_privileges(address)  # everything it needs later is open or imported
+    except privdrop.DropError as e:
+        _complain(f"not serving as root: {e}")
         return EX_TEMPFAIL
     try:
         return relay(address, timeout)
