@@ -10,8 +10,9 @@ temporary failure (a bounce would lose mail), but the database host is not marke
 
 How a query is tried: ``EXPLAIN`` and the statement, with placeholder values. The server
 parses it and resolves every table, column, function and grant as it would for the
-statement itself, but executes nothing: no row is returned or written and no trigger fires
-(MariaDB and MySQL explain SELECT, INSERT, REPLACE, UPDATE and DELETE). Each probe also
+statement itself, but does not execute it: no row is returned or written and no trigger
+fires (the optimiser may read a row by primary key to plan; MariaDB and MySQL explain
+SELECT, INSERT, REPLACE, UPDATE and DELETE). Each probe also
 runs inside a transaction that is rolled back: READ ONLY for a SELECT, so that not even a
 stored function the optimiser evaluates can write; an ordinary one for the writes (MariaDB
 refuses to explain a write inside a READ ONLY transaction, error 1792). Running the
@@ -27,7 +28,8 @@ gap lock on that key.
 When: ``vmaild serve`` probes in the background once the database answers (start-up never
 waits for it: a host booting with MariaDB still starting must not crash-loop), after every
 reload, and again every ``RECHECK`` seconds while something does not fit, so the gauge goes
-back to 0 once ``vmailctl db migrate`` ran. ``vmaild check`` runs the same probes.
+back to 0 once ``vmailctl db migrate`` ran; and when a request meets a misfit the probes
+did not see (a column dropped under a running daemon). ``vmaild check`` runs the same probes.
 """
 
 from __future__ import annotations
@@ -271,6 +273,7 @@ class SchemaFit:
         self.checked = False
         self.active = True      # False once this configuration was replaced
         self._logged: set[tuple[str, str]] = set()
+        self._wake = asyncio.Event()  # a request met a misfit: probe again
 
     def report(self, section: str, key: str, error: DatabaseError) -> bool:
         """True when ``error`` is a misfit (then logged once and in the gauge)."""
@@ -282,6 +285,7 @@ class SchemaFit:
             self.current[m.where] = m
             self._log(m)
             self._set(m.where, 1)
+            self._wake.set()
         return True
 
     def apply(self, found: Sequence[Misfit]) -> None:
@@ -312,9 +316,12 @@ class SchemaFit:
             self._set(where, 1)
 
     async def watch(self, db: Database) -> None:
-        """Probe once the database answers; again every RECHECK s while something is off."""
+        """Probe once the database answers; again every RECHECK s while something does not
+        fit. When all fit, wait until a request meets a misfit (the schema changed under
+        the running daemon), then probe again, so that the gauge can clear after a fix."""
         delay, said = FIRST_RETRY, False
         while self.probes and self.active:
+            self._wake.clear()
             try:
                 found = await db.run(lambda conn: run_probes(conn, self.probes, self.path),
                                      retry=True)
@@ -331,9 +338,10 @@ class SchemaFit:
             if not self.active:
                 return
             self.apply(found)
-            if not found:
-                return
-            await asyncio.sleep(RECHECK)
+            if self.current:
+                await asyncio.sleep(RECHECK)
+            else:
+                await self._wake.wait()
 
     def _log(self, m: Misfit) -> None:
         if m.where not in self._logged:

@@ -241,22 +241,43 @@ def test_watch_waits_for_the_database_then_rechecks_until_fixed(
     metrics = Metrics()
     fit = SchemaFit(parse(DB + SERVICES), metrics)
     caplog.set_level(logging.INFO, "vmaild.schema")
-    answers: list[Any] = [OUTAGE, OUTAGE, [misfit("auth", "query", *MISSING_MAILDIR)], []]
+    answers: list[Any] = [OUTAGE, OUTAGE, [misfit("auth", "query", *MISSING_MAILDIR)], [],
+                          # a request meets a misfit later: probed again, until fixed
+                          [misfit("policy", "sender_query", 1146, "Table 'd.x' doesn't exist")],
+                          []]
+    probed = asyncio.Event()
 
     class Unready:
         async def run(self, fn: Any, *, retry: bool = False) -> Any:
             answer = answers.pop(0)
+            if not answers:
+                probed.set()
             if isinstance(answer, Exception):
                 raise answer
             return answer
 
-    asyncio.run(asyncio.wait_for(fit.watch(Unready()), 5))  # type: ignore[arg-type]
+    async def main() -> None:
+        task = asyncio.create_task(fit.watch(Unready()))  # type: ignore[arg-type]
+        while len(answers) > 2:
+            await asyncio.sleep(0)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert len(answers) == 2 and gauge(metrics, "auth", "query") == 0  # fits: waiting
+        fit.report("policy", "sender_query", misfit_error(1146, "Table 'd.x' doesn't exist"))
+        await asyncio.wait_for(probed.wait(), 5)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(main(), 5))
     assert answers == []
-    assert gauge(metrics, "auth", "query") == 0
+    assert gauge(metrics, "auth", "query") == 0 and gauge(metrics, "policy", "sender_query") == 0
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0].startswith("schema check waits for the database: no database host")
     assert len([m for m in messages if "waits" in m]) == 1
     assert "does not fit" in messages[1] and messages[2].endswith("fits the database now")
+    assert "[policy] sender_query does not fit" in messages[3]
+    assert messages[4] == "[policy] sender_query fits the database now"
 
 
 # -- requests that hit a misfit: a temporary failure, one line, no per-request warning -------
