@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from .courier_procs import describe_identity, relay_pids
 from .procs import run
 from .stack import MailStack
 
@@ -140,6 +141,14 @@ def run_demo(demo: Demo, s: MailStack) -> None:
     demo.step(f"IMAPS and POP3S as {USER}",
               lambda: (f"{len(s.imap_subjects(USER, PASSWORD, implicit_tls=True))} and "
                        f"{len(s.pop3_subjects(USER, PASSWORD, implicit_tls=True))} message(s)"))
+
+    def relays() -> str:
+        pids = relay_pids(s.config_path)
+        if not pids:
+            raise RuntimeError("no vmaild-authpipe process found after the logins")
+        return (f"{len(pids)} relay(s) started by authdaemond as root, now "
+                + "; ".join(sorted({describe_identity(pid) for pid in pids})))
+    demo.step("vmaild-authpipe", relays)
     demo.step(f"SMTP AUTH PLAIN after STARTTLS as {USER}, to {ALIAS}",
               lambda: deliver(USER, ALIAS, "sent with SMTP AUTH", login=(USER, PASSWORD)))
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from harness import courier_procs
+from harness.courier_procs import identity
 from tests.integration.conftest import CourierSession
 from tests.integration.test_auth import Stack, auth_stack, imap_login
 
@@ -31,23 +32,7 @@ def stack(courier: CourierSession) -> Iterator[Stack]:
 
 
 def relay_pids(stack: Stack) -> list[int]:
-    """This stack's vmaild-authpipe processes (authdaemond's children, with its config)."""
-    config = f"VMAILD_CONFIG={stack.vmaild.config_path}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if (entry.name.isdigit() and b"vmaild-authpipe" in (entry / "cmdline").read_bytes()
-                    and config in (entry / "environ").read_bytes().split(b"\0")):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
-
-
-def identity(pid: int) -> dict[str, list[str]]:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        fields = {k: v.split() for k, _, v in (line.partition(":") for line in f)}
-    return {k: fields[k] for k in ("Uid", "Gid", "Groups", "NoNewPrivs", "CapEff")}
+    return courier_procs.relay_pids(stack.vmaild.config_path)
 
 
 def test_logins_go_through_relays_running_as_the_socket_owner(stack: Stack) -> None:

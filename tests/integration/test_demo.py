@@ -33,6 +33,7 @@ STEPS = (
     "ok    POP3 (STLS) as sales@raecoo.com: subjects ['email subject']",
     "ok    IMAP (STARTTLS) as sales@raecoo.com: subjects ['email subject']",
     "ok    IMAPS and POP3S as sales@raecoo.com: 1 and 1 message(s)",
+    "ok    vmaild-authpipe: ",
     "ok    SMTP AUTH PLAIN after STARTTLS as sales@raecoo.com",
     "ok    MariaDB stopped: sales@raecoo.com: maildrop: sent",
     "ok    metrics: lookups domains=",
@@ -58,6 +59,12 @@ def test_make_demo(courier: CourierSession, attempt: int) -> None:
         found = [i for i, line in enumerate(lines) if step in line and i >= position]
         assert found, f"no line with {step!r} after line {position}:\n{output}"
         position = found[0]
+    # The relays gave up root for vmaild's account (privdrop.py), whichever it runs as.
+    vmaild_user = "vmail" if any("; vmaild as vmail:" in line for line in lines) else "root"
+    relays = next(line for line in lines if "ok    vmaild-authpipe: " in line)
+    assert f"now {vmaild_user} (uid" in relays and ";" not in relays.split(" now ")[1], relays
+    if vmaild_user == "vmail":
+        assert "uid 5000 gid 5000, no groups, no_new_privs)" in relays, relays
     seconds = float(lines[-1].split(" in ")[1].split()[0])
     assert seconds < 60, lines[-1]
     sandbox = lines[0].removeprefix("vmaild demo, sandbox ")
