@@ -48,6 +48,7 @@ VMAIL_ID=5000
 
 changes=0
 restart=()
+step="start"
 log() { printf 'install: %s\n' "$*"; }
 changed() { changes=$((changes + 1)); log "$1: changed${2:+ ($2)}"; }
 ok() { log "$1: ok${2:+ ($2)}"; }
@@ -56,19 +57,61 @@ want_restart() {
   if [[ " ${restart[*]} " != *" $1 "* ]]; then restart+=("$1"); fi
 }
 
+# Any failing command names the step it ended; a re-run continues where it stopped.
+on_error() {
+  printf 'install: error: step "%s" failed (exit %s at line %s: %s); fix the cause and run\n' \
+    "$step" "$1" "$2" "$3" >&2
+  printf 'install: "make install" again: the steps already done are skipped\n' >&2
+}
+trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
+set -E
+
 [[ $(id -u) -eq 0 ]] || die "run as root (ownership of /etc/vmaild, /home/vmail, Courier's files)"
 [[ -z $ROOT || -d $ROOT ]] || die "ROOT=$ROOT is not a directory"
+
+# ------------------------------------------------------------------------------ packages
+# What the shipped configuration runs: Postfix with Cyrus SASL's PLAIN/LOGIN, Courier's
+# authdaemond with the authpipe module (courier-authlib-pipe: without it authdaemond logs
+# "libauthpipe.so.0 ... file not found" and no one can log in), IMAP, POP3, maildrop for
+# delivery, and what this script itself uses. The database server is yours (local or not).
+PACKAGES=(postfix libsasl2-modules courier-authdaemon courier-authlib-pipe courier-imap
+          courier-pop maildrop python3-venv openssl)
+
+ensure_packages() {
+  step="Debian packages"
+  if [[ -n $ROOT ]]; then
+    log "packages: skipped (ROOT=$ROOT)"
+    return
+  fi
+  local pkg missing=()
+  for pkg in "${PACKAGES[@]}"; do
+    if [[ $(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null) != installed ]]; then
+      missing+=("$pkg")
+    fi
+  done
+  if ((${#missing[@]} == 0)); then
+    ok "packages" "${#PACKAGES[@]} present"
+    return
+  fi
+  log "packages: installing ${missing[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+  changed "packages" "${missing[*]}"
+  want_restart courier-authdaemon
+}
 
 # ------------------------------------------------------------------------------ accounts
 passwd_field() {  # passwd_field DB NAME FIELD: a field of an /etc/passwd or /etc/group entry
   if [[ -z $ROOT ]]; then
-    getent "$1" "$2" | cut -d: -f"$3"
+    # getent exits 2 for a missing entry: under pipefail that would end the script.
+    { getent "$1" "$2" || true; } | cut -d: -f"$3"
   elif [[ -f $ROOT/etc/$1 ]]; then
     awk -F: -v n="$2" -v f="$3" '$1 == n { print $f; exit }' "$ROOT/etc/$1"
   fi
 }
 
 ensure_accounts() {
+  step="accounts"
   if [[ -n $ROOT && ! -f $ROOT/etc/passwd ]]; then
     log "accounts: skipped (no $ROOT/etc/passwd)"
     return
@@ -114,6 +157,7 @@ source_hash() {
 }
 
 install_package() {
+  step="package in $VENV"
   local venv=$ROOT$VENV hash stamp
   hash=$(source_hash)
   stamp=$venv/.vmaild-source
@@ -170,13 +214,22 @@ install_file() {  # install_file SRC PATH MODE [quiet]: a program or document, a
 }
 
 # ------------------------------------------------------------------------- conffiles
-# conffile SRC PATH MODE OWNER:GROUP [SERVICE]: dpkg's conffile rules. The pristine copy
-# of what was installed last time tells "edited by the admin" from "not edited".
+# conffile SRC PATH MODE OWNER:GROUP [SERVICE] [takeover]: dpkg's conffile rules. The
+# pristine copy of what was installed last time tells "edited by the admin" from "not
+# edited". With "takeover", a file vmaild never installed (the seed's own) is replaced at
+# the first install, after a FILE.vmaild-backup copy, like the Postfix and Courier files.
 conffile() {
-  local src=$1 rel=$2 mode=$3 owner=$4 service=${5:-}
+  local src=$1 rel=$2 mode=$3 owner=$4 service=${5:-} takeover=${6:-}
   local path=$ROOT$rel pristine=$ROOT$STATE/${rel//\//_}
   mkdir -p "$(dirname "$path")" "$ROOT$STATE"
-  if [[ ! -e $path ]]; then
+  if [[ -n $takeover && -e $path && ! -f $pristine ]] && ! cmp -s "$src" "$path"; then
+    backup_once "$path"
+    install -m "$mode" "$src" "$path"
+    chown "$owner" "$path"
+    cp "$src" "$pristine"
+    changed "$rel" "replaced; the previous one is $rel.vmaild-backup"
+    if [[ -n $service ]]; then want_restart "$service"; fi
+  elif [[ ! -e $path ]]; then
     install -m "$mode" "$src" "$path"
     chown "$owner" "$path"
     cp "$src" "$pristine"
@@ -205,6 +258,7 @@ conffile() {
 }
 
 install_conffiles() {
+  step="configuration files"
   local vgroup=vmail
   if [[ -z $(passwd_field group vmail 1) ]]; then vgroup=root; fi
   # The database password is in it: vmaild (vmail) and vmaild-authpipe (root) read it.
@@ -213,12 +267,16 @@ install_conffiles() {
   conffile "$SRC/systemd/vmaild.tmpfiles" /etc/tmpfiles.d/vmaild.conf 0644 root:root
   conffile "$SRC/systemd/vmaild.sysusers" /etc/sysusers.d/vmaild.conf 0644 root:root
   if [[ -d $ROOT/etc/postfix ]]; then
-    conffile "$SRC/postfix/sasl/smtpd.conf" /etc/postfix/sasl/smtpd.conf 0644 root:root postfix
+    # The seed's saslauthd socket is inside smtpd's chroot, which master.cf.vmaild leaves:
+    # keeping its smtpd.conf would answer 454 to every SMTP AUTH.
+    conffile "$SRC/postfix/sasl/smtpd.conf" /etc/postfix/sasl/smtpd.conf 0644 root:root postfix \
+      takeover
   fi
 }
 
 # ----------------------------------------------------------------- home, certificate
 ensure_mailhome() {
+  step="$MAILHOME"
   local home=$ROOT$MAILHOME owner
   if [[ ! -d $home ]]; then
     mkdir -p "$home"
@@ -248,6 +306,7 @@ mail_hostname() {
 }
 
 ensure_certificate() {
+  step="certificate"
   local dir=$ROOT$TLS name cgroup=root
   if [[ -n $(passwd_field group courier 1) ]]; then cgroup=courier; fi
   mkdir -p "$dir"
@@ -310,6 +369,7 @@ set_shell_vars() {
 }
 
 configure_courier() {
+  step="Courier"
   local etc=$ROOT/etc/courier name
   if [[ ! -d $etc ]]; then
     log "Courier: skipped (no /etc/courier)"
@@ -350,14 +410,41 @@ snippet_settings() {  # main.cf snippet -> "name=value" lines (continuations joi
 }
 
 configure_postfix() {
+  step="Postfix"
   local dir=$ROOT/etc/postfix
   if [[ ! -f $dir/main.cf ]] || ! command -v postconf >/dev/null; then
     log "Postfix: skipped (no /etc/postfix/main.cf)"
     return
   fi
-  # One postconf run to read and one to write each file: Postfix pauses ~2 s before
-  # reading a main.cf modified in the last 2 s, so one run per setting would crawl.
-  local pc=(postconf -c "$dir") line name value
+  # A running Postfix picks main.cf up process by process, but master.cf only on reload.
+  # So master.cf goes first and is reloaded before main.cf changes: otherwise a process
+  # could already route to "maildrop" while master still runs Debian's plain `maildrop -d`
+  # entry, which bounces what authdaemond cannot find. Then main.cf, and one more reload.
+  local running=""
+  if [[ -z $ROOT ]] && postfix status >/dev/null 2>&1; then running=yes; fi
+  local pc=(postconf -c "$dir") line name value key
+  local -A services=()
+  while IFS= read -r line; do
+    services[$(awk '{ print $1 "/" $2 }' <<<"$line")]=$(tr -s ' \t' ' ' <<<"$line")
+  done < <("${pc[@]}" -M 2>/dev/null)
+  local entries=()
+  while IFS= read -r line; do
+    key=$(awk '{ print $1 "/" $2 }' <<<"$line")
+    if [[ ${services[$key]:-} != "$(tr -s ' \t' ' ' <<<"$line")" ]]; then
+      entries+=("$key=$line")
+    fi
+  done < <(snippet_settings_master "$SRC/postfix/master.cf.vmaild")
+  if ((${#entries[@]})); then
+    backup_once "$dir/master.cf"
+    "${pc[@]}" -M "${entries[@]}"
+    changed "/etc/postfix/master.cf" "${#entries[@]} services; backup master.cf.vmaild-backup"
+    if [[ -n $running ]]; then postfix reload >/dev/null 2>&1; fi
+    want_restart postfix
+  else
+    ok "/etc/postfix/master.cf"
+  fi
+  # One postconf run to read and one to write: Postfix pauses ~2 s before reading a
+  # main.cf modified in the last 2 s, so one run per setting would crawl.
   local -A current=()
   while IFS= read -r line; do
     name=${line%% =*} value=${line#*=}
@@ -370,39 +457,32 @@ configure_postfix() {
       edits+=("$name=$value")
     fi
   done < <(snippet_settings "$SRC/postfix/main.cf.vmaild" "$SRC/postfix/main.cf.policy")
-  # The seed's virtual_create_maildirsize / virtual_maildir_extended belong to the
-  # unofficial VDA patch: "unused parameter" on a stock Postfix (main.cf.policy).
-  for name in virtual_create_maildirsize virtual_maildir_extended; do
-    if [[ -v current[$name] ]]; then removals+=("$name"); fi
+  # Removed (main.cf.vmaild-backup keeps them):
+  # * the seed's virtual_create_maildirsize / virtual_maildir_extended belong to the
+  #   unofficial VDA patch: "unused parameter" on a stock Postfix (main.cf.policy);
+  # * the legacy certificate settings (the seed's smtpd.cert, Debian's snakeoil) and
+  #   smtpd_use_tls: smtpd_tls_chain_files replaces them, and Postfix warns when both
+  #   are set;
+  # * the seed's proxy_read_maps, which names the undefined virtual_mailbox_limit_maps
+  #   (a warning at every start) and serves only the proxy:mysql: maps vmaild replaces.
+  # (postconf -n leaves unknown parameters out, so main.cf itself is read for them.)
+  for name in virtual_create_maildirsize virtual_maildir_extended smtpd_use_tls \
+              smtpd_tls_cert_file smtpd_tls_key_file; do
+    if grep -Eq "^$name[[:space:]]*=" "$dir/main.cf"; then removals+=("$name"); fi
   done
+  if [[ ${current[proxy_read_maps]:-} == *virtual_mailbox_limit_maps* ]]; then
+    removals+=(proxy_read_maps)
+  fi
   if ((${#edits[@]} + ${#removals[@]})); then
     backup_once "$dir/main.cf"
     if ((${#edits[@]})); then "${pc[@]}" -e "${edits[@]}"; fi
     if ((${#removals[@]})); then "${pc[@]}" -X "${removals[@]}"; fi
     changed "/etc/postfix/main.cf" \
       "$((${#edits[@]} + ${#removals[@]})) settings; backup main.cf.vmaild-backup"
+    if [[ -n $running ]]; then postfix reload >/dev/null 2>&1; fi
     want_restart postfix
   else
     ok "/etc/postfix/main.cf"
-  fi
-  local -A services=()
-  while IFS= read -r line; do
-    services[$(awk '{ print $1 "/" $2 }' <<<"$line")]=$(tr -s ' \t' ' ' <<<"$line")
-  done < <("${pc[@]}" -M 2>/dev/null)
-  local entries=() key
-  while IFS= read -r line; do
-    key=$(awk '{ print $1 "/" $2 }' <<<"$line")
-    if [[ ${services[$key]:-} != "$(tr -s ' \t' ' ' <<<"$line")" ]]; then
-      entries+=("$key=$line")
-    fi
-  done < <(snippet_settings_master "$SRC/postfix/master.cf.vmaild")
-  if ((${#entries[@]})); then
-    backup_once "$dir/master.cf"
-    "${pc[@]}" -M "${entries[@]}"
-    changed "/etc/postfix/master.cf" "${#entries[@]} services; backup master.cf.vmaild-backup"
-    want_restart postfix
-  else
-    ok "/etc/postfix/master.cf"
   fi
 }
 
@@ -417,6 +497,7 @@ snippet_settings_master() {  # master.cf snippet -> one line per service
 
 # --------------------------------------------------------------------------- systemd
 apply_systemd() {
+  step="systemd"
   if [[ -n $ROOT ]]; then
     if command -v systemd-tmpfiles >/dev/null && [[ -d $ROOT/run/courier/authdaemon ]]; then
       systemd-tmpfiles --root="$ROOT" --create "$ROOT/etc/tmpfiles.d/vmaild.conf"
@@ -434,6 +515,7 @@ apply_systemd() {
   fi
 }
 
+ensure_packages
 ensure_accounts
 install_package
 install_conffiles
@@ -449,6 +531,11 @@ else
   log "done: $changes change(s)"
 fi
 if ((${#restart[@]})); then
-  log "next: set [database] in $ETC/vmaild.conf, then: systemctl enable --now vmaild;" \
-      "restart ${restart[*]}"
+  if [[ -z $ROOT ]] && systemctl is-enabled vmaild >/dev/null 2>&1; then
+    # An upgrade: the admin already set vmaild up.
+    log "next: systemctl restart ${restart[*]}"
+  else
+    log "next: set [database] in $ETC/vmaild.conf, then: systemctl enable --now vmaild;" \
+        "restart ${restart[*]}"
+  fi
 fi
