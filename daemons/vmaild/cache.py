@@ -14,7 +14,10 @@ Rules (DESIGN.md, "Behaviour that must hold everywhere"):
   ``stale_negative`` (``[map NAME] stale_negative = yes``): for an alias map, whose "not
   found" only sends Postfix on to the mailbox map, that keeps mail to cached mailboxes
   flowing through a long outage instead of deferring it once ``negative_ttl`` has passed;
-- concurrent misses of one key share one fetch (single-flight).
+- concurrent misses of one key share one fetch (single-flight);
+- a flush also covers the fetches in flight: what they return still answers the requests
+  waiting for it, but is not stored, and a request after the flush starts its own fetch.
+  Such a fetch may have read the database before the change the flush is for.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class Cache:
         self._inflight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         self._size = 0
         self._tick = clock()
+        self._generation = 0  # bumped by flush(): fetches started before it are not stored
 
     def configure_map(self, name: str, ttls: TTLs) -> None:
         self._ttls[name] = ttls
@@ -70,6 +74,8 @@ class Cache:
     def flush(self) -> None:
         self._maps.clear()
         self._size = 0
+        self._generation += 1
+        self._inflight.clear()
 
     def _now_stamp(self) -> float:
         now = self.clock()
@@ -169,6 +175,7 @@ class Cache:
             return await asyncio.shield(pending)
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._inflight[flight] = fut
+        generation = self._generation
         try:
             value = await fetch()
         except asyncio.CancelledError:
@@ -179,8 +186,10 @@ class Cache:
             fut.exception()  # mark it retrieved: there may be no other waiter
             raise
         else:
-            self.store(map_name, key, value)
+            if generation == self._generation:
+                self.store(map_name, key, value)
             fut.set_result(value)
             return value
         finally:
-            del self._inflight[flight]
+            if self._inflight.get(flight) is fut:
+                del self._inflight[flight]

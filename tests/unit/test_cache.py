@@ -247,3 +247,30 @@ def test_flush() -> None:
     cache.store("m", "k", "v")
     cache.flush()
     assert len(cache) == 0 and cache.peek("m", "k") is None
+
+
+def test_a_fetch_in_flight_across_a_flush_answers_but_is_not_stored() -> None:
+    """It may have read the database before the change the flush is for; a request made
+    after the flush does not join it but fetches again."""
+    cache, _ = make()
+    answers = iter(["old", "new"])
+    release = asyncio.Event()
+
+    async def fetch() -> str:
+        value = next(answers)
+        if value == "old":
+            await release.wait()
+        return value
+
+    async def scenario() -> tuple[object, object]:
+        before = asyncio.create_task(cache.get("m", "k", fetch))
+        await asyncio.sleep(0)
+        cache.flush()
+        after = asyncio.create_task(cache.get("m", "k", fetch))
+        await asyncio.sleep(0)
+        release.set()
+        return await before, await after
+
+    assert run(scenario()) == (("old", Outcome.MISS), ("new", Outcome.MISS))
+    assert cache.peek("m", "k") == ("new", 0.0)
+    assert cache._inflight == {}
