@@ -69,6 +69,35 @@ def check(cfg: config_mod.Config, db: str = "auto") -> int:
     return 0
 
 
+#: sd-daemon(3) priority prefixes by logging level.
+_JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                     logging.CRITICAL: 2}
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for a stderr that is the journal: ``<4>WARNING message``. journald strips the
+    ``<N>`` prefix and stores the line at that priority (so ``journalctl -p warning -u vmaild``
+    shows vmaild's warnings), and adds its own timestamp."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _JOURNAL_PRIORITY.get(record.levelno, 6)
+        return f"<{priority}>{super().format(record)}"
+
+
+def stderr_is_journal() -> bool:
+    """systemd sets JOURNAL_STREAM=DEVICE:INODE when a service's stderr is the journal
+    (systemd.exec(5)); it is inherited, so the descriptor itself is compared."""
+    try:
+        dev, ino = (int(x) for x in os.environ.get("JOURNAL_STREAM", "").split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
 def setup_logging(cfg: config_mod.LogConfig, detached: bool = False) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -83,7 +112,11 @@ def setup_logging(cfg: config_mod.LogConfig, detached: bool = False) -> None:
             handler = logging.StreamHandler(sys.stderr)
     else:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s vmaild %(levelname)s %(message)s"))
+        if stderr_is_journal():
+            handler.setFormatter(JournalFormatter())
+        else:
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s vmaild %(levelname)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(cfg.level.upper())
 
