@@ -26,7 +26,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -229,6 +228,7 @@ class Host:
         self.kill()
         if self.root.exists():
             _run(["rm", "-rf", "--one-file-system", str(self.root)])
+        self.console.unlink(missing_ok=True)
 
     def __enter__(self) -> Host:
         self.create()
@@ -281,7 +281,3 @@ class Host:
 
     def journal(self, *args: str) -> str:
         return self.run(["journalctl", "--no-pager", "-o", "short-precise", *args]).stdout
-
-
-def temp_name(prefix: str = "host") -> str:
-    return Path(tempfile.mktemp(prefix=f"{prefix}-", dir="/")).name
