@@ -31,6 +31,10 @@ from .servers.base import SequentialProtocol, start_listener
 log = logging.getLogger("vmaild")
 DRAIN_SECONDS = 10.0
 SWEEP_SECONDS = 30.0
+# How long a control flush waits for the change counter before flushing without it
+# (vmailctl waits 3 s for the whole answer).
+CONTROL_VERSION_SECONDS = 1.0
+_UNREAD = object()  # the change counter could not be read
 
 
 @dataclass
@@ -81,7 +85,10 @@ class App:
         self._metrics_server: Any = None
         self._metrics_listen: Listen | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # The change poller's baseline: the counter as read before the latest flush (None:
+        # not read yet). _flushes tells a poll that a flush happened while it was reading.
         self._version: Any = None
+        self._flushes = 0
         self._fit_task: asyncio.Task[None] | None = None
 
     @property
@@ -91,6 +98,7 @@ class App:
     def flush_cache(self, reason: str) -> int:
         dropped = len(self.runtime.cache)
         self.runtime.cache.flush()
+        self._flushes += 1
         self.metrics.cache_flushes.labels(reason).inc()
         log.info("cache flushed (%s): %d entries dropped", reason, dropped)
         return dropped
@@ -192,6 +200,7 @@ class App:
         self._check_schema()
         await asyncio.get_running_loop().run_in_executor(None, old.close)
         self._version = None
+        self._flushes += 1
         self.metrics.reloads.labels("ok").inc()
         log.info("configuration reloaded from %s; cache flushed", path)
         sd_notify("READY=1")
@@ -228,9 +237,53 @@ class App:
             await asyncio.sleep(SWEEP_SECONDS)
             self.runtime.cache.sweep()
 
+    async def control_flush(self) -> int:
+        """vmailctl's flush (the control socket), which also settles the change poller.
+
+        The rule the poller keeps: it flushes when the change counter differs from its
+        baseline, the value read before the latest flush. vmailctl commits a change (the
+        triggers bump the counter in the same transaction), then asks for this flush. So
+        the counter is read first, the cache flushed next, and the value read becomes the
+        baseline: every change it counts was committed before the read, hence before this
+        flush, which covers it. The poller does not flush for that change a second time,
+        up to ``check_interval`` later, emptying a cache that has been warming since (and
+        leaving lookups nothing stale to serve should the database fail then). Hence:
+        - a change committed after the read (SQL by hand, another vmailctl, even between
+          the read and the flush) moves the counter past the baseline: the poller flushes;
+        - a change nobody notified moves it as well: flushed at the next poll, as always;
+        - when the counter cannot be read here (database down, slow beyond
+          ``CONTROL_VERSION_SECONDS``, no table, polling off) the cache is flushed all the
+          same and the baseline left alone: the poller flushes once more when it sees the
+          change, as it did before;
+        - a poll whose read was under way during a flush is set aside: its value may
+          predate the flush; the next poll compares with the baseline the flush left.
+        The counter does not count every change (unwatched tables, password rehashes):
+        a control flush always flushes, whatever the counter says.
+        """
+        rt = self.runtime
+        version = await self._read_version(rt, CONTROL_VERSION_SECONDS)
+        dropped = self.flush_cache("control")
+        if version is not _UNREAD and rt is self.runtime:
+            self._version = version
+        return dropped
+
+    @staticmethod
+    async def _read_version(rt: Runtime, timeout: float) -> Any:
+        """The change counter, or _UNREAD (polling off, an error, no row, too slow)."""
+        query = rt.config.cache.version_query
+        if rt.config.cache.check_interval <= 0 or not query:
+            return _UNREAD
+        try:
+            rows = await asyncio.wait_for(rt.db.fetch(query), timeout)
+        except (DatabaseError, TimeoutError):
+            return _UNREAD
+        return rows[0][0] if rows else _UNREAD
+
     async def _poll_changes(self) -> None:
         """Flush the cache when the schema's change counter moves (vmailctl, or SQL typed
-        by hand: the triggers bump it). A database without the table just is not polled."""
+        by hand: the triggers bump it) away from the value read before the latest flush;
+        a control flush sets that baseline itself (``control_flush`` has the rule). A
+        database without the table just is not polled."""
         warned = False
         while True:
             rt = self.runtime
@@ -239,6 +292,7 @@ class App:
                 await asyncio.sleep(5)
                 continue
             await asyncio.sleep(interval)
+            flushes = self._flushes
             try:
                 rows = await rt.db.fetch(rt.config.cache.version_query)
             except DatabaseError as e:
@@ -246,8 +300,10 @@ class App:
                     log.warning("change polling off: %s (run 'vmailctl db migrate')", e)
                     warned = True
                 continue
+            if flushes != self._flushes or rt is not self.runtime:
+                continue  # flushed (or reloaded) while reading: that baseline stands
             version = rows[0][0] if rows else None
-            if self._version is not None and version != self._version and rt is self.runtime:
+            if self._version is not None and version != self._version:
                 self.flush_cache("change")
             self._version = version
 

@@ -721,25 +721,45 @@ def postmap(key: str, table: str) -> tuple[int, str]:
     return r.returncode, r.stdout.strip()
 
 
+def flushes(metrics_text: str) -> dict[str, float]:
+    """vmaild_cache_flushes_total by reason."""
+    found = {}
+    for line in metrics_text.splitlines():
+        if line.startswith('vmaild_cache_flushes_total{reason="'):
+            labels, _, value = line.rpartition(" ")
+            found[labels.split('"')[1]] = float(value)
+    return found
+
+
+def flush_reasons(log: str) -> list[str]:
+    """The reason of each "cache flushed (REASON)" line of a vmaild log, in order."""
+    return [line.split("cache flushed (", 1)[1].split(")", 1)[0]
+            for line in log.splitlines() if "cache flushed (" in line]
+
+
 def test_a_running_vmaild_sees_changes_at_once(migrated: Ctl, service_tmp: Path) -> None:
     """Long TTLs, so only invalidation can explain a changed answer: the control socket
-    poke for vmailctl's changes, the trigger-bumped version poll for hand-typed SQL."""
+    poke for vmailctl's changes, the trigger-bumped version poll for hand-typed SQL. Each
+    vmailctl change is one flush: the poller does not flush again for it afterwards."""
+    import time
+
     from harness.ports import free_port
     from harness.vmaild import Vmaild, config_text, seed_ports
     from harness.wait import wait_until
 
     ports = seed_ports()
     socketmap_port = free_port()
+    metrics_port = free_port()
     control = service_tmp / "control.sock"
     text = config_text(db_port=migrated.mariadb.port, dbname=migrated.dbname, user=DB_USER,
                        password=DB_PASSWORD, ports=ports, socketmap_port=socketmap_port,
-                       control_path=str(control),
+                       metrics_port=metrics_port, control_path=str(control),
                        cache="ttl = 3600\nnegative_ttl = 3600\ncheck_interval = 1",
                        extra=f"[mailbox]\nbase = {migrated.base}\nuid = {UID}\ngid = {GID}\n")
     migrated.conf.write_text(text)
     email2email = f"tcp:127.0.0.1:{ports['email2email']}"
     forwardings = f"tcp:127.0.0.1:{ports['forwardings']}"
-    with Vmaild(text, service_tmp / "vmaild"):
+    with Vmaild(text, service_tmp / "vmaild") as v:
         assert postmap("new@raecoo.com", email2email) == (1, "")      # cached: not found
         assert postmap("sales@raecoo.com", email2email) == (0, "sales@raecoo.com")
         assert migrated("lookup", "email2email", "new@raecoo.com").code == 1
@@ -754,9 +774,19 @@ def test_a_running_vmaild_sees_changes_at_once(migrated: Ctl, service_tmp: Path)
         assert postmap("sales@raecoo.com", email2email) == (1, "")
 
         migrated.ok("alias", "add", "@raecoo.com", "new@raecoo.com")
+        after_vmailctl = flushes(v.metrics_text(metrics_port))
         assert postmap("anyone@raecoo.com", forwardings) == (0, "new@raecoo.com")
+        assert after_vmailctl["control"] == 3                       # one per command
+        # The poller (check_interval = 1) finds the version vmailctl's flush had read: it
+        # does not flush again, the cache warmed since stays. (A poll between a commit and
+        # its poke may flush just before the control flush: that is not a second flush.)
+        time.sleep(2.5)
+        assert flushes(v.metrics_text(metrics_port)) == after_vmailctl
+        assert flush_reasons(v.log())[-1] == "control", flush_reasons(v.log())
 
         # Hand-typed SQL, no poke: the triggers bump the version the daemon polls.
         migrated.query("DELETE FROM forwardings WHERE source = '@raecoo.com'")
         wait_until(lambda: postmap("anyone@raecoo.com", forwardings) == (1, ""), 5,
                    "the daemon to notice a hand-typed DELETE")
+        assert flushes(v.metrics_text(metrics_port))["change"] == \
+            after_vmailctl.get("change", 0) + 1

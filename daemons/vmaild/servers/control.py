@@ -1,7 +1,9 @@
 """The control socket: vmailctl says "flush" the moment it has changed the database.
 
 A line protocol on a unix socket (mode 0660): ``flush`` -> ``ok <entries dropped>``,
-``ping`` -> ``ok``; anything else -> ``error unknown command``.
+``ping`` -> ``ok``; anything else -> ``error unknown command``. A flush reads the change
+counter first, so that the change poller does not flush again for the same change
+(``App.control_flush``).
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ class ControlProtocol(SequentialProtocol):
 
     def answer_now(self, request: Any) -> bytes | None:
         if request == "flush":
-            dropped = self.app.flush_cache("control")
-            return f"ok {dropped}\n".encode()
+            return None  # answer() reads the change counter, then flushes
         if request == "ping":
             return b"ok\n"
         return b"error unknown command\n"
+
+    async def answer(self, request: Any) -> bytes | None:
+        dropped = await self.app.control_flush()
+        return f"ok {dropped}\n".encode()
