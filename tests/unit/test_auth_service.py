@@ -17,7 +17,8 @@ import pytest
 from passlib.hash import des_crypt, sha512_crypt
 
 from vmaild import config, passwords
-from vmaild.auth.service import MAILDIR_RECHECK, AuthService, TemporaryFailure
+from vmaild.auth.maildirs import MAILDIR_RECHECK
+from vmaild.auth.service import AuthService, TemporaryFailure
 from vmaild.codec import authpipe as codec
 from vmaild.db import DatabaseError
 from vmaild.metrics import Metrics

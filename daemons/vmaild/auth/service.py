@@ -11,7 +11,8 @@ error, never "wrong password" (4.4, "Temporary failure").
 AUTH, in order: fetch the row (always: it is cheap, and it is how a changed password is
 seen at once); unknown or disabled -> FAIL; a login verified earlier against this very
 stored hash -> OK without hashing; otherwise verify in the hashing pool. With the database
-down, the last row seen stands in, but only a login verified earlier succeeds.
+down, the last row seen stands in, but only a login verified earlier succeeds. An account
+answered for (PRE, or a login that succeeds) gets its missing Maildir created (maildirs.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -28,7 +28,6 @@ from .. import passwords
 from ..codec import authpipe as codec
 from ..config import Config
 from ..db import Database, DatabaseError
-from ..maildir import ensure_maildir
 from ..memo import ReplyMemo
 from ..metrics import Metrics
 from ..schema_fit import SchemaFit
@@ -36,6 +35,7 @@ from .accounts import Account, AccountError, AccountSource
 from .hashing import Hasher
 from .limits import FailureLimits
 from .login_cache import BoundedTTL, VerifiedLogins
+from .maildirs import AccountMaildirs
 
 log = logging.getLogger("vmaild.auth")
 # Metric label of each request type (a fixed set, never request data).
@@ -47,8 +47,6 @@ _CRAM = {"cram-md5": "md5", "cram-sha1": "sha1", "cram-sha256": "sha256"}
 # MySQL errors that mean "this schema cannot store a new hash": the seed's varchar(20)
 # (1406 data too long), a missing column or table (1054, 1146), no UPDATE grant (1142).
 _SCHEMA_ERRORS = frozenset({1406, 1054, 1146, 1142, 1265})
-# Seconds a Maildir found present is trusted to still be there.
-MAILDIR_RECHECK = 60.0
 # Encoded account replies kept (cleared when full).
 REPLY_MEMO = 10_000
 
@@ -76,7 +74,7 @@ class AuthService:
         self.limits = FailureLimits(ac.fail_delay, ac.fail_delay_max, ac.fail_window,
                                     ac.fail_tracked, clock)
         self.rehash_enabled = ac.rehash
-        self._maildirs_seen: BoundedTTL[bool] = BoundedTTL(MAILDIR_RECHECK, 100_000, clock)
+        self.maildirs = AccountMaildirs(cfg.mailbox, clock)
         self._sleep = sleep
         self._tasks: set[asyncio.Task[None]] = set()
         self._rehashing: set[str] = set()
@@ -138,7 +136,7 @@ class AuthService:
             log.info("lookup %s (service %s): %s", _shown(req.username), req.service,
                      "unknown" if account is None else "disabled")
             return codec.FAIL
-        await self._ensure_maildir(account)
+        await self.maildirs.ensure(account)
         return self._reply(account)
 
     # -- AUTH ------------------------------------------------------------------------------
@@ -313,7 +311,7 @@ class AuthService:
         if log.isEnabledFor(logging.DEBUG):  # _shown() costs more than the rest of a login
             log.debug("login %s as %s (service %s): ok (%s)", _shown(login), account.address,
                       service, how)
-        await self._ensure_maildir(account)
+        await self.maildirs.ensure(account)
         return self._reply(account)
 
     async def _fail(self, service: str, login: str, reason: str) -> bytes:
@@ -337,34 +335,6 @@ class AuthService:
         except ValueError as e:
             log.error("account %s cannot be sent: %s", account.address, e)
             raise TemporaryFailure(str(e)) from e
-
-    async def _ensure_maildir(self, account: Account) -> None:
-        """Create a missing Maildir (issue 4, item 7). Checked in a worker thread, since a
-        filesystem can block; a Maildir seen within MAILDIR_RECHECK seconds is not checked
-        again, which keeps the thread hop off the common path."""
-        box = self.cfg.mailbox
-        if not box.create_maildirs:
-            return
-        path = account.maildir_path()
-        if self._maildirs_seen.get(path):
-            return
-        base = os.path.normpath(box.base)
-        # Only under [mailbox] base: a row must not make the daemon create directories
-        # (owned by someone else) anywhere it pleases.
-        if (not os.path.isabs(path) or not os.path.isabs(base)
-                or os.path.commonpath([base, path]) != base or path == base):
-            log.debug("not creating %s: outside [mailbox] base %s", path, base)
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            created = await loop.run_in_executor(None, ensure_maildir, path,
-                                                 account.uid, account.gid)
-        except OSError as e:
-            log.error("cannot create Maildir %s for %s: %s", path, account.address, e)
-            return
-        self._maildirs_seen.put(path, True)
-        if created:
-            log.info("created Maildir %s for %s", path, account.address)
 
     # -- rehash on login -------------------------------------------------------------------
 
