@@ -6,12 +6,10 @@ A line protocol on a unix socket (mode 0660): ``flush`` -> ``ok <entries dropped
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .base import ProtocolError, SequentialProtocol
-
-if TYPE_CHECKING:
-    from ..daemon import App
+from .base import ListenerContext, ProtocolError, SequentialProtocol
+from .interfaces import CacheFlusher
 
 MAX_LINE = 256
 
@@ -19,9 +17,9 @@ MAX_LINE = 256
 class ControlProtocol(SequentialProtocol):
     listener = "control"
 
-    def __init__(self, app: App):
-        super().__init__(app.metrics, app.connections)
-        self.app = app
+    def __init__(self, ctx: ListenerContext, flush: CacheFlusher):
+        super().__init__(ctx)
+        self.flush = flush
         self.buffer = b""
 
     def decode(self, data: bytes) -> list[Any]:
@@ -34,7 +32,7 @@ class ControlProtocol(SequentialProtocol):
 
     def answer_now(self, request: Any) -> bytes | None:
         if request == "flush":
-            dropped = self.app.flush_cache("control")
+            dropped = self.flush("control")
             return f"ok {dropped}\n".encode()
         if request == "ping":
             return b"ok\n"
