@@ -16,8 +16,8 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import config as config_mod
 from .cache import Cache, TTLs
@@ -26,7 +26,11 @@ from .db import Database, DatabaseError
 from .lookup import Lookups
 from .metrics import Metrics
 from .schema_fit import SchemaFit
-from .servers.base import SequentialProtocol, start_listener
+from .servers.base import ListenerContext, SequentialProtocol, start_listener
+
+if TYPE_CHECKING:
+    from .auth.service import AuthService
+    from .policy.service import PolicyService
 
 log = logging.getLogger("vmaild")
 DRAIN_SECONDS = 10.0
@@ -44,7 +48,8 @@ class Runtime:
     cache: Cache
     lookups: Lookups
     fit: SchemaFit
-    services: dict[str, Any] = field(default_factory=dict)
+    auth: AuthService | None = None  # built only with [auth] listen
+    policy: PolicyService | None = None  # built only with [policy] listen
 
     @classmethod
     def build(cls, cfg: Config, metrics: Metrics) -> Runtime:
@@ -57,18 +62,17 @@ class Runtime:
         # when configured.
         if cfg.auth.listen is not None:
             from .auth.service import AuthService
-            rt.services["auth"] = AuthService(cfg, db, metrics, fit=fit)
+            rt.auth = AuthService(cfg, db, metrics, fit=fit)
         if cfg.policy.listen is not None:
             from .policy.service import PolicyService
-            rt.services["policy"] = PolicyService(cfg, db, metrics, fit=fit)
+            rt.policy = PolicyService(cfg, db, metrics, fit=fit)
         return rt
 
     def close(self) -> None:
         self.fit.active = False
-        for service in self.services.values():
-            close = getattr(service, "close", None)
-            if close is not None:
-                close()
+        for service in (self.auth, self.policy):
+            if service is not None:
+                service.close()
         self.db.close()
 
 
@@ -80,6 +84,7 @@ class App:
         self.runtime = Runtime.build(cfg, self.metrics)
         self.metrics.watch_cache(lambda: len(self.runtime.cache))
         self.connections: set[SequentialProtocol] = set()
+        self.listener_context = ListenerContext(self.metrics, self.connections)
         self.listeners: dict[str, tuple[Listen, asyncio.Server]] = {}
         self.stopping = asyncio.Event()
         self._metrics_server: Any = None
@@ -103,6 +108,18 @@ class App:
         log.info("cache flushed (%s): %d entries dropped", reason, dropped)
         return dropped
 
+    # -- what the listeners answer from (servers/interfaces.py) ------------------------------
+    # Called per request, never kept: a reload swaps ``runtime`` under open connections.
+
+    def current_lookups(self) -> Lookups:
+        return self.runtime.lookups
+
+    def current_auth(self) -> AuthService:
+        return _configured(self.runtime.auth, "auth")
+
+    def current_policy(self) -> PolicyService:
+        return _configured(self.runtime.policy, "policy")
+
     # -- listeners ---------------------------------------------------------------------------
 
     def wanted_listeners(self, cfg: Config) -> dict[str, tuple[Listen, Callable[[], Any]]]:
@@ -110,20 +127,27 @@ class App:
         from .servers.socketmap import SocketmapProtocol
         from .servers.tcp_table import TcpTableProtocol
 
+        ctx = self.listener_context
         wanted: dict[str, tuple[Listen, Callable[[], Any]]] = {}
         for name, m in cfg.maps.items():
             if m.tcp is not None:
-                wanted[f"tcp:{name}"] = (m.tcp, functools.partial(TcpTableProtocol, self, name))
+                wanted[f"tcp:{name}"] = (m.tcp, functools.partial(
+                    TcpTableProtocol, ctx, self.current_lookups, name))
         if cfg.socketmap.listen is not None:
-            wanted["socketmap"] = (cfg.socketmap.listen, lambda: SocketmapProtocol(self))
+            wanted["socketmap"] = (cfg.socketmap.listen, functools.partial(
+                SocketmapProtocol, ctx, self.current_lookups))
         if cfg.control.listen is not None:
-            wanted["control"] = (cfg.control.listen, lambda: ControlProtocol(self))
+            wanted["control"] = (cfg.control.listen, functools.partial(
+                ControlProtocol, ctx, self.control_flush))
         if cfg.auth.listen is not None:
             from .servers.auth import AuthProtocol
-            wanted["auth"] = (cfg.auth.listen, lambda: AuthProtocol(self))
+            wanted["auth"] = (cfg.auth.listen, functools.partial(
+                AuthProtocol, ctx, self.current_auth))
         if cfg.policy.listen is not None:
             from .servers.policy import PolicyProtocol
-            wanted["policy"] = (cfg.policy.listen, lambda: PolicyProtocol(self))
+            # The limit is read per connection, so a reload applies to new connections.
+            wanted["policy"] = (cfg.policy.listen, lambda: PolicyProtocol(
+                ctx, self.current_policy, self.config.policy.max_request_bytes))
         return wanted
 
     async def sync_listeners(self, cfg: Config) -> None:
@@ -306,6 +330,17 @@ class App:
             if self._version is not None and version != self._version:
                 self.flush_cache("change")
             self._version = version
+
+
+_S = TypeVar("_S")
+
+
+def _configured(service: _S | None, section: str) -> _S:
+    """The service, or an error for a connection that outlived a reload which turned
+    ``[section] listen`` off (the listener logs it as an internal error and closes)."""
+    if service is None:
+        raise LookupError(f"[{section}] is no longer configured")
+    return service
 
 
 def sd_notify(state: str) -> None:

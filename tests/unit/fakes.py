@@ -1,16 +1,24 @@
-"""Fakes for unit tests: a database that answers from a dict, and an App shell."""
+"""Fakes for unit tests: a database that answers from a dict, and what the listeners get
+from the daemon (``FakeApp``)."""
 
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 from vmaild import config
 from vmaild.cache import Cache, TTLs
+from vmaild.codec.policy import DEFAULT_MAX_REQUEST as DEFAULT_MAX_POLICY_REQUEST
 from vmaild.db import DatabaseError
 from vmaild.lookup import Lookups
 from vmaild.metrics import Metrics
+from vmaild.servers.auth import AuthProtocol
+from vmaild.servers.base import ListenerContext, SequentialProtocol
+from vmaild.servers.control import ControlProtocol
+from vmaild.servers.interfaces import AuthAnswerer, MapLookups, PolicyDecider
+from vmaild.servers.policy import PolicyProtocol
+from vmaild.servers.socketmap import SocketmapProtocol
+from vmaild.servers.tcp_table import TcpTableProtocol
 
 
 class FakeDatabase:
@@ -59,8 +67,71 @@ def make_lookups(rows: dict[str, list[tuple[Any, ...]]] | None = None,
     return Lookups(cfg, db, cache, metrics), db, metrics  # type: ignore[arg-type]
 
 
-def make_app(lookups: Lookups, metrics: Metrics) -> Any:
-    app = SimpleNamespace(metrics=metrics, connections=set(),
-                          runtime=SimpleNamespace(lookups=lookups, cache=lookups.cache))
-    app.flush_cache = lambda reason: (len(lookups.cache), lookups.cache.flush())[0]
-    return app
+class FakeApp:
+    """What ``daemon.App`` gives the listeners, and nothing else: one ``ListenerContext``
+    and a getter per thing answered from (servers/interfaces.py). Assigning ``lookups``,
+    ``auth`` or ``policy`` is what a SIGHUP reload does: the next request, even on a
+    connection already open, is answered by the new one."""
+
+    def __init__(self, *, lookups: Lookups | None = None, auth: AuthAnswerer | None = None,
+                 policy: PolicyDecider | None = None, metrics: Metrics | None = None,
+                 policy_max_request: int = DEFAULT_MAX_POLICY_REQUEST) -> None:
+        self.ctx = ListenerContext(metrics or Metrics())
+        self.lookups = lookups
+        self.auth = auth
+        self.policy = policy
+        self.policy_max_request = policy_max_request
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.ctx.metrics
+
+    @property
+    def connections(self) -> set[SequentialProtocol]:
+        return self.ctx.connections
+
+    # -- the getters, as daemon.App's current_* ------------------------------------------------
+
+    def current_lookups(self) -> MapLookups:
+        return _given(self.lookups, "lookups")
+
+    def current_auth(self) -> AuthAnswerer:
+        return _given(self.auth, "auth")
+
+    def current_policy(self) -> PolicyDecider:
+        return _given(self.policy, "policy")
+
+    def flush_cache(self, reason: str) -> int:
+        cache = _given(self.lookups, "lookups").cache
+        dropped = len(cache)
+        cache.flush()
+        return dropped
+
+    async def control_flush(self) -> int:
+        return self.flush_cache("control")
+
+    # -- the listeners, built as daemon.App.wanted_listeners builds them -----------------------
+
+    def tcp_table(self, map_name: str) -> TcpTableProtocol:
+        return TcpTableProtocol(self.ctx, self.current_lookups, map_name)
+
+    def socketmap(self) -> SocketmapProtocol:
+        return SocketmapProtocol(self.ctx, self.current_lookups)
+
+    def auth_listener(self) -> AuthProtocol:
+        return AuthProtocol(self.ctx, self.current_auth)
+
+    def policy_listener(self) -> PolicyProtocol:
+        return PolicyProtocol(self.ctx, self.current_policy, self.policy_max_request)
+
+    def control(self) -> ControlProtocol:
+        return ControlProtocol(self.ctx, self.control_flush)
+
+
+_T = TypeVar("_T")
+
+
+def _given(thing: _T | None, what: str) -> _T:
+    if thing is None:
+        raise LookupError(f"this FakeApp was built without {what}")
+    return thing

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,9 +14,9 @@ from passlib.hash import sha512_crypt
 from vmaild.codec import authpipe as codec
 from vmaild.config import Listen
 from vmaild.servers import auth as auth_server
-from vmaild.servers.auth import AuthProtocol
 from vmaild.servers.base import start_listener
 
+from .fakes import FakeApp
 from .test_auth_service import FakeDB, aio, make_service
 
 SHA = sha512_crypt.using(rounds=1000)
@@ -27,10 +26,9 @@ async def serving(tmp_path: Path, body: Callable[[str, FakeDB, Any], Awaitable[N
                   extra: str = "") -> None:
     service, db = make_service(tmp_path, "rehash = no\n" + extra)
     db.add("joe@example.test", SHA.hash("s3cret"))
-    app = SimpleNamespace(metrics=service.metrics, connections=set(),
-                          runtime=SimpleNamespace(services={"auth": service}))
+    app = FakeApp(auth=service, metrics=service.metrics)
     path = str(tmp_path / "auth.sock")
-    server = await start_listener(Listen(path=path), lambda: AuthProtocol(app))  # type: ignore[arg-type]
+    server = await start_listener(Listen(path=path), app.auth_listener)
     try:
         await body(path, db, app)
     finally:
@@ -103,7 +101,7 @@ async def test_a_bug_in_the_service_closes_without_a_reply(tmp_path: Path) -> No
     async def body(path: str, db: FakeDB, app: Any) -> None:
         async def broken(request: object) -> bytes:
             raise KeyError("bug")
-        app.runtime.services["auth"].answer = broken
+        app.auth.answer = broken
         assert await exchange(path, b"PRE . imap joe@example.test\n") == b""
     await serving(tmp_path, body)
 
@@ -142,7 +140,7 @@ async def test_the_current_runtimes_service_answers(tmp_path: Path) -> None:
     async def body(path: str, db: FakeDB, app: Any) -> None:
         other, other_db = make_service(tmp_path)
         other_db.add("ann@example.test", SHA.hash("pw"))
-        app.runtime = SimpleNamespace(services={"auth": other})  # what SIGHUP does
+        app.auth = other  # what SIGHUP does
         assert (await exchange(path, b"PRE . imap ann@example.test\n")).endswith(b".\n")
         assert await exchange(path, b"PRE . imap joe@example.test\n") == b"FAIL\n"
         other.close()

@@ -80,8 +80,9 @@ def run(scenario: Callable[[Daemon], Awaitable[None]], *, interval: float = INTE
         app = App(config.parse(CONFIG + f"\n[cache]\ncheck_interval = {interval}\n"))
         real_db, changes = app.runtime.db, Changes()
         app.runtime.db = changes  # type: ignore[assignment]
-        server = await start_listener(Listen(host="127.0.0.1", port=0),
-                                      lambda: ControlProtocol(app))
+        server = await start_listener(
+            Listen(host="127.0.0.1", port=0),
+            lambda: ControlProtocol(app.listener_context, app.control_flush))
         poller = asyncio.create_task(app._poll_changes())
         try:
             await scenario(Daemon(app, changes, server.sockets[0].getsockname()[1]))

@@ -6,19 +6,17 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Awaitable, Callable
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.unit.fakes import FakeApp
 from tests.unit.test_policy_fakes import BASE, FakePolicyDB, User, make_service
 from vmaild import config
 from vmaild.config import Listen
-from vmaild.metrics import Metrics
 from vmaild.servers.base import start_listener
-from vmaild.servers.policy import PolicyProtocol
 
 REQUEST = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
            b"client_address=192.0.2.1\nclient_name=mail.example.net\nclient_port=40512\n"
@@ -46,13 +44,14 @@ class Stub:
         return "DUNNO"
 
 
-def make_app(service: Any, text: str = BASE) -> Any:
-    return SimpleNamespace(metrics=Metrics(), connections=set(), config=config.parse(text),
-                           runtime=SimpleNamespace(services={"policy": service}))
+def make_app(service: Any, text: str = BASE) -> FakeApp:
+    """The policy listener as the daemon builds it for the configuration ``text``."""
+    return FakeApp(policy=service,
+                   policy_max_request=config.parse(text).policy.max_request_bytes)
 
 
-async def serve(app: Any) -> tuple[asyncio.Server, int]:
-    server = await start_listener(Listen(host="127.0.0.1", port=0), lambda: PolicyProtocol(app))
+async def serve(app: FakeApp) -> tuple[asyncio.Server, int]:
+    server = await start_listener(Listen(host="127.0.0.1", port=0), app.policy_listener)
     return server, server.sockets[0].getsockname()[1]
 
 
@@ -217,7 +216,7 @@ def test_service_is_taken_from_the_current_runtime() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(rcpt(b"a@x"))
         one = await reader.readexactly(len(b"action=DUNNO\n\n"))
-        app.runtime = SimpleNamespace(services={"policy": second})  # what SIGHUP does
+        app.policy = second  # what SIGHUP does
         writer.write(rcpt(b"b@x"))
         two = await reader.readexactly(len(b"action=DUNNO\n\n"))
         writer.close()
@@ -265,7 +264,7 @@ REPLY = re.compile(rb"(action=[^\n\r\0]+\n\n)*")
 def test_any_input_gets_well_formed_replies_or_a_close(chunks: list[bytes]) -> None:
     async def go() -> FakeTransport:
         app = make_app(Stub())
-        proto = PolicyProtocol(app)
+        proto = app.policy_listener()
         transport = FakeTransport()
         proto.connection_made(transport)  # type: ignore[arg-type]
         for chunk in chunks:

@@ -12,21 +12,19 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.unit.fakes import make_app, make_lookups
+from tests.unit.fakes import FakeApp, make_lookups
 from vmaild.config import Listen
 from vmaild.servers.base import start_listener
-from vmaild.servers.socketmap import SocketmapProtocol
-from vmaild.servers.tcp_table import TcpTableProtocol
 
 ROWS = {"joe@ex.com": [("ex.com/joe/",)], "100%@ex.com": [("pct",)],
         "a b@ex.com": [("value with spaces",)]}
 
 
-def run_server(factory_for: Callable[[object], Callable[[], asyncio.Protocol]],
+def run_server(factory_for: Callable[[FakeApp], Callable[[], asyncio.Protocol]],
                scenario: Callable[[int, object], Awaitable[None]], rows=ROWS) -> None:  # type: ignore[no-untyped-def]
     async def main() -> None:
         lookups, db, metrics = make_lookups(rows)
-        app = make_app(lookups, metrics)
+        app = FakeApp(lookups=lookups, metrics=metrics)
         server = await start_listener(Listen(host="127.0.0.1", port=0), factory_for(app))
         port = server.sockets[0].getsockname()[1]
         try:
@@ -59,8 +57,8 @@ async def exchange(port: int, data: bytes, expect_bytes: int, pieces: bool = Fal
     return got
 
 
-tcp = lambda app: (lambda: TcpTableProtocol(app, "mailboxes"))  # noqa: E731
-sockmap = lambda app: (lambda: SocketmapProtocol(app))  # noqa: E731
+tcp = lambda app: (lambda: app.tcp_table("mailboxes"))  # noqa: E731
+sockmap = lambda app: app.socketmap  # noqa: E731
 
 TCP_CASES = [
     (b"get joe@ex.com\n", b"200 ex.com/joe/\n"),

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ..codec import authpipe as codec
-from .base import SequentialProtocol
-
-if TYPE_CHECKING:
-    from ..daemon import App
+from .base import ListenerContext, SequentialProtocol
+from .interfaces import AuthAnswerer
 
 log = logging.getLogger("vmaild.auth")
 
@@ -38,9 +37,9 @@ IDLE_SECONDS = 30.0
 class AuthProtocol(SequentialProtocol):
     listener = "auth"
 
-    def __init__(self, app: App):
-        super().__init__(app.metrics, app.connections)
-        self.app = app
+    def __init__(self, ctx: ListenerContext, service: Callable[[], AuthAnswerer]):
+        super().__init__(ctx)
+        self._service = service  # called per request: SIGHUP swaps the service
         self.decoder = codec.AuthpipeDecoder()
         self._have_request = False
         self.persistent = False  # after RELAY 1: answer every request, stay open
@@ -89,10 +88,6 @@ class AuthProtocol(SequentialProtocol):
             return requests
         self.closing = True  # one request per connection: close once it is answered
         return requests[:1]
-
-    def _service(self) -> Any:
-        # Looked up per request: SIGHUP swaps the runtime and with it the service.
-        return self.app.runtime.services["auth"]
 
     def answer_now(self, request: Any) -> bytes | None:
         if isinstance(request, codec.RelayHello):

@@ -17,6 +17,7 @@ import os
 import socket
 import stat
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import Listen
@@ -29,14 +30,25 @@ class ProtocolError(Exception):
     """The client broke the framing; the connection cannot continue."""
 
 
+@dataclass(frozen=True, slots=True)
+class ListenerContext:
+    """What every listener shares with the daemon, whatever its protocol: the metrics
+    (connections, protocol errors) and the set of open connections, which the daemon
+    drains on stop. It outlives reloads; what a listener answers from comes through a
+    getter instead (interfaces.py)."""
+
+    metrics: Metrics
+    connections: set[SequentialProtocol] = field(default_factory=set)
+
+
 class SequentialProtocol(asyncio.Protocol):
     """Subclasses implement ``decode``, ``answer_now`` and ``answer``."""
 
     listener = "?"  # metric label, set by subclasses or per instance
 
-    def __init__(self, metrics: Metrics, connections: set[SequentialProtocol]):
-        self.metrics = metrics
-        self.connections = connections
+    def __init__(self, ctx: ListenerContext):
+        self.metrics = ctx.metrics
+        self.connections = ctx.connections
         self.transport: asyncio.Transport | None = None
         self.queue: collections.deque[Any] = collections.deque()
         self.task: asyncio.Task[None] | None = None

@@ -8,12 +8,10 @@ counter first, so that the change poller does not flush again for the same chang
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .base import ProtocolError, SequentialProtocol
-
-if TYPE_CHECKING:
-    from ..daemon import App
+from .base import ListenerContext, ProtocolError, SequentialProtocol
+from .interfaces import CacheFlusher
 
 MAX_LINE = 256
 
@@ -21,9 +19,9 @@ MAX_LINE = 256
 class ControlProtocol(SequentialProtocol):
     listener = "control"
 
-    def __init__(self, app: App):
-        super().__init__(app.metrics, app.connections)
-        self.app = app
+    def __init__(self, ctx: ListenerContext, flush: CacheFlusher):
+        super().__init__(ctx)
+        self.flush = flush
         self.buffer = b""
 
     def decode(self, data: bytes) -> list[Any]:
@@ -42,5 +40,5 @@ class ControlProtocol(SequentialProtocol):
         return b"error unknown command\n"
 
     async def answer(self, request: Any) -> bytes | None:
-        dropped = await self.app.control_flush()
+        dropped = await self.flush()
         return f"ok {dropped}\n".encode()

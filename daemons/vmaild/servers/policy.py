@@ -11,14 +11,13 @@ retries once and applies its default_action.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..codec.policy import DEFAULT_MAX_REQUEST, PolicyDecoder, PolicyError, encode_action
-from .base import SequentialProtocol
-
-if TYPE_CHECKING:
-    from ..daemon import App
+from .base import ListenerContext, SequentialProtocol
+from .interfaces import PolicyDecider
 
 log = logging.getLogger("vmaild.policy")
 
@@ -34,12 +33,11 @@ class _Broken:
 class PolicyProtocol(SequentialProtocol):
     listener = "policy"
 
-    def __init__(self, app: App):
-        super().__init__(app.metrics, app.connections)
-        self.app = app
-        policy = getattr(app.config, "policy", None)
-        limit = getattr(policy, "max_request_bytes", DEFAULT_MAX_REQUEST)
-        self.decoder = PolicyDecoder(max_request=limit)
+    def __init__(self, ctx: ListenerContext, service: Callable[[], PolicyDecider],
+                 max_request: int = DEFAULT_MAX_REQUEST):
+        super().__init__(ctx)
+        self.service = service  # called per request: SIGHUP swaps the service
+        self.decoder = PolicyDecoder(max_request=max_request)
         self.broken = False
 
     def decode(self, data: bytes) -> list[Any]:
@@ -56,9 +54,7 @@ class PolicyProtocol(SequentialProtocol):
             self.metrics.protocol_errors.labels(self.listener).inc()
             log.warning("policy: closing connection without reply: %s", request.reason)
             return None
-        # The runtime is swapped on SIGHUP: always ask it for the current service.
-        service = self.app.runtime.services["policy"]
-        action = await service.decide(request)
+        action = await self.service().decide(request)
         if action is None:
             return None
         try:

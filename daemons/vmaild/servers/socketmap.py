@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ..codec import socketmap as codec
 from ..lookup import TemporaryFailure, UnknownMap
 from ..memo import ReplyMemo
-from .base import SequentialProtocol
-
-if TYPE_CHECKING:
-    from ..daemon import App
+from .base import ListenerContext, SequentialProtocol
+from .interfaces import MapLookups
 
 log = logging.getLogger("vmaild.socketmap")
 
@@ -39,17 +38,18 @@ def plain_request(data: bytes) -> tuple[str, str] | None:
 class SocketmapProtocol(SequentialProtocol):
     listener = "socketmap"
 
-    def __init__(self, app: App):
-        super().__init__(app.metrics, app.connections)
-        self.app = app
+    def __init__(self, ctx: ListenerContext, lookups: Callable[[], MapLookups]):
+        super().__init__(ctx)
+        self.lookups = lookups  # called per request: SIGHUP swaps the runtime under us
         self.decoder = codec.SocketmapDecoder()
 
     def data_received(self, data: bytes) -> None:
         # The fast path: one plain netstring, nothing pending, a fresh cache entry.
         if self.task is None and not self.queue and self.decoder.idle:
             request = plain_request(data)
-            if request is not None and request[0] in self.app.runtime.lookups.maps:
-                hit, value = self.app.runtime.lookups.cached(*request)
+            lookups = self.lookups()
+            if request is not None and request[0] in lookups.maps:
+                hit, value = lookups.cached(*request)
                 if hit:
                     assert self.transport is not None
                     self.transport.write(_NOTFOUND if value is None else ok_reply(value))
@@ -65,7 +65,7 @@ class SocketmapProtocol(SequentialProtocol):
             log.warning("socketmap: bad request: %s", request.reason)
             return codec.reply_perm(request.reason)
         try:
-            hit, value = self.app.runtime.lookups.cached(request.map, request.key)
+            hit, value = self.lookups().cached(request.map, request.key)
         except UnknownMap:
             # PERM, not NOTFOUND: a misspelt map name in main.cf is a configuration error
             # that must defer mail, not reject it.
@@ -77,7 +77,7 @@ class SocketmapProtocol(SequentialProtocol):
 
     async def answer(self, request: codec.Request) -> bytes | None:
         try:
-            value = await self.app.runtime.lookups.lookup(request.map, request.key)
+            value = await self.lookups().lookup(request.map, request.key)
         except UnknownMap:
             return codec.reply_perm("unknown map")
         except TemporaryFailure:

@@ -6,15 +6,14 @@ One port per map: Postfix sends only ``get <key>`` and the port says which map i
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from ..codec import tcp_table as codec
 from ..lookup import TemporaryFailure
 from ..memo import ReplyMemo
-from .base import SequentialProtocol
-
-if TYPE_CHECKING:
-    from ..daemon import App
+from .base import ListenerContext, SequentialProtocol
+from .interfaces import MapLookups
 
 log = logging.getLogger("vmaild.tcp_table")
 
@@ -37,9 +36,9 @@ def plain_request_key(data: bytes) -> str | None:
 
 
 class TcpTableProtocol(SequentialProtocol):
-    def __init__(self, app: App, map_name: str):
-        super().__init__(app.metrics, app.connections)
-        self.app = app
+    def __init__(self, ctx: ListenerContext, lookups: Callable[[], MapLookups], map_name: str):
+        super().__init__(ctx)
+        self.lookups = lookups  # called per request: SIGHUP swaps the runtime under us
         self.map_name = map_name
         self.listener = f"tcp:{map_name}"
         self.decoder = codec.TcpTableDecoder()
@@ -50,7 +49,7 @@ class TcpTableProtocol(SequentialProtocol):
         if self.task is None and not self.queue and self.decoder.idle:
             key = plain_request_key(data)
             if key is not None:
-                hit, value = self.app.runtime.lookups.cached(self.map_name, key)
+                hit, value = self.lookups().cached(self.map_name, key)
                 if hit:
                     assert self.transport is not None
                     self.transport.write(_NOT_FOUND if value is None else found_reply(value))
@@ -62,7 +61,7 @@ class TcpTableProtocol(SequentialProtocol):
 
     def answer_now(self, request: Any) -> bytes | None:
         if isinstance(request, codec.Request):
-            hit, value = self.app.runtime.lookups.cached(self.map_name, request.key)
+            hit, value = self.lookups().cached(self.map_name, request.key)
             if not hit:
                 return None
             return found_reply(value) if value is not None else _NOT_FOUND
@@ -77,7 +76,7 @@ class TcpTableProtocol(SequentialProtocol):
 
     async def answer(self, request: codec.Request) -> bytes | None:
         try:
-            value = await self.app.runtime.lookups.lookup(self.map_name, request.key)
+            value = await self.lookups().lookup(self.map_name, request.key)
         except TemporaryFailure:
             # 400: Postfix defers (451 4.3.0) and never treats it as "user unknown".
             return codec.reply_temporary("temporary lookup failure")
