@@ -101,7 +101,7 @@ def outage(stack: MailStack, service: str, stop: Callable[[], object],
                 problems.append(f"{rcpt}: {result.code} {result.text}")
 
     # A tcp: table that cannot be reached costs smtpd ~10 s per map (10 connect tries,
-    # shared/docs/STACK.md): run the SMTP part alongside the queue's retries.
+    # docs/STACK.md): run the SMTP part alongside the queue's retries.
     client = threading.Thread(target=smtp_during_outage)
     client.start()
     stack.release_delivery()
