@@ -1,8 +1,8 @@
 """The whole seed on vmaild, from the shipped files: MariaDB, vmaild, Courier, Postfix.
 
-:class:`MailStack` runs what an administrator gets from ``make install`` (issue 6), on
-loopback in a sandbox directory, for the end-to-end tests, the demo and the delivery
-benchmark:
+:class:`MailStack` runs what an administrator gets from ``make install`` (README.md,
+"Installing on a mail host"), on loopback in a sandbox directory, for the end-to-end tests,
+the demo and the delivery benchmark:
 
 * MariaDB with the seed tutorial's SQL (schema, optionally its rows), then
   ``vmailctl db migrate``, exactly as a seed site upgrades;

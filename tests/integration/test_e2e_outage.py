@@ -1,4 +1,4 @@
-"""No lost mail (issue 6, item 5): while vmaild, authdaemond or MariaDB is stopped, mail to
+"""No lost mail (README.md, "No lost mail"): while vmaild, authdaemond or MariaDB is stopped, mail to
 valid users is deferred -- refused with 4xx at SMTP, or queued and deferred -- and never
 bounced; when the service is back and the queue is flushed, every message is in its
 Maildir exactly once.

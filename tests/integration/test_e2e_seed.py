@@ -1,4 +1,4 @@
-"""The seed tutorial end to end on vmaild, with the shipped files (issue 6).
+"""The seed tutorial end to end on vmaild, with the shipped files.
 
 One :class:`harness.stack.MailStack` for the module: MariaDB loaded with the seed's SQL and
 rows and migrated with ``vmailctl db migrate``; ``vmaild serve`` as vmail; Courier's

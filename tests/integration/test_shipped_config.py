@@ -1,4 +1,4 @@
-"""The shipped files on their own (issue 6, items 1-3): Postfix accepts every setting,
+"""The shipped files on their own (README.md, "Installing on a mail host"): Postfix accepts every setting,
 systemd accepts the unit, tmpfiles.d and sysusers.d do what they say, scripts/install.sh
 is idempotent and never overwrites a local edit silently, and postfix/vmaild-maildrop
 turns exactly one kind of answer into a bounce.

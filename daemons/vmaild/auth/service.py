@@ -339,7 +339,8 @@ class AuthService:
             raise TemporaryFailure(str(e)) from e
 
     async def _ensure_maildir(self, account: Account) -> None:
-        """Create a missing Maildir (issue 4, item 7). Checked in a worker thread, since a
+        """Create a missing Maildir (``[mailbox] create_maildirs``: Courier never creates one, and
+        imapd ends the session without it, docs/STACK.md). Checked in a worker thread, since a
         filesystem can block; a Maildir seen within MAILDIR_RECHECK seconds is not checked
         again, which keeps the thread hop off the common path."""
         box = self.cfg.mailbox
