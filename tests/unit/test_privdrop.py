@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.wait import wait_until
-from tests.unit.test_authpipe_main import (
+from tests.unit.fakes_relay import (
     ACCOUNT,
     FakeVmaild,
     auth_bytes,

@@ -1,6 +1,6 @@
 """An in-memory stand-in for the policy schema, answering the default [policy] queries.
 
-Not a test module by itself (pytest finds nothing to run here); the test_policy_* modules
+Not a test module; the policy tests (test_policy_*, test_servers_policy, test_schema_fit)
 import it. It recognises each default query by a fragment of its SQL and binds the
 parameters by name through the compiled query, so a change to a default query's parameter
 order does not silently break the fake.

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_policy_fakes import BASE, FakePolicyDB, User, make_service
+from tests.unit.fakes_policy import BASE, FakePolicyDB, User, make_service
 from vmaild import config
 from vmaild.config import Listen
 from vmaild.metrics import Metrics

@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 from passlib.hash import sha512_crypt
 
+from tests.unit.fakes_auth import FakeDB, aio, make_service
 from vmaild.codec import authpipe as codec
 from vmaild.config import Listen
 from vmaild.servers import auth as auth_server
 from vmaild.servers.auth import AuthProtocol
 from vmaild.servers.base import start_listener
-
-from .test_auth_service import FakeDB, aio, make_service
 
 SHA = sha512_crypt.using(rounds=1000)
 
