@@ -43,9 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import auth_report, cpu
-from harness import Courier, MariaDB, seed
-from harness.courier import AUTHDAEMON_SOCKET
-from harness.vmaild import Vmaild
+from harness.courier.paths import AUTHDAEMON_SOCKET
+from harness.courier.server import Courier
+from harness.mariadb.server import MariaDB
+from harness.stack import seed
+from harness.vmaild.server import Vmaild
 from vmaild import passwords
 
 RESULTS = Path(__file__).resolve().parent / "results"

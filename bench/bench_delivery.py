@@ -4,9 +4,9 @@ Issue 6, "Benchmark". One run, one machine, one MariaDB with the seed's schema a
 eight benchmark mailboxes), and two private Postfix instances fed the same messages in
 alternating rounds:
 
-* ``seed``: the tutorial's main.cf verbatim (harness/seed.py): ``proxy:mysql:`` maps on its
+* ``seed``: the tutorial's main.cf verbatim (harness/stack/seed.py): ``proxy:mysql:`` maps on its
   four mysql-virtual_*.cf files, delivery by virtual(8) into virtual_mailbox_base;
-* ``vmaild``: the shipped configuration (harness/stack.py): socketmap: maps on vmaild, the
+* ``vmaild``: the shipped configuration (harness/stack/mailstack.py): socketmap: maps on vmaild, the
   policy service at RCPT and END-OF-DATA, delivery by postfix/vmaild-maildrop -> maildrop,
   which looks each recipient up through authdaemond -> vmaild-authpipe -> vmaild;
 * ``vmaild-nopolicy``: the same without main.cf.policy, to show what the policy service
@@ -44,9 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import seed, shipped
-from harness.postfix import Postfix
-from harness.stack import HOSTNAME, VMAIL_GID, VMAIL_UID, MailStack, StackPostfix
+from harness.postfix.server import Postfix
+from harness.stack import seed, shipped
+from harness.stack.mailstack import HOSTNAME, VMAIL_GID, VMAIL_UID, MailStack
+from harness.stack.procs import StackPostfix
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOMAIN = "example.test"

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.cpu import machine_busy_seconds, proc_cpu_seconds
-from harness import shared_tempdir
-from harness.mariadb import MariaDB
-from harness.ports import free_port
-from harness.vmaild import Vmaild
+from harness.common.ports import free_port
+from harness.common.tempdir import shared_tempdir
+from harness.mariadb.server import MariaDB
+from harness.vmaild.server import Vmaild
 from vmaild.ctl import schema_state
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from passlib.hash import des_crypt, sha512_crypt
 
-from harness import seed
-from harness.mariadb import MariaDB
+from harness.mariadb.server import MariaDB
+from harness.stack import seed
 from vmaild import config as vconfig
 
 pytestmark = pytest.mark.integration
@@ -724,9 +724,9 @@ def postmap(key: str, table: str) -> tuple[int, str]:
 def test_a_running_vmaild_sees_changes_at_once(migrated: Ctl, service_tmp: Path) -> None:
     """Long TTLs, so only invalidation can explain a changed answer: the control socket
     poke for vmailctl's changes, the trigger-bumped version poll for hand-typed SQL."""
-    from harness.ports import free_port
-    from harness.vmaild import Vmaild, config_text, seed_ports
-    from harness.wait import wait_until
+    from harness.common.ports import free_port
+    from harness.common.wait import wait_until
+    from harness.vmaild.server import Vmaild, config_text, seed_ports
 
     ports = seed_ports()
     socketmap_port = free_port()

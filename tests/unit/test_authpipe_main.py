@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.wait import wait_until
+from harness.common.wait import wait_until
 from tests.unit.fakes_relay import (
     ACCOUNT,
     FakeVmaild,

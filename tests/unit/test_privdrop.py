@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.wait import wait_until
+from harness.common.wait import wait_until
 from tests.unit.fakes_relay import (
     ACCOUNT,
     FakeVmaild,

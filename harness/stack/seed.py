@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .postfix import cool_down
+from harness.postfix.config import cool_down
 
 if TYPE_CHECKING:
-    from .mariadb import MariaDB
+    from harness.mariadb.server import MariaDB
 
 #: Names used by the tutorial (its GRANT line).
 SEED_DBNAME = "mail_system"
@@ -235,7 +235,7 @@ def seed_main_cf(
     """The tutorial's virtual-domain main.cf settings, pointing at ``cf``.
 
     Only the lookup wiring (no TLS, no SASL, no hostnames): enough to run the
-    seed's Postfix behaviour inside a private :class:`~harness.postfix.Postfix`.
+    seed's Postfix behaviour inside a private :class:`~harness.postfix.server.Postfix`.
     """
     return {
         "virtual_alias_domains": "",

@@ -1,4 +1,4 @@
-"""The configuration :class:`harness.stack.MailStack` gives its services: the shipped
+"""The configuration :class:`harness.stack.mailstack.MailStack` gives its services: the shipped
 files (scripts/vmaild.conf.example, postfix/*.vmaild, courier/*.vmaild) with production
 addresses and paths replaced by the sandbox's."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import seed, shipped
-from .mariadb import MariaDB
+from harness.mariadb.server import MariaDB
+from harness.stack import seed, shipped
 
 #: Keys of courier/*.vmaild that only place the listeners (the harness picks loopback ports).
 _LISTENER_KEYS = {"ADDRESS", "PORT", "SSLADDRESS", "SSLPORT", "IMAPDSSLSTART", "IMAPDSTARTTLS",
@@ -17,7 +17,7 @@ TEST_PASSWORD_ROUNDS = 5000
 
 
 class StackConfig:
-    """The configuration half of :class:`harness.stack.MailStack` (a mixin: the
+    """The configuration half of :class:`harness.stack.mailstack.MailStack` (a mixin: the
     attributes below are MailStack's)."""
 
     mariadb: MariaDB

@@ -1,5 +1,5 @@
 """A private Postfix instance's configuration: the default master.cf services, the
-queue layout, the base main.cf settings, and writing them (see :mod:`harness.postfix`)."""
+queue layout, the base main.cf settings, and writing them (see :mod:`harness.postfix.server`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from .procs import run
+from harness.common.procs import run
 
 #: Debian's default master.cf services, every one with chroot = n (column 5).
 #: smtpd's listener is generated separately on 127.0.0.1:PORT.
@@ -87,7 +87,7 @@ def cool_down(*paths: str | os.PathLike[str]) -> None:
 
 
 class PostfixConfig:
-    """The configuration half of :class:`harness.postfix.Postfix` (a mixin: the
+    """The configuration half of :class:`harness.postfix.server.Postfix` (a mixin: the
     instance attributes below are set by ``Postfix.__init__``)."""
 
     basedir: Path

@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .wait import HarnessTimeout, wait_until
+from harness.common.wait import HarnessTimeout, wait_until
 
 
 class CommandError(RuntimeError):

@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .ports import LOOPBACK, free_port, unix_accepts, wait_for_unix
-from .procs import exited, run, stop_process, tail
-from .service import Service
-from .wait import wait_until
+from harness.common.ports import LOOPBACK, free_port, unix_accepts, wait_for_unix
+from harness.common.procs import exited, run, stop_process, tail
+from harness.common.service import Service
+from harness.common.wait import wait_until
 
 if TYPE_CHECKING:  # pymysql is imported lazily so `import harness` stays light
     import pymysql  # type: ignore[import-untyped]  # pymysql ships no type hints

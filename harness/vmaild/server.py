@@ -18,8 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from . import seed
-from .ports import free_port
+from harness.common.ports import free_port
+from harness.stack import seed
 
 # The tutorial's four queries, verbatim (the mailboxes one spans two lines, which the INI
 # file keeps as an indented continuation line).

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from .wait import HarnessTimeout, wait_until
+from harness.common.wait import HarnessTimeout, wait_until
 
 STATE_ROOT = Path("/var/lib/vmaild-harness")
 LOCK_ROOT = Path("/run/lock")

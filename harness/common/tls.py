@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import run
+from harness.common.procs import run
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The implicit-TLS Courier listeners (IMAPS, POP3S): /usr/sbin/imapd-ssl and
-pop3d-ssl without courierlogger. :meth:`harness.courier.Courier.start_tls_listener`
+pop3d-ssl without courierlogger. :meth:`harness.courier.server.Courier.start_tls_listener`
 starts them, so that they are recorded for crash recovery and stopped with the
 rest of Courier."""
 
@@ -9,9 +9,17 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .courier_paths import COURIER_ETC, COURIERTCPD, COURIERTLS, IMAPD, IMAPLOGIN, POP3D, POP3LOGIN
-from .ports import LOOPBACK, wait_for_port
-from .procs import exited, stop_process
+from harness.common.ports import LOOPBACK, wait_for_port
+from harness.common.procs import exited, stop_process
+from harness.courier.paths import (
+    COURIER_ETC,
+    COURIERTCPD,
+    COURIERTLS,
+    IMAPD,
+    IMAPLOGIN,
+    POP3D,
+    POP3LOGIN,
+)
 
 
 @dataclass

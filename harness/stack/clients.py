@@ -1,4 +1,4 @@
-"""What :class:`harness.stack.MailStack`'s tests and demo do as mail clients and
+"""What :class:`harness.stack.mailstack.MailStack`'s tests and demo do as mail clients and
 users: SMTP submission, IMAP and POP3 sessions (STARTTLS or implicit TLS), and reading
 the Maildirs and the maillog."""
 
@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-from .courier import Courier
-from .courier_tls import TlsListener
-from .ports import LOOPBACK
-from .postfix import Postfix
-from .procs import tail
-from .tls import Certificate
-from .wait import HarnessTimeout, wait_until
+from harness.common.ports import LOOPBACK
+from harness.common.procs import tail
+from harness.common.tls import Certificate
+from harness.common.wait import HarnessTimeout, wait_until
+from harness.courier.server import Courier
+from harness.courier.tls import TlsListener
+from harness.postfix.server import Postfix
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Submission:
 
 
 class StackClients:
-    """The client half of :class:`harness.stack.MailStack` (a mixin: the attributes
+    """The client half of :class:`harness.stack.mailstack.MailStack` (a mixin: the attributes
     below are MailStack's)."""
 
     ports: dict[str, int]

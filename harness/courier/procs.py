@@ -9,8 +9,8 @@ import pwd
 from pathlib import Path
 from typing import Any
 
-from .courier_paths import AUTHDAEMON_SOCKET, AUTHDAEMOND_BIN, COURIERTCPD
-from .procs import all_pids, group_members, pid_alive, terminate_pids
+from harness.common.procs import all_pids, group_members, pid_alive, terminate_pids
+from harness.courier.paths import AUTHDAEMON_SOCKET, AUTHDAEMOND_BIN, COURIERTCPD
 
 
 def pids_of(executable: str) -> list[int]:
@@ -87,7 +87,7 @@ def recover_crashed_run(state: dict[str, Any]) -> None:
     """Stop the processes a crashed harness run left behind (by recorded pid
     and process group), before its backed-up files are restored.
 
-    ``session_pids`` are the session leaders :class:`harness.courier.Courier`
+    ``session_pids`` are the session leaders :class:`harness.courier.server.Courier`
     started: authdaemond, and couriertcpd for imapd, pop3d and the implicit-TLS
     (imapd-ssl, pop3d-ssl) listeners. A pid that now runs anything else was
     reused and is left alone."""

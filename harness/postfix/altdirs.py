@@ -1,6 +1,6 @@
 """``alternate_config_directories`` in the default /etc/postfix/main.cf: adding a
 private instance's config directory for its lifetime and removing it again, under a
-lock shared by parallel instances (see :mod:`harness.postfix`)."""
+lock shared by parallel instances (see :mod:`harness.postfix.server`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from .procs import run
+from harness.common.procs import run
 
 _MAIN_CF_LOCK = "/run/lock/vmaild-harness-postfix-main-cf.lock"
 

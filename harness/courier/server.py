@@ -5,7 +5,7 @@ program and its socket have compiled-in paths (/etc/courier/authdaemonrc,
 /etc/courier/authProg, /run/courier/authdaemon/socket), and so does
 authmysql's /etc/courier/authmysqlrc. :class:`Courier` therefore takes a
 machine-wide lock, backs those files up, writes its own, and restores them on
-stop (see :mod:`harness.sysfiles`; a crashed run is cleaned up by the next
+stop (see :mod:`harness.common.sysfiles`; a crashed run is cleaned up by the next
 one). Only one Courier can run per machine at a time.
 
 What is private: imapd and pop3d. Instead of Debian's ``imapd start`` (which
@@ -16,13 +16,13 @@ in the foreground the way that script builds its command line, on
 authdaemond is run in the foreground too (the binary itself never
 daemonises; /usr/sbin/authdaemond only wraps it in courierlogger), with
 stderr to a log file so DEBUG_LOGIN output is visible. The implicit-TLS
-listeners (imapd-ssl, pop3d-ssl; :mod:`harness.courier_tls`) are started on
+listeners (imapd-ssl, pop3d-ssl; :mod:`harness.courier.tls`) are started on
 request with :meth:`Courier.start_tls_listener`; like imapd and pop3d they are
 recorded for crash recovery and stopped with the rest.
 
-Helpers: :mod:`harness.courier_paths` (compiled-in paths),
-:mod:`harness.courier_files` (the global files' text),
-:mod:`harness.courier_procs` (process lookup, crash recovery).
+Helpers: :mod:`harness.courier.paths` (compiled-in paths),
+:mod:`harness.courier.files` (the global files' text),
+:mod:`harness.courier.procs` (process lookup, crash recovery).
 """
 
 from __future__ import annotations
@@ -34,16 +34,18 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from .courier_files import (
+from harness.common.ports import LOOPBACK, free_port, wait_for_port, wait_for_unix
+from harness.common.procs import exited, run, stop_process, tail, terminate_pids
+from harness.common.service import Service
+from harness.common.sysfiles import FileGuard
+from harness.courier.files import (
     authdaemonrc_text,
     authprog_wrapper,
     in_packaged_frame,
     prepare_run_dirs,
     write_file,
 )
-from .courier_paths import (
-    AUTHDAEMON_DIR,
-    AUTHDAEMON_PIDFILE,
+from harness.courier.paths import (
     AUTHDAEMON_SOCKET,
     AUTHDAEMOND_BIN,
     AUTHDAEMONRC,
@@ -54,28 +56,16 @@ from .courier_paths import (
     BASE_ENV,
     COURIER_ETC,
     COURIERTCPD,
-    COURIERTLS,
     GAM_SERVER,
     IMAPD,
     IMAPLOGIN,
     POP3D,
     POP3LOGIN,
-    RUN_COURIER,
 )
-from .courier_procs import pids_of, recover_crashed_run, refuse_foreign_authdaemond
-from .courier_tls import TlsListener
-from .ports import LOOPBACK, free_port, wait_for_port, wait_for_unix
-from .procs import exited, run, stop_process, tail, terminate_pids
-from .service import Service
-from .sysfiles import FileGuard
+from harness.courier.procs import pids_of, recover_crashed_run, refuse_foreign_authdaemond
+from harness.courier.tls import TlsListener
 
-#: The paths and the TLS listener live in their own modules; importable from here too.
-__all__ = [
-    "AUTHDAEMON_DIR", "AUTHDAEMON_PIDFILE", "AUTHDAEMON_SOCKET", "AUTHDAEMOND_BIN",
-    "AUTHDAEMONRC", "AUTHMYSQL_LIB", "AUTHMYSQLRC", "AUTHPIPE_LIB", "AUTHPROG", "BASE_ENV",
-    "COURIER_ETC", "COURIERTCPD", "COURIERTLS", "GAM_SERVER", "IMAPD", "IMAPLOGIN", "POP3D",
-    "POP3LOGIN", "RUN_COURIER", "Courier", "TlsListener",
-]
+__all__ = ["Courier"]
 
 
 class Courier(Service):
@@ -106,7 +96,7 @@ class Courier(Service):
         modules: authdaemonrc authmodulelist; default "authpipe" if auth_prog
             is given, else "authmysql".
         authmysqlrc: full text for /etc/courier/authmysqlrc (see
-            :func:`harness.seed.authmysqlrc_text`), needed for authmysql.
+            :func:`harness.stack.seed.authmysqlrc_text`), needed for authmysql.
         debug_login: DEBUG_LOGIN (0, 1, or 2 = also log passwords).
         maxperip: couriertcpd's per-IP limit. All test clients come from
             127.0.0.1, so Debian's 4 (pop3d) / 20 (imapd) would throttle

@@ -1,5 +1,5 @@
 """The files vmaild ships for Postfix, Courier and systemd, read the way those programs read
-them, so the harness can run the real stack from them (harness/stack.py) instead of from
+them, so the harness can run the real stack from them (harness/stack/mailstack.py) instead of from
 settings of its own.
 
 * ``postfix/main.cf.*``: main.cf syntax (postconf(5)): ``name = value`` logical lines, a
@@ -22,9 +22,9 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from .procs import run
+from harness.common.procs import run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 POSTFIX_DIR = ROOT / "postfix"
 COURIER_DIR = ROOT / "courier"
 SYSTEMD_DIR = ROOT / "systemd"

@@ -25,8 +25,8 @@ logs through postlogd (``postlog`` service in master.cf) to ``maillog_file``,
 whose directory must be listed in ``maillog_file_prefixes``.
 
 The configuration (default services, queue layout, main.cf/master.cf writing)
-is in :mod:`harness.postfix_config`, the alternate_config_directories edit in
-:mod:`harness.postfix_altdirs`.
+is in :mod:`harness.postfix.config`, the alternate_config_directories edit in
+:mod:`harness.postfix.altdirs`.
 """
 
 from __future__ import annotations
@@ -43,15 +43,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from email.message import EmailMessage
 from pathlib import Path
 
-from .ports import LOOPBACK, free_port, wait_for_port
-from .postfix_altdirs import register_alternate_config_dir, unregister_alternate_config_dir
-from .postfix_config import DEFAULT_MAIN_CF, DEFAULT_SERVICES, QUEUE_DIRS, PostfixConfig, cool_down
-from .procs import pid_alive, pids_with_cwd_under, run, signal_pids, tail, terminate_pids
-from .service import Service
-from .wait import HarnessTimeout, wait_until
+from harness.common.ports import LOOPBACK, free_port, wait_for_port
+from harness.common.procs import (
+    pid_alive,
+    pids_with_cwd_under,
+    run,
+    signal_pids,
+    tail,
+    terminate_pids,
+)
+from harness.common.service import Service
+from harness.common.wait import HarnessTimeout, wait_until
+from harness.postfix.altdirs import register_alternate_config_dir, unregister_alternate_config_dir
+from harness.postfix.config import (
+    PostfixConfig,
+)
 
-#: The configuration helpers live in postfix_config; importable from here too.
-__all__ = ["DEFAULT_MAIN_CF", "DEFAULT_SERVICES", "QUEUE_DIRS", "Postfix", "cool_down"]
+__all__ = ["Postfix"]
 
 
 class Postfix(PostfixConfig, Service):

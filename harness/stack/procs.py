@@ -1,4 +1,4 @@
-"""The processes :class:`harness.stack.MailStack` runs differently from the plain
+"""The processes :class:`harness.stack.mailstack.MailStack` runs differently from the plain
 harness services: Postfix with the shipped master.cf entries, and vmaild as the mail
 owner (systemd/vmaild.service: User=vmail)."""
 
@@ -10,10 +10,10 @@ import socket
 import subprocess
 import sys
 
-from . import shipped
-from .postfix import Postfix
-from .procs import run
-from .vmaild import Vmaild
+from harness.common.procs import run
+from harness.postfix.server import Postfix
+from harness.stack import shipped
+from harness.vmaild.server import Vmaild
 
 
 class StackPostfix(Postfix):
@@ -35,7 +35,7 @@ class StackPostfix(Postfix):
 class VmaildAsUser(Vmaild):
     """``vmaild serve`` as an unprivileged user (systemd/vmaild.service: User=vmail).
 
-    Same readiness protocol as :class:`harness.vmaild.Vmaild` (READY=1 on NOTIFY_SOCKET);
+    Same readiness protocol as :class:`harness.vmaild.server.Vmaild` (READY=1 on NOTIFY_SOCKET);
     the notification socket is made writable for that user."""
 
     def __init__(self, config: str, workdir: str | os.PathLike[str], user: str = "vmail"):

@@ -18,9 +18,9 @@ the demo and the delivery benchmark:
 
 What is global (Courier's compiled-in paths, that ACL) is backed up or undone on stop.
 
-The configuration is built in :mod:`harness.stack_config`, the client side (SMTP, IMAP,
-POP3, Maildirs, maillog) is in :mod:`harness.stack_clients`, and the variants of Postfix and
-vmaild it runs in :mod:`harness.stack_procs`; their names are importable from here too.
+The configuration is built in :mod:`harness.stack.config`, the client side (SMTP, IMAP,
+POP3, Maildirs, maillog) is in :mod:`harness.stack.clients`, and the variants of Postfix and
+vmaild it runs in :mod:`harness.stack.procs`.
 """
 
 from __future__ import annotations
@@ -37,22 +37,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import seed, shared_tempdir, shipped
-from .courier import COURIERTLS, Courier, TlsListener
-from .mariadb import MariaDB
-from .ports import free_port
-from .procs import run
-from .service import Service
-from .stack_clients import Delivery, StackClients, Submission
-from .stack_config import TEST_PASSWORD_ROUNDS, StackConfig
-from .stack_procs import StackPostfix, VmaildAsUser, can_run_python_as
-from .tls import Certificate, make_certificate
-from .vmaild import Vmaild
+from harness.common.ports import free_port
+from harness.common.procs import run
+from harness.common.service import Service
+from harness.common.tempdir import shared_tempdir
+from harness.common.tls import Certificate, make_certificate
+from harness.courier.server import Courier
+from harness.courier.tls import TlsListener
+from harness.mariadb.server import MariaDB
+from harness.stack import seed, shipped
+from harness.stack.clients import StackClients
+from harness.stack.config import StackConfig
+from harness.stack.procs import StackPostfix, VmaildAsUser, can_run_python_as
+from harness.vmaild.server import Vmaild
 
 __all__ = [
-    "ACL_XATTR", "AUTHDAEMON_DIR", "AUTHPIPE", "BIN", "COURIERTLS", "HOSTNAME",
-    "TEST_PASSWORD_ROUNDS", "VMAIL_GID", "VMAIL_UID", "VMAILCTL", "Delivery", "MailStack",
-    "StackPostfix", "Submission", "TlsListener", "VmaildAsUser",
+    "ACL_XATTR", "AUTHDAEMON_DIR", "AUTHPIPE", "BIN", "HOSTNAME", "VMAIL_GID", "VMAIL_UID",
+    "VMAILCTL", "MailStack",
 ]
 
 BIN = Path(sys.executable).parent
@@ -68,8 +69,8 @@ HOSTNAME = "mail.example.test"
 class MailStack(StackConfig, StackClients, Service):
     """The seed on vmaild, everything on loopback; use as a context manager.
 
-    Configuration methods come from :class:`~harness.stack_config.StackConfig`, client
-    methods (send, imap, pop3, submit, ...) from :class:`~harness.stack_clients.StackClients`."""
+    Configuration methods come from :class:`~harness.stack.config.StackConfig`, client
+    methods (send, imap, pop3, submit, ...) from :class:`~harness.stack.clients.StackClients`."""
 
     basedir: Path | None = None
     seed_rows: bool = True

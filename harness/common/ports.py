@@ -7,7 +7,7 @@ import random
 import socket
 from collections.abc import Callable
 
-from .wait import wait_until
+from harness.common.wait import wait_until
 
 LOOPBACK = "127.0.0.1"
 

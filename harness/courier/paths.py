@@ -1,5 +1,5 @@
 """Where Debian's Courier packages put things: compiled-in configuration, socket and
-binary paths, shared by :mod:`harness.courier` and its helper modules."""
+binary paths, shared by :mod:`harness.courier.server` and its helper modules."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The global files :class:`harness.courier.Courier` writes: /etc/courier/authdaemonrc,
+"""The global files :class:`harness.courier.server.Courier` writes: /etc/courier/authdaemonrc,
 authProg and authmysqlrc (built from the packaged files), and the /run/courier
 directories the package's tmpfiles.d entry would create at boot."""
 
@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from .courier_paths import AUTHDAEMON_DIR, AUTHDAEMONRC, RUN_COURIER
+from harness.courier.paths import AUTHDAEMON_DIR, AUTHDAEMONRC, RUN_COURIER
 
 
 def authdaemonrc_text(modules: str, daemons: int, debug_login: int) -> str:
@@ -35,7 +35,7 @@ def authprog_wrapper(auth_prog: Path, auth_env: Mapping[str, str]) -> str:
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in auth_env.items())
     return (
         "#!/bin/sh\n"
-        "# Installed by the vmaild test harness (harness/courier.py); the original\n"
+        "# Installed by the vmaild test harness (harness/courier/server.py); the original\n"
         "# is restored when the harness stops. authdaemond runs this as root.\n"
         f'{exports}exec {shlex.quote(str(auth_prog))} "$@"\n'
     )
