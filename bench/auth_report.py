@@ -6,6 +6,8 @@ import os
 import statistics
 from typing import Any
 
+from bench.common import Target
+
 PHASES = ("first", "repeated", "direct", "authmysql")
 CPU_ROLES = ("clients", "authdaemond", "relay", "vmaild", "mariadb")
 
@@ -34,14 +36,13 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     return {"sets": sets, "rounds": rounds}
 
 
-def report(res: dict[str, Any], quick: bool) -> str:
-    meta = res["meta"]
+def report(res: dict[str, Any], meta: dict[str, Any], quick: bool) -> str:
     lines = ["", f"vmaild auth benchmark -- {'QUICK' if quick else 'full'} mode, "
              f"{os.cpu_count()} CPUs, {meta['clients']} client processes, authdaemond "
              f"daemons={meta['daemons']}, {meta['rounds']} round(s), medians",
-             f"load average at start: {res['meta']['loadavg_start']:.2f}"
+             f"load average at start: {meta['loadavg_start']:.2f}"
              + ("  << busy machine: figures are depressed and noisy"
-                if res["meta"]["loadavg_start"] > 1.0 else ""),
+                if meta["loadavg_start"] > 1.0 else ""),
              "",
              f"  {'hash set':<22} {'users':>5} {'authmysql/s':>11} {'vmaild first/s':>14} "
              f"{'first vs':>8} {'repeated/s':>10} {'repeat vs':>9} {'direct/s':>9}"]
@@ -54,9 +55,7 @@ def report(res: dict[str, Any], quick: bool) -> str:
     lines += ["", "  'vs' = vmaild / authmysql, the median of the rounds' ratios (same users, "
               "hashes, authdaemond, clients);",
               "  'direct' = repeated logins sent straight to vmaild's [auth] socket (no "
-              "authdaemond, no relay).", "", cpu_table(res), "", "targets:"]
-    for t in res["targets"]:
-        lines.append(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['what']}: {t['value']}")
+              "authdaemond, no relay).", "", cpu_table(res)]
     return "\n".join(lines)
 
 
@@ -76,12 +75,12 @@ def cpu_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+def targets(res: dict[str, Any]) -> list[Target]:
     out = []
     for name, s in res["sets"].items():
         rep, first = s["repeated_vs_authmysql"], s["first_vs_authmysql"]
-        out.append({"what": f"repeated logins faster than authmysql ({name})",
-                    "value": f"{rep:.2f}x", "met": rep > 1.0})
-        out.append({"what": f"first logins within 10% of authmysql ({name})",
-                    "value": f"{first:.2f}x", "met": first >= 0.9})
+        out.append(Target(f"repeated logins faster than authmysql ({name})", rep > 1.0,
+                          f"{rep:.2f}x"))
+        out.append(Target(f"first logins within 10% of authmysql ({name})", first >= 0.9,
+                          f"{first:.2f}x"))
     return out

@@ -1,6 +1,6 @@
 """Benchmark: logins per second through Courier's authdaemond, vmaild against authmysql.
 
-Issue 4, "Benchmark": one run, one machine, one private MariaDB with the seed's tables
+One run, one machine, one private MariaDB with the seed's tables
 (migrated by ``vmailctl db migrate``), and the same users and hashes for both contenders:
 
 - **vmaild**: authdaemond -> vmaild-authpipe (as /etc/courier/authProg) -> ``vmaild serve``,
@@ -21,14 +21,13 @@ only figures measured close together compare fairly. Three hash sets: the seed's
 default 656,000 rounds (what vmaild writes by default). Targets: repeated logins faster
 than authmysql, first logins within 10% of it.
 
-A report, not a test: a missed target still exits 0; a run that cannot complete, or a login
-that fails, exits 1. Results go to bench/results/auth-<timestamp>.json.
+Output, results file and exit status as every benchmark's (bench/common.py); a login that
+fails makes the run fail.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import shutil
@@ -43,12 +42,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import auth_report, cpu
-from harness import Courier, MariaDB, seed
-from harness.courier import AUTHDAEMON_SOCKET
-from harness.vmaild import Vmaild
+from bench.common import Outcome, logger
+from bench.common import main as bench_main
+from harness.courier.paths import AUTHDAEMON_SOCKET
+from harness.courier.server import Courier
+from harness.mariadb.server import MariaDB
+from harness.stack import seed
+from harness.vmaild.server import Vmaild
 from vmaild import passwords
 
-RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "auth"
 BIN = Path(sys.executable).parent
 DBNAME, DBUSER, DBPASSWORD = "vmaild_bench_auth", "bench_auth", "bench-auth-pw"
 DOMAIN = "bench.test"
@@ -75,8 +78,7 @@ HASH_SETS = (
 )
 
 
-def log(msg: str) -> None:
-    print(f"[bench auth {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = logger(NAME)
 
 
 # -- the client (runs in worker processes) ---------------------------------------------------
@@ -257,47 +259,36 @@ class Bench:
         self.db.cleanup()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_auth", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="fewer users per hash set (also VMAILD_BENCH_QUICK=1)")
-    args = p.parse_args(argv)
-    quick = args.quick or os.environ.get("VMAILD_BENCH_QUICK") == "1"
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """No options beyond --quick (fewer users per hash set)."""
+
+
+def run(args: argparse.Namespace, quick: bool) -> Outcome:
     missing = MariaDB.missing_requirements() + Courier.missing_requirements("authpipe authmysql")
     if missing:
-        print(f"bench auth: cannot run, missing: {', '.join(missing)}", file=sys.stderr)
-        return 1
+        return Outcome({}, "", failures=[f"cannot run, missing: {', '.join(missing)}"])
+    loadavg_start = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="vmaild-bench-auth-"))
     os.chmod(tmp, 0o755)
     bench = Bench(quick, tmp)
-    started = time.time()
-    loadavg_start = os.getloadavg()[0]
     try:
         bench.setup()
         bench.run_rounds()
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Exception as e:  # noqa: BLE001 - report, clean up, exit 1
+    except Exception as e:  # noqa: BLE001 - a failed round: no figures to summarise
         log(f"failed: {type(e).__name__}: {e}\n{bench.logs()}")
-        return 1
+        raise
     finally:
         bench.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
-    res = auth_report.summarise(bench.rounds)
-    res["meta"] = {"quick": quick, "cpus": os.cpu_count(), "clients": CLIENTS,
-                   "daemons": DAEMONS, "rounds": len(bench.rounds),
-                   "loadavg_start": loadavg_start,
-                   "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-                   "wall_seconds": round(time.time() - started, 1)}
-    res["targets"] = auth_report.targets(res)
-    print(auth_report.report(res, quick), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"auth-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}.json"
-    path.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    print(f"\nresults: {path}  ({res['meta']['wall_seconds']} s)")
-    return 0
+    figures = auth_report.summarise(bench.rounds)
+    meta = {"clients": CLIENTS, "daemons": DAEMONS, "rounds": len(bench.rounds),
+            "loadavg_start": loadavg_start}
+    return Outcome(figures, auth_report.report(figures, meta, quick),
+                   targets=auth_report.targets(figures), meta=meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(NAME, __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

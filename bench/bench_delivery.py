@@ -1,12 +1,12 @@
 """Benchmark: mail accepted and delivered per second, the seed's wiring against vmaild's.
 
-Issue 6, "Benchmark". One run, one machine, one MariaDB with the seed's schema and rows (plus
+One run, one machine, one MariaDB with the seed's schema and rows (plus
 eight benchmark mailboxes), and two private Postfix instances fed the same messages in
 alternating rounds:
 
-* ``seed``: the tutorial's main.cf verbatim (harness/seed.py): ``proxy:mysql:`` maps on its
+* ``seed``: the tutorial's main.cf verbatim (harness/stack/seed.py): ``proxy:mysql:`` maps on its
   four mysql-virtual_*.cf files, delivery by virtual(8) into virtual_mailbox_base;
-* ``vmaild``: the shipped configuration (harness/stack.py): socketmap: maps on vmaild, the
+* ``vmaild``: the shipped configuration (harness/stack/mailstack.py): socketmap: maps on vmaild, the
   policy service at RCPT and END-OF-DATA, delivery by postfix/vmaild-maildrop -> maildrop,
   which looks each recipient up through authdaemond -> vmaild-authpipe -> vmaild;
 * ``vmaild-nopolicy``: the same without main.cf.policy, to show what the policy service
@@ -20,16 +20,14 @@ DATA, with delivery held (``defer_transports``: lookups, policy, queue writes); 
 is messages per second from releasing the queue (``postqueue -f``) until the last message
 file is in its Maildir (the delivery agent and, for vmaild, authdaemond and vmaild).
 vmaild's lookup latency comes from its own histograms (/metrics), as the difference across
-the vmaild rounds. A report, not a test: it exits 0 unless it cannot run; results go
-to bench/results/delivery-<timestamp>.json.
+the vmaild rounds. No targets: figures only. Output, results file and exit status as every
+benchmark's (bench/common.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import shutil
 import smtplib
@@ -38,17 +36,19 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import seed, shipped
-from harness.postfix import Postfix
-from harness.stack import HOSTNAME, VMAIL_GID, VMAIL_UID, MailStack, StackPostfix
+from bench.common import Outcome, logger
+from bench.common import main as bench_main
+from harness.postfix.server import Postfix
+from harness.stack import seed, shipped
+from harness.stack.mailstack import HOSTNAME, VMAIL_GID, VMAIL_UID, MailStack
+from harness.stack.procs import StackPostfix
 
-RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "delivery"
 DOMAIN = "example.test"
 MAILBOXES = [f"bench{i}@{DOMAIN}" for i in range(8)]
 DES_HASH = "abJnggxhB/yWI"  # an ENCRYPT()-style hash; deliveries never read it
@@ -57,8 +57,7 @@ HISTOGRAMS = ("vmaild_lookup_seconds", "vmaild_policy_request_seconds",
               "vmaild_db_query_seconds")
 
 
-def log(msg: str) -> None:
-    print(f"[bench delivery {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = logger(NAME)
 
 
 @dataclass
@@ -248,9 +247,9 @@ def latency(before: str, after: str) -> list[dict[str, Any]]:
 # -- report ------------------------------------------------------------------------------------
 
 def report(plan: Plan, generator: str, results: dict[str, list[dict[str, float]]],
-           lat: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+           lat: list[dict[str, Any]]) -> str:
     lines = [f"vmaild delivery benchmark -- {'QUICK' if plan.quick else 'full'} mode, "
-             f"{meta['cpus']} CPUs; {plan.rounds} round(s) per configuration of "
+             f"{os.cpu_count()} CPUs; {plan.rounds} round(s) per configuration of "
              f"{plan.messages} messages ({plan.size} bytes) to {len(MAILBOXES)} mailboxes; "
              f"load: {generator}", ""]
     med = {name: {k: statistics.median(r[k] for r in rounds)
@@ -283,27 +282,23 @@ def report(plan: Plan, generator: str, results: dict[str, list[dict[str, float]]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_delivery", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="one small round per configuration")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--messages", type=int, help="messages per round (default 1600, quick 320)")
     p.add_argument("--rounds", type=int, help="rounds per configuration (default 3, quick 1)")
     p.add_argument("--sessions", type=int, default=2,
                    help="SMTP sessions per mailbox's sender (default 2: 16 in all)")
     p.add_argument("--size", type=int, default=2048, help="message payload bytes")
-    args = p.parse_args(argv)
-    quick = args.quick or os.environ.get("VMAILD_BENCH_QUICK") == "1"
+
+
+def run(args: argparse.Namespace, quick: bool) -> Outcome:
     plan = Plan(args.messages or (320 if quick else 1600), args.rounds or (1 if quick else 3),
                 args.sessions, args.size, quick)
     if os.geteuid() != 0:
-        print("bench delivery: needs root (Courier's global paths)", file=sys.stderr)
-        return 1
+        return Outcome({}, "", failures=["needs root (Courier's global paths)"])
     send = send_smtp_source if shutil.which("smtp-source") else send_smtplib
     generator = ("smtp-source (postfix package), one process per mailbox, "
                  f"{plan.sessions} sessions each" if send is send_smtp_source else
                  f"smtplib threads, {plan.sessions} per mailbox (no smtp-source here)")
-    started = time.time()
     stack = MailStack(log_level="warning")
     seed_pf: Postfix | None = None
     nopolicy_pf: Postfix | None = None
@@ -341,25 +336,20 @@ def main(argv: list[str] | None = None) -> int:
         # Only the deltas of the vmaild rounds count; seed rounds in between add nothing to
         # vmaild's histograms.
         lat = latency(lat_before, lat_after)
-        meta = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                "postfix": subprocess.run(["postconf", "-h", "mail_version"],
-                                          capture_output=True, text=True).stdout.strip(),
-                "generator": generator}
-        print(report(plan, generator, results, lat, meta))
-        RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"delivery-{time.strftime('%Y%m%d-%H%M%S', time.localtime(started))}.json"
-        path.write_text(json.dumps({"plan": plan.__dict__, "results": results, "latency": lat,
-                                    "meta": meta}, indent=2) + "\n")
-        print(f"\nresults: {path}")
-        return 0
-    except Exception:
-        traceback.print_exc()
-        return 1
     finally:
         for pf in (seed_pf, nopolicy_pf):
             if pf is not None:
                 pf.cleanup()
         stack.cleanup()
+    meta = {"postfix": subprocess.run(["postconf", "-h", "mail_version"],
+                                      capture_output=True, text=True).stdout.strip(),
+            "generator": generator}
+    figures = {"plan": plan.__dict__, "rounds": results, "latency": lat}
+    return Outcome(figures, report(plan, generator, results, lat), meta=meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(NAME, __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

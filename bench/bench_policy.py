@@ -1,7 +1,7 @@
 """Benchmark: vmaild's policy service, requests/s and latency, database-backed checks on.
 
-Issue 5, "Benchmark": policy requests per second and p99 at 16 and 64 persistent connections.
-One private MariaDB (schema from ``vmailctl db init``), 1,000 users with Maildirs and
+Policy requests per second and their latency (p50/p90/p99) at 16 and 64 persistent
+connections. One private MariaDB (schema from ``vmailctl db init``), 1,000 users with Maildirs and
 maildirsize files (every tenth one full), one ``vmaild serve`` with only ``[policy]`` listening
 (default checks and pool size, limits set high enough never to trigger), and two mixes:
 
@@ -14,17 +14,15 @@ maildirsize files (every tenth one full), one ``vmaild serve`` with only ``[poli
 The load generator is this file's own: one or more processes, each driving its share of the
 connections with non-blocking sockets and epoll, one request in flight per connection
 (Postfix's client is strictly sequential, PROTOCOLS.md 3.3). Its CPU use is reported next to
-vmaild's and MariaDB's, so a run where it was the bottleneck shows it. Results go to
-bench/results/policy-<timestamp>.json. A report, not a test: it exits 0 unless it cannot run.
+vmaild's and MariaDB's, so a run where it was the bottleneck shows it. No targets: figures
+only. Output, results file and exit status as every benchmark's (bench/common.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-import platform
 import random
 import selectors
 import shutil
@@ -36,14 +34,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from bench.common import Outcome, logger
+from bench.common import main as bench_main
 from bench.cpu import machine_busy_seconds, proc_cpu_seconds
-from harness import shared_tempdir
-from harness.mariadb import MariaDB
-from harness.ports import free_port
-from harness.vmaild import Vmaild
+from harness.common.ports import free_port
+from harness.common.tempdir import shared_tempdir
+from harness.mariadb.server import MariaDB
+from harness.vmaild.server import Vmaild
 from vmaild.ctl import schema_state
 
-RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "policy"
 DBNAME, DBUSER, DBPASSWORD = "vmaild_bench_policy", "bench", "bench-pw"
 DOMAIN = "bench.test"
 USERS = 1000
@@ -51,8 +51,7 @@ CONCURRENCY = (16, 64)
 MIXES = ("submission", "inbound")
 
 
-def log(msg: str) -> None:
-    print(f"[bench policy {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = logger(NAME)
 
 
 def user(i: int) -> str:
@@ -208,23 +207,21 @@ def config(db: MariaDB, port: int, base: Path) -> str:
             f"ratelimit_recipients = 1000000000\n\n[log]\nlevel = warning\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_policy", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="2 s per run instead of 5")
-    p.add_argument("--duration", type=float, default=0.0, help="seconds per run")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=float, default=0.0,
+                   help="seconds per run (default 5, quick 2)")
     p.add_argument("--procs", type=int, default=1, help="load generator processes")
-    args = p.parse_args(argv)
-    quick = args.quick or os.environ.get("VMAILD_BENCH_QUICK") == "1"
+
+
+def run(args: argparse.Namespace, quick: bool) -> Outcome:
     duration = args.duration or (2.0 if quick else 5.0)
+    meta: dict[str, Any] = {"duration": duration, "users": USERS}
     missing = MariaDB.missing_requirements()
     if missing:
-        log(f"cannot run: missing {', '.join(missing)}")
-        return 1
-    results: dict[str, Any] = {"meta": {
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(),
-        "cpus": os.cpu_count(), "python": platform.python_version(), "duration": duration,
-        "users": USERS, "quick": quick}}
+        return Outcome({}, "", failures=[f"cannot run, missing: {', '.join(missing)}"],
+                       meta=meta)
+    figures: dict[str, Any] = {}
+    failures: list[str] = []
     tmp = Path(tempfile.mkdtemp(prefix="vmaild-bench-policy-"))
     base = shared_tempdir("vmaild-bench-maildirs-")
     db = MariaDB()
@@ -250,45 +247,43 @@ def main(argv: list[str] | None = None) -> int:
                 busy = (machine_busy_seconds() - busy0) / r["seconds"]
                 r["other_cpu"] = max(0.0, busy - r["vmaild_cpu"] - r["loadgen_cpu"]
                                      - r["mariadb_cpu"])
-                results[f"{mix}-{conns}"] = r
-    except Exception as e:  # noqa: BLE001 - report what broke, exit 1
+                figures[f"{mix}-{conns}"] = r
+    except Exception as e:  # noqa: BLE001 - keep what was measured, report what broke
         traceback.print_exc()
-        results["error"] = f"{type(e).__name__}: {e}"
+        failures.append(f"{type(e).__name__}: {e}")
     finally:
         if vm is not None:
             vm.stop()
         db.cleanup()
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    report(results)
-    return 1 if "error" in results else 0
+    return Outcome(figures, report(figures, duration), failures=failures, meta=meta)
 
 
-def report(results: dict[str, Any]) -> None:
-    print("\nvmaild policy service (PROTOCOLS.md 3), database-backed checks on; "
-          f"{results['meta']['cpus']} CPUs, {results['meta']['duration']:.0f} s per run")
-    print(f"{'mix':<11} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
-          f"{'max ms':>7} {'vmaild':>6} {'mariadb':>7} {'loadgen':>7} {'other':>6}  replies")
+def report(figures: dict[str, Any], duration: float) -> str:
+    lines = ["", "vmaild policy service (PROTOCOLS.md 3), database-backed checks on; "
+             f"{os.cpu_count()} CPUs, {duration:.0f} s per run",
+             f"{'mix':<11} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
+             f"{'max ms':>7} {'vmaild':>6} {'mariadb':>7} {'loadgen':>7} {'other':>6}  replies"]
     for mix in MIXES:
         for conns in CONCURRENCY:
-            r = results.get(f"{mix}-{conns}")
+            r = figures.get(f"{mix}-{conns}")
             if r is None:
                 continue
             replies = " ".join(f"{v}:{n}" for v, n in sorted(r["verbs"].items()))
             errors = f"  ERRORS: {r['errors']}" if r["errors"] else ""
-            print(f"{mix:<11} {conns:>5} {r['rps']:>8.0f} {r['p50_us'] / 1e3:>7.2f} "
-                  f"{r['p90_us'] / 1e3:>7.2f} {r['p99_us'] / 1e3:>7.2f} {r['max_us'] / 1e3:>7.1f} "
-                  f"{r['vmaild_cpu']:>6.2f} {r['mariadb_cpu']:>7.2f} {r['loadgen_cpu']:>7.2f} "
-                  f"{r['other_cpu']:>6.2f}  "
-                  f"{replies}{errors}")
-    print("CPU columns: cores busy on average (vmaild, MariaDB, the load generator, and "
-          "everything else: the kernel's loopback networking, other work on the machine).")
-    if "error" in results:
-        print(f"FAILED: {results['error']}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"policy-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {path.relative_to(RESULTS.parent.parent)}")
+            lines.append(
+                f"{mix:<11} {conns:>5} {r['rps']:>8.0f} {r['p50_us'] / 1e3:>7.2f} "
+                f"{r['p90_us'] / 1e3:>7.2f} {r['p99_us'] / 1e3:>7.2f} {r['max_us'] / 1e3:>7.1f} "
+                f"{r['vmaild_cpu']:>6.2f} {r['mariadb_cpu']:>7.2f} {r['loadgen_cpu']:>7.2f} "
+                f"{r['other_cpu']:>6.2f}  {replies}{errors}")
+    lines.append("CPU columns: cores busy on average (vmaild, MariaDB, the load generator, and "
+                 "everything else: the kernel's loopback networking, other work on the machine).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(NAME, __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
  *
  * It behaves like many Postfix processes at once: every connection is persistent and
  * strictly sequential -- it sends one request, waits for the complete reply, then sends the
- * next (shared/docs/PROTOCOLS.md 1.4 and 2.4: one outstanding request per connection, no
+ * next (docs/PROTOCOLS.md 1.4 and 2.4: one outstanding request per connection, no
  * pipelining). All connections are driven by one thread with epoll, so on a 2-core machine
  * the generator takes one core at most and leaves the other to the server under test.
  *

@@ -1,8 +1,9 @@
 """``make bench``: run every bench/bench_*.py, each in its own process, and sum up.
 
 Order: lookup, auth, policy, then any others alphabetically. A benchmark that fails does
-not stop the others; the summary names it and the exit status is 1. Benchmarks report
-targets that are not met in their own output -- that is not a failure.
+not stop the others; the summary names it and the exit status is 1. Every benchmark has the
+same shape (bench/common.py): the same options, a report ending in its targets as met / not
+met (a target not met is not a failure), and bench/results/NAME-<timestamp>.json.
 
     python -m bench.run                 # everything
     python -m bench.run --quick         # smaller data and shorter runs (VMAILD_BENCH_QUICK=1)

@@ -1,48 +1,30 @@
-"""Test/benchmark/demo harness: real MariaDB, Postfix and Courier on loopback.
+"""Test/benchmark/demo harness: real MariaDB, Postfix, Courier and vmaild on loopback.
 
-Not installed; import it with the repository root on PYTHONPATH. Every class
-is a context manager that cleans up everything it started::
+Not installed; import it with the repository root on PYTHONPATH. Every service class is a
+context manager that cleans up everything it started::
 
-    from harness import MariaDB, Postfix, Courier, seed
+    from harness.mariadb.server import MariaDB
+    from harness.stack import seed
 
     with MariaDB() as db:
         seed.load_seed(db)
         ...
 
-Modules: ports (free ports, readiness waits), mariadb, seed (the tutorial's
-schema, rows and .cf files), postfix, courier, maildir, and the helpers
-procs/sysfiles/wait they share.
+One subpackage per component; names are imported from the module that defines them:
+
+- ``common``: what every component uses: free ports and readiness waits (``ports``,
+  ``wait``), processes (``procs``), the service context manager (``service``), guarded
+  system files (``sysfiles``), certificates (``tls``), Maildirs (``maildir``), scratch
+  directories (``tempdir``);
+- ``mariadb``: a private MariaDB server (``server``);
+- ``postfix``: a private Postfix instance (``server``; ``config``, ``altdirs``);
+- ``courier``: Courier's authdaemond, imapd and pop3d at their compiled-in paths
+  (``server``; ``paths``, ``files``, ``procs``, ``tls``);
+- ``vmaild``: the real ``vmaild serve`` as a subprocess (``server``);
+- ``stack``: the seed tutorial's data and wiring (``seed``), vmaild's shipped files read
+  as Postfix and Courier read them (``shipped``), and the whole stack built from them
+  (``mailstack``; ``config``, ``clients``, ``procs``);
+- ``host``: a booted Debian 12 under systemd-nspawn (``nspawn``) and SMTP load against it
+  (``mailload``), for tests/system;
+- ``demo``: ``make demo`` (``python -m harness.demo``).
 """
-
-from __future__ import annotations
-
-import os
-import tempfile
-from pathlib import Path
-
-from .courier import Courier
-from .mariadb import MariaDB
-from .ports import free_port, wait_for_port, wait_for_unix
-from .postfix import Postfix
-
-__all__ = [
-    "Courier",
-    "MariaDB",
-    "Postfix",
-    "free_port",
-    "shared_tempdir",
-    "wait_for_port",
-    "wait_for_unix",
-]
-
-
-def shared_tempdir(prefix: str = "vmaild-") -> Path:
-    """A temp dir that service users (postfix, mysql, vmail) can traverse.
-
-    mkdtemp() and pytest's tmp_path are 0700 root, which hides files such as
-    mysql: .cf tables or Maildirs from daemons that dropped privileges.
-    The caller removes it.
-    """
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    os.chmod(path, 0o755)
-    return path

@@ -4,9 +4,9 @@ On a fresh Debian 12 machine as root: a private MariaDB with the seed's own SQL 
 section 2), ``vmailctl db migrate``, ``vmaild serve`` as the mail owner, Courier's authdaemond
 (through vmaild-authpipe), imapd and pop3d with their SSL variants, and a private Postfix,
 all on loopback in a sandbox directory and all configured from the shipped files
-(harness/stack.py). Then the tutorial's last sections: a domain and a user, mail in over SMTP,
-mail out over POP3 and IMAP, plus SMTP AUTH, a database outage and the metrics. Each step
-prints one line. ``VMAILD_DEMO_KEEP=1`` keeps the sandbox.
+(harness/stack/mailstack.py). Then the tutorial's last sections: a domain and a user, mail
+in over SMTP, mail out over POP3 and IMAP, plus SMTP AUTH, a database outage and the
+metrics. Each step prints one line. ``VMAILD_DEMO_KEEP=1`` keeps the sandbox.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ import sys
 import time
 from collections.abc import Callable
 
-from .courier_procs import describe_identity, relay_pids
-from .procs import run
-from .stack import MailStack
-from .wait import wait_until
+from harness.common.procs import run
+from harness.common.wait import wait_until
+from harness.courier.procs import describe_identity, relay_pids
+from harness.stack.mailstack import MailStack
 
 DOMAIN, USER, PASSWORD = "raecoo.com", "sales@raecoo.com", "password"  # the seed's example
 ALIAS = "info@raecoo.com"

@@ -4,5 +4,5 @@
 - ``servers``: the private MariaDB, its data, and the vmaild instances under test;
 - ``baselines``: the clients measured against vmaild, mariadb-slap and ``postmap -q -``;
 - ``runner``: the parts in order, driving bench/loadgen.c against vmaild;
-- ``report``: the printed table and the issue's targets.
+- ``report``: the printed table and the targets.
 """

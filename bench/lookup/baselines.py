@@ -16,8 +16,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from harness import seed
-from harness.mariadb import MariaDB
+from harness.mariadb.server import MariaDB
+from harness.stack import seed
 
 from ..cpu import machine_busy_seconds, proc_cpu_seconds
 from .common import (

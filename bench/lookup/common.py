@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import re
 import resource
-import sys
-import time
 from pathlib import Path
+
+from bench.common import logger
 
 DOMAIN = "bench.test"
 DBNAME = "vmaild_bench"
@@ -36,8 +36,7 @@ class Plan:
         self.rss_keys = args.rss_keys or (100_000 if quick else 1_000_000)
 
 
-def log(msg: str) -> None:
-    print(f"[bench lookup {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = logger("lookup")
 
 
 def address(i: int, width: int, prefix: str = "u") -> str:

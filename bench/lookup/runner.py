@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.mariadb import MariaDB
+from harness.mariadb.server import MariaDB
 
 from ..cpu import machine_busy_seconds, proc_cpu_seconds
 from ..loadgen import LoadGenerator

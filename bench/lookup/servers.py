@@ -7,10 +7,10 @@ import shutil
 import time
 from pathlib import Path
 
-from harness import seed
-from harness.mariadb import MariaDB
-from harness.ports import free_port
-from harness.vmaild import Vmaild, config_text
+from harness.common.ports import free_port
+from harness.mariadb.server import MariaDB
+from harness.stack import seed
+from harness.vmaild.server import Vmaild, config_text
 
 from .common import (
     DBPASSWORD,

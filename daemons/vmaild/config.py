@@ -1,4 +1,4 @@
-"""The INI configuration file (shared/docs/DESIGN.md, "Configuration: one INI file").
+"""The INI configuration file (docs/DESIGN.md, "Configuration: one INI file").
 
 Every section is a frozen dataclass; the parser reads the dataclass fields, so adding a
 setting is one typed line with a default. A mistake stops start-up with one line naming

@@ -1,6 +1,6 @@
 """Maildir creation with the account's owner.
 
-Courier never creates a Maildir (shared/docs/STACK.md): the seed's admins had to send a
+Courier never creates a Maildir (docs/STACK.md): the seed's admins had to send a
 "hello" mail first. vmailctl creates one when it adds a user, and the auth service when an
 account logs in or is looked up without one.
 """

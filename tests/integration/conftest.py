@@ -18,8 +18,11 @@ from typing import Any
 
 import pytest
 
-from harness import Courier, MariaDB, Postfix, shared_tempdir
-from harness.seed import SeedDatabase, load_seed, write_mysql_cf
+from harness.common.tempdir import shared_tempdir
+from harness.courier.server import Courier
+from harness.mariadb.server import MariaDB
+from harness.postfix.server import Postfix
+from harness.stack.seed import SeedDatabase, load_seed, write_mysql_cf
 
 INTEGRATION_DIR = Path(__file__).parent
 

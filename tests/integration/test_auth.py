@@ -24,12 +24,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import Courier, MariaDB, free_port, shared_tempdir
-from harness.courier import AUTHDAEMON_SOCKET
-from harness.maildir import drop_message
-from harness.seed import SEED_USERS, SeedDatabase, load_seed
-from harness.vmaild import Vmaild, config_text, seed_ports
-from harness.wait import wait_until
+from harness.common.maildir import drop_message
+from harness.common.ports import free_port
+from harness.common.tempdir import shared_tempdir
+from harness.common.wait import wait_until
+from harness.courier.paths import AUTHDAEMON_SOCKET
+from harness.courier.server import Courier
+from harness.mariadb.server import MariaDB
+from harness.stack.seed import SEED_USERS, SeedDatabase, load_seed
+from harness.vmaild.server import Vmaild, config_text, seed_ports
 from tests.integration.conftest import CourierSession, require
 from vmaild import passwords
 

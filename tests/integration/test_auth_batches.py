@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from harness.seed import SEED_USERS, SeedDatabase
+from harness.stack.seed import SEED_USERS, SeedDatabase
 from vmaild import config
 from vmaild.auth.accounts import Account, AccountSource
 from vmaild.db import Database

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import courier_procs
-from harness.courier_procs import identity
+from harness.courier import procs as courier_procs
+from harness.courier.procs import identity
 from tests.integration.conftest import CourierSession
 from tests.integration.test_auth import Stack, auth_stack, imap_login
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Postfix
+from harness.postfix.server import Postfix
 from tests.integration.conftest import CourierSession, require
 from tests.integration.test_auth import Stack, auth_stack
 

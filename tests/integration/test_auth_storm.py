@@ -1,5 +1,5 @@
-"""50 concurrent logins must not block vmaild's event loop (issue 4, "Hashing runs off the
-event loop"): while they are verified, tcp: lookups keep their latency.
+"""50 concurrent logins must not block vmaild's event loop (README.md, "The event loop
+never waits"): while they are verified, tcp: lookups keep their latency.
 
 Not a performance test: the bound is generous. The logins go straight to vmaild's ``[auth]``
 socket, 50 at once (authdaemond would let only its 5 workers through), each for a different

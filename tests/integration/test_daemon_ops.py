@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import seed
-from harness.ports import free_port
-from harness.procs import pid_alive, run
-from harness.vmaild import Vmaild, config_text, seed_ports
-from harness.wait import wait_until
+from harness.common.ports import free_port
+from harness.common.procs import pid_alive, run
+from harness.common.wait import wait_until
+from harness.stack import seed
+from harness.vmaild.server import Vmaild, config_text, seed_ports
 
 pytestmark = pytest.mark.integration
 

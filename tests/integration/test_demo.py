@@ -1,5 +1,5 @@
 """``make demo`` itself, as CI runs it: ``python -m harness.demo`` on this machine, exit 0,
-and every step of issue 6 item 4 in its output (one line each).
+and every step the README promises for it in its output (one line each).
 
 Twice in a row: the demo's first run on a fresh machine once failed on a race (the message
 was in the Maildir before Postfix's status= line was in the log) that a warm second run

@@ -1,9 +1,9 @@
-"""No lost mail (issue 6, item 5): while vmaild, authdaemond or MariaDB is stopped, mail to
-valid users is deferred -- refused with 4xx at SMTP, or queued and deferred -- and never
-bounced; when the service is back and the queue is flushed, every message is in its
-Maildir exactly once.
+"""No lost mail (README.md, "No lost mail"): while vmaild, authdaemond or MariaDB is
+stopped, mail to valid users is deferred -- refused with 4xx at SMTP, or queued and deferred
+-- and never bounced; when the service is back and the queue is flushed, every message is in
+its Maildir exactly once.
 
-Each run, on the shipped configuration (harness/stack.py):
+Each run, on the shipped configuration (harness/stack/mailstack.py):
 1. mail is queued with delivery held (``defer_transports = maildrop``): two messages each
    to a seed user, the tutorial's user, a user created for the run (nothing about it is
    cached yet) and an alias with two destinations;
@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from harness.courier import AUTHPROG
-from harness.stack import MailStack, Submission
-from harness.wait import wait_until
+from harness.common.wait import wait_until
+from harness.courier.paths import AUTHPROG
+from harness.stack.clients import Submission
+from harness.stack.mailstack import MailStack
 from tests.integration.conftest import CourierSession, require
 from tests.integration.test_e2e_seed import stack_requirements
 
@@ -101,7 +102,7 @@ def outage(stack: MailStack, service: str, stop: Callable[[], object],
                 problems.append(f"{rcpt}: {result.code} {result.text}")
 
     # A tcp: table that cannot be reached costs smtpd ~10 s per map (10 connect tries,
-    # shared/docs/STACK.md): run the SMTP part alongside the queue's retries.
+    # docs/STACK.md): run the SMTP part alongside the queue's retries.
     client = threading.Thread(target=smtp_during_outage)
     client.start()
     stack.release_delivery()

@@ -1,7 +1,7 @@
-"""The seed tutorial end to end on vmaild, with the shipped files (issue 6).
+"""The seed tutorial end to end on vmaild, with the shipped files.
 
-One :class:`harness.stack.MailStack` for the module: MariaDB loaded with the seed's SQL and
-rows and migrated with ``vmailctl db migrate``; ``vmaild serve`` as vmail; Courier's
+One :class:`harness.stack.mailstack.MailStack` for the module: MariaDB loaded with the
+seed's SQL and rows and migrated with ``vmailctl db migrate``; ``vmaild serve`` as vmail; Courier's
 authdaemond, imapd, pop3d and their SSL variants; Postfix with postfix/main.cf.vmaild,
 main.cf.policy, master.cf.vmaild (delivery through postfix/vmaild-maildrop and maildrop),
 Cyrus SASL and STARTTLS. Mail goes in over SMTP and comes out of the Maildir over POP3 and
@@ -16,9 +16,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import Courier, MariaDB, Postfix, free_port
-from harness.seed import SEED_USERS
-from harness.stack import MailStack
+from harness.common.ports import free_port
+from harness.courier.server import Courier
+from harness.mariadb.server import MariaDB
+from harness.postfix.server import Postfix
+from harness.stack.mailstack import MailStack
+from harness.stack.seed import SEED_USERS
 from tests.integration.conftest import CourierSession, require
 
 SENDER = "friend@example.net"  # mail "from the internet": unauthenticated, not ours
@@ -141,7 +144,7 @@ def test_extension_address(stack: MailStack) -> None:
 
 
 def wait_tagged(stack: MailStack, address: str, t: str, timeout: float = 30.0) -> None:
-    from harness.wait import wait_until
+    from harness.common.wait import wait_until
     wait_until(lambda: stack.count_tagged(address, t) >= 1, timeout,
                f"a message tagged {t} in {address}'s Maildir", interval=0.05)
 
@@ -269,7 +272,7 @@ def test_metrics_show_the_lookups_and_logins(stack: MailStack) -> None:
 def test_running_postfix_configuration_is_clean(stack: MailStack) -> None:
     """The instance the tests ran on: `postconf -n` without any warning, and every shipped
     setting in effect (with the sandbox's ports and paths)."""
-    from harness.procs import run
+    from harness.common.procs import run
     assert stack.postfix is not None
     result = run(["postconf", "-c", str(stack.postfix.config_dir), "-n"])
     assert result.stderr == ""

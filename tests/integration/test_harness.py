@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import MariaDB, Postfix
-from harness.maildir import drop_message, make_maildir
-from harness.ports import port_accepts
-from harness.procs import pids_with_cwd_under
-from harness.seed import (
+from harness.common.maildir import drop_message, make_maildir
+from harness.common.ports import port_accepts
+from harness.common.procs import pids_with_cwd_under
+from harness.mariadb.server import MariaDB
+from harness.postfix.server import Postfix
+from harness.stack.seed import (
     SEED_FORWARDINGS,
     SEED_QUERIES,
     SEED_USERS,

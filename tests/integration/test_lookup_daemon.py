@@ -13,11 +13,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import seed
-from harness.mariadb import MariaDB
-from harness.ports import free_port
-from harness.vmaild import Vmaild, config_text, seed_ports
-from harness.wait import wait_until
+from harness.common.ports import free_port
+from harness.common.wait import wait_until
+from harness.mariadb.server import MariaDB
+from harness.stack import seed
+from harness.vmaild.server import Vmaild, config_text, seed_ports
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def daemon(module_seed_db: seed.SeedDatabase,
 
 
 def postmap(key: str, table: str) -> tuple[int, str, str]:
-    from harness.procs import run
+    from harness.common.procs import run
     r = run(["postmap", "-q", key, table], check=False)
     return r.returncode, r.stdout.strip(), r.stderr.strip()
 
@@ -94,7 +94,7 @@ def test_injection_shaped_keys_are_data(daemon: dict, module_seed_db: seed.SeedD
 def test_bulk_postmap(daemon: dict) -> None:
     answers = seed.expected_answers()["mailboxes"]
     keys = list(answers) + ["nobody@raecoo.com", "SALES@raecoo.com"]
-    from harness.procs import run
+    from harness.common.procs import run
     r = run(["postmap", "-q", "-", tcp(daemon, "mailboxes")], input="\n".join(keys) + "\n",
             check=False)
     got = dict(line.split(None, 1) for line in r.stdout.splitlines())
@@ -218,7 +218,7 @@ def test_sighup_reloads_good_config_and_refuses_broken_one(module_seed_db: seed.
 
 
 def test_check_command(module_seed_db: seed.SeedDatabase, tmp_path) -> None:
-    from harness.procs import run
+    from harness.common.procs import run
     good = tmp_path / "good.conf"
     good.write_text(make_config(module_seed_db, seed_ports()))
     r = run([sys.executable, "-m", "vmaild.cli", "check", "-c", str(good)], check=False)

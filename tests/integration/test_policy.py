@@ -24,10 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import MariaDB, Postfix, free_port, shared_tempdir
-from harness.maildir import drop_message, make_maildir
-from harness.vmaild import Vmaild, config_text, seed_ports
-from harness.wait import wait_until
+from harness.common.maildir import drop_message, make_maildir
+from harness.common.ports import free_port
+from harness.common.tempdir import shared_tempdir
+from harness.common.wait import wait_until
+from harness.mariadb.server import MariaDB
+from harness.postfix.server import Postfix
+from harness.vmaild.server import Vmaild, config_text, seed_ports
 from tests.integration.conftest import require
 
 ROOT = Path(__file__).resolve().parents[2]

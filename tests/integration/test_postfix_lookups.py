@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import seed
-from harness.mariadb import MariaDB
-from harness.postfix import Postfix
-from harness.vmaild import Vmaild, config_text, seed_ports
+from harness.mariadb.server import MariaDB
+from harness.postfix.server import Postfix
+from harness.stack import seed
+from harness.vmaild.server import Vmaild, config_text, seed_ports
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import MariaDB, free_port
-from harness.seed import SeedDatabase, load_seed
-from harness.vmaild import Vmaild, config_text
-from harness.wait import wait_until
+from harness.common.ports import free_port
+from harness.common.wait import wait_until
+from harness.mariadb.server import MariaDB
+from harness.stack.seed import SeedDatabase, load_seed
+from harness.vmaild.server import Vmaild, config_text
 
 BIN = Path(sys.executable).parent
 AUTH_QUERY = 'vmaild_config_schema_errors{key="query",section="auth"}'

@@ -1,7 +1,7 @@
-"""The shipped files on their own (issue 6, items 1-3): Postfix accepts every setting,
-systemd accepts the unit, tmpfiles.d and sysusers.d do what they say, scripts/install.sh
-is idempotent and never overwrites a local edit silently, and postfix/vmaild-maildrop
-turns exactly one kind of answer into a bounce.
+"""The shipped files on their own (README.md, "Installing on a mail host"): Postfix accepts
+every setting, systemd accepts the unit, tmpfiles.d and sysusers.d do what they say,
+scripts/install.sh is idempotent and never overwrites a local edit silently, and
+postfix/vmaild-maildrop turns exactly one kind of answer into a bounce.
 
 Staging roots stand in for / (``ROOT=... scripts/install.sh``, ``systemd-tmpfiles
 --root``): nothing here touches the real /etc.
@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import shared_tempdir, shipped
-from harness.postfix import Postfix, cool_down
-from harness.procs import run
+from harness.common.procs import run
+from harness.common.tempdir import shared_tempdir
+from harness.postfix.config import cool_down
+from harness.postfix.server import Postfix
+from harness.stack import shipped
 from tests.integration.conftest import require
 
 VENV_VMAILD = Path(sys.executable).parent / "vmaild"

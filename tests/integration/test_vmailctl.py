@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from passlib.hash import des_crypt, sha512_crypt
 
-from harness import seed
-from harness.mariadb import MariaDB
+from harness.mariadb.server import MariaDB
+from harness.stack import seed
 from vmaild import config as vconfig
 
 pytestmark = pytest.mark.integration
@@ -743,9 +743,9 @@ def test_a_running_vmaild_sees_changes_at_once(migrated: Ctl, service_tmp: Path)
     vmailctl change is one flush: the poller does not flush again for it afterwards."""
     import time
 
-    from harness.ports import free_port
-    from harness.vmaild import Vmaild, config_text, seed_ports
-    from harness.wait import wait_until
+    from harness.common.ports import free_port
+    from harness.common.wait import wait_until
+    from harness.vmaild.server import Vmaild, config_text, seed_ports
 
     ports = seed_ports()
     socketmap_port = free_port()

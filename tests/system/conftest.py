@@ -1,6 +1,6 @@
 """The booted-host tier (`make systemtest`): the README's install on Debian 12 under systemd.
 
-Each test module boots its own host (harness/nspawn.py) and runs, inside it, only what a
+Each test module boots its own host (harness/host/nspawn.py) and runs, inside it, only what a
 user would type. These tests need root, systemd-nspawn and debootstrap
 (scripts/install-systemtest-deps.sh); they are not part of `make test`.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.nspawn import Host
+from harness.host.nspawn import Host
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"

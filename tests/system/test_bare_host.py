@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.nspawn import Host
+from harness.host.nspawn import Host
 from tests.system.conftest import copy_checkout, readme_block
 
 NEEDED = ("postfix", "courier-authdaemon", "courier-authlib-pipe", "courier-imap",

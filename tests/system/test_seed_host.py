@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.mailload import SmtpLoad, Tally, maildir_seqs, tally
-from harness.nspawn import Host
+from harness.host.mailload import SmtpLoad, Tally, maildir_seqs, tally
+from harness.host.nspawn import Host
 from tests.system.conftest import REPO, copy_checkout, readme_block, wait_for
 
 DOMAIN = "raecoo.com"

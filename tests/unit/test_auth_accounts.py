@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.fakes_auth import FakeDB, aio
 from vmaild import config
 from vmaild.auth.accounts import (
     Account,
@@ -18,8 +19,6 @@ from vmaild.auth.accounts import (
 )
 from vmaild.codec.authpipe import encode_account
 from vmaild.db import DatabaseError
-
-from .test_auth_service import FakeDB, aio
 
 CFG = config.parse("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n")
 

@@ -4,120 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hmac
 import os
 import shutil
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
 import pytest
 from passlib.hash import des_crypt, sha512_crypt
 
+from tests.unit.fakes_auth import FakeDB, aio, make_service
 from vmaild import config, passwords
 from vmaild.auth.maildirs import MAILDIR_RECHECK
 from vmaild.auth.service import AuthService, TemporaryFailure
 from vmaild.codec import authpipe as codec
 from vmaild.db import DatabaseError
 from vmaild.metrics import Metrics
-
-
-def aio(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test in a fresh event loop (no pytest plugin needed)."""
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
-    return run
-
-
-class FakeCursor:
-    def __init__(self, db: FakeDB):
-        self.db = db
-        self.description: list[tuple[str]] | None = None
-        self._rows: list[tuple[Any, ...]] = []
-
-    def __enter__(self) -> FakeCursor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def execute(self, sql: str, params: Any = None) -> int:
-        self.db.statements.append(sql)
-        if isinstance(params, dict):  # an update: %(address)s %(old)s %(new)s
-            user = self.db.users.get(params["address"].lower())
-            if self.db.update_error is not None:
-                raise self.db.update_error
-            if user is None or user["password"] != params["old"]:
-                return 0
-            user["password"] = params["new"]
-            return 1
-        columns = self.db.columns
-        self.description = [(c,) for c in columns]
-        if " UNION ALL " in sql:  # a batch: the account query once per login, tagged
-            arms = sql.count(" UNION ALL ") + 1
-            per_arm = len(params) // arms
-            self.description = [("vmaild_batch_login",), *self.description]
-            self._rows = []
-            for i in range(arms):
-                user = self.db.users.get(params[i * per_arm].lower())
-                if user:
-                    self._rows.append((i, *(user.get(c) for c in columns)))
-            return len(self._rows)
-        if params:  # the account query, bound to the login name
-            user = self.db.users.get(params[0].lower())
-            users = [user] if user else []
-        else:  # ENUMERATE
-            users = list(self.db.users.values())
-        self._rows = [tuple(u.get(c) for c in columns) for u in users]
-        return len(self._rows)
-
-    def fetchall(self) -> list[tuple[Any, ...]]:
-        return self._rows
-
-
-class FakeConn:
-    def __init__(self, db: FakeDB):
-        self.db = db
-
-    def cursor(self) -> FakeCursor:
-        return FakeCursor(self.db)
-
-
-class FakeDB:
-    """Just enough of vmaild.db.Database: ``run(fn)`` with a pymysql-like connection."""
-
-    columns = ("address", "password", "maildir", "name", "quota_bytes", "quota_messages",
-               "active")
-
-    def __init__(self) -> None:
-        self.users: dict[str, dict[str, Any]] = {}
-        self.down = False
-        self.update_error: Exception | None = None
-        self.statements: list[str] = []
-
-    def add(self, address: str, stored: str, **extra: Any) -> None:
-        self.users[address.lower()] = {"address": address, "password": stored, "active": 1,
-                                       **extra}
-
-    async def run(self, fn: Any, *, retry: bool = False) -> Any:
-        await asyncio.sleep(0)
-        if self.down:
-            raise DatabaseError("(2003) Can't connect to MySQL server")
-        return fn(FakeConn(self))
-
-
-def make_service(tmp_path: Path, extra: str = "", **kw: Any) -> tuple[AuthService, FakeDB]:
-    text = (f"[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
-            f"[mailbox]\nbase = {tmp_path}/vmail\nuid = 5000\ngid = 5001\n"
-            f"[auth]\nlisten = unix:{tmp_path}/auth.sock\npassword_rounds = 1000\n"
-            f"hash_workers = 2\n{extra}")
-    cfg = config.parse(text)
-    db = FakeDB()
-    service = AuthService(cfg, db, Metrics(), **kw)  # type: ignore[arg-type]
-    return service, db
 
 
 def auth_request(user: str, password: str, service: str = "imap") -> codec.Auth:

@@ -1,4 +1,4 @@
-"""Tests for vmaild.codec.authpipe (PROTOCOLS.md sections 4 and 5, checklist 4.5)."""
+"""Tests for vmaild.codec.authpipe (PROTOCOLS.md sections 4 and 5, checklist 4.7)."""
 
 from __future__ import annotations
 

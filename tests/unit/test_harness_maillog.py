@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.postfix import Postfix
-from harness.stack_clients import StackClients
-from harness.wait import HarnessTimeout
+from harness.common.wait import HarnessTimeout
+from harness.postfix.server import Postfix
+from harness.stack.clients import StackClients
 
 SENT = ("Dec  2 12:00:01 mail postfix/pipe[42]: {qid}: to=<{to}>, relay=maildrop, delay=0.1, "
         "delays=0/0/0/0.1, dsn=2.0.0, status=sent (delivered via maildrop service)\n")

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from harness import ports
+from harness.common import ports
 
 
 def test_free_port_never_repeats_within_a_process() -> None:

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.unit.test_policy_fakes import (
+from tests.unit.fakes_policy import (
     Clock,
     FakePolicyDB,
     decide,

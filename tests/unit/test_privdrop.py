@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.wait import wait_until
-from tests.unit.test_authpipe_main import (
+from harness.common.wait import wait_until
+from tests.unit.fakes_relay import (
     ACCOUNT,
     FakeVmaild,
     auth_bytes,

@@ -12,9 +12,9 @@ import pymysql
 import pytest
 
 from tests.unit import fakes
-from tests.unit.test_auth_service import make_service as make_auth_service
-from tests.unit.test_policy_fakes import FakePolicyDB, decide, request
-from tests.unit.test_policy_fakes import make_service as make_policy_service
+from tests.unit.fakes_auth import make_service as make_auth_service
+from tests.unit.fakes_policy import FakePolicyDB, decide, request
+from tests.unit.fakes_policy import make_service as make_policy_service
 from vmaild import cli, config, schema_fit
 from vmaild.auth.service import TemporaryFailure as AuthTempFail
 from vmaild.codec import authpipe as codec

@@ -1,6 +1,6 @@
 """Maildirs for the accounts the auth service answers for (issue 4, item 7).
 
-Courier never creates a Maildir (shared/docs/STACK.md), so a lookup (PRE: maildrop, imapd)
+Courier never creates a Maildir (docs/STACK.md), so a lookup (PRE: maildrop, imapd)
 or a successful login for an account without one creates it, owned by the account's
 uid:gid (``vmaild.maildir.ensure_maildir``), unless ``[mailbox] create_maildirs = no``.
 Only under ``[mailbox] base``: a row must not make the daemon create directories (owned by

@@ -1,7 +1,9 @@
-"""Start-up checks of ``[auth]``, called from ``AuthConfig.__post_init__``.
+"""Checks of ``[auth]`` values, run when the configuration file is parsed.
 
-This module is imported by vmaild-authpipe too (it parses the same file), so it must stay
-free of heavy imports: the scheme names are listed here rather than asked of passlib.
+Parsing a file (``vmaild serve``, ``vmaild check``, vmailctl) imports this module, and
+parsing must stay light (no passlib, no pymysql), so the scheme names are listed here
+rather than asked of passlib. vmaild-authpipe does not import it: it reads only ``[auth]
+listen`` and ``relay_timeout``.
 """
 
 from __future__ import annotations

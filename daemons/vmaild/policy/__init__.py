@@ -1,4 +1,4 @@
-"""The Postfix access-policy service (shared/docs/PROTOCOLS.md section 3).
+"""The Postfix access-policy service (docs/PROTOCOLS.md section 3).
 
 ``service.PolicyService`` runs the checks a stock Postfix cannot do from its lookup tables:
 recipient mailbox state and quota, sender ownership for authenticated users, and sending

@@ -1,0 +1,1 @@
+"""The real ``vmaild serve`` as a subprocess (``server``)."""
