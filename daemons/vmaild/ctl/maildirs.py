@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..config import MailboxConfig
 from ..maildir import SUBDIRS, ensure_maildir
-from .context import Refused
+from .errors import Refused
 
 
 class Incomplete(Refused):

@@ -17,7 +17,8 @@ from .. import __version__
 from ..config import ConfigError
 from ..db import DatabaseError
 from . import aliases, dbcmd, domains, importcf, lookupcmd, names, routing, users
-from .context import EXIT_OK, EXIT_REFUSED, EXIT_TEMPFAIL, Context, Refused, TempFail
+from .context import Context
+from .errors import EXIT_OK, EXIT_REFUSED, EXIT_TEMPFAIL, Refused, TempFail
 
 PROG = "vmailctl"
 
