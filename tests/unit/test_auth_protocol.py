@@ -13,10 +13,10 @@ import pytest
 from passlib.hash import sha512_crypt
 
 from vmaild.codec import authpipe as codec
-from vmaild.config import Listen
 from vmaild.servers import auth as auth_server
 from vmaild.servers.auth import AuthProtocol
 from vmaild.servers.base import start_listener
+from vmaild.values import Listen
 
 from .test_auth_service import FakeDB, aio, make_service
 

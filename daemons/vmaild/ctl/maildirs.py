@@ -11,8 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..config import MailboxConfig
 from ..maildir import SUBDIRS, ensure_maildir
+from ..sections import MailboxConfig
 from .errors import Refused
 
 

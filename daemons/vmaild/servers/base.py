@@ -19,8 +19,8 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
-from ..config import Listen
 from ..metrics import Metrics
+from ..values import Listen
 
 log = logging.getLogger("vmaild.server")
 
