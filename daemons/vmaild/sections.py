@@ -44,7 +44,6 @@ def _checked(key: str, check: Callable[..., object], *args: Any, **kwargs: Any) 
         raise ConfigError(str(e), key=key) from None
 
 
-
 # Field metadata keys: "min"/"max" bound numbers.
 def _num(default: Any, lo: float, hi: float | None = None) -> Any:
     return field(default=default, metadata={"min": lo, "max": hi})
