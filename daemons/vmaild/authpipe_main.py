@@ -211,9 +211,11 @@ def read_settings(path: str | None = None) -> tuple[str | tuple[str, int], float
     """
     import configparser
 
-    from . import config as config_mod
+    from .config import default_path
+    from .sections import AuthConfig
+    from .values import parse_listen
 
-    path = path or config_mod.default_path()
+    path = path or default_path()
     cp = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"),
                                    strict=True, empty_lines_in_values=False)
     cp.optionxform = str  # type: ignore[assignment,method-assign]
@@ -226,10 +228,10 @@ def read_settings(path: str | None = None) -> tuple[str | tuple[str, int], float
     if not raw:
         raise ValueError(f"{path}: [auth] listen: not set")
     try:
-        listen = config_mod.parse_listen(raw)
+        listen = parse_listen(raw)
     except ValueError as e:
         raise ValueError(f"{path}: [auth] listen: {e}") from None
-    default = next(f.default for f in fields(config_mod.AuthConfig) if f.name == "relay_timeout")
+    default = next(f.default for f in fields(AuthConfig) if f.name == "relay_timeout")
     try:
         timeout = float(cp.get("auth", "relay_timeout", fallback=str(default)))
     except ValueError:

@@ -16,6 +16,8 @@ import sys
 
 from . import __version__
 from . import config as config_mod
+from .sections import LogConfig
+from .values import ConfigError
 
 log = logging.getLogger("vmaild")
 
@@ -98,7 +100,7 @@ def stderr_is_journal() -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
-def setup_logging(cfg: config_mod.LogConfig, detached: bool = False) -> None:
+def setup_logging(cfg: LogConfig, detached: bool = False) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.config or config_mod.default_path()
     try:
         cfg = config_mod.load(path)
-    except config_mod.ConfigError as e:
+    except ConfigError as e:
         print(f"vmaild: {e}", file=sys.stderr)
         return 1
     if args.command == "check":

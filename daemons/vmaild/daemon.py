@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import config as config_mod
 from .cache import Cache, TTLs
-from .config import Config, Listen
+from .config import Config
 from .db import Database, DatabaseError
 from .lookup import Lookups
 from .metrics import Metrics
 from .schema_fit import SchemaFit
 from .servers.base import ListenerContext, SequentialProtocol, start_listener
+from .values import ConfigError, Listen
 
 if TYPE_CHECKING:
     from .auth.service import AuthService
@@ -204,7 +205,7 @@ class App:
         try:
             cfg = config_mod.load(path)
             new = Runtime.build(cfg, self.metrics)
-        except (config_mod.ConfigError, ValueError, ImportError) as e:
+        except (ConfigError, ValueError, ImportError) as e:
             log.error("reload refused, keeping the running configuration: %s", e)
             self.metrics.reloads.labels("refused").inc()
             sd_notify("READY=1")

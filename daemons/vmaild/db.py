@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pymysql  # type: ignore[import-untyped]  # pymysql ships no type hints
 import pymysql.cursors  # type: ignore[import-untyped]
 
-from .config import DatabaseConfig, DatabaseHost
+from .sections import DatabaseConfig
+from .values import DatabaseHost
 
 if TYPE_CHECKING:  # prometheus_client costs vmailctl ~0.1 s of start-up it never needs
     from .metrics import Metrics

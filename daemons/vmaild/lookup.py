@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 from . import addresses, expansions
 from .cache import Cache, Outcome, TTLs
-from .config import Config, MapConfig
+from .config import Config
 from .db import Database, DatabaseError
 from .metrics import Metrics
+from .sections import MapConfig
 
 if TYPE_CHECKING:
     from .schema_fit import SchemaFit

@@ -195,7 +195,7 @@ def probes(cfg: Config) -> list[Probe]:
     pc = cfg.policy
     if pc.listen is not None:
         from .policy.queries import compile_named
-        from .policy.validate import QUERIES
+        from .policy.settings import QUERY_PARAMS
         keys = []
         if pc.sender_check:
             keys.append("sender_query")
@@ -206,7 +206,7 @@ def probes(cfg: Config) -> list[Probe]:
             if pc.ratelimit_prune_interval > 0:
                 keys.append("ratelimit_prune")
         for key in keys:
-            q = compile_named(getattr(pc, key), QUERIES[key])
+            q = compile_named(getattr(pc, key), QUERY_PARAMS[key])
             values = tuple(0 if n in _NUMERIC else DUMMY for n in q.names)
             found.append(_probe("policy", key, q.sql, values or None))
     return [p for p in found if p is not None]

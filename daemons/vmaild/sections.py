@@ -1,55 +1,56 @@
 """The sections of vmaild.conf, one frozen dataclass each.
 
-``config.py`` reads the INI file into these: every field is a key, its type says how the
-value is parsed and its default applies when the key is absent. ``_num`` bounds numbers.
-Sections that need more than types (auth, policy) validate themselves in __post_init__,
-raising ValueError with ``key`` and ``problem`` attributes.
+``config.py`` reads the INI file into these: every field is a key, its type hint says how
+the value is read (``values.convert``) and its default applies when the key is absent.
+``_num`` bounds numbers. What types cannot say, each section checks in one place, its
+``check`` method, which the parser calls once the section is built: a mistake raises
+ConfigError naming the key, and the parser adds the file and the section.
+
+A leaf of the package: the checks use only the light modules that know what a value may be
+(expansions, policy actions and queries, the auth and policy settings), never the database
+layer, so vmailctl and vmaild-authpipe can read the file without loading it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from . import expansions
+from .auth.settings import NEW_HASH_SCHEMES, check_update_query
+from .policy.actions import check_action, fill
+from .policy.queries import compile_named
+from .policy.settings import COUNT_STATES, QUERY_PARAMS
+from .values import ConfigError, DatabaseHost, Listen
 
 
-@dataclass(frozen=True, slots=True)
-class Listen:
-    """A listening address: ``host:port``, ``[v6]:port`` or ``unix:/path``."""
+class Section:
+    """What every section has: ``check``, the validation types cannot express.
 
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
+    Each subclass is a dataclass; the annotation says so to the type checker."""
 
-    @property
-    def is_unix(self) -> bool:
-        return self.path is not None
+    __dataclass_fields__: ClassVar[dict[str, Any]]
 
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"{host}:{self.port}"
+    def check(self) -> None:
+        """Raise ConfigError naming the key of the first mistake; nothing to check here."""
 
 
-@dataclass(frozen=True, slots=True)
-class DatabaseHost:
-    """One entry of ``[database] hosts``, like Postfix mysql_table(5) ``hosts``."""
-
-    host: str | None = None
-    port: int = 3306
-    socket: str | None = None
-
-    def __str__(self) -> str:
-        return f"unix:{self.socket}" if self.socket else f"{self.host}:{self.port}"
+def _checked(key: str, check: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+    """Run one value's check; the ValueError it raises becomes ConfigError for ``key``."""
+    try:
+        check(*args, **kwargs)
+    except ValueError as e:
+        raise ConfigError(str(e), key=key) from None
 
 
-# Field metadata keys: "min"/"max" bound numbers, "required" marks keys without a default.
+# Field metadata keys: "min"/"max" bound numbers.
 def _num(default: Any, lo: float, hi: float | None = None) -> Any:
     return field(default=default, metadata={"min": lo, "max": hi})
 
 
 @dataclass(frozen=True)
-class DatabaseConfig:
+class DatabaseConfig(Section):
     hosts: tuple[DatabaseHost, ...] = ()
     user: str = ""
     password: str = field(default="", repr=False)
@@ -61,9 +62,16 @@ class DatabaseConfig:
     # How long a host that failed to connect is skipped in favour of the next one.
     retry_interval: float = _num(10.0, 0, 3600)
 
+    def check(self) -> None:
+        for key in ("hosts", "user", "dbname"):
+            if not getattr(self, key):
+                raise ConfigError("missing (required)", key=key)
+        if self.password and self.password_file:
+            raise ConfigError("set password or password_file, not both", key="password_file")
+
 
 @dataclass(frozen=True)
-class CacheConfig:
+class CacheConfig(Section):
     ttl: float = _num(60.0, 0)
     negative_ttl: float = _num(10.0, 0)
     stale_ttl: float = _num(3600.0, 0)
@@ -75,12 +83,12 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
-class LookupConfig:
+class LookupConfig(Section):
     recipient_delimiter: str = "+"
 
 
 @dataclass(frozen=True)
-class MapConfig:
+class MapConfig(Section):
     name: str = ""
     query: str = ""
     tcp: Listen | None = None
@@ -99,14 +107,24 @@ class MapConfig:
     # [cache] stale_ttl). Meant for alias maps; see cache.py for why it is opt-in.
     stale_negative: bool = False
 
+    def check(self) -> None:
+        if not self.query:
+            raise ConfigError("missing (required)", key="query")
+        _checked("query", expansions.compile_query, self.query)
+        if self.recipient_delimiter is not None and any(c in self.recipient_delimiter
+                                                        for c in "@ \t"):
+            raise ConfigError("must not contain @ or spaces", key="recipient_delimiter")
+        if self.tcp is not None and self.tcp.is_unix:
+            raise ConfigError("Postfix tcp: tables are TCP only", key="tcp")
+
 
 @dataclass(frozen=True)
-class SocketmapConfig:
+class SocketmapConfig(Section):
     listen: Listen | None = None
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
+class PolicyConfig(Section):
     """``[policy]``: the Postfix access-policy service (vmaild/policy/, README "Policy").
 
     Queries take named parameters (``%(address)s``...); actions are Postfix access(5)
@@ -161,16 +179,28 @@ class PolicyConfig:
     ratelimit_action: str = "450 4.7.1 Sending limit exceeded"
     ratelimit_fail_action: str = "DUNNO"
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         # Mistakes in actions and queries stop start-up (and are refused on reload), not
-        # the first mail. Imported here: the policy package imports this module.
-        if self.listen is not None:
-            from .policy.validate import validate
-            validate(self)
+        # the first mail. Without a listener the section is unused and not judged.
+        if self.listen is None:
+            return
+        for key in ("disabled_action", "quota_action", "sender_action", "ratelimit_action"):
+            _checked(key, lambda k=key: check_action(fill(getattr(self, k), login="x",
+                                                          sender="x")))
+        for key in ("recipient_fail_action", "sender_fail_action", "ratelimit_fail_action"):
+            _checked(key, check_action, getattr(self, key), fail=True)
+        for key, params in QUERY_PARAMS.items():
+            _checked(key, compile_named, getattr(self, key), params)
+        if self.ratelimit_count_state.strip().upper() not in COUNT_STATES:
+            raise ConfigError(f"must be one of {', '.join(COUNT_STATES)}",
+                              key="ratelimit_count_state")
+        if self.recipient_delimiter is not None and any(c in self.recipient_delimiter
+                                                        for c in "@ \t"):
+            raise ConfigError("must not contain @ or spaces", key="recipient_delimiter")
 
 
 @dataclass(frozen=True)
-class MailboxConfig:
+class MailboxConfig(Section):
     """Where Maildirs live and who owns them; the seed's layout by default."""
 
     base: str = "/home/vmail"
@@ -180,7 +210,7 @@ class MailboxConfig:
 
 
 @dataclass(frozen=True)
-class AuthConfig:
+class AuthConfig(Section):
     """``[auth]``: logins for Courier's authdaemond (through vmaild-authpipe) and, through it,
     Cyrus SASL (vmaild/auth/, PROTOCOLS.md sections 4 and 5, courier/README.md).
 
@@ -236,27 +266,52 @@ class AuthConfig:
     # vmaild-authpipe gives up on an answer after this long (authdaemond waits 30 s).
     relay_timeout: float = _num(25.0, 1, 29)
 
-    def __post_init__(self) -> None:
-        # Imported lazily and kept light: vmaild-authpipe parses this file too.
+    def check(self) -> None:
+        # Without a listener the section is unused: only its login query is judged.
         if self.listen is not None:
-            from .auth.settings import validate
-            validate(self)
+            self._check_hashing()
+            if not self.enumerate_query.strip():
+                raise ConfigError("missing", key="enumerate_query")
+            for key in ("passwd_query", "rehash_query"):
+                _checked(key, check_update_query, getattr(self, key))
+            if self.fail_delay_max < self.fail_delay:
+                raise ConfigError("must not be less than fail_delay", key="fail_delay_max")
+        if self.query:
+            _checked("query", expansions.compile_query, self.query)
+
+    def _check_hashing(self) -> None:
+        scheme, rounds = self.password_scheme, self.password_rounds
+        if scheme not in NEW_HASH_SCHEMES:
+            raise ConfigError(f"must be one of {', '.join(NEW_HASH_SCHEMES)}",
+                              key="password_scheme")
+        if scheme == "bcrypt" and rounds and not 4 <= rounds <= 31:
+            raise ConfigError("bcrypt takes log2 rounds, 4..31", key="password_rounds")
+        if scheme == "argon2" and rounds > 100:
+            raise ConfigError("argon2 takes a time cost, 1..100", key="password_rounds")
+        if scheme.startswith("sha") and rounds and not 1000 <= rounds <= 999_999_999:
+            raise ConfigError("sha-crypt takes 1000..999999999 rounds", key="password_rounds")
 
 
 @dataclass(frozen=True)
-class MetricsConfig:
+class MetricsConfig(Section):
     listen: Listen | None = None
 
 
 @dataclass(frozen=True)
-class ControlConfig:
+class ControlConfig(Section):
     """A unix socket vmailctl uses to flush the cache the moment it changes something."""
 
     listen: Listen | None = None
 
 
 @dataclass(frozen=True)
-class LogConfig:
+class LogConfig(Section):
     level: str = "info"
     target: str = "stderr"  # stderr | syslog
     syslog_facility: str = "mail"
+
+    def check(self) -> None:
+        if self.target not in ("stderr", "syslog"):
+            raise ConfigError("must be stderr or syslog", key="target")
+        if self.level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("must be debug, info, warning or error", key="level")

@@ -18,6 +18,7 @@ from vmaild.metrics import Metrics
 from vmaild.policy import recipient, sender
 from vmaild.policy.queries import compile_named
 from vmaild.policy.service import PolicyService
+from vmaild.sections import PolicyConfig
 
 BASE = """\
 [database]
@@ -50,7 +51,7 @@ class FakePolicyDB:
     queries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        pc = config.PolicyConfig()
+        pc = PolicyConfig()
         self._named = [
             ("recipient", compile_named(pc.recipient_query, recipient.PARAMS)),
             ("sender", compile_named(pc.sender_query, sender.PARAMS)),

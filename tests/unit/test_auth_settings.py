@@ -6,6 +6,7 @@ import pytest
 
 from vmaild import config, expansions
 from vmaild.auth.settings import NEW_HASH_SCHEMES
+from vmaild.values import ConfigError
 
 BASE = "[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n[auth]\nlisten = unix:/run/v/a.sock\n"
 
@@ -50,7 +51,7 @@ def test_the_seed_compatible_settings_parse() -> None:
     ("query = SELECT email FROM users", "query", "expansion"),
 ])
 def test_mistakes_stop_start_up_naming_the_key(line: str, key: str, problem: str) -> None:
-    with pytest.raises(config.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         config.parse(BASE + line + "\n", "/etc/vmaild/vmaild.conf")
     assert f"[auth] {key}" in str(e.value) and problem in str(e.value)
 

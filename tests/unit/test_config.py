@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vmaild import config
+from vmaild.values import ConfigError, Listen, parse_listen
 
 BASE = """\
 [database]
@@ -38,7 +39,7 @@ def test_design_example_parses() -> None:
     assert cfg.database.connect_timeout == 2.0 and cfg.database.pool_size == 8
     assert cfg.maps["aliases"].catchall is True
     assert cfg.maps["aliases"].stale_negative is False  # opt-in
-    assert cfg.maps["domains"].tcp == config.Listen(host="127.0.0.1", port=10021)
+    assert cfg.maps["domains"].tcp == Listen(host="127.0.0.1", port=10021)
     assert cfg.delimiter_for(cfg.maps["aliases"]) == "-+"
     assert cfg.delimiter_for(cfg.maps["domains"]) == "+"
     assert cfg.socketmap.listen is not None and cfg.socketmap.listen.port == 10020
@@ -55,7 +56,7 @@ def test_design_md_full_example_parses() -> None:
                         "[auth]\nlisten = unix:/run/vmaild/auth.sock\n"
                         "query = SELECT email FROM users WHERE email='%s'\n\n[metrics]")
     cfg = config.parse(text)
-    assert cfg.auth.listen == config.Listen(path="/run/vmaild/auth.sock")
+    assert cfg.auth.listen == Listen(path="/run/vmaild/auth.sock")
     assert cfg.policy.listen is not None
 
 
@@ -89,24 +90,24 @@ def test_design_md_full_example_parses() -> None:
      "vmaild.conf: [database] connect_timeout: not a number: 'soon'"),
 ])
 def test_mistakes_name_file_section_and_key(change: tuple[str, str], expected: str) -> None:
-    with pytest.raises(config.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         config.parse(BASE.replace(*change, 1), "vmaild.conf")
     assert str(e.value) == expected
 
 
 def test_missing_database_section() -> None:
-    with pytest.raises(config.ConfigError, match=r"^x.conf: \[database\]: missing section$"):
+    with pytest.raises(ConfigError, match=r"^x.conf: \[database\]: missing section$"):
         config.parse("[cache]\nttl = 1\n", "x.conf")
 
 
 def test_syntax_error_is_one_line() -> None:
-    with pytest.raises(config.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         config.parse("this is not ini\n", "x.conf")
     assert str(e.value).startswith("x.conf: ") and "\n" not in str(e.value)
 
 
 def test_duplicate_key_is_refused() -> None:
-    with pytest.raises(config.ConfigError, match="user"):
+    with pytest.raises(ConfigError, match="user"):
         config.parse(BASE.replace("user = mail_admin", "user = a\nuser = b"), "x.conf")
 
 
@@ -120,14 +121,14 @@ def test_password_file(tmp_path) -> None:
 
 def test_unreadable_password_file(tmp_path) -> None:
     missing = tmp_path / "nope"
-    with pytest.raises(config.ConfigError) as e:
+    with pytest.raises(ConfigError) as e:
         config.parse(BASE.replace("password = secret", f"password_file = {missing}"), "c")
     assert str(e.value) == (f"c: [database] password_file: cannot read {missing}: "
                             "No such file or directory")
 
 
 def test_load_unreadable_file(tmp_path) -> None:
-    with pytest.raises(config.ConfigError, match="cannot read: No such file or directory"):
+    with pytest.raises(ConfigError, match="cannot read: No such file or directory"):
         config.load(tmp_path / "missing.conf")
 
 
@@ -141,18 +142,18 @@ def test_env_var_names_the_default_path(monkeypatch, tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("raw", "listen"), [
-    ("127.0.0.1:1", config.Listen(host="127.0.0.1", port=1)),
-    ("[::1]:10020", config.Listen(host="::1", port=10020)),
-    ("localhost:65535", config.Listen(host="localhost", port=65535)),
-    ("unix:/run/vmaild/auth.sock", config.Listen(path="/run/vmaild/auth.sock")),
+    ("127.0.0.1:1", Listen(host="127.0.0.1", port=1)),
+    ("[::1]:10020", Listen(host="::1", port=10020)),
+    ("localhost:65535", Listen(host="localhost", port=65535)),
+    ("unix:/run/vmaild/auth.sock", Listen(path="/run/vmaild/auth.sock")),
 ])
-def test_parse_listen(raw: str, listen: config.Listen) -> None:
-    assert config.parse_listen(raw) == listen
-    assert str(config.parse_listen(raw)) == raw
+def test_parse_listen(raw: str, listen: Listen) -> None:
+    assert parse_listen(raw) == listen
+    assert str(parse_listen(raw)) == raw
 
 
 @pytest.mark.parametrize("raw", ["", ":1", "host:", "host:0", "host:x", "unix:relative",
                                  "[::1]10020"])
 def test_parse_listen_rejects(raw: str) -> None:
     with pytest.raises(ValueError):
-        config.parse_listen(raw)
+        parse_listen(raw)

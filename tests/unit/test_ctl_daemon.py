@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from vmaild.config import Listen, MailboxConfig, parse
+from vmaild.config import parse
 from vmaild.ctl import daemon, maildirs
 from vmaild.ctl.context import Context
+from vmaild.sections import MailboxConfig
+from vmaild.values import Listen
 
 Handler = Callable[[socket.socket], None]
 

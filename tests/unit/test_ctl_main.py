@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vmaild.ctl import main as ctl_main
-from vmaild.ctl.context import EXIT_REFUSED, EXIT_TEMPFAIL, EXIT_USAGE
+from vmaild.ctl.errors import EXIT_REFUSED, EXIT_TEMPFAIL, EXIT_USAGE
 
 
 def run(*argv: str, stdin: str = "") -> tuple[int, str, str]:
@@ -168,7 +168,7 @@ def test_password_from_the_first_line_of_stdin() -> None:
 @pytest.mark.parametrize(("stdin", "message"), [
     ("", "no password"), ("\n", "no password"), ("a\x01b\n", "control characters")])
 def test_bad_stdin_passwords(stdin: str, message: str) -> None:
-    from vmaild.ctl.context import Refused
+    from vmaild.ctl.errors import Refused
     from vmaild.ctl.prompt import read_password
     with pytest.raises(Refused, match=message):
         read_password(io.StringIO(stdin), True, "a@x.org")
@@ -176,7 +176,7 @@ def test_bad_stdin_passwords(stdin: str, message: str) -> None:
 
 def test_password_prompt_asks_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     from vmaild.ctl import prompt
-    from vmaild.ctl.context import Refused
+    from vmaild.ctl.errors import Refused
     answers = iter(["secret", "secret", "secret", "typo", ""])
     prompts: list[str] = []
 
@@ -198,7 +198,7 @@ def test_password_prompt_asks_twice(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_hashing_uses_the_configured_scheme() -> None:
     from passlib.hash import bcrypt, sha512_crypt
 
-    from vmaild.ctl.context import Refused
+    from vmaild.ctl.errors import Refused
     from vmaild.ctl.prompt import hashed
     assert sha512_crypt.verify("pw", hashed("pw", "sha512_crypt"))
     assert bcrypt.verify("pw", hashed("pw", "bcrypt"))

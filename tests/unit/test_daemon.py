@@ -11,11 +11,11 @@ import pytest
 
 from tests.unit.fakes import CONFIG
 from vmaild import config, daemon
-from vmaild.config import Listen
 from vmaild.daemon import App
 from vmaild.db import DatabaseError
 from vmaild.servers.base import start_listener
 from vmaild.servers.control import ControlProtocol
+from vmaild.values import Listen
 
 INTERVAL = 0.01
 

@@ -153,5 +153,6 @@ def test_chain_tries_every_table_per_key_form_like_postfix() -> None:
 
 def test_chain_must_name_another_map() -> None:
     from vmaild import config as config_mod
-    with pytest.raises(config_mod.ConfigError, match=r"\[map aliases\] chain: 'nope' is not"):
+    from vmaild.values import ConfigError
+    with pytest.raises(ConfigError, match=r"\[map aliases\] chain: 'nope' is not"):
         config_mod.parse(CHAIN.replace("chain = email2email", "chain = nope"))

@@ -14,9 +14,9 @@ from passlib.hash import sha512_crypt
 from tests.unit.fakes import FakeApp
 from tests.unit.fakes_auth import FakeDB, aio, make_service
 from vmaild.codec import authpipe as codec
-from vmaild.config import Listen
 from vmaild.servers import auth as auth_server
 from vmaild.servers.base import start_listener
+from vmaild.values import Listen
 
 SHA = sha512_crypt.using(rounds=1000)
 

@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tests.unit.fakes import FakeApp, make_lookups
-from vmaild.config import Listen
 from vmaild.servers.base import start_listener
+from vmaild.values import Listen
 
 ROWS = {"joe@ex.com": [("ex.com/joe/",)], "100%@ex.com": [("pct",)],
         "a b@ex.com": [("value with spaces",)]}

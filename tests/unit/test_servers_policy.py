@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from tests.unit.fakes import FakeApp
 from tests.unit.fakes_policy import BASE, FakePolicyDB, User, make_service
 from vmaild import config
-from vmaild.config import Listen
 from vmaild.servers.base import start_listener
+from vmaild.values import Listen
 
 REQUEST = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
            b"client_address=192.0.2.1\nclient_name=mail.example.net\nclient_port=40512\n"

@@ -11,8 +11,10 @@ import argparse
 from typing import Any
 
 from . import names
-from .context import Context, Refused, Row, fetch_all, fetch_one, transaction
+from .context import Context
+from .errors import Refused
 from .output import Column
+from .sql import Row, fetch_all, fetch_one, transaction
 
 COLUMNS = "source, destination, active"
 

@@ -6,41 +6,25 @@ neither (``import-postfix``) work before vmaild is configured at all.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO, TypeVar
 
 import pymysql  # type: ignore[import-untyped]  # no stubs: setup.cfg has no types-PyMySQL
-import pymysql.cursors  # type: ignore[import-untyped]
 
 from .. import config as vconfig
 from ..db import Database
 from . import daemon, output
+from .errors import Refused
+from .schema_state import require_current
+from .sql import transaction
 
 T = TypeVar("T")
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
-EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL, as postmap and the Postfix tools use it
 
 # Administrative statements may scan or rebuild more than a daemon lookup ever does.
 ADMIN_QUERY_TIMEOUT = 60.0
 SCHEMA_QUERY_TIMEOUT = 3600.0
-
-Row = dict[str, Any]
-
-
-class Refused(Exception):
-    """The command cannot be done as asked; str() is the one-line reason (exit 1)."""
-
-    label = "refused"
-
-
-class TempFail(Exception):
-    """The answer is unknown right now (daemon or database unavailable): exit 75."""
 
 
 class Context:
@@ -76,8 +60,6 @@ class Context:
     def run(self, fn: Callable[[pymysql.connections.Connection], T]) -> T:
         """Run ``fn(connection)`` once the schema is known to be vmaild's current one."""
         if not self.schema_checked:
-            from .schema_state import require_current  # late: schema_state imports us
-
             self.db.run_sync(require_current)
             self.schema_checked = True
         return self.db.run_sync(fn)
@@ -150,30 +132,3 @@ class Context:
 
     def print(self, text: str) -> None:
         print(text, file=self.out)
-
-
-@contextlib.contextmanager
-def transaction(conn: pymysql.connections.Connection) -> Iterator[pymysql.cursors.DictCursor]:
-    """A dict cursor inside BEGIN ... COMMIT; any exception rolls back."""
-    conn.begin()
-    try:
-        with conn.cursor(pymysql.cursors.DictCursor) as cur:
-            yield cur
-        conn.commit()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            conn.rollback()
-        raise
-
-
-def fetch_all(conn: pymysql.connections.Connection, sql: str,
-              params: Sequence[Any] = ()) -> list[Row]:
-    with conn.cursor(pymysql.cursors.DictCursor) as cur:
-        cur.execute(sql, tuple(params) or None)
-        return list(cur.fetchall())
-
-
-def fetch_one(conn: pymysql.connections.Connection, sql: str,
-              params: Sequence[Any] = ()) -> Row | None:
-    rows = fetch_all(conn, sql, params)
-    return rows[0] if rows else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 
 from ..codec.socketmap import encode_netstring
-from ..config import Listen
+from ..values import Listen
 
 TIMEOUT = 3.0
 MAX_REPLY = 100_000 + 16  # socketmap_max_reply_size plus the length prefix and comma

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from . import maildirs, names
-from .context import Context, Refused, Row, fetch_all, fetch_one, transaction
+from .context import Context
+from .errors import Refused
 from .output import Column
+from .sql import Row, fetch_all, fetch_one, transaction
 
 LIST_SQL = """
 SELECT d.domain, d.active, d.description, d.created_at,

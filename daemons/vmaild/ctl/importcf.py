@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import expansions
-from ..config import parse_listen
+from ..values import parse_listen
 from . import postfix_cf
-from .context import Context, Refused
+from .context import Context
+from .errors import Refused
 from .output import to_json
 
 FIRST_PORT = 10021

@@ -19,7 +19,8 @@ from ..db import Database
 from ..lookup import Lookups, TemporaryFailure
 from ..metrics import Metrics
 from . import daemon
-from .context import EXIT_OK, EXIT_REFUSED, Context, Refused, TempFail
+from .context import Context
+from .errors import EXIT_OK, EXIT_REFUSED, Refused, TempFail
 from .output import to_json
 
 

@@ -11,9 +11,9 @@ import os
 import shutil
 from pathlib import Path
 
-from ..config import MailboxConfig
 from ..maildir import SUBDIRS, ensure_maildir
-from .context import Refused
+from ..sections import MailboxConfig
+from .errors import Refused
 
 
 class Incomplete(Refused):

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from .. import __version__
-from ..config import ConfigError
 from ..db import DatabaseError
+from ..values import ConfigError
 from . import aliases, dbcmd, domains, importcf, lookupcmd, names, routing, users
-from .context import EXIT_OK, EXIT_REFUSED, EXIT_TEMPFAIL, Context, Refused, TempFail
+from .context import Context
+from .errors import EXIT_OK, EXIT_REFUSED, EXIT_TEMPFAIL, Refused, TempFail
 
 PROG = "vmailctl"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import getpass
 from typing import TextIO
 
-from .context import Refused
+from .errors import Refused
 
 
 def read_password(stdin: TextIO, from_stdin: bool, who: str) -> str:

@@ -7,8 +7,10 @@ import argparse
 from typing import Any
 
 from . import names
-from .context import Context, Refused, fetch_all, transaction
+from .context import Context
+from .errors import Refused
 from .output import Column
+from .sql import fetch_all, transaction
 
 MAX_TRANSPORT = 128
 

@@ -14,7 +14,8 @@ from typing import TypeAlias
 import pymysql  # type: ignore[import-untyped]  # no stubs: setup.cfg has no types-PyMySQL
 
 from . import schema
-from .context import Refused, fetch_all, fetch_one
+from .errors import Refused
+from .sql import fetch_all, fetch_one
 
 Conn: TypeAlias = pymysql.connections.Connection
 LOCK_TIMEOUT = 30

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 from . import maildirs, names, prompt, sizes
-from .context import Context, Refused, Row, fetch_all, fetch_one, transaction
+from .context import Context
+from .errors import Refused
 from .output import Column
 from .schema import BUMP
+from .sql import Row, fetch_all, fetch_one, transaction
 
 USER_COLUMNS = ("email, name, quota_bytes, quota_messages, active, maildir, created_at, "
                 "password_changed_at, password")

@@ -34,11 +34,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..codec.policy import PolicyRequest
-from ..config import PolicyConfig
 from ..db import DatabaseError
+from ..sections import PolicyConfig
 from .actions import check_action
 from .check import CheckFailed, Result, number
 from .queries import compile_named
+from .settings import COUNT_STATES, QUERY_PARAMS
 
 if TYPE_CHECKING:
     from ..schema_fit import SchemaFit
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("vmaild.policy")
 
 BUCKET_SECONDS = 60  # send_counters.bucket = floor(unix_time / 60)
-COUNT_STATES = ("END-OF-MESSAGE", "RCPT")
 _TRANSACTIONS = 10_000
 
 
@@ -101,10 +101,9 @@ class RateLimitCheck:
         if state not in COUNT_STATES:
             raise ValueError(f"ratelimit_count_state must be one of {', '.join(COUNT_STATES)}")
         self.count_at_rcpt = state == "RCPT"
-        self.select = compile_named(pc.ratelimit_query, frozenset({"login", "since"}))
-        self.update = compile_named(pc.ratelimit_update,
-                                    frozenset({"login", "bucket", "messages", "recipients"}))
-        self.prune = compile_named(pc.ratelimit_prune, frozenset({"before"}))
+        self.select = compile_named(pc.ratelimit_query, QUERY_PARAMS["ratelimit_query"])
+        self.update = compile_named(pc.ratelimit_update, QUERY_PARAMS["ratelimit_update"])
+        self.prune = compile_named(pc.ratelimit_prune, QUERY_PARAMS["ratelimit_prune"])
         self.prune_interval = pc.ratelimit_prune_interval
         self.action = check_action(pc.ratelimit_action)
         self.fail_action = check_action(pc.ratelimit_fail_action, fail=True)

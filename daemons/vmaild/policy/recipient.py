@@ -12,16 +12,17 @@ import os
 
 from ..addresses import strip_extension
 from ..codec.policy import PolicyRequest
-from ..config import MailboxConfig, PolicyConfig
 from ..db import DatabaseError
+from ..sections import MailboxConfig, PolicyConfig
 from .actions import check_action
 from .check import CheckFailed, Result, flag, number, text
 from .queries import compile_named
 from .quota import UsageReader
+from .settings import QUERY_PARAMS
 
 log = logging.getLogger("vmaild.policy")
 
-PARAMS = frozenset({"address", "local", "domain"})
+PARAMS = QUERY_PARAMS["recipient_query"]
 
 
 class RecipientCheck:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from ..addresses import strip_extension
 from ..codec.policy import PolicyRequest
-from ..config import PolicyConfig
 from ..db import DatabaseError
+from ..sections import PolicyConfig
 from .actions import check_action, fill
 from .check import CheckFailed, Result
 from .queries import compile_named
+from .settings import QUERY_PARAMS
 
-PARAMS = frozenset({"login", "sender", "local", "domain", "at_domain"})
+PARAMS = QUERY_PARAMS["sender_query"]
 # One decision per mail transaction: Postfix asks again at every RCPT with the same sender
 # (3.1), and the answer cannot change within one transaction.
 _MEMO_ENTRIES = 4096

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import Listen
 from ..metrics import Metrics
+from ..values import Listen
 
 log = logging.getLogger("vmaild.server")
 
