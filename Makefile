@@ -23,8 +23,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
+# ruff (lint and format), then mypy in strict mode (pyproject.toml [tool.mypy]).
 lint: venv
 	$(VENV)/bin/ruff check daemons tests harness bench
+	$(VENV)/bin/ruff format --check daemons tests harness bench
 	$(VENV)/bin/mypy daemons/vmaild harness bench
 
 unit: venv
@@ -33,8 +35,7 @@ unit: venv
 integration: deps venv
 	$(VENV)/bin/pytest -q tests/integration
 
-test: deps venv
-	$(VENV)/bin/ruff check daemons tests harness bench
+test: deps venv lint
 	$(VENV)/bin/pytest -q tests/unit tests/integration
 
 # The booted-host tier: the README's install on Debian 12 under systemd (systemd-nspawn), a

@@ -170,7 +170,8 @@ class Bench:
         self.vmaild.start()
 
     # one measured phase
-    def phase(self, items: list[tuple[str, str]], path: str = str(AUTHDAEMON_SOCKET)) -> dict:
+    def phase(self, items: list[tuple[str, str]],
+              path: str = str(AUTHDAEMON_SOCKET)) -> dict[str, Any]:
         chunks = [items[i::CLIENTS] for i in range(CLIENTS)]
         assert self.vmaild is not None
         roles = cpu.roles_for(vmaild_config=str(self.vmaild.config_path),

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 SOURCE = Path(__file__).with_name("loadgen.c")
 
@@ -42,7 +43,7 @@ class LoadGenerator:
         self.kind = "C (bench/loadgen.c, epoll, one thread)"
 
     def run(self, *, mode: str, port: int, conns: int, duration: float, keyfile: Path,
-            mapname: str = "mailboxes", total: int = 0) -> dict:
+            mapname: str = "mailboxes", total: int = 0) -> dict[str, Any]:
         """One closed-loop run; ``total`` > 0 stops after that many requests."""
         if self.binary is None:
             result = python_loadgen(mode, port, conns, duration, keyfile, mapname, total)
@@ -70,7 +71,7 @@ def _request(mode: str, mapname: str, key: str) -> bytes:
 
 
 async def _one_conn(port: int, mode: str, requests: list[bytes], limit: int,
-                    deadline: float, out: dict) -> None:
+                    deadline: float, out: dict[str, Any]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.monotonic() < deadline and (not limit or out["sent"] < limit):
@@ -94,10 +95,10 @@ async def _one_conn(port: int, mode: str, requests: list[bytes], limit: int,
         writer.close()
 
 
-def _worker(args: tuple) -> dict:
+def _worker(args: tuple[Any, ...]) -> dict[str, Any]:
     port, mode, mapname, keys, conns, duration, limit = args
     requests = [_request(mode, mapname, k) for k in keys]
-    out: dict = {"sent": 0, "lat": [], "found": 0, "notfound": 0, "errors": 0}
+    out: dict[str, Any] = {"sent": 0, "lat": [], "found": 0, "notfound": 0, "errors": 0}
 
     async def main() -> None:
         deadline = time.monotonic() + duration
@@ -112,7 +113,7 @@ def _worker(args: tuple) -> dict:
 
 
 def python_loadgen(mode: str, port: int, conns: int, duration: float, keyfile: Path,
-                   mapname: str, total: int) -> dict:
+                   mapname: str, total: int) -> dict[str, Any]:
     keys = [k for k in Path(keyfile).read_text().split("\n") if k]
     procs = max(1, min(conns, os.cpu_count() or 1))
     shares = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]

@@ -64,7 +64,7 @@ class Slap:
             return 0
         return max(conns, int(trial["qps"] * self.duration) // conns * conns)
 
-    def guarded(self, conns: int, total: int) -> dict | None:
+    def guarded(self, conns: int, total: int) -> dict[str, Any] | None:
         """once(), with a failure recorded in ``figures`` instead of raised: vmaild's own
         figures are still worth reporting."""
         if "error" in self.figures:
@@ -76,7 +76,7 @@ class Slap:
             self.figures["error"] = f"{type(e).__name__}: {e}"
             return None
 
-    def once(self, conns: int, total: int) -> dict:
+    def once(self, conns: int, total: int) -> dict[str, Any]:
         """One mariadb-slap run: ``total`` queries shared by ``conns`` clients, over TCP."""
         assert self.db.pid is not None
         cmd = [self.binary, "--no-defaults", "--protocol=tcp", "--host=127.0.0.1",
@@ -115,7 +115,7 @@ class Slap:
 # -- part 3: postmap -q - ------------------------------------------------------------------------
 
 def postmap_tables(db: MariaDB, inst: Instance, tmp: Path, keyfile: Path, emails: list[str],
-                   runs: int) -> dict:
+                   runs: int) -> dict[str, Any]:
     """Best wall time of ``runs`` ``postmap -q -`` passes over every key, for each table;
     every answer is checked. Cold runs come after a SIGHUP emptied vmaild's cache."""
     cf = seed.write_mysql_cf(tmp / "cf", db, DBNAME, DBUSER, DBPASSWORD)

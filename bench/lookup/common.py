@@ -7,6 +7,7 @@ import argparse
 import re
 import resource
 from pathlib import Path
+from typing import Any
 
 from bench.common import logger
 
@@ -55,7 +56,7 @@ def interleave(many: list[str], few: list[str]) -> list[str]:
     return out
 
 
-def median_run(runs: list[dict], key: str) -> dict:
+def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """The run with the median ``key``, plus every run's figure."""
     best = sorted(runs, key=lambda r: r[key])[len(runs) // 2]
     return dict(best, runs=[round(r[key]) for r in runs])

@@ -11,7 +11,7 @@ from typing import Any, TypeGuard
 from .common import CONCURRENCY, MAP, RSS_TARGET_MB, Plan
 
 
-def versions() -> dict:
+def versions() -> dict[str, Any]:
     """Versions of what was measured, and the machine."""
     def out(cmd: list[str]) -> str:
         try:
@@ -36,7 +36,7 @@ def num(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def targets(res: dict[str, Any]) -> list[dict]:
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     """The three targets (``target``, ``met``, ``detail``), evaluated on this run's figures."""
     out = []
     cached, slap, pm, rss = (res.get(k) for k in ("cached", "slap", "postmap", "rss"))
@@ -82,7 +82,7 @@ def report(res: dict[str, Any], meta: dict[str, Any], plan: Plan) -> str:
     slap = res.get("slap")
     slap_at = (lambda c: slap[c]["qps"]) if ok(slap) else (lambda c: None)  # noqa: E731
 
-    def load_table(title: str, rows: dict, conns_list: tuple[int, ...]) -> None:
+    def load_table(title: str, rows: dict[Any, Any], conns_list: tuple[int, ...]) -> None:
         add("")
         add(title)
         add(f"  {'conns':>5} {'lookups/s':>10} {'p50 us':>7} {'p99 us':>7} {'vmaild CPU':>10} "

@@ -74,7 +74,7 @@ class Bench:
         self.instances.remove(inst)
 
     def load(self, inst: Instance, *, mode: str, conns: int, keyfile: Path,
-             duration: float | None = None, total: int = 0) -> dict:
+             duration: float | None = None, total: int = 0) -> dict[str, Any]:
         """One loadgen run, with the CPU share vmaild and the generator used meanwhile."""
         port = inst.socketmap_port if mode == "socketmap" else inst.tcp_port
         cpu0, busy0 = proc_cpu_seconds(inst.pid), machine_busy_seconds()
@@ -90,7 +90,7 @@ class Bench:
 
     # -- set-up -----------------------------------------------------------------------------
 
-    def setup(self) -> dict:
+    def setup(self) -> dict[str, Any]:
         missing = MariaDB.missing_requirements()
         for tool in ("postmap",):
             if shutil.which(tool) is None:
@@ -113,7 +113,7 @@ class Bench:
 
     # -- 1. cached lookups, and 4. mariadb-slap, interleaved ------------------------------
 
-    def cached(self) -> dict:
+    def cached(self) -> dict[str, Any]:
         """Warm the cache, then at each concurrency alternate a vmaild run and a
         mariadb-slap run of about the same length, so that other work on the machine hurts
         both sides alike; the medians are compared."""
@@ -127,8 +127,8 @@ class Bench:
         queries = self.main.db_queries()
         out: dict[str, Any] = {"warmup": warm, "tcp": {}, "socketmap": {}}
         for conns in CONCURRENCY:
-            runs: list[dict] = []
-            tried: list[dict | None] = []
+            runs: list[dict[str, Any]] = []
+            tried: list[dict[str, Any] | None] = []
             total = slap.calibrate(conns) if slap is not None else 0
             for _ in range(self.plan.repeats):
                 runs.append(self.cached_run("tcp", conns))
@@ -155,13 +155,13 @@ class Bench:
                                "the cached runs")
         return out
 
-    def cached_run(self, mode: str, conns: int) -> dict:
+    def cached_run(self, mode: str, conns: int) -> dict[str, Any]:
         r = self.load(self.main, mode=mode, conns=conns, keyfile=self.keyfile)
         if r["errors"] or r["notfound"]:
             raise RuntimeError(f"{mode} x{conns}: not all answers were hits: {r}")
         return r
 
-    def log_pair(self, conns: int, mine: dict, theirs: dict | None) -> None:
+    def log_pair(self, conns: int, mine: dict[str, Any], theirs: dict[str, Any] | None) -> None:
         other = f" | mariadb-slap {theirs['qps']:,.0f}/s" if theirs else ""
         log(f"  cached tcp x{conns}: {mine['rps']:,.0f}/s p50 {mine['p50_us']} us "
             f"p99 {mine['p99_us']} us vmaild CPU {mine['vmaild_cpu']:.0%}{other}")
@@ -181,7 +181,7 @@ class Bench:
 
     # -- 2. cache-miss path -----------------------------------------------------------------
 
-    def misses(self) -> dict:
+    def misses(self) -> dict[int | str, Any]:
         inst = self.start_instance(DBNAME, "vmaild-nocache", "max_entries = 0\ncheck_interval = 0")
         try:
             out: dict[int | str, Any] = {}
@@ -200,14 +200,14 @@ class Bench:
 
     # -- 3. postmap -q - --------------------------------------------------------------------
 
-    def postmap(self) -> dict:
+    def postmap(self) -> dict[str, Any]:
         assert self.db is not None
         return postmap_tables(self.db, self.main, self.tmp, self.keyfile, self.emails,
                               self.plan.postmap_runs)
 
     # -- 5. RSS with many cached keys -------------------------------------------------------
 
-    def rss(self) -> dict:
+    def rss(self) -> dict[str, Any]:
         """N distinct keys through the tcp: map: 90% existing users (found, cached with
         their value), 10% unknown addresses (cached as not-found). The first tenth is a
         separate stage, so that the growth per entry can be told from fixed costs (thread

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 # The *_created series double the output and tell an admin nothing here.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Lookups are answered in microseconds from the cache and in a millisecond or so from the
 # database; the buckets resolve both ends.
@@ -63,7 +63,7 @@ class LookupStats(Collector):
                                      labels=["map", "outcome"])
         total = CounterMetricFamily("vmaild_lookups", "Lookups answered, by map and outcome",
                                     labels=["map", "outcome"])
-        bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]
+        bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
         for (map_name, outcome), (counts, seconds) in list(self.series.items()):
             cumulative, buckets = 0, []
             for bound, n in zip(bounds, list(counts), strict=True):

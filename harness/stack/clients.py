@@ -191,7 +191,7 @@ class StackClients:
             if not count:
                 return []
             typ, fetched = m.fetch(f"1:{count}", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            return [part[1].decode().strip().removeprefix("Subject: ")  # type: ignore[index]
+            return [part[1].decode().strip().removeprefix("Subject: ")
                     for part in fetched if isinstance(part, tuple)]
 
     def pop3_subjects(self, address: str, password: str, **kw: bool) -> list[str]:

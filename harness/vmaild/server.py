@@ -160,7 +160,8 @@ class Vmaild:
 
     def metrics_text(self, port: int) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            return r.read().decode()
+            body: bytes = r.read()
+            return body.decode()
 
 
 def seed_ports() -> dict[str, int]:

@@ -56,7 +56,7 @@ class FailureLimits:
         """The wait after the n-th failure in a row: 0, base, 2*base, 4*base ... <= cap."""
         if n < 2 or self.base <= 0:
             return 0.0
-        return min(self.cap, self.base * 2 ** min(n - 2, 32))
+        return float(min(self.cap, self.base * 2 ** min(n - 2, 32)))
 
     def succeeded(self, login: str) -> None:
         self._failures.pop(login.lower(), None)
