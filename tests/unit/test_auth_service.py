@@ -17,9 +17,10 @@ import pytest
 from passlib.hash import des_crypt, sha512_crypt
 
 from vmaild import config, passwords
-from vmaild.auth.service import MAILDIR_RECHECK, AuthService, TemporaryFailure
+from vmaild.auth.service import MAILDIR_RECHECK, AuthService
 from vmaild.codec import authpipe as codec
 from vmaild.db import DatabaseError
+from vmaild.failures import TemporaryFailure
 from vmaild.metrics import Metrics
 
 

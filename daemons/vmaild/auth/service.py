@@ -28,6 +28,7 @@ from .. import passwords
 from ..codec import authpipe as codec
 from ..config import Config
 from ..db import Database, DatabaseError
+from ..failures import TemporaryFailure
 from ..maildir import ensure_maildir
 from ..memo import ReplyMemo
 from ..metrics import Metrics
@@ -51,10 +52,6 @@ _SCHEMA_ERRORS = frozenset({1406, 1054, 1146, 1142, 1265})
 MAILDIR_RECHECK = 60.0
 # Encoded account replies kept (cleared when full).
 REPLY_MEMO = 10_000
-
-
-class TemporaryFailure(Exception):
-    """No answer can be given now; the caller must close without replying."""
 
 
 class AuthService:

@@ -23,6 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..codec import authpipe as codec
+from ..failures import TemporaryFailure
 from .base import SequentialProtocol
 
 if TYPE_CHECKING:
@@ -105,8 +106,6 @@ class AuthProtocol(SequentialProtocol):
         return self._service().answer_now(request)
 
     async def answer(self, request: Any) -> bytes | None:
-        from ..auth.service import TemporaryFailure
-
         try:
             return await self._service().answer(request)
         except TemporaryFailure:

@@ -6,7 +6,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..codec import socketmap as codec
-from ..lookup import TemporaryFailure, UnknownMap
+from ..failures import TemporaryFailure
+from ..lookup import UnknownMap
 from ..memo import ReplyMemo
 from .base import SequentialProtocol
 

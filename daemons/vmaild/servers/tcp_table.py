@@ -9,7 +9,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..codec import tcp_table as codec
-from ..lookup import TemporaryFailure
+from ..failures import TemporaryFailure
 from ..memo import ReplyMemo
 from .base import SequentialProtocol
 
