@@ -16,7 +16,7 @@ from vmaild.auth.accounts import (
     account_from_row,
     default_maildir,
 )
-from vmaild.codec.authpipe import encode_account
+from vmaild.codec.authpipe import reply_account
 from vmaild.db import DatabaseError
 
 from .test_auth_service import FakeDB, aio
@@ -30,7 +30,7 @@ def test_the_seed_layout_by_default() -> None:
                         5000, 5000)
     assert a.active
     assert a.maildir_path() == "/home/vmail/raecoo.com/sales"
-    assert encode_account(a.fields()) == (
+    assert reply_account(a.fields()) == (
         b"UID=5000\nGID=5000\nHOME=/home/vmail\nADDRESS=sales@raecoo.com\n"
         b"MAILDIR=raecoo.com/sales/\n.\n")
 

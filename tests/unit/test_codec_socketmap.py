@@ -16,10 +16,10 @@ from vmaild.codec.socketmap import (
     Request,
     SocketmapDecoder,
     encode_netstring,
-    reply_notfound,
-    reply_ok,
-    reply_perm,
-    reply_temp,
+    reply_found,
+    reply_not_found,
+    reply_permanent,
+    reply_temporary,
 )
 
 
@@ -123,15 +123,15 @@ def postfix_reads(reply: bytes) -> tuple[str, bytes]:
 
 
 REPLIES = [
-    (reply_ok("joe@mailhost.x"), b"17:OK joe@mailhost.x,"),
-    (reply_ok("a b"), b"6:OK a b,"),
-    (reply_ok("josé"), b"8:OK jos\xc3\xa9,"),  # counted in bytes
-    (reply_notfound(), b"9:NOTFOUND ,"),
-    (reply_temp("db down"), b"12:TEMP db down,"),
-    (reply_perm("unknown map"), b"16:PERM unknown map,"),
-    (reply_temp("a\r\nb"), b"9:TEMP a??b,"),  # keep the logged reason on one line
-    (reply_perm(""), b"5:PERM ,"),
-    (reply_ok("a\0b"), b"23:TEMP value contains NUL,"),
+    (reply_found("joe@mailhost.x"), b"17:OK joe@mailhost.x,"),
+    (reply_found("a b"), b"6:OK a b,"),
+    (reply_found("josé"), b"8:OK jos\xc3\xa9,"),  # counted in bytes
+    (reply_not_found(), b"9:NOTFOUND ,"),
+    (reply_temporary("db down"), b"12:TEMP db down,"),
+    (reply_permanent("unknown map"), b"16:PERM unknown map,"),
+    (reply_temporary("a\r\nb"), b"9:TEMP a??b,"),  # keep the logged reason on one line
+    (reply_permanent(""), b"5:PERM ,"),
+    (reply_found("a\0b"), b"23:TEMP value contains NUL,"),
 ]
 
 
@@ -142,19 +142,19 @@ def test_replies(reply: bytes, expected: bytes) -> None:
 
 def test_never_ok_with_empty_value() -> None:
     with pytest.raises(ValueError):
-        reply_ok("")
+        reply_found("")
 
 
 def test_reply_size_boundary() -> None:
-    fits = reply_ok("v" * (MAX_REPLY - 3))  # "OK " + value = exactly MAX_REPLY bytes
+    fits = reply_found("v" * (MAX_REPLY - 3))  # "OK " + value = exactly MAX_REPLY bytes
     assert postfix_reads(fits) == ("OK", b"v" * (MAX_REPLY - 3))
-    assert postfix_reads(reply_ok("v" * (MAX_REPLY - 2))) == ("TEMP", b"reply too long")
-    assert postfix_reads(reply_ok("é" * (MAX_REPLY // 2)))[0] == "TEMP"  # bytes, not chars
+    assert postfix_reads(reply_found("v" * (MAX_REPLY - 2))) == ("TEMP", b"reply too long")
+    assert postfix_reads(reply_found("é" * (MAX_REPLY // 2)))[0] == "TEMP"  # bytes, not chars
 
 
 @pytest.mark.parametrize("reason", ["x" * 200000, "é" * 60000, "a" + "é" * 60000])
 def test_long_reason_truncated_to_valid_utf8(reason: str) -> None:
-    status, text = postfix_reads(reply_temp(reason))
+    status, text = postfix_reads(reply_temporary(reason))
     assert status == "TEMP"
     assert len(text) <= MAX_REPLY - 5
     text.decode("utf-8")
@@ -173,7 +173,7 @@ def test_any_request_round_trips(name: str, key: str) -> None:
 
 @given(st.text(min_size=1))
 def test_ok_replies_are_readable(value: str) -> None:
-    status, data = postfix_reads(reply_ok(value))
+    status, data = postfix_reads(reply_found(value))
     assert (status, data) == ("OK", value.encode()) or status == "TEMP"
 
 

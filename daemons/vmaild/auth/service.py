@@ -257,7 +257,7 @@ class AuthService:
             if not self._misfit("enumerate_query", e):
                 log.warning("ENUMERATE: database unavailable: %s", e)
             raise TemporaryFailure(str(e)) from e
-        return codec.encode_enumerate(
+        return codec.reply_enumerate(
             (a.address, a.uid, a.gid, a.home, a.maildir) for a in accounts)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -330,7 +330,7 @@ class AuthService:
         try:
             # 8190: one byte under what Cyrus SASL accepts, should a client talk to us
             # directly (PROTOCOLS.md 5.2); authdaemond takes 8191.
-            return codec.encode_account(account.fields(), max_reply=codec.CYRUS_MAX_REPLY)
+            return codec.reply_account(account.fields(), max_reply=codec.CYRUS_MAX_REPLY)
         except ValueError as e:
             log.error("account %s cannot be sent: %s", account.address, e)
             raise TemporaryFailure(str(e)) from e

@@ -8,7 +8,7 @@ Requests, as authpipe.c builds them::
     ENUMERATE LF
     RELAY 1 LF            (vmaild's own: vmaild-authpipe asks for a persistent connection)
 
-Replies: :func:`encode_account`, :data:`FAIL`, :data:`OK` (PASSWD), :func:`encode_enumerate`.
+Replies: :func:`reply_account`, :data:`FAIL`, :data:`OK` (PASSWD), :func:`reply_enumerate`.
 A temporary failure is *no* reply: the program exits instead (4.4).
 """
 
@@ -287,7 +287,7 @@ class ReplyReader:
         return bytes(self._buf)
 
 
-def encode_account(
+def reply_account(
     fields: Sequence[tuple[str, str]] | Mapping[str, str], *, max_reply: int = MAX_REPLY
 ) -> bytes:
     """``NAME=value LF`` lines, then ``. LF``: a successful PRE or AUTH (4.4).
@@ -322,7 +322,7 @@ def _has_control(text: str) -> bool:
     return any(ch in text for ch in "\n\r\0")
 
 
-def encode_enumerate(rows: Iterable[tuple[str, int, int, str, str | None]]) -> bytes:
+def reply_enumerate(rows: Iterable[tuple[str, int, int, str, str | None]]) -> bytes:
     """``name TAB uid TAB gid TAB home [TAB maildir] LF`` lines, then ``. LF`` (4.4).
 
     Rows (name, uid, gid, home, maildir) authenumerate would drop or misread are skipped: uid

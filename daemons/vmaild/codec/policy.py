@@ -160,7 +160,7 @@ class PolicyDecoder:
         return request
 
 
-def encode_action(action: str) -> bytes:
+def reply_action(action: str) -> bytes:
     """``action=<action> LF LF``: the one and only reply to a request (3.2).
 
     Raises ValueError for actions Postfix would misread:
@@ -181,5 +181,5 @@ def encode_action(action: str) -> bytes:
     return b"action=" + action.encode("utf-8") + b"\n\n"
 
 
-DUNNO = encode_action("DUNNO")
+DUNNO = reply_action("DUNNO")
 """No decision: Postfix goes on with the next restriction. The safe neutral reply."""

@@ -31,7 +31,7 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class BadRequest:
-    """A well-framed payload that is not ``<map> SP <key>``; answer :func:`reply_perm`."""
+    """A well-framed payload that is not ``<map> SP <key>``; answer :func:`reply_permanent`."""
 
     reason: str
 
@@ -147,39 +147,39 @@ def _status(status: bytes, reason: str) -> bytes:
     return encode_netstring(status + b" " + data)
 
 
-def reply_ok(value: str) -> bytes:
+def reply_found(value: str) -> bytes:
     """Netstring of ``OK <value>``.
 
     Raises ValueError for an empty value: ``OK `` is an empty result, which Postfix turns into
     a configuration error, and ``OK`` alone means different things in different versions
-    (2.3). Answer :func:`reply_notfound` instead. Values Postfix could not use become
-    :func:`reply_temp` answers.
+    (2.3). Answer :func:`reply_not_found` instead. Values Postfix could not use become
+    :func:`reply_temporary` answers.
     """
     if not value:
-        raise ValueError("empty value: send reply_notfound() instead")
+        raise ValueError("empty value: send reply_not_found() instead")
     try:
         data = value.encode("utf-8")
     except UnicodeEncodeError:
-        return reply_temp("value is not valid UTF-8")
+        return reply_temporary("value is not valid UTF-8")
     if b"\0" in data:
         # The value becomes a C string in Postfix: a NUL would silently truncate it.
-        return reply_temp("value contains NUL")
+        return reply_temporary("value contains NUL")
     payload = b"OK " + data
     if len(payload) > MAX_REPLY:
-        return reply_temp("reply too long")
+        return reply_temporary("reply too long")
     return encode_netstring(payload)
 
 
-def reply_notfound() -> bytes:
+def reply_not_found() -> bytes:
     """``9:NOTFOUND ,`` (Postfix also accepts it without the SP; this is the documented form)."""
     return encode_netstring(b"NOTFOUND ")
 
 
-def reply_temp(reason: str) -> bytes:
+def reply_temporary(reason: str) -> bytes:
     """``TEMP <reason>``: DICT_ERR_RETRY, a temporary lookup failure (2.3)."""
     return _status(b"TEMP", reason)
 
 
-def reply_perm(reason: str) -> bytes:
+def reply_permanent(reason: str) -> bytes:
     """``PERM <reason>``: DICT_ERR_CONFIG; Postfix defers with 451, it is *not* a not-found."""
     return _status(b"PERM", reason)

@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("vmaild.socketmap")
 
 
-ok_reply = ReplyMemo(codec.reply_ok)
-_NOTFOUND = codec.reply_notfound()
+found_reply = ReplyMemo(codec.reply_found)
+_NOT_FOUND = codec.reply_not_found()
 
 
 def plain_request(data: bytes) -> tuple[str, str] | None:
@@ -53,7 +53,7 @@ class SocketmapProtocol(SequentialProtocol):
                 hit, value = self.app.runtime.lookups.cached(*request)
                 if hit:
                     assert self.transport is not None
-                    self.transport.write(_NOTFOUND if value is None else ok_reply(value))
+                    self.transport.write(_NOT_FOUND if value is None else found_reply(value))
                     return
         super().data_received(data)
 
@@ -64,23 +64,23 @@ class SocketmapProtocol(SequentialProtocol):
         if isinstance(request, codec.BadRequest):
             self.metrics.protocol_errors.labels(self.listener).inc()
             log.warning("socketmap: bad request: %s", request.reason)
-            return codec.reply_perm(request.reason)
+            return codec.reply_permanent(request.reason)
         try:
             hit, value = self.app.runtime.lookups.cached(request.map, request.key)
         except UnknownMap:
             # PERM, not NOTFOUND: a misspelt map name in main.cf is a configuration error
             # that must defer mail, not reject it.
             log.error("socketmap: unknown map %r (not in the configuration)", request.map)
-            return codec.reply_perm("unknown map")
+            return codec.reply_permanent("unknown map")
         if not hit:
             return None
-        return ok_reply(value) if value is not None else _NOTFOUND
+        return found_reply(value) if value is not None else _NOT_FOUND
 
     async def answer(self, request: codec.Request) -> bytes | None:
         try:
             value = await self.app.runtime.lookups.lookup(request.map, request.key)
         except UnknownMap:
-            return codec.reply_perm("unknown map")
+            return codec.reply_permanent("unknown map")
         except TemporaryFailure:
-            return codec.reply_temp("temporary lookup failure")
-        return ok_reply(value) if value is not None else _NOTFOUND
+            return codec.reply_temporary("temporary lookup failure")
+        return found_reply(value) if value is not None else _NOT_FOUND
