@@ -13,7 +13,6 @@ from vmaild.codec.tcp_table import (
     DEFAULT_MAX_REQUEST,
     MAX_REPLY_BYTES,
     BadRequest,
-    Oversized,
     Request,
     TcpTableDecoder,
     TcpTableError,
@@ -25,12 +24,22 @@ from vmaild.codec.tcp_table import (
 )
 
 
-def decode(data: bytes, max_request: int = DEFAULT_MAX_REQUEST) -> list:
-    """Decode *data* whole and one byte at a time; both must give the same list."""
-    whole = TcpTableDecoder(max_request).feed(data)
+def run(chunks: list[bytes], max_request: int) -> tuple[list, bool]:
+    """Feed *chunks* to one decoder: (everything decoded, whether TcpTableError was raised)."""
     decoder = TcpTableDecoder(max_request)
-    bytewise = [item for i in range(len(data)) for item in decoder.feed(data[i : i + 1])]
-    assert bytewise == whole
+    items: list = []
+    for chunk in chunks:
+        try:
+            items += decoder.feed(chunk)
+        except TcpTableError as exc:
+            return items + exc.decoded, True
+    return items, False
+
+
+def decode(data: bytes, max_request: int = DEFAULT_MAX_REQUEST) -> tuple[list, bool]:
+    """Decode *data* whole and one byte at a time; both must agree."""
+    whole = run([data], max_request)
+    assert run([data[i : i + 1] for i in range(len(data))], max_request) == whole
     return whole
 
 
@@ -89,23 +98,25 @@ REQUESTS = [
 
 @pytest.mark.parametrize(("wire", "expected"), REQUESTS)
 def test_requests(wire: bytes, expected: list) -> None:
-    assert decode(wire) == expected
+    assert decode(wire) == (expected, False)
 
 
 def test_oversized_boundary() -> None:
-    assert decode(b"get 123456\n", max_request=10) == [Request("123456")]  # 10 bytes + LF
-    assert decode(b"get 1234567\n", max_request=10) == [Oversized(10)]
-    assert decode(b"get 1234567", max_request=10) == [Oversized(10)]  # no LF yet
+    assert decode(b"get 123456\n", max_request=10) == ([Request("123456")], False)  # 10 + LF
+    assert decode(b"get 1234567\n", max_request=10) == ([], True)
+    assert decode(b"get 1234567", max_request=10) == ([], True)  # no LF yet
     # A trailing CR counts: the limit is on the raw line.
-    assert decode(b"get 123456\r\n", max_request=10) == [Oversized(10)]
+    assert decode(b"get 123456\r\n", max_request=10) == ([], True)
 
 
 def test_oversized_is_final() -> None:
     wire = b"get a\nget 123456789\nget b\n"
-    assert decode(wire, max_request=10) == [Request("a"), Oversized(10)]
+    assert decode(wire, max_request=10) == ([Request("a")], True)
     decoder = TcpTableDecoder(10)
-    assert decoder.feed(b"x" * 11) == [Oversized(10)]
-    assert decoder.feed(b"\nget b\n") == []
+    with pytest.raises(TcpTableError):
+        decoder.feed(b"x" * 11)
+    with pytest.raises(TcpTableError):
+        decoder.feed(b"\nget b\n")
 
 
 def test_long_encoded_key_accepted_by_default() -> None:
@@ -113,12 +124,12 @@ def test_long_encoded_key_accepted_by_default() -> None:
     key = '"' + "Namé <a@b>; " * 3000 + '"@example.com'
     wire = b"get " + quote(key.encode()) + b"\n"
     assert 50000 < len(wire) < DEFAULT_MAX_REQUEST
-    assert decode(wire) == [Request(key)]
+    assert decode(wire) == ([Request(key)], False)
 
 
 def test_many_requests_one_chunk() -> None:
     wire = b"".join(b"get user%d@x\n" % i for i in range(10000))
-    assert decode(wire) == [Request(f"user{i}@x") for i in range(10000)]
+    assert decode(wire) == ([Request(f"user{i}@x") for i in range(10000)], False)
 
 
 # -- quoting -------------------------------------------------------------------------------
@@ -206,7 +217,7 @@ QUOTED_FORM = re.compile(rb"(?:[!-$&-~]|%[0-9A-F]{2})*")
 def test_any_key_round_trips(key: str) -> None:
     quoted = quote(key.encode())
     assert QUOTED_FORM.fullmatch(quoted)  # printable ASCII, no SP, '%' only in escapes
-    assert decode(b"get " + quoted + b"\n") == [Request(key)]
+    assert decode(b"get " + quoted + b"\n") == ([Request(key)], False)
 
 
 @given(st.binary())
@@ -230,9 +241,6 @@ def test_replies_are_always_readable_by_postfix(text: str) -> None:
 @given(st.binary(), st.data())
 def test_fuzz_any_split_gives_the_same_result(data: bytes, draw: st.DataObject) -> None:
     limit = draw.draw(st.sampled_from([8, 64, DEFAULT_MAX_REQUEST]))
-    whole = TcpTableDecoder(limit).feed(data)  # never raises
+    whole = run([data], limit)  # raises nothing but TcpTableError
     cuts = draw.draw(st.lists(st.integers(0, len(data)), max_size=8))
-    decoder = TcpTableDecoder(limit)
-    pieces = [item for chunk in split(data, cuts) for item in decoder.feed(chunk)]
-    assert pieces == whole
-    assert not any(isinstance(item, Oversized) for item in whole[:-1])  # only ever last
+    assert run(split(data, cuts), limit) == whole

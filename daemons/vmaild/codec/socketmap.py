@@ -2,13 +2,16 @@
 
 Every request and reply is a netstring ``<decimal length>:<payload>,``; a request payload is
 ``<mapname> SP <key>``, a reply payload ``OK <value>``, ``NOTFOUND ``, ``TEMP <reason>`` or
-``PERM <reason>``. A framing error cannot be answered, so :class:`SocketmapDecoder` raises
-:class:`NetstringError` and the server closes the connection.
+``PERM <reason>``, built by :func:`reply_found`, :func:`reply_not_found`,
+:func:`reply_temporary` and :func:`reply_permanent`. A framing error cannot be answered, so
+:class:`SocketmapDecoder` raises :class:`NetstringError` and the server closes the connection.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .buffer import DecodeError, StreamDecoder
 
 # Request payload limit (bytes). Postfix refuses keys over socketmap_max_query_size (10000 by
 # default) without asking us (2.2), so 100000 leaves room for the map name and larger settings.
@@ -39,16 +42,8 @@ class BadRequest:
 Decoded = Request | BadRequest
 
 
-class NetstringError(ValueError):
-    """Broken framing: close the connection (there is no way to answer, 2.5).
-
-    ``decoded`` holds the requests completed earlier in the same :meth:`SocketmapDecoder.feed`
-    call, so splitting the input differently never loses them.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.decoded: list[Decoded] = []
+class NetstringError(DecodeError[Decoded]):
+    """Broken framing: close the connection (there is no way to answer, 2.5)."""
 
 
 def encode_netstring(payload: bytes) -> bytes:
@@ -56,69 +51,51 @@ def encode_netstring(payload: bytes) -> bytes:
     return b"%d:%s," % (len(payload), payload)
 
 
-class SocketmapDecoder:
+class SocketmapDecoder(StreamDecoder[Decoded]):
     """Incremental netstring request decoder; gives the same results however input is split.
 
     *max_request* bounds the payload length, so the buffer stays below that plus one chunk.
     After a :class:`NetstringError` every further ``feed()`` raises again.
     """
 
+    error = NetstringError
+
     def __init__(self, max_request: int = DEFAULT_MAX_REQUEST) -> None:
-        self._max = max_request
+        super().__init__(max_request)
         self._max_digits = len(str(max_request))
-        self._buf = bytearray()
         self._length: int | None = None  # payload length once its prefix has been read
-        self._failed = False
 
-    @property
-    def idle(self) -> bool:
-        """True when nothing is buffered (a new chunk starts a new netstring)."""
-        return not self._buf and self._length is None and not self._failed
-
-    def feed(self, data: bytes) -> list[Decoded]:
-        """Add *data* and return the requests completed by it, in order."""
-        if self._failed:
-            raise NetstringError("decoder already failed")
-        self._buf += data
-        out: list[Decoded] = []
-        try:
-            while self._step(out):
-                pass
-        except NetstringError as exc:
-            self._failed = True
-            self._buf = bytearray()
-            exc.decoded = out
-            raise
-        return out
+    def _in_request(self) -> bool:
+        return self._length is not None
 
     def _step(self, out: list[Decoded]) -> bool:
         """Consume one length prefix or one payload; False when more input is needed."""
         buf = self._buf
         if self._length is None:
             colon = buf.find(b":")
-            self._check_prefix(buf if colon < 0 else buf[:colon])
+            digits = buf.peek(colon if colon >= 0 else len(buf))
+            self._check_prefix(digits)
             if colon < 0:
                 return False
             # Postfix's netstring_get_length() accepts an empty length as 0 (2.1).
-            self._length = int(buf[:colon] or b"0")
-            del buf[: colon + 1]
-        length = self._length
-        if len(buf) <= length:
+            self._length = int(digits or b"0")
+            buf.take(colon + 1)
+        # The payload and its ',' (the length was checked against the limit above).
+        netstring = buf.take(self._length + 1)
+        if netstring is None:
             return False
-        if buf[length] != ord(","):
+        if netstring[-1] != ord(","):
             raise NetstringError("netstring not terminated by ','")
-        out.append(_parse_payload(bytes(buf[:length])))
-        del buf[: length + 1]
+        out.append(_parse_payload(netstring[:-1]))
         self._length = None
         return True
 
-    def _check_prefix(self, digits: bytearray) -> None:
+    def _check_prefix(self, digits: bytes) -> None:
         # Postfix writes "%ld:" and reads only ASCII digits up to ':' (2.1).
         if not _DIGITS.issuperset(digits):
             raise NetstringError("bad netstring length")
-        if len(digits) > self._max_digits or (digits and int(digits) > self._max):
-            raise NetstringError(f"netstring longer than {self._max} bytes")
-
+        if len(digits) > self._max_digits or (digits and int(digits) > self.max_request):
+            raise NetstringError(f"netstring longer than {self.max_request} bytes")
 
 def _parse_payload(payload: bytes) -> Decoded:
     # The map name is the last ':' field of the table name, and it comes first; the key

@@ -58,7 +58,13 @@ class TcpTableProtocol(SequentialProtocol):
         super().data_received(data)
 
     def decode(self, data: bytes) -> list[Any]:
-        return self.decoder.feed(data)
+        if self.decoder.failed:
+            return []  # after an overlong line: read nothing more
+        try:
+            return self.decoder.feed(data)
+        except codec.TcpTableError as e:
+            # The requests before the overlong line are answered, then the error (below).
+            return [*e.decoded, e]
 
     def answer_now(self, request: Any) -> bytes | None:
         if isinstance(request, codec.Request):
@@ -70,8 +76,8 @@ class TcpTableProtocol(SequentialProtocol):
             self.metrics.protocol_errors.labels(self.listener).inc()
             log.warning("%s: bad request: %s", self.listener, request.reason)
             return codec.reply_temporary(request.reason)
-        # Oversized: the line cannot be resynchronised. Postfix treats 400 as a temporary
-        # error and closes the connection itself.
+        # TcpTableError, an overlong line: it cannot be resynchronised. Postfix treats 400
+        # as a temporary error and closes the connection itself.
         self.protocol_error("request too long", codec.reply_temporary("request too long"))
         return b""
 
