@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmaild.codec.socketmap import (
@@ -105,6 +105,68 @@ def test_failed_decoder_stays_failed() -> None:
         decoder.feed(b"x")
     with pytest.raises(NetstringError):
         decoder.feed(b"3:m a,")
+
+
+# -- the listener's fast path -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "request_"), [
+    (request("mailboxes joe@ex.com"), ("mailboxes", "joe@ex.com")),
+    (request("mailboxes a b@ex.com"), ("mailboxes", "a b@ex.com")),   # raw key, spaces kept
+    (request("mailboxes"), None),
+    (request(" joe@ex.com"), None),
+    (b"5:mailboxes joe@ex.com,", None),                               # wrong length
+    (request("mailboxes joe@ex.com")[:-1], None),                     # not whole yet
+    (request("m a") + request("m b"), None),                          # two requests
+    (request("mailboxes é@ex.com"), None),                            # UTF-8: the decoder's job
+    (b"x:abc,", None),
+])
+def test_plain_request(data: bytes, request_: tuple[str, str] | None) -> None:
+    assert SocketmapDecoder().plain_request(data) == request_
+
+
+def test_plain_request_only_when_the_decoder_would_take_it() -> None:
+    assert SocketmapDecoder().plain_request(b"5:m a\0b,") is None  # a BadRequest
+    assert SocketmapDecoder(10).plain_request(b"10:map 123456,") == ("map", "123456")
+    assert SocketmapDecoder(10).plain_request(b"11:map 1234567,") is None  # over the limit
+    assert SocketmapDecoder(10).plain_request(b"003:m a,") is None  # more digits than needed
+    decoder = SocketmapDecoder()
+    decoder.feed(b"3:")
+    assert decoder.plain_request(b"3:m a,") is None  # it would be the pending payload
+
+
+# Arbitrary bytes, and netstrings (some with leading zeros) whose payloads reach the fast
+# path's checks or pass them.
+payloads = st.binary() | st.from_regex(rb"[!-~]{0,10} (?:[ -~]|\0|\xe9){0,20}", fullmatch=True)
+chunks = st.binary(max_size=40) | st.builds(
+    lambda zeros, payload: b"0" * zeros + encode_netstring(payload),
+    st.sampled_from([0, 0, 0, 1, 4]),
+    payloads,
+)
+
+
+@settings(max_examples=500)
+@given(chunks, st.lists(st.binary(max_size=20), max_size=2), st.sampled_from([5, 100, 100000]))
+def test_fast_path_agrees_with_the_decoder(data: bytes, history: list[bytes], limit: int) -> None:
+    """Whenever the listener's fast path takes a chunk, the decoder, fed the same chunk
+    whole or in 1-byte pieces, decodes exactly that one request and is idle again."""
+
+    def decoder() -> SocketmapDecoder:  # in the state the earlier traffic left it in
+        dec = SocketmapDecoder(limit)
+        try:
+            for chunk in history:
+                dec.feed(chunk)
+        except NetstringError:
+            pass
+        return dec
+
+    request_ = decoder().plain_request(data)
+    if request_ is None:
+        return  # the fast path declines: the decoder alone decides
+    for pieces in ([data], [data[i : i + 1] for i in range(len(data))]):
+        dec = decoder()
+        assert [item for piece in pieces for item in dec.feed(piece)] == [Request(*request_)]
+        assert dec.idle
 
 
 # -- replies -------------------------------------------------------------------------------

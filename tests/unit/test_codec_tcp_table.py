@@ -6,7 +6,7 @@ import re
 from itertools import pairwise
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmaild.codec.tcp_table import (
@@ -132,6 +132,37 @@ def test_many_requests_one_chunk() -> None:
     assert decode(wire) == ([Request(f"user{i}@x") for i in range(10000)], False)
 
 
+# -- the listener's fast path -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    (b"get joe@ex.com\n", "joe@ex.com"),
+    (b"get a+b@ex.com\n", "a+b@ex.com"),
+    (b"get 100%25@ex.com\n", None),       # an escape: the decoder's job
+    (b"get a b\n", None),
+    (b"get \n", None),
+    (b"get joe@ex.com\r\n", None),
+    (b"get a\nget b\n", None),            # two requests in one chunk
+    (b"get joe@ex.com", None),            # not a whole line yet
+    (b"put joe@ex.com\n", None),
+    (b"get \xc3\xa9@ex.com\n", None),
+    (b"get " + b"a" * 2000 + b"\n", None),
+])
+def test_plain_request(data: bytes, key: str | None) -> None:
+    assert TcpTableDecoder().plain_request(data) == key
+
+
+def test_plain_request_only_when_idle_and_within_the_limit() -> None:
+    decoder = TcpTableDecoder(10)
+    assert decoder.plain_request(b"get 123456\n") == "123456"  # 10 bytes + LF
+    assert decoder.plain_request(b"get 1234567\n") is None  # the decoder refuses it
+    decoder.feed(b"get a")
+    assert decoder.plain_request(b"get b\n") is None  # it would end the pending line
+    with pytest.raises(TcpTableError):
+        decoder.feed(b"x" * 10)
+    assert decoder.plain_request(b"get b\n") is None  # failed
+
+
 # -- quoting -------------------------------------------------------------------------------
 
 
@@ -236,6 +267,44 @@ def test_replies_are_always_readable_by_postfix(text: str) -> None:
     if text:
         kind, value = postfix_reads(reply_found(text))
         assert (kind, value) == ("found", text.encode()) or kind == "retry"
+
+
+# Arbitrary bytes, and "get ... LF" lines that reach the fast path's checks or pass them.
+chunks = (
+    st.binary(max_size=40)
+    | st.builds(b"get %b\n".__mod__, st.binary())
+    | st.from_regex(rb"get [ -~\r\n]{0,80}\n", fullmatch=True)
+    | st.from_regex(rb"get [!-~]{0,80}\n", fullmatch=True)
+)
+
+
+@settings(max_examples=500)
+@given(chunks, st.lists(st.binary(max_size=20), max_size=2), st.sampled_from([8, 64, 65536]))
+def test_fast_path_agrees_with_the_decoder(data: bytes, history: list[bytes], limit: int) -> None:
+    """Whenever the listener's fast path takes a chunk, the decoder, fed the same chunk
+    whole or in 1-byte pieces, decodes exactly that one request and is idle again."""
+
+    def decoder() -> TcpTableDecoder:  # in the state the earlier traffic left it in
+        dec = TcpTableDecoder(limit)
+        try:
+            for chunk in history:
+                dec.feed(chunk)
+        except TcpTableError:
+            pass
+        return dec
+
+    key = decoder().plain_request(data)
+    if key is None:
+        return  # the fast path declines: the decoder alone decides
+    for pieces in ([data], [data[i : i + 1] for i in range(len(data))]):
+        dec = decoder()
+        assert [item for piece in pieces for item in dec.feed(piece)] == [Request(key)]
+        assert dec.idle
+
+
+@given(st.text(st.sampled_from("abcXYZ019+-_.@!~\"'"), min_size=1, max_size=100))
+def test_fast_path_takes_plain_keys(key: str) -> None:
+    assert TcpTableDecoder().plain_request(b"get " + key.encode() + b"\n") == key
 
 
 @given(st.binary(), st.data())

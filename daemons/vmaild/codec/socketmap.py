@@ -97,6 +97,31 @@ class SocketmapDecoder(StreamDecoder[Decoded]):
         if len(digits) > self._max_digits or (digits and int(digits) > self.max_request):
             raise NetstringError(f"netstring longer than {self.max_request} bytes")
 
+    def plain_request(self, data: bytes) -> tuple[str, str] | None:
+        """The fast path: (map, key) when the decoder is idle and *data* is exactly one
+        netstring ``<len>:<map> SP <key>,`` of plain ASCII with a non-empty map and key; else
+        None, and :meth:`feed` decides. Postfix sends one request and waits (2.4), so a chunk
+        is almost always exactly one netstring. Whenever this returns (map, key),
+        ``feed(data)`` would return exactly ``[Request(map, key)]`` and leave the decoder
+        idle (a property test checks it); nothing changes state.
+        """
+        if self._buf or self._failed or self._length is not None:
+            return None
+        colon = data.find(b":", 0, self._max_digits + 1)
+        if colon <= 0 or not data.endswith(b",") or not data[:colon].isdigit():
+            return None
+        payload = data[colon + 1 : -1]
+        length = int(data[:colon])
+        if length != len(payload) or length > self.max_request or not payload.isascii():
+            return None
+        if b"\0" in payload:  # the decoder answers it with a BadRequest
+            return None
+        name, sp, key = payload.decode("ascii").partition(" ")
+        if not sp or not name or not key:
+            return None
+        return name, key
+
+
 def _parse_payload(payload: bytes) -> Decoded:
     # The map name is the last ':' field of the table name, and it comes first; the key
     # is raw and split off at the FIRST space only (2.2, pitfall P-S1).

@@ -24,6 +24,11 @@ MAX_REPLY_BYTES = 4096
 # Requests have no documented limit; long quoted local parts are real (pitfall P-T2, 1.2).
 DEFAULT_MAX_REQUEST = 65536
 
+# The longest line (LF included) the listener's fast path takes; longer ones go through the
+# decoder. Keys of such plain lines need no unquoting: printable ASCII except '%' (1.2).
+PLAIN_MAX = 1024
+_PLAIN_KEY_BYTES = frozenset(range(0x21, 0x7F)) - {ord("%")}
+
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
 # hex_quote.c: a byte is copied iff it is ASCII-printable, not whitespace and not '%';
@@ -90,6 +95,7 @@ class TcpTableDecoder(StreamDecoder[Decoded]):
 
     def __init__(self, max_request: int = DEFAULT_MAX_REQUEST) -> None:
         super().__init__(max_request)
+        self._plain_max = min(PLAIN_MAX, max_request + 1)  # a whole line, its LF included
         self._too_long = f"request line longer than {max_request} bytes"
 
     def _step(self, out: list[Decoded]) -> bool:
@@ -98,6 +104,25 @@ class TcpTableDecoder(StreamDecoder[Decoded]):
             return False
         out.append(_parse_line(line))
         return True
+
+    def plain_request(self, data: bytes) -> str | None:
+        """The fast path: the key when the decoder is idle and *data* is exactly one ``get
+        <key> LF`` line whose key needs no unquoting (printable ASCII, no ``%``); else None,
+        and :meth:`feed` decides. Postfix sends one request and waits for the answer (1.4),
+        so almost every chunk is such a line. Whenever this returns a key, ``feed(data)``
+        would return exactly ``[Request(key)]`` and leave the decoder idle (a property test
+        checks it); nothing changes state.
+        """
+        # Idle: nothing buffered (a line decoder keeps no other state) and not failed.
+        if self._buf or self._failed or len(data) > self._plain_max:
+            return None
+        if not (data.startswith(b"get ") and data.endswith(b"\n")):
+            return None
+        key = data[4:-1]
+        if not key or not _PLAIN_KEY_BYTES.issuperset(key):
+            return None
+        return key.decode("ascii")
+
 
 def _parse_line(line: bytes) -> Request | BadRequest:
     # Postfix never sends a raw CR (it would be quoted as %0D); strip one so that

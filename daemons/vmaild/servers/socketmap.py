@@ -21,22 +21,6 @@ found_reply = ReplyMemo(codec.reply_found)
 _NOT_FOUND = codec.reply_not_found()
 
 
-def plain_request(data: bytes) -> tuple[str, str] | None:
-    """(map, key) when ``data`` is exactly one netstring ``<len>:<map> <key>,`` of plain
-    ASCII, else None. Postfix sends one request and waits (PROTOCOLS.md §2.4), so a chunk
-    is almost always exactly one netstring."""
-    colon = data.find(b":", 0, 7)
-    if colon <= 0 or not data.endswith(b",") or not data[:colon].isdigit():
-        return None
-    payload = data[colon + 1:-1]
-    if int(data[:colon]) != len(payload) or not payload.isascii():
-        return None
-    name, sp, key = payload.decode("ascii").partition(" ")
-    if not sp or not name or not key:
-        return None
-    return name, key
-
-
 class SocketmapProtocol(SequentialProtocol):
     listener = "socketmap"
 
@@ -47,8 +31,8 @@ class SocketmapProtocol(SequentialProtocol):
 
     def data_received(self, data: bytes) -> None:
         # The fast path: one plain netstring, nothing pending, a fresh cache entry.
-        if self.task is None and not self.queue and self.decoder.idle:
-            request = plain_request(data)
+        if self.task is None and not self.queue:
+            request = self.decoder.plain_request(data)
             if request is not None and request[0] in self.app.runtime.lookups.maps:
                 hit, value = self.app.runtime.lookups.cached(*request)
                 if hit:

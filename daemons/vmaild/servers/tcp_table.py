@@ -21,19 +21,6 @@ log = logging.getLogger("vmaild.tcp_table")
 
 found_reply = ReplyMemo(codec.reply_found)
 _NOT_FOUND = codec.reply_not_found()
-_PLAIN_KEY_BYTES = frozenset(range(0x21, 0x7F)) - {ord("%")}
-
-
-def plain_request_key(data: bytes) -> str | None:
-    """The key when ``data`` is exactly one ``get <key>\n`` line whose key needs no
-    unquoting (printable ASCII, no '%'), else None. Postfix sends one request and waits
-    for the answer (PROTOCOLS.md §1.4), so almost every chunk is such a line."""
-    if not (data.startswith(b"get ") and data.endswith(b"\n")) or len(data) > 1024:
-        return None
-    key = data[4:-1]
-    if not key or not _PLAIN_KEY_BYTES.issuperset(key):
-        return None
-    return key.decode("ascii")
 
 
 class TcpTableProtocol(SequentialProtocol):
@@ -47,8 +34,8 @@ class TcpTableProtocol(SequentialProtocol):
     def data_received(self, data: bytes) -> None:
         # The fast path: one plain request, nothing pending, a fresh cache entry. Anything
         # else (escapes, several lines, a miss) goes through the decoder and the queue.
-        if self.task is None and not self.queue and self.decoder.idle:
-            key = plain_request_key(data)
+        if self.task is None and not self.queue:
+            key = self.decoder.plain_request(data)
             if key is not None:
                 hit, value = self.app.runtime.lookups.cached(self.map_name, key)
                 if hit:
