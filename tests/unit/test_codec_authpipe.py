@@ -197,7 +197,7 @@ ACCOUNT_BYTES = (
 )
 
 
-def test_encode_account() -> None:
+def test_reply_account() -> None:
     assert reply_account(ACCOUNT) == ACCOUNT_BYTES
     assert reply_account(list(ACCOUNT.items())) == ACCOUNT_BYTES
     with_username = {**ACCOUNT, "USERNAME": "vmail"}
@@ -224,13 +224,13 @@ def test_encode_account() -> None:
         {"NAME": "x" * MAX_REPLY},
     ],
 )
-def test_encode_account_refuses(change: dict[str, str | None]) -> None:
+def test_reply_account_refuses(change: dict[str, str | None]) -> None:
     fields = {**ACCOUNT, **change}
     with pytest.raises(ValueError):
         reply_account({k: v for k, v in fields.items() if v is not None})
 
 
-def test_encode_account_size_boundary() -> None:
+def test_reply_account_size_boundary() -> None:
     room = MAX_REPLY - len(ACCOUNT_BYTES) - len("NAME=\n")
     assert len(reply_account({**ACCOUNT, "NAME": "x" * room})) == MAX_REPLY
     with pytest.raises(ValueError):
@@ -239,7 +239,7 @@ def test_encode_account_size_boundary() -> None:
         reply_account({**ACCOUNT, "NAME": "x" * room}, max_reply=CYRUS_MAX_REPLY)
 
 
-def test_encode_enumerate() -> None:
+def test_reply_enumerate() -> None:
     rows = [
         ("joe@example.com", 5000, 5000, "/srv/mail/joe", "/srv/mail/joe/Maildir"),
         ("ann@example.com", 5000, 5001, "/srv/mail/ann", None),

@@ -189,12 +189,12 @@ def test_request_is_read_only() -> None:
         ("PREPEND X-Tag:\tvalue", None),  # TAB inside the text is fine
     ],
 )
-def test_encode_action(action: str, expected: bytes | None) -> None:
+def test_reply_action(action: str, expected: bytes | None) -> None:
     assert reply_action(action) == (expected or b"action=" + action.encode() + b"\n\n")
 
 
 @pytest.mark.parametrize("action", ["", "550", "12345", " DUNNO", "DUNNO\r", "a\nb", "a\0b"])
-def test_encode_action_refuses_what_postfix_misreads(action: str) -> None:
+def test_reply_action_refuses_what_postfix_misreads(action: str) -> None:
     with pytest.raises(ValueError):
         reply_action(action)
 
