@@ -114,7 +114,7 @@ class SocketmapDecoder(StreamDecoder[Decoded]):
         length = int(data[:colon])
         if length != len(payload) or length > self.max_request or not payload.isascii():
             return None
-        if b"\0" in payload:  # the decoder answers it with a BadRequest
+        if 0 in payload:  # a NUL: the decoder answers a BadRequest (memchr, unlike b"\0")
             return None
         name, sp, key = payload.decode("ascii").partition(" ")
         if not sp or not name or not key:
