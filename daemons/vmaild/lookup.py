@@ -15,6 +15,7 @@ from . import addresses, expansions
 from .cache import Cache, Outcome, TTLs
 from .config import Config
 from .db import Database, DatabaseError
+from .failures import TemporaryFailure
 from .metrics import Metrics
 from .sections import MapConfig
 
@@ -26,10 +27,6 @@ log = logging.getLogger("vmaild.lookup")
 
 class UnknownMap(KeyError):
     """A socketmap request named a map that is not configured (a Postfix config error)."""
-
-
-class TemporaryFailure(Exception):
-    """The answer is unknown right now (database down, broken query): Postfix must defer."""
 
 
 @dataclass(frozen=True)

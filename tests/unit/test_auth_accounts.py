@@ -17,7 +17,7 @@ from vmaild.auth.accounts import (
     account_from_row,
     default_maildir,
 )
-from vmaild.codec.authpipe import encode_account
+from vmaild.codec.authpipe import reply_account
 from vmaild.db import DatabaseError
 
 CFG = config.parse("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n")
@@ -29,7 +29,7 @@ def test_the_seed_layout_by_default() -> None:
                         5000, 5000)
     assert a.active
     assert a.maildir_path() == "/home/vmail/raecoo.com/sales"
-    assert encode_account(a.fields()) == (
+    assert reply_account(a.fields()) == (
         b"UID=5000\nGID=5000\nHOME=/home/vmail\nADDRESS=sales@raecoo.com\n"
         b"MAILDIR=raecoo.com/sales/\n.\n")
 

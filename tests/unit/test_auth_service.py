@@ -16,9 +16,10 @@ from passlib.hash import des_crypt, sha512_crypt
 from tests.unit.fakes_auth import FakeDB, aio, make_service
 from vmaild import config, passwords
 from vmaild.auth.maildirs import MAILDIR_RECHECK
-from vmaild.auth.service import AuthService, TemporaryFailure
+from vmaild.auth.service import AuthService
 from vmaild.codec import authpipe as codec
 from vmaild.db import DatabaseError
+from vmaild.failures import TemporaryFailure
 from vmaild.metrics import Metrics
 
 

@@ -23,8 +23,8 @@ from vmaild.codec.authpipe import (
     Passwd,
     Pre,
     ReplyReader,
-    encode_account,
-    encode_enumerate,
+    reply_account,
+    reply_enumerate,
 )
 
 
@@ -197,12 +197,12 @@ ACCOUNT_BYTES = (
 )
 
 
-def test_encode_account() -> None:
-    assert encode_account(ACCOUNT) == ACCOUNT_BYTES
-    assert encode_account(list(ACCOUNT.items())) == ACCOUNT_BYTES
+def test_reply_account() -> None:
+    assert reply_account(ACCOUNT) == ACCOUNT_BYTES
+    assert reply_account(list(ACCOUNT.items())) == ACCOUNT_BYTES
     with_username = {**ACCOUNT, "USERNAME": "vmail"}
     del with_username["UID"]
-    assert encode_account(with_username).startswith(b"GID=5000\n")
+    assert reply_account(with_username).startswith(b"GID=5000\n")
     assert (FAIL, OK) == (b"FAIL\n", b"OK\n")
 
 
@@ -224,22 +224,22 @@ def test_encode_account() -> None:
         {"NAME": "x" * MAX_REPLY},
     ],
 )
-def test_encode_account_refuses(change: dict[str, str | None]) -> None:
+def test_reply_account_refuses(change: dict[str, str | None]) -> None:
     fields = {**ACCOUNT, **change}
     with pytest.raises(ValueError):
-        encode_account({k: v for k, v in fields.items() if v is not None})
+        reply_account({k: v for k, v in fields.items() if v is not None})
 
 
-def test_encode_account_size_boundary() -> None:
+def test_reply_account_size_boundary() -> None:
     room = MAX_REPLY - len(ACCOUNT_BYTES) - len("NAME=\n")
-    assert len(encode_account({**ACCOUNT, "NAME": "x" * room})) == MAX_REPLY
+    assert len(reply_account({**ACCOUNT, "NAME": "x" * room})) == MAX_REPLY
     with pytest.raises(ValueError):
-        encode_account({**ACCOUNT, "NAME": "x" * (room + 1)})
+        reply_account({**ACCOUNT, "NAME": "x" * (room + 1)})
     with pytest.raises(ValueError):
-        encode_account({**ACCOUNT, "NAME": "x" * room}, max_reply=CYRUS_MAX_REPLY)
+        reply_account({**ACCOUNT, "NAME": "x" * room}, max_reply=CYRUS_MAX_REPLY)
 
 
-def test_encode_enumerate() -> None:
+def test_reply_enumerate() -> None:
     rows = [
         ("joe@example.com", 5000, 5000, "/srv/mail/joe", "/srv/mail/joe/Maildir"),
         ("ann@example.com", 5000, 5001, "/srv/mail/ann", None),
@@ -250,12 +250,12 @@ def test_encode_enumerate() -> None:
         ("lf@example.com", 5000, 5000, "/x", "/x\n/y"),
         ("", 5000, 5000, "/x", None),
     ]
-    assert encode_enumerate(rows) == (
+    assert reply_enumerate(rows) == (
         b"joe@example.com\t5000\t5000\t/srv/mail/joe\t/srv/mail/joe/Maildir\n"
         b"ann@example.com\t5000\t5001\t/srv/mail/ann\n"
         b".\n"
     )
-    assert encode_enumerate([]) == b".\n"
+    assert reply_enumerate([]) == b".\n"
 
 
 def read(data: bytes, **kwargs: object) -> bytes | str | None:
@@ -318,7 +318,7 @@ field_text = st.text(st.characters(exclude_categories=("Cs",), exclude_character
 @given(st.dictionaries(st.sampled_from(["NAME", "OPTIONS", "PASSWD2", "X"]), field_text))
 def test_account_replies_end_where_authdaemond_stops(extra: dict[str, str]) -> None:
     try:
-        reply = encode_account({**ACCOUNT, **extra})
+        reply = reply_account({**ACCOUNT, **extra})
     except ValueError:
         return  # too long
     assert reply.endswith(b"\n.\n") and not reply.startswith(b"FAIL\n")

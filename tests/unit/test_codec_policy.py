@@ -15,7 +15,7 @@ from vmaild.codec.policy import (
     PolicyDecoder,
     PolicyError,
     PolicyRequest,
-    encode_action,
+    reply_action,
 )
 
 # What Postfix 3.7 (Debian 12) sends at RCPT time (3.1).
@@ -189,14 +189,14 @@ def test_request_is_read_only() -> None:
         ("PREPEND X-Tag:\tvalue", None),  # TAB inside the text is fine
     ],
 )
-def test_encode_action(action: str, expected: bytes | None) -> None:
-    assert encode_action(action) == (expected or b"action=" + action.encode() + b"\n\n")
+def test_reply_action(action: str, expected: bytes | None) -> None:
+    assert reply_action(action) == (expected or b"action=" + action.encode() + b"\n\n")
 
 
 @pytest.mark.parametrize("action", ["", "550", "12345", " DUNNO", "DUNNO\r", "a\nb", "a\0b"])
-def test_encode_action_refuses_what_postfix_misreads(action: str) -> None:
+def test_reply_action_refuses_what_postfix_misreads(action: str) -> None:
     with pytest.raises(ValueError):
-        encode_action(action)
+        reply_action(action)
 
 
 def test_dunno_constant() -> None:
@@ -219,7 +219,7 @@ def test_any_request_round_trips(attrs: dict[str, str]) -> None:
 @given(st.text())
 def test_encoded_actions_are_one_clean_line(action: str) -> None:
     try:
-        reply = encode_action(action)
+        reply = reply_action(action)
     except ValueError:
         return
     value = reply.removeprefix(b"action=").removesuffix(b"\n\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmaild.codec.socketmap import (
@@ -16,10 +16,10 @@ from vmaild.codec.socketmap import (
     Request,
     SocketmapDecoder,
     encode_netstring,
-    reply_notfound,
-    reply_ok,
-    reply_perm,
-    reply_temp,
+    reply_found,
+    reply_not_found,
+    reply_permanent,
+    reply_temporary,
 )
 
 
@@ -107,6 +107,68 @@ def test_failed_decoder_stays_failed() -> None:
         decoder.feed(b"3:m a,")
 
 
+# -- the listener's fast path -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "request_"), [
+    (request("mailboxes joe@ex.com"), ("mailboxes", "joe@ex.com")),
+    (request("mailboxes a b@ex.com"), ("mailboxes", "a b@ex.com")),   # raw key, spaces kept
+    (request("mailboxes"), None),
+    (request(" joe@ex.com"), None),
+    (b"5:mailboxes joe@ex.com,", None),                               # wrong length
+    (request("mailboxes joe@ex.com")[:-1], None),                     # not whole yet
+    (request("m a") + request("m b"), None),                          # two requests
+    (request("mailboxes é@ex.com"), None),                            # UTF-8: the decoder's job
+    (b"x:abc,", None),
+])
+def test_plain_request(data: bytes, request_: tuple[str, str] | None) -> None:
+    assert SocketmapDecoder().plain_request(data) == request_
+
+
+def test_plain_request_only_when_the_decoder_would_take_it() -> None:
+    assert SocketmapDecoder().plain_request(b"5:m a\0b,") is None  # a BadRequest
+    assert SocketmapDecoder(10).plain_request(b"10:map 123456,") == ("map", "123456")
+    assert SocketmapDecoder(10).plain_request(b"11:map 1234567,") is None  # over the limit
+    assert SocketmapDecoder(10).plain_request(b"003:m a,") is None  # more digits than needed
+    decoder = SocketmapDecoder()
+    decoder.feed(b"3:")
+    assert decoder.plain_request(b"3:m a,") is None  # it would be the pending payload
+
+
+# Arbitrary bytes, and netstrings (some with leading zeros) whose payloads reach the fast
+# path's checks or pass them.
+payloads = st.binary() | st.from_regex(rb"[!-~]{0,10} (?:[ -~]|\0|\xe9){0,20}", fullmatch=True)
+chunks = st.binary(max_size=40) | st.builds(
+    lambda zeros, payload: b"0" * zeros + encode_netstring(payload),
+    st.sampled_from([0, 0, 0, 1, 4]),
+    payloads,
+)
+
+
+@settings(max_examples=500)
+@given(chunks, st.lists(st.binary(max_size=20), max_size=2), st.sampled_from([5, 100, 100000]))
+def test_fast_path_agrees_with_the_decoder(data: bytes, history: list[bytes], limit: int) -> None:
+    """Whenever the listener's fast path takes a chunk, the decoder, fed the same chunk
+    whole or in 1-byte pieces, decodes exactly that one request and is idle again."""
+
+    def decoder() -> SocketmapDecoder:  # in the state the earlier traffic left it in
+        dec = SocketmapDecoder(limit)
+        try:
+            for chunk in history:
+                dec.feed(chunk)
+        except NetstringError:
+            pass
+        return dec
+
+    request_ = decoder().plain_request(data)
+    if request_ is None:
+        return  # the fast path declines: the decoder alone decides
+    for pieces in ([data], [data[i : i + 1] for i in range(len(data))]):
+        dec = decoder()
+        assert [item for piece in pieces for item in dec.feed(piece)] == [Request(*request_)]
+        assert dec.idle
+
+
 # -- replies -------------------------------------------------------------------------------
 
 
@@ -123,15 +185,15 @@ def postfix_reads(reply: bytes) -> tuple[str, bytes]:
 
 
 REPLIES = [
-    (reply_ok("joe@mailhost.x"), b"17:OK joe@mailhost.x,"),
-    (reply_ok("a b"), b"6:OK a b,"),
-    (reply_ok("josé"), b"8:OK jos\xc3\xa9,"),  # counted in bytes
-    (reply_notfound(), b"9:NOTFOUND ,"),
-    (reply_temp("db down"), b"12:TEMP db down,"),
-    (reply_perm("unknown map"), b"16:PERM unknown map,"),
-    (reply_temp("a\r\nb"), b"9:TEMP a??b,"),  # keep the logged reason on one line
-    (reply_perm(""), b"5:PERM ,"),
-    (reply_ok("a\0b"), b"23:TEMP value contains NUL,"),
+    (reply_found("joe@mailhost.x"), b"17:OK joe@mailhost.x,"),
+    (reply_found("a b"), b"6:OK a b,"),
+    (reply_found("josé"), b"8:OK jos\xc3\xa9,"),  # counted in bytes
+    (reply_not_found(), b"9:NOTFOUND ,"),
+    (reply_temporary("db down"), b"12:TEMP db down,"),
+    (reply_permanent("unknown map"), b"16:PERM unknown map,"),
+    (reply_temporary("a\r\nb"), b"9:TEMP a??b,"),  # keep the logged reason on one line
+    (reply_permanent(""), b"5:PERM ,"),
+    (reply_found("a\0b"), b"23:TEMP value contains NUL,"),
 ]
 
 
@@ -142,19 +204,19 @@ def test_replies(reply: bytes, expected: bytes) -> None:
 
 def test_never_ok_with_empty_value() -> None:
     with pytest.raises(ValueError):
-        reply_ok("")
+        reply_found("")
 
 
 def test_reply_size_boundary() -> None:
-    fits = reply_ok("v" * (MAX_REPLY - 3))  # "OK " + value = exactly MAX_REPLY bytes
+    fits = reply_found("v" * (MAX_REPLY - 3))  # "OK " + value = exactly MAX_REPLY bytes
     assert postfix_reads(fits) == ("OK", b"v" * (MAX_REPLY - 3))
-    assert postfix_reads(reply_ok("v" * (MAX_REPLY - 2))) == ("TEMP", b"reply too long")
-    assert postfix_reads(reply_ok("é" * (MAX_REPLY // 2)))[0] == "TEMP"  # bytes, not chars
+    assert postfix_reads(reply_found("v" * (MAX_REPLY - 2))) == ("TEMP", b"reply too long")
+    assert postfix_reads(reply_found("é" * (MAX_REPLY // 2)))[0] == "TEMP"  # bytes, not chars
 
 
 @pytest.mark.parametrize("reason", ["x" * 200000, "é" * 60000, "a" + "é" * 60000])
 def test_long_reason_truncated_to_valid_utf8(reason: str) -> None:
-    status, text = postfix_reads(reply_temp(reason))
+    status, text = postfix_reads(reply_temporary(reason))
     assert status == "TEMP"
     assert len(text) <= MAX_REPLY - 5
     text.decode("utf-8")
@@ -173,7 +235,7 @@ def test_any_request_round_trips(name: str, key: str) -> None:
 
 @given(st.text(min_size=1))
 def test_ok_replies_are_readable(value: str) -> None:
-    status, data = postfix_reads(reply_ok(value))
+    status, data = postfix_reads(reply_found(value))
     assert (status, data) == ("OK", value.encode()) or status == "TEMP"
 
 

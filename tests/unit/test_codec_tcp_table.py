@@ -6,14 +6,13 @@ import re
 from itertools import pairwise
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmaild.codec.tcp_table import (
     DEFAULT_MAX_REQUEST,
     MAX_REPLY_BYTES,
     BadRequest,
-    Oversized,
     Request,
     TcpTableDecoder,
     TcpTableError,
@@ -25,12 +24,22 @@ from vmaild.codec.tcp_table import (
 )
 
 
-def decode(data: bytes, max_request: int = DEFAULT_MAX_REQUEST) -> list:
-    """Decode *data* whole and one byte at a time; both must give the same list."""
-    whole = TcpTableDecoder(max_request).feed(data)
+def run(chunks: list[bytes], max_request: int) -> tuple[list, bool]:
+    """Feed *chunks* to one decoder: (everything decoded, whether TcpTableError was raised)."""
     decoder = TcpTableDecoder(max_request)
-    bytewise = [item for i in range(len(data)) for item in decoder.feed(data[i : i + 1])]
-    assert bytewise == whole
+    items: list = []
+    for chunk in chunks:
+        try:
+            items += decoder.feed(chunk)
+        except TcpTableError as exc:
+            return items + exc.decoded, True
+    return items, False
+
+
+def decode(data: bytes, max_request: int = DEFAULT_MAX_REQUEST) -> tuple[list, bool]:
+    """Decode *data* whole and one byte at a time; both must agree."""
+    whole = run([data], max_request)
+    assert run([data[i : i + 1] for i in range(len(data))], max_request) == whole
     return whole
 
 
@@ -89,23 +98,25 @@ REQUESTS = [
 
 @pytest.mark.parametrize(("wire", "expected"), REQUESTS)
 def test_requests(wire: bytes, expected: list) -> None:
-    assert decode(wire) == expected
+    assert decode(wire) == (expected, False)
 
 
 def test_oversized_boundary() -> None:
-    assert decode(b"get 123456\n", max_request=10) == [Request("123456")]  # 10 bytes + LF
-    assert decode(b"get 1234567\n", max_request=10) == [Oversized(10)]
-    assert decode(b"get 1234567", max_request=10) == [Oversized(10)]  # no LF yet
+    assert decode(b"get 123456\n", max_request=10) == ([Request("123456")], False)  # 10 + LF
+    assert decode(b"get 1234567\n", max_request=10) == ([], True)
+    assert decode(b"get 1234567", max_request=10) == ([], True)  # no LF yet
     # A trailing CR counts: the limit is on the raw line.
-    assert decode(b"get 123456\r\n", max_request=10) == [Oversized(10)]
+    assert decode(b"get 123456\r\n", max_request=10) == ([], True)
 
 
 def test_oversized_is_final() -> None:
     wire = b"get a\nget 123456789\nget b\n"
-    assert decode(wire, max_request=10) == [Request("a"), Oversized(10)]
+    assert decode(wire, max_request=10) == ([Request("a")], True)
     decoder = TcpTableDecoder(10)
-    assert decoder.feed(b"x" * 11) == [Oversized(10)]
-    assert decoder.feed(b"\nget b\n") == []
+    with pytest.raises(TcpTableError):
+        decoder.feed(b"x" * 11)
+    with pytest.raises(TcpTableError):
+        decoder.feed(b"\nget b\n")
 
 
 def test_long_encoded_key_accepted_by_default() -> None:
@@ -113,12 +124,43 @@ def test_long_encoded_key_accepted_by_default() -> None:
     key = '"' + "Namé <a@b>; " * 3000 + '"@example.com'
     wire = b"get " + quote(key.encode()) + b"\n"
     assert 50000 < len(wire) < DEFAULT_MAX_REQUEST
-    assert decode(wire) == [Request(key)]
+    assert decode(wire) == ([Request(key)], False)
 
 
 def test_many_requests_one_chunk() -> None:
     wire = b"".join(b"get user%d@x\n" % i for i in range(10000))
-    assert decode(wire) == [Request(f"user{i}@x") for i in range(10000)]
+    assert decode(wire) == ([Request(f"user{i}@x") for i in range(10000)], False)
+
+
+# -- the listener's fast path -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    (b"get joe@ex.com\n", "joe@ex.com"),
+    (b"get a+b@ex.com\n", "a+b@ex.com"),
+    (b"get 100%25@ex.com\n", None),       # an escape: the decoder's job
+    (b"get a b\n", None),
+    (b"get \n", None),
+    (b"get joe@ex.com\r\n", None),
+    (b"get a\nget b\n", None),            # two requests in one chunk
+    (b"get joe@ex.com", None),            # not a whole line yet
+    (b"put joe@ex.com\n", None),
+    (b"get \xc3\xa9@ex.com\n", None),
+    (b"get " + b"a" * 2000 + b"\n", None),
+])
+def test_plain_request(data: bytes, key: str | None) -> None:
+    assert TcpTableDecoder().plain_request(data) == key
+
+
+def test_plain_request_only_when_idle_and_within_the_limit() -> None:
+    decoder = TcpTableDecoder(10)
+    assert decoder.plain_request(b"get 123456\n") == "123456"  # 10 bytes + LF
+    assert decoder.plain_request(b"get 1234567\n") is None  # the decoder refuses it
+    decoder.feed(b"get a")
+    assert decoder.plain_request(b"get b\n") is None  # it would end the pending line
+    with pytest.raises(TcpTableError):
+        decoder.feed(b"x" * 10)
+    assert decoder.plain_request(b"get b\n") is None  # failed
 
 
 # -- quoting -------------------------------------------------------------------------------
@@ -206,7 +248,7 @@ QUOTED_FORM = re.compile(rb"(?:[!-$&-~]|%[0-9A-F]{2})*")
 def test_any_key_round_trips(key: str) -> None:
     quoted = quote(key.encode())
     assert QUOTED_FORM.fullmatch(quoted)  # printable ASCII, no SP, '%' only in escapes
-    assert decode(b"get " + quoted + b"\n") == [Request(key)]
+    assert decode(b"get " + quoted + b"\n") == ([Request(key)], False)
 
 
 @given(st.binary())
@@ -227,12 +269,47 @@ def test_replies_are_always_readable_by_postfix(text: str) -> None:
         assert (kind, value) == ("found", text.encode()) or kind == "retry"
 
 
+# Arbitrary bytes, and "get ... LF" lines that reach the fast path's checks or pass them.
+chunks = (
+    st.binary(max_size=40)
+    | st.builds(b"get %b\n".__mod__, st.binary())
+    | st.from_regex(rb"get [ -~\r\n]{0,80}\n", fullmatch=True)
+    | st.from_regex(rb"get [!-~]{0,80}\n", fullmatch=True)
+)
+
+
+@settings(max_examples=500)
+@given(chunks, st.lists(st.binary(max_size=20), max_size=2), st.sampled_from([8, 64, 65536]))
+def test_fast_path_agrees_with_the_decoder(data: bytes, history: list[bytes], limit: int) -> None:
+    """Whenever the listener's fast path takes a chunk, the decoder, fed the same chunk
+    whole or in 1-byte pieces, decodes exactly that one request and is idle again."""
+
+    def decoder() -> TcpTableDecoder:  # in the state the earlier traffic left it in
+        dec = TcpTableDecoder(limit)
+        try:
+            for chunk in history:
+                dec.feed(chunk)
+        except TcpTableError:
+            pass
+        return dec
+
+    key = decoder().plain_request(data)
+    if key is None:
+        return  # the fast path declines: the decoder alone decides
+    for pieces in ([data], [data[i : i + 1] for i in range(len(data))]):
+        dec = decoder()
+        assert [item for piece in pieces for item in dec.feed(piece)] == [Request(key)]
+        assert dec.idle
+
+
+@given(st.text(st.sampled_from("abcXYZ019+-_.@!~\"'"), min_size=1, max_size=100))
+def test_fast_path_takes_plain_keys(key: str) -> None:
+    assert TcpTableDecoder().plain_request(b"get " + key.encode() + b"\n") == key
+
+
 @given(st.binary(), st.data())
 def test_fuzz_any_split_gives_the_same_result(data: bytes, draw: st.DataObject) -> None:
     limit = draw.draw(st.sampled_from([8, 64, DEFAULT_MAX_REQUEST]))
-    whole = TcpTableDecoder(limit).feed(data)  # never raises
+    whole = run([data], limit)  # raises nothing but TcpTableError
     cuts = draw.draw(st.lists(st.integers(0, len(data)), max_size=8))
-    decoder = TcpTableDecoder(limit)
-    pieces = [item for chunk in split(data, cuts) for item in decoder.feed(chunk)]
-    assert pieces == whole
-    assert not any(isinstance(item, Oversized) for item in whole[:-1])  # only ever last
+    assert run(split(data, cuts), limit) == whole

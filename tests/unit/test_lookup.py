@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from tests.unit.fakes import make_lookups
-from vmaild.lookup import TemporaryFailure, UnknownMap, join_rows
+from vmaild.failures import TemporaryFailure
+from vmaild.lookup import UnknownMap, join_rows
 
 
 @pytest.mark.parametrize(("rows", "expected"), [

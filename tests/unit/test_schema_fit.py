@@ -16,10 +16,9 @@ from tests.unit.fakes_auth import make_service as make_auth_service
 from tests.unit.fakes_policy import FakePolicyDB, decide, request
 from tests.unit.fakes_policy import make_service as make_policy_service
 from vmaild import cli, config, schema_fit
-from vmaild.auth.service import TemporaryFailure as AuthTempFail
 from vmaild.codec import authpipe as codec
 from vmaild.db import DatabaseError
-from vmaild.lookup import TemporaryFailure
+from vmaild.failures import TemporaryFailure
 from vmaild.metrics import Metrics
 from vmaild.schema_fit import Misfit, SchemaFit
 
@@ -327,7 +326,7 @@ def test_login_with_a_misfit_account_query(tmp_path: Any,
             return_exceptions=True)
 
     results = asyncio.run(logins())
-    assert all(isinstance(r, AuthTempFail) for r in results)
+    assert all(isinstance(r, TemporaryFailure) for r in results)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "[auth] query does not fit" in warnings[0]
     assert not any("database unavailable" in r.getMessage() for r in caplog.records)
@@ -341,7 +340,7 @@ def test_login_with_the_database_down_still_warns(tmp_path: Any,
     service.fit = SchemaFit(service.cfg, service.metrics)
     db.down = True
     caplog.set_level(logging.INFO)
-    with pytest.raises(AuthTempFail):
+    with pytest.raises(TemporaryFailure):
         asyncio.run(service.answer(codec.Pre(".", "imap", "a@example.test")))
     assert any("database unavailable" in r.getMessage() for r in caplog.records)
     assert gauge(service.metrics, "auth", "query") is None

@@ -181,24 +181,6 @@ def test_socketmap_bad_framing_closes(garbage: bytes) -> None:
     run_server(sockmap, scenario)
 
 
-@pytest.mark.parametrize(("data", "key"), [
-    (b"get joe@ex.com\n", "joe@ex.com"),
-    (b"get a+b@ex.com\n", "a+b@ex.com"),
-    (b"get 100%25@ex.com\n", None),       # an escape: the decoder's job
-    (b"get a b\n", None),
-    (b"get \n", None),
-    (b"get joe@ex.com\r\n", None),
-    (b"get a\nget b\n", None),            # two requests in one chunk
-    (b"get joe@ex.com", None),            # not a whole line yet
-    (b"put joe@ex.com\n", None),
-    (b"get \xc3\xa9@ex.com\n", None),
-    (b"get " + b"a" * 2000 + b"\n", None),
-])
-def test_plain_request_key(data: bytes, key: str | None) -> None:
-    from vmaild.servers.tcp_table import plain_request_key
-    assert plain_request_key(data) == key
-
-
 def test_fast_path_replies_match_the_decoder_path() -> None:
     """A cached answer is the same bytes whether a chunk is a whole line (fast path) or
     the line arrives in pieces (decoder path)."""
@@ -209,22 +191,6 @@ def test_fast_path_replies_match_the_decoder_path() -> None:
         pieces = await exchange(port, whole, 16, pieces=True)
         assert first == fast == pieces == b"200 ex.com/joe/\n"
     run_server(tcp, scenario)
-
-
-@pytest.mark.parametrize(("data", "request_"), [
-    (ns(b"mailboxes joe@ex.com"), ("mailboxes", "joe@ex.com")),
-    (ns(b"mailboxes a b@ex.com"), ("mailboxes", "a b@ex.com")),   # raw key, spaces kept
-    (ns(b"mailboxes"), None),
-    (ns(b" joe@ex.com"), None),
-    (b"5:mailboxes joe@ex.com,", None),                           # wrong length
-    (ns(b"mailboxes joe@ex.com")[:-1], None),                     # not whole yet
-    (ns(b"m a") + ns(b"m b"), None),                              # two requests
-    (ns("mailboxes é@ex.com".encode()), None),                    # UTF-8: the decoder's job
-    (b"x:abc,", None),
-])
-def test_plain_socketmap_request(data: bytes, request_: tuple[str, str] | None) -> None:
-    from vmaild.servers.socketmap import plain_request
-    assert plain_request(data) == request_
 
 
 def test_socketmap_fast_path_replies_match_the_decoder_path() -> None:

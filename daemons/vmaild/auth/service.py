@@ -28,6 +28,7 @@ from .. import passwords
 from ..codec import authpipe as codec
 from ..config import Config
 from ..db import Database, DatabaseError
+from ..failures import TemporaryFailure
 from ..memo import ReplyMemo
 from ..metrics import Metrics
 from ..schema_fit import SchemaFit
@@ -49,10 +50,6 @@ _CRAM = {"cram-md5": "md5", "cram-sha1": "sha1", "cram-sha256": "sha256"}
 _SCHEMA_ERRORS = frozenset({1406, 1054, 1146, 1142, 1265})
 # Encoded account replies kept (cleared when full).
 REPLY_MEMO = 10_000
-
-
-class TemporaryFailure(Exception):
-    """No answer can be given now; the caller must close without replying."""
 
 
 class AuthService:
@@ -258,7 +255,7 @@ class AuthService:
             if not self._misfit("enumerate_query", e):
                 log.warning("ENUMERATE: database unavailable: %s", e)
             raise TemporaryFailure(str(e)) from e
-        return codec.encode_enumerate(
+        return codec.reply_enumerate(
             (a.address, a.uid, a.gid, a.home, a.maildir) for a in accounts)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -331,7 +328,7 @@ class AuthService:
         try:
             # 8190: one byte under what Cyrus SASL accepts, should a client talk to us
             # directly (PROTOCOLS.md 5.2); authdaemond takes 8191.
-            return codec.encode_account(account.fields(), max_reply=codec.CYRUS_MAX_REPLY)
+            return codec.reply_account(account.fields(), max_reply=codec.CYRUS_MAX_REPLY)
         except ValueError as e:
             log.error("account %s cannot be sent: %s", account.address, e)
             raise TemporaryFailure(str(e)) from e

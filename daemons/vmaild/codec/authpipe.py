@@ -8,7 +8,7 @@ Requests, as authpipe.c builds them::
     ENUMERATE LF
     RELAY 1 LF            (vmaild's own: vmaild-authpipe asks for a persistent connection)
 
-Replies: :func:`encode_account`, :data:`FAIL`, :data:`OK` (PASSWD), :func:`encode_enumerate`.
+Replies: :func:`reply_account`, :data:`FAIL`, :data:`OK` (PASSWD), :func:`reply_enumerate`.
 A temporary failure is *no* reply: the program exits instead (4.4).
 """
 
@@ -18,6 +18,8 @@ import base64
 import binascii
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from .buffer import DecodeError, StreamDecoder
 
 # authdaemonlib.c reads a reply into a BUFSIZ buffer: at most 8191 bytes, or the '.' is lost (4.4).
 MAX_REPLY = 8191
@@ -30,15 +32,9 @@ FAIL = b"FAIL\n"  # must be exactly these 5 bytes, nothing before or after (4.4)
 OK = b"OK\n"  # PASSWD success; anything else is a failure (4.4)
 
 
-class AuthpipeError(ValueError):
+class AuthpipeError(DecodeError["Decoded"]):
     """The stream cannot be resynchronised (bad AUTH length, oversized input, a reply that is
-    too long or followed by stray bytes): exit or close. ``decoded`` holds the requests
-    completed earlier in the same ``feed()`` call, so no split of the input loses them.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.decoded: list[Decoded] = []
+    too long or followed by stray bytes): exit or close."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +128,7 @@ RELAY_HELLO = b"RELAY 1\n"
 Decoded = Pre | Auth | Passwd | Enumerate | RelayHello | BadRequest
 
 
-class AuthpipeDecoder:
+class AuthpipeDecoder(StreamDecoder[Decoded]):
     """Incremental request decoder; gives the same results however the input is split.
 
     *max_request* bounds both a request line (without its LF) and an AUTH body, so the
@@ -140,49 +136,29 @@ class AuthpipeDecoder:
     further ``feed()`` raises again.
     """
 
-    def __init__(self, max_request: int = DEFAULT_MAX_REQUEST) -> None:
-        self._max = max_request
-        self._buf = bytearray()
-        self._scanned = 0  # prefix of _buf already searched for LF
-        self._body: int | None = None  # length of the AUTH body still to come
-        self._failed = False
+    error = AuthpipeError
 
-    def feed(self, data: bytes) -> list[Decoded]:
-        """Add *data* and return the requests completed by it, in order."""
-        if self._failed:
-            raise AuthpipeError("decoder already failed")
-        self._buf += data
-        out: list[Decoded] = []
-        try:
-            while self._step(out):
-                pass
-        except AuthpipeError as exc:
-            self._failed = True
-            self._buf = bytearray()
-            exc.decoded = out
-            raise
-        return out
+    def __init__(self, max_request: int = DEFAULT_MAX_REQUEST) -> None:
+        super().__init__(max_request)
+        self._body: int | None = None  # length of the AUTH body still to come
+        self._too_long = f"request line longer than {max_request} bytes"
+
+    def _in_request(self) -> bool:
+        return self._body is not None
 
     def _step(self, out: list[Decoded]) -> bool:
         """Consume one line or one AUTH body; False when more input is needed."""
-        buf = self._buf
         if self._body is not None:
             # Exactly <len> bytes, never up to a newline: authdata need not end with LF (4.3).
-            if len(buf) < self._body:
+            body = self._buf.take(self._body)
+            if body is None:
                 return False
-            out.append(_parse_auth(bytes(buf[: self._body])))
-            del buf[: self._body]
+            out.append(_parse_auth(body))
             self._body = None
             return True
-        nl = buf.find(b"\n", self._scanned)
-        if (nl if nl >= 0 else len(buf)) > self._max:
-            raise AuthpipeError(f"request line longer than {self._max} bytes")
-        if nl < 0:
-            self._scanned = len(buf)
+        line = self._buf.line(self.max_request, self._too_long)
+        if line is None:
             return False
-        self._scanned = 0
-        line = bytes(buf[:nl])
-        del buf[: nl + 1]
         verb, _, rest = line.partition(b" ")
         if verb == b"AUTH":
             self._body = self._auth_length(rest)
@@ -195,8 +171,8 @@ class AuthpipeDecoder:
         if not digits.isdigit():  # bytes.isdigit() is ASCII-only
             raise AuthpipeError("bad AUTH length")
         length = int(digits)
-        if length > self._max:
-            raise AuthpipeError(f"AUTH body longer than {self._max} bytes")
+        if length > self.max_request:
+            raise AuthpipeError(f"AUTH body longer than {self.max_request} bytes")
         return length
 
 
@@ -272,7 +248,7 @@ class ReplyReader:
             line = buf[self._line_start : nl]
             first = self._line_start == 0
             self._line_start = nl + 1
-            if line == b"." or (first and (self._single_line or line in (b"FAIL", b"OK"))):
+            if line == b"." or (first and (self._single_line or line == b"FAIL" or line == b"OK")):
                 return self._finish(end=nl + 1)
         if len(buf) > self._max:
             raise AuthpipeError(f"reply longer than {self._max} bytes")
@@ -287,7 +263,7 @@ class ReplyReader:
         return bytes(self._buf)
 
 
-def encode_account(
+def reply_account(
     fields: Sequence[tuple[str, str]] | Mapping[str, str], *, max_reply: int = MAX_REPLY
 ) -> bytes:
     """``NAME=value LF`` lines, then ``. LF``: a successful PRE or AUTH (4.4).
@@ -322,7 +298,7 @@ def _has_control(text: str) -> bool:
     return any(ch in text for ch in "\n\r\0")
 
 
-def encode_enumerate(rows: Iterable[tuple[str, int, int, str, str | None]]) -> bytes:
+def reply_enumerate(rows: Iterable[tuple[str, int, int, str, str | None]]) -> bytes:
     """``name TAB uid TAB gid TAB home [TAB maildir] LF`` lines, then ``. LF`` (4.4).
 
     Rows (name, uid, gid, home, maildir) authenumerate would drop or misread are skipped: uid

@@ -12,21 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from .buffer import DecodeError, StreamDecoder
+
 # Postfix 3.x sends about 35 attributes of a few hundred bytes in all (3.1).
 DEFAULT_MAX_REQUEST = 16384
 MAX_ATTRIBUTES = 100
 
 
-class PolicyError(ValueError):
-    """A request that must not be answered: log it and close the connection.
-
-    ``decoded`` holds the requests completed earlier in the same :meth:`PolicyDecoder.feed`
-    call, so splitting the input differently never loses them.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.decoded: list[PolicyRequest] = []
+class PolicyError(DecodeError["PolicyRequest"]):
+    """A request that must not be answered: log it and close the connection."""
 
 
 def _text(name: str) -> property:
@@ -77,7 +71,7 @@ class PolicyRequest:
     size = _number("size")
 
 
-class PolicyDecoder:
+class PolicyDecoder(StreamDecoder[PolicyRequest]):
     """Incremental request decoder; gives the same results however the input is split.
 
     *max_request* bounds a whole request (all its lines and LFs, the final empty line
@@ -85,49 +79,36 @@ class PolicyDecoder:
     :class:`PolicyError` every further ``feed()`` raises again.
     """
 
+    error = PolicyError
+
     def __init__(
         self, max_request: int = DEFAULT_MAX_REQUEST, *, max_attributes: int = MAX_ATTRIBUTES
     ) -> None:
-        self._max = max_request
+        super().__init__(max_request)
         self._max_attributes = max_attributes
-        self._buf = bytearray()
-        self._scanned = 0  # prefix of _buf already searched for LF
         self._attrs: dict[str, str] = {}
         self._lines = 0  # attribute lines of the current request, duplicates included
-        self._size = 0  # bytes of the current request consumed from _buf
-        self._failed = False
+        self._size = 0  # bytes of the current request consumed from the buffer
+        self._too_long = f"request longer than {max_request} bytes"
 
-    def feed(self, data: bytes) -> list[PolicyRequest]:
-        """Add *data* and return the requests completed by it, in order."""
-        if self._failed:
-            raise PolicyError("decoder already failed")
-        buf = self._buf
-        buf += data
-        out: list[PolicyRequest] = []
-        pos, start = 0, self._scanned
-        try:
-            while (nl := buf.find(b"\n", start)) >= 0:
-                self._size += nl + 1 - pos
-                self._check_size(0)
-                line = bytes(buf[pos:nl])
-                pos = start = nl + 1
-                if line:
-                    self._add(line)
-                else:
-                    out.append(self._finish())
-            self._check_size(len(buf) - pos)
-        except PolicyError as exc:
-            self._failed = True
-            self._buf = bytearray()
-            exc.decoded = out
-            raise
-        del buf[:pos]
-        self._scanned = len(buf)
-        return out
+    def _in_request(self) -> bool:
+        return self._size > 0
 
-    def _check_size(self, pending: int) -> None:
-        if self._size + pending > self._max:
-            raise PolicyError(f"request longer than {self._max} bytes")
+    def _step(self, out: list[PolicyRequest]) -> bool:
+        """Consume one line; False when more input is needed."""
+        # What is left of the request's budget bounds the line, complete or not ...
+        line = self._buf.line(self.max_request - self._size, self._too_long)
+        if line is None:
+            return False
+        # ... and a complete line also spends its LF.
+        self._size += len(line) + 1
+        if self._size > self.max_request:
+            raise PolicyError(self._too_long)
+        if line:
+            self._add(line)
+        else:
+            out.append(self._finish())
+        return True
 
     def _add(self, line: bytes) -> None:
         self._lines += 1
@@ -160,7 +141,7 @@ class PolicyDecoder:
         return request
 
 
-def encode_action(action: str) -> bytes:
+def reply_action(action: str) -> bytes:
     """``action=<action> LF LF``: the one and only reply to a request (3.2).
 
     Raises ValueError for actions Postfix would misread:
@@ -181,5 +162,5 @@ def encode_action(action: str) -> bytes:
     return b"action=" + action.encode("utf-8") + b"\n\n"
 
 
-DUNNO = encode_action("DUNNO")
+DUNNO = reply_action("DUNNO")
 """No decision: Postfix goes on with the next restriction. The safe neutral reply."""

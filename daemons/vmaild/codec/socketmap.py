@@ -2,13 +2,16 @@
 
 Every request and reply is a netstring ``<decimal length>:<payload>,``; a request payload is
 ``<mapname> SP <key>``, a reply payload ``OK <value>``, ``NOTFOUND ``, ``TEMP <reason>`` or
-``PERM <reason>``. A framing error cannot be answered, so :class:`SocketmapDecoder` raises
-:class:`NetstringError` and the server closes the connection.
+``PERM <reason>``, built by :func:`reply_found`, :func:`reply_not_found`,
+:func:`reply_temporary` and :func:`reply_permanent`. A framing error cannot be answered, so
+:class:`SocketmapDecoder` raises :class:`NetstringError` and the server closes the connection.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .buffer import DecodeError, StreamDecoder
 
 # Request payload limit (bytes). Postfix refuses keys over socketmap_max_query_size (10000 by
 # default) without asking us (2.2), so 100000 leaves room for the map name and larger settings.
@@ -31,7 +34,7 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class BadRequest:
-    """A well-framed payload that is not ``<map> SP <key>``; answer :func:`reply_perm`."""
+    """A well-framed payload that is not ``<map> SP <key>``; answer :func:`reply_permanent`."""
 
     reason: str
 
@@ -39,16 +42,8 @@ class BadRequest:
 Decoded = Request | BadRequest
 
 
-class NetstringError(ValueError):
-    """Broken framing: close the connection (there is no way to answer, 2.5).
-
-    ``decoded`` holds the requests completed earlier in the same :meth:`SocketmapDecoder.feed`
-    call, so splitting the input differently never loses them.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.decoded: list[Decoded] = []
+class NetstringError(DecodeError[Decoded]):
+    """Broken framing: close the connection (there is no way to answer, 2.5)."""
 
 
 def encode_netstring(payload: bytes) -> bytes:
@@ -56,68 +51,75 @@ def encode_netstring(payload: bytes) -> bytes:
     return b"%d:%s," % (len(payload), payload)
 
 
-class SocketmapDecoder:
+class SocketmapDecoder(StreamDecoder[Decoded]):
     """Incremental netstring request decoder; gives the same results however input is split.
 
     *max_request* bounds the payload length, so the buffer stays below that plus one chunk.
     After a :class:`NetstringError` every further ``feed()`` raises again.
     """
 
+    error = NetstringError
+
     def __init__(self, max_request: int = DEFAULT_MAX_REQUEST) -> None:
-        self._max = max_request
+        super().__init__(max_request)
         self._max_digits = len(str(max_request))
-        self._buf = bytearray()
         self._length: int | None = None  # payload length once its prefix has been read
-        self._failed = False
 
-    @property
-    def idle(self) -> bool:
-        """True when nothing is buffered (a new chunk starts a new netstring)."""
-        return not self._buf and self._length is None and not self._failed
-
-    def feed(self, data: bytes) -> list[Decoded]:
-        """Add *data* and return the requests completed by it, in order."""
-        if self._failed:
-            raise NetstringError("decoder already failed")
-        self._buf += data
-        out: list[Decoded] = []
-        try:
-            while self._step(out):
-                pass
-        except NetstringError as exc:
-            self._failed = True
-            self._buf = bytearray()
-            exc.decoded = out
-            raise
-        return out
+    def _in_request(self) -> bool:
+        return self._length is not None
 
     def _step(self, out: list[Decoded]) -> bool:
         """Consume one length prefix or one payload; False when more input is needed."""
         buf = self._buf
         if self._length is None:
             colon = buf.find(b":")
-            self._check_prefix(buf if colon < 0 else buf[:colon])
+            digits = buf.peek(colon if colon >= 0 else len(buf))
+            self._check_prefix(digits)
             if colon < 0:
                 return False
             # Postfix's netstring_get_length() accepts an empty length as 0 (2.1).
-            self._length = int(buf[:colon] or b"0")
-            del buf[: colon + 1]
-        length = self._length
-        if len(buf) <= length:
+            self._length = int(digits or b"0")
+            buf.take(colon + 1)
+        # The payload and its ',' (the length was checked against the limit above).
+        netstring = buf.take(self._length + 1)
+        if netstring is None:
             return False
-        if buf[length] != ord(","):
+        if netstring[-1] != ord(","):
             raise NetstringError("netstring not terminated by ','")
-        out.append(_parse_payload(bytes(buf[:length])))
-        del buf[: length + 1]
+        out.append(_parse_payload(netstring[:-1]))
         self._length = None
         return True
 
-    def _check_prefix(self, digits: bytearray) -> None:
+    def _check_prefix(self, digits: bytes) -> None:
         # Postfix writes "%ld:" and reads only ASCII digits up to ':' (2.1).
         if not _DIGITS.issuperset(digits):
             raise NetstringError("bad netstring length")
-        if len(digits) > self._max_digits or (digits and int(digits) > self._max):
-            raise NetstringError(f"netstring longer than {self._max} bytes")
+        if len(digits) > self._max_digits or (digits and int(digits) > self.max_request):
+            raise NetstringError(f"netstring longer than {self.max_request} bytes")
+
+    def plain_request(self, data: bytes) -> tuple[str, str] | None:
+        """The fast path: (map, key) when the decoder is idle and *data* is exactly one
+        netstring ``<len>:<map> SP <key>,`` of plain ASCII with a non-empty map and key; else
+        None, and :meth:`feed` decides. Postfix sends one request and waits (2.4), so a chunk
+        is almost always exactly one netstring. Whenever this returns (map, key),
+        ``feed(data)`` would return exactly ``[Request(map, key)]`` and leave the decoder
+        idle (a property test checks it); nothing changes state.
+        """
+        if self._buf or self._failed or self._length is not None:
+            return None
+        colon = data.find(b":", 0, self._max_digits + 1)
+        if colon <= 0 or not data.endswith(b",") or not data[:colon].isdigit():
+            return None
+        payload = data[colon + 1 : -1]
+        length = int(data[:colon])
+        if length != len(payload) or length > self.max_request or not payload.isascii():
+            return None
+        if 0 in payload:  # a NUL: the decoder answers a BadRequest (memchr, unlike b"\0")
+            return None
+        name, sp, key = payload.decode("ascii").partition(" ")
+        if not sp or not name or not key:
+            return None
+        return name, key
 
 
 def _parse_payload(payload: bytes) -> Decoded:
@@ -147,39 +149,39 @@ def _status(status: bytes, reason: str) -> bytes:
     return encode_netstring(status + b" " + data)
 
 
-def reply_ok(value: str) -> bytes:
+def reply_found(value: str) -> bytes:
     """Netstring of ``OK <value>``.
 
     Raises ValueError for an empty value: ``OK `` is an empty result, which Postfix turns into
     a configuration error, and ``OK`` alone means different things in different versions
-    (2.3). Answer :func:`reply_notfound` instead. Values Postfix could not use become
-    :func:`reply_temp` answers.
+    (2.3). Answer :func:`reply_not_found` instead. Values Postfix could not use become
+    :func:`reply_temporary` answers.
     """
     if not value:
-        raise ValueError("empty value: send reply_notfound() instead")
+        raise ValueError("empty value: send reply_not_found() instead")
     try:
         data = value.encode("utf-8")
     except UnicodeEncodeError:
-        return reply_temp("value is not valid UTF-8")
+        return reply_temporary("value is not valid UTF-8")
     if b"\0" in data:
         # The value becomes a C string in Postfix: a NUL would silently truncate it.
-        return reply_temp("value contains NUL")
+        return reply_temporary("value contains NUL")
     payload = b"OK " + data
     if len(payload) > MAX_REPLY:
-        return reply_temp("reply too long")
+        return reply_temporary("reply too long")
     return encode_netstring(payload)
 
 
-def reply_notfound() -> bytes:
+def reply_not_found() -> bytes:
     """``9:NOTFOUND ,`` (Postfix also accepts it without the SP; this is the documented form)."""
     return encode_netstring(b"NOTFOUND ")
 
 
-def reply_temp(reason: str) -> bytes:
+def reply_temporary(reason: str) -> bytes:
     """``TEMP <reason>``: DICT_ERR_RETRY, a temporary lookup failure (2.3)."""
     return _status(b"TEMP", reason)
 
 
-def reply_perm(reason: str) -> bytes:
+def reply_permanent(reason: str) -> bytes:
     """``PERM <reason>``: DICT_ERR_CONFIG; Postfix defers with 451, it is *not* a not-found."""
     return _status(b"PERM", reason)

@@ -5,13 +5,16 @@ Reply:    ``<3 digits> SP <hex-quoted text> LF``
 
 The server feeds whatever bytes arrive to a :class:`TcpTableDecoder` and answers every
 :class:`Request` with :func:`reply_found`, :func:`reply_not_found` or :func:`reply_temporary`,
-every :class:`BadRequest` with ``reply_temporary(reason)`` (keeping the connection), and an
-:class:`Oversized` with a ``400`` reply followed by closing the connection.
+and every :class:`BadRequest` with ``reply_temporary(reason)`` (keeping the connection). A
+request line longer than the limit raises :class:`TcpTableError`: the server answers the
+requests before it, then a ``400`` reply, and closes the connection.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .buffer import DecodeError, StreamDecoder
 
 # Postfix reads the reply with vstring_get_nonl_bound(..., 4096): at most 4096 bytes *including*
 # the LF; without an LF among them it logs "text longer than 4096" and retries 10 times
@@ -20,6 +23,11 @@ MAX_REPLY_BYTES = 4096
 
 # Requests have no documented limit; long quoted local parts are real (pitfall P-T2, 1.2).
 DEFAULT_MAX_REQUEST = 65536
+
+# The longest line (LF included) the listener's fast path takes; longer ones go through the
+# decoder. Keys of such plain lines need no unquoting: printable ASCII except '%' (1.2).
+PLAIN_MAX = 1024
+_PLAIN_KEY_BYTES = frozenset(range(0x21, 0x7F)) - {ord("%")}
 
 _HEX_DIGITS = frozenset(b"0123456789abcdefABCDEF")
 
@@ -30,8 +38,10 @@ _QUOTED = tuple(
 )
 
 
-class TcpTableError(ValueError):
-    """Raised by :func:`unquote` for a ``%`` not followed by two hex digits."""
+class TcpTableError(DecodeError["Decoded"]):
+    """The codec's error: a request line over the limit (raised by
+    :meth:`TcpTableDecoder.feed`, ``decoded`` holding the requests before it), or a ``%``
+    not followed by two hex digits (raised by :func:`unquote`)."""
 
 
 def quote(data: bytes) -> bytes:
@@ -70,61 +80,48 @@ class BadRequest:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Oversized:
-    """A request line longer than *limit* bytes: answer ``400`` and close the connection.
-
-    It is always the last element the decoder returns; the decoder ignores all later input.
-    """
-
-    limit: int
+Decoded = Request | BadRequest
 
 
-Decoded = Request | BadRequest | Oversized
-
-
-class TcpTableDecoder:
+class TcpTableDecoder(StreamDecoder[Decoded]):
     """Incremental request decoder; gives the same results however the input is split.
 
-    *max_request* bounds a request line, counted without its LF. The internal buffer never
-    holds more than that plus one partial chunk.
+    *max_request* bounds a request line, counted without its LF (and with a CR before it):
+    a longer one, complete or not, raises :class:`TcpTableError`. The buffer never holds
+    more than that plus one partial chunk.
     """
 
+    error = TcpTableError
+
     def __init__(self, max_request: int = DEFAULT_MAX_REQUEST) -> None:
-        self._max = max_request
-        self._buf = bytearray()
-        self._scanned = 0  # prefix of _buf already searched for LF (avoids rescans)
-        self._finished = False
+        super().__init__(max_request)
+        self._plain_max = min(PLAIN_MAX, max_request + 1)  # a whole line, its LF included
+        self._too_long = f"request line longer than {max_request} bytes"
 
-    @property
-    def idle(self) -> bool:
-        """True when no partial request is buffered (a new chunk starts a new line)."""
-        return not self._buf and not self._finished
+    def _step(self, out: list[Decoded]) -> bool:
+        line = self._buf.line(self.max_request, self._too_long)
+        if line is None:
+            return False
+        out.append(_parse_line(line))
+        return True
 
-    def feed(self, data: bytes) -> list[Decoded]:
-        """Add *data* and return the requests completed by it, in order."""
-        if self._finished:
-            return []
-        buf = self._buf
-        buf += data
-        out: list[Decoded] = []
-        pos, start = 0, self._scanned
-        while (nl := buf.find(b"\n", start)) >= 0:
-            if nl - pos > self._max:
-                return self._overflow(out)
-            out.append(_parse_line(bytes(buf[pos:nl])))
-            pos = start = nl + 1
-        if len(buf) - pos > self._max:
-            return self._overflow(out)
-        del buf[:pos]
-        self._scanned = len(buf)
-        return out
-
-    def _overflow(self, out: list[Decoded]) -> list[Decoded]:
-        self._finished = True
-        self._buf = bytearray()
-        out.append(Oversized(self._max))
-        return out
+    def plain_request(self, data: bytes) -> str | None:
+        """The fast path: the key when the decoder is idle and *data* is exactly one ``get
+        <key> LF`` line whose key needs no unquoting (printable ASCII, no ``%``); else None,
+        and :meth:`feed` decides. Postfix sends one request and waits for the answer (1.4),
+        so almost every chunk is such a line. Whenever this returns a key, ``feed(data)``
+        would return exactly ``[Request(key)]`` and leave the decoder idle (a property test
+        checks it); nothing changes state.
+        """
+        # Idle: nothing buffered (a line decoder keeps no other state) and not failed.
+        if self._buf or self._failed or len(data) > self._plain_max:
+            return None
+        if not (data.startswith(b"get ") and data.endswith(b"\n")):
+            return None
+        key = data[4:-1]
+        if not key or not _PLAIN_KEY_BYTES.issuperset(key):
+            return None
+        return key.decode("ascii")
 
 
 def _parse_line(line: bytes) -> Request | BadRequest:

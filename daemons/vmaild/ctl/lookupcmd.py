@@ -16,7 +16,8 @@ from typing import Any
 from ..cache import Cache, TTLs
 from ..config import Config
 from ..db import Database
-from ..lookup import Lookups, TemporaryFailure
+from ..failures import TemporaryFailure
+from ..lookup import Lookups
 from ..metrics import Metrics
 from . import daemon
 from .context import Context

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ..codec.policy import encode_action
+from ..codec.policy import reply_action
 
 # Reply codes need text after them (check_table_result in smtpd_check.c): "4NN text".
 _CODE = re.compile(r"^[45]\d\d\s+\S")
@@ -45,7 +45,7 @@ def check_action(action: str, *, fail: bool = False) -> str:
     """
     if fail and action.lower() == CLOSE:
         return CLOSE
-    encode_action(action)  # empty, all-digit, leading space, CR/LF/NUL (3.2, P-P2)
+    reply_action(action)  # empty, all-digit, leading space, CR/LF/NUL (3.2, P-P2)
     v = verb(action)
     if _CODE.match(action):
         if fail and not v.startswith("4"):

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..codec import authpipe as codec
+from ..failures import TemporaryFailure
 from .base import ListenerContext, SequentialProtocol
 from .interfaces import AuthAnswerer
 
@@ -100,8 +101,6 @@ class AuthProtocol(SequentialProtocol):
         return self._service().answer_now(request)
 
     async def answer(self, request: Any) -> bytes | None:
-        from ..auth.service import TemporaryFailure
-
         try:
             return await self._service().answer(request)
         except TemporaryFailure:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..codec.policy import DEFAULT_MAX_REQUEST, PolicyDecoder, PolicyError, encode_action
+from ..codec.policy import DEFAULT_MAX_REQUEST, PolicyDecoder, PolicyError, reply_action
 from .base import ListenerContext, SequentialProtocol
 from .interfaces import PolicyDecider
 
@@ -58,7 +58,7 @@ class PolicyProtocol(SequentialProtocol):
         if action is None:
             return None
         try:
-            return encode_action(action)
+            return reply_action(action)
         except ValueError as e:  # never send an action Postfix would misread (P-P2)
             log.error("policy: refusing to send action %r: %s", action, e)
             return None

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..codec import socketmap as codec
-from ..lookup import TemporaryFailure, UnknownMap
+from ..failures import TemporaryFailure
+from ..lookup import UnknownMap
 from ..memo import ReplyMemo
 from .base import ListenerContext, SequentialProtocol
 from .interfaces import MapLookups
@@ -15,24 +16,8 @@ from .interfaces import MapLookups
 log = logging.getLogger("vmaild.socketmap")
 
 
-ok_reply = ReplyMemo(codec.reply_ok)
-_NOTFOUND = codec.reply_notfound()
-
-
-def plain_request(data: bytes) -> tuple[str, str] | None:
-    """(map, key) when ``data`` is exactly one netstring ``<len>:<map> <key>,`` of plain
-    ASCII, else None. Postfix sends one request and waits (PROTOCOLS.md §2.4), so a chunk
-    is almost always exactly one netstring."""
-    colon = data.find(b":", 0, 7)
-    if colon <= 0 or not data.endswith(b",") or not data[:colon].isdigit():
-        return None
-    payload = data[colon + 1:-1]
-    if int(data[:colon]) != len(payload) or not payload.isascii():
-        return None
-    name, sp, key = payload.decode("ascii").partition(" ")
-    if not sp or not name or not key:
-        return None
-    return name, key
+found_reply = ReplyMemo(codec.reply_found)
+_NOT_FOUND = codec.reply_not_found()
 
 
 class SocketmapProtocol(SequentialProtocol):
@@ -45,14 +30,15 @@ class SocketmapProtocol(SequentialProtocol):
 
     def data_received(self, data: bytes) -> None:
         # The fast path: one plain netstring, nothing pending, a fresh cache entry.
-        if self.task is None and not self.queue and self.decoder.idle:
-            request = plain_request(data)
-            lookups = self.lookups()
-            if request is not None and request[0] in lookups.maps:
-                hit, value = lookups.cached(*request)
+        if self.task is None and not self.queue:
+            request = self.decoder.plain_request(data)
+            if request is not None:
+                lookups = self.lookups()
+                hit, value = (lookups.cached(*request) if request[0] in lookups.maps
+                              else (False, None))
                 if hit:
                     assert self.transport is not None
-                    self.transport.write(_NOTFOUND if value is None else ok_reply(value))
+                    self.transport.write(_NOT_FOUND if value is None else found_reply(value))
                     return
         super().data_received(data)
 
@@ -63,23 +49,23 @@ class SocketmapProtocol(SequentialProtocol):
         if isinstance(request, codec.BadRequest):
             self.metrics.protocol_errors.labels(self.listener).inc()
             log.warning("socketmap: bad request: %s", request.reason)
-            return codec.reply_perm(request.reason)
+            return codec.reply_permanent(request.reason)
         try:
             hit, value = self.lookups().cached(request.map, request.key)
         except UnknownMap:
             # PERM, not NOTFOUND: a misspelt map name in main.cf is a configuration error
             # that must defer mail, not reject it.
             log.error("socketmap: unknown map %r (not in the configuration)", request.map)
-            return codec.reply_perm("unknown map")
+            return codec.reply_permanent("unknown map")
         if not hit:
             return None
-        return ok_reply(value) if value is not None else _NOTFOUND
+        return found_reply(value) if value is not None else _NOT_FOUND
 
     async def answer(self, request: codec.Request) -> bytes | None:
         try:
             value = await self.lookups().lookup(request.map, request.key)
         except UnknownMap:
-            return codec.reply_perm("unknown map")
+            return codec.reply_permanent("unknown map")
         except TemporaryFailure:
-            return codec.reply_temp("temporary lookup failure")
-        return ok_reply(value) if value is not None else _NOTFOUND
+            return codec.reply_temporary("temporary lookup failure")
+        return found_reply(value) if value is not None else _NOT_FOUND

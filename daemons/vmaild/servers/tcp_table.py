@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..codec import tcp_table as codec
-from ..lookup import TemporaryFailure
+from ..failures import TemporaryFailure
 from ..memo import ReplyMemo
 from .base import ListenerContext, SequentialProtocol
 from .interfaces import MapLookups
@@ -20,19 +20,6 @@ log = logging.getLogger("vmaild.tcp_table")
 
 found_reply = ReplyMemo(codec.reply_found)
 _NOT_FOUND = codec.reply_not_found()
-_PLAIN_KEY_BYTES = frozenset(range(0x21, 0x7F)) - {ord("%")}
-
-
-def plain_request_key(data: bytes) -> str | None:
-    """The key when ``data`` is exactly one ``get <key>\n`` line whose key needs no
-    unquoting (printable ASCII, no '%'), else None. Postfix sends one request and waits
-    for the answer (PROTOCOLS.md §1.4), so almost every chunk is such a line."""
-    if not (data.startswith(b"get ") and data.endswith(b"\n")) or len(data) > 1024:
-        return None
-    key = data[4:-1]
-    if not key or not _PLAIN_KEY_BYTES.issuperset(key):
-        return None
-    return key.decode("ascii")
 
 
 class TcpTableProtocol(SequentialProtocol):
@@ -46,8 +33,8 @@ class TcpTableProtocol(SequentialProtocol):
     def data_received(self, data: bytes) -> None:
         # The fast path: one plain request, nothing pending, a fresh cache entry. Anything
         # else (escapes, several lines, a miss) goes through the decoder and the queue.
-        if self.task is None and not self.queue and self.decoder.idle:
-            key = plain_request_key(data)
+        if self.task is None and not self.queue:
+            key = self.decoder.plain_request(data)
             if key is not None:
                 hit, value = self.lookups().cached(self.map_name, key)
                 if hit:
@@ -57,7 +44,13 @@ class TcpTableProtocol(SequentialProtocol):
         super().data_received(data)
 
     def decode(self, data: bytes) -> list[Any]:
-        return self.decoder.feed(data)
+        if self.decoder.failed:
+            return []  # after an overlong line: read nothing more
+        try:
+            return self.decoder.feed(data)
+        except codec.TcpTableError as e:
+            # The requests before the overlong line are answered, then the error (below).
+            return [*e.decoded, e]
 
     def answer_now(self, request: Any) -> bytes | None:
         if isinstance(request, codec.Request):
@@ -69,8 +62,8 @@ class TcpTableProtocol(SequentialProtocol):
             self.metrics.protocol_errors.labels(self.listener).inc()
             log.warning("%s: bad request: %s", self.listener, request.reason)
             return codec.reply_temporary(request.reason)
-        # Oversized: the line cannot be resynchronised. Postfix treats 400 as a temporary
-        # error and closes the connection itself.
+        # TcpTableError, an overlong line: it cannot be resynchronised. Postfix treats 400
+        # as a temporary error and closes the connection itself.
         self.protocol_error("request too long", codec.reply_temporary("request too long"))
         return b""
 
