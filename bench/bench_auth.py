@@ -55,8 +55,8 @@ NAME = "auth"
 BIN = Path(sys.executable).parent
 DBNAME, DBUSER, DBPASSWORD = "vmaild_bench_auth", "bench_auth", "bench-auth-pw"
 DOMAIN = "bench.test"
-CLIENTS = 8          # concurrent client processes (authdaemond has `daemons` workers)
-DAEMONS = 5          # Debian's default authdaemonrc
+CLIENTS = 8  # concurrent client processes (authdaemond has `daemons` workers)
+DAEMONS = 5  # Debian's default authdaemonrc
 WARM_UP = (f"warm-up@{DOMAIN}", "warm-up-pw")
 ROUNDS = 3
 
@@ -64,11 +64,11 @@ ROUNDS = 3
 @dataclass(frozen=True)
 class HashSet:
     name: str
-    scheme: str       # "des" (MariaDB ENCRYPT()) or a passwords.hash_password scheme
+    scheme: str  # "des" (MariaDB ENCRYPT()) or a passwords.hash_password scheme
     rounds: int
     users: int
     quick_users: int
-    passes: int       # repeated-login passes, and authmysql passes
+    passes: int  # repeated-login passes, and authmysql passes
 
 
 HASH_SETS = (
@@ -82,6 +82,7 @@ log = logger(NAME)
 
 
 # -- the client (runs in worker processes) ---------------------------------------------------
+
 
 def login_request(user: str, password: str, service: str = "imap") -> bytes:
     """authdaemond's socket request as libsasl and authtest build it (5.1: the final LF of
@@ -112,6 +113,7 @@ def make_hash(scheme: str, rounds: int, password: str) -> str:
 
 # -- the bench -------------------------------------------------------------------------------
 
+
 class Bench:
     def __init__(self, quick: bool, tmp: Path):
         self.quick = quick
@@ -119,8 +121,9 @@ class Bench:
         self.db = MariaDB()
         # forkserver: a worker forked from this process after authdaemond was set up would
         # inherit the harness's lock on the global Courier files and hold it past cleanup.
-        self.pool = ProcessPoolExecutor(max_workers=CLIENTS,
-                                        mp_context=multiprocessing.get_context("forkserver"))
+        self.pool = ProcessPoolExecutor(
+            max_workers=CLIENTS, mp_context=multiprocessing.get_context("forkserver")
+        )
         self.vmaild: Vmaild | None = None
         self.courier: Courier | None = None
         self.users: dict[str, list[tuple[str, str]]] = {}
@@ -131,19 +134,26 @@ class Bench:
     def setup(self) -> None:
         self.db.start()
         seed.load_seed(self.db, DBNAME, DBUSER, DBPASSWORD, rows=False)
-        conf = (f"[database]\nhosts = 127.0.0.1:{self.db.port}\nuser = {DBUSER}\n"
-                f"password = {DBPASSWORD}\ndbname = {DBNAME}\n\n"
-                f"[auth]\nlisten = unix:{self.tmp}/auth.sock\nrehash = no\n\n"
-                f"[mailbox]\nbase = {self.tmp}/vmail\ncreate_maildirs = no\n\n"
-                "[log]\nlevel = info\n")
+        conf = (
+            f"[database]\nhosts = 127.0.0.1:{self.db.port}\nuser = {DBUSER}\n"
+            f"password = {DBPASSWORD}\ndbname = {DBNAME}\n\n"
+            f"[auth]\nlisten = unix:{self.tmp}/auth.sock\nrehash = no\n\n"
+            f"[mailbox]\nbase = {self.tmp}/vmail\ncreate_maildirs = no\n\n"
+            "[log]\nlevel = info\n"
+        )
         self.vmaild = Vmaild(conf, self.tmp / "vmaild")
-        r = subprocess.run([str(BIN / "vmailctl"), "-c", str(self.vmaild.config_path), "db",
-                            "migrate"], capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [str(BIN / "vmailctl"), "-c", str(self.vmaild.config_path), "db", "migrate"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"vmailctl db migrate: {r.stderr}")
         self.db.query("INSERT INTO domains (domain) VALUES (%s)", (DOMAIN,), database=DBNAME)
-        self.db.query("INSERT INTO users (email, password) VALUES (%s, ENCRYPT(%s))", WARM_UP,
-                      database=DBNAME)
+        self.db.query(
+            "INSERT INTO users (email, password) VALUES (%s, ENCRYPT(%s))", WARM_UP, database=DBNAME
+        )
         for n, hs in enumerate(HASH_SETS):
             count = hs.quick_users if self.quick else hs.users
             users = [(f"s{n}u{i:05d}@{DOMAIN}", f"pw-{n}-{i}-secret") for i in range(count)]
@@ -152,17 +162,23 @@ class Bench:
             if hs.scheme == "des":
                 hashes = [None] * count  # ENCRYPT() below, exactly as the seed stored them
             else:
-                hashes = list(self.pool.map(make_hash, [hs.scheme] * count,
-                                            [hs.rounds] * count, [p for _, p in users]))
+                hashes = list(
+                    self.pool.map(
+                        make_hash, [hs.scheme] * count, [hs.rounds] * count, [p for _, p in users]
+                    )
+                )
             conn = self.db.root_conn(DBNAME)
             try:
                 with conn.cursor() as cur:
                     if hs.scheme == "des":
-                        cur.executemany("INSERT INTO users (email, password) "
-                                        "VALUES (%s, ENCRYPT(%s))", users)
+                        cur.executemany(
+                            "INSERT INTO users (email, password) VALUES (%s, ENCRYPT(%s))", users
+                        )
                     else:
-                        cur.executemany("INSERT INTO users (email, password) VALUES (%s, %s)",
-                                        [(u, h) for (u, _), h in zip(users, hashes, strict=True)])
+                        cur.executemany(
+                            "INSERT INTO users (email, password) VALUES (%s, %s)",
+                            [(u, h) for (u, _), h in zip(users, hashes, strict=True)],
+                        )
             finally:
                 conn.close()
             self.users[hs.name] = users
@@ -170,12 +186,14 @@ class Bench:
         self.vmaild.start()
 
     # one measured phase
-    def phase(self, items: list[tuple[str, str]],
-              path: str = str(AUTHDAEMON_SOCKET)) -> dict[str, Any]:
+    def phase(
+        self, items: list[tuple[str, str]], path: str = str(AUTHDAEMON_SOCKET)
+    ) -> dict[str, Any]:
         chunks = [items[i::CLIENTS] for i in range(CLIENTS)]
         assert self.vmaild is not None
-        roles = cpu.roles_for(vmaild_config=str(self.vmaild.config_path),
-                              mariadb_datadir=str(self.db.datadir))
+        roles = cpu.roles_for(
+            vmaild_config=str(self.vmaild.config_path), mariadb_datadir=str(self.db.datadir)
+        )
         cpu0 = cpu.snapshot(roles)
         started = time.perf_counter()
         futures = [self.pool.submit(run_chunk, path, c) for c in chunks if c]
@@ -187,8 +205,13 @@ class Bench:
         cpu_us = cpu.per_request(cpu0, cpu.snapshot(roles), len(items))
         if failed:
             raise RuntimeError(f"{failed} of {len(items)} logins failed")
-        return {"logins": ok, "seconds": round(wall, 3), "rate": ok / wall,
-                "load": round(os.getloadavg()[0], 2), "cpu_us_per_login": cpu_us}
+        return {
+            "logins": ok,
+            "seconds": round(wall, 3),
+            "rate": ok / wall,
+            "load": round(os.getloadavg()[0], 2),
+            "cpu_us_per_login": cpu_us,
+        }
 
     def warm_up(self) -> None:
         """Start every authdaemond worker's authProg and open vmaild's database connections
@@ -206,8 +229,7 @@ class Bench:
 
     def run_rounds(self) -> None:
         for n in range(1 if self.quick else ROUNDS):
-            self.rounds.append({hs.name: {"users": len(self.users[hs.name])}
-                                for hs in HASH_SETS})
+            self.rounds.append({hs.name: {"users": len(self.users[hs.name])} for hs in HASH_SETS})
             contenders = [self.run_vmaild, self.run_authmysql]
             for run in contenders if n % 2 == 0 else contenders[::-1]:
                 run(self.rounds[-1])
@@ -218,23 +240,34 @@ class Bench:
             self.vmaild.stop()
             self.vmaild.start()
         self._fresh_vmaild = False
-        self.use_courier(Courier(BIN / "vmaild-authpipe", daemons=DAEMONS, imap=False,
-                                 pop3=False,
-                                 auth_env={"VMAILD_CONFIG": str(self.vmaild.config_path)}))
+        self.use_courier(
+            Courier(
+                BIN / "vmaild-authpipe",
+                daemons=DAEMONS,
+                imap=False,
+                pop3=False,
+                auth_env={"VMAILD_CONFIG": str(self.vmaild.config_path)},
+            )
+        )
         for hs in HASH_SETS:
             users = self.users[hs.name]
             first = self.phase(users)  # never seen by this daemon: nothing cached
             repeated = self.phase(users * hs.passes)
             direct = self.phase(users * hs.passes, str(self.tmp / "auth.sock"))
             into[hs.name].update(first=first, repeated=repeated, direct=direct)
-            log(f"vmaild {hs.name}: first {first['rate']:.0f}/s, repeated "
+            log(
+                f"vmaild {hs.name}: first {first['rate']:.0f}/s, repeated "
                 f"{repeated['rate']:.0f}/s, repeated without authdaemond "
-                f"{direct['rate']:.0f}/s")
+                f"{direct['rate']:.0f}/s"
+            )
 
     def run_authmysql(self, into: dict[str, dict[str, Any]]) -> None:
         rc = seed.authmysqlrc_text(self.db, DBNAME, DBUSER, DBPASSWORD, home=self.tmp / "vmail")
-        self.use_courier(Courier(None, modules="authmysql", authmysqlrc=rc, daemons=DAEMONS,
-                                 imap=False, pop3=False))
+        self.use_courier(
+            Courier(
+                None, modules="authmysql", authmysqlrc=rc, daemons=DAEMONS, imap=False, pop3=False
+            )
+        )
         for hs in HASH_SETS:
             users = self.users[hs.name]
             r = self.phase(users * hs.passes)
@@ -247,8 +280,9 @@ class Bench:
         if self.vmaild is not None:
             parts.append("--- vmaild ---\n" + "\n".join(self.vmaild.log().splitlines()[-15:]))
         if self.courier is not None:
-            parts.append("--- authdaemond ---\n"
-                         + "\n".join(self.courier.log_text().splitlines()[-15:]))
+            parts.append(
+                "--- authdaemond ---\n" + "\n".join(self.courier.log_text().splitlines()[-15:])
+            )
         return "\n".join(parts)
 
     def cleanup(self) -> None:
@@ -282,10 +316,18 @@ def run(args: argparse.Namespace, quick: bool) -> Outcome:
         bench.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
     figures = auth_report.summarise(bench.rounds)
-    meta = {"clients": CLIENTS, "daemons": DAEMONS, "rounds": len(bench.rounds),
-            "loadavg_start": loadavg_start}
-    return Outcome(figures, auth_report.report(figures, meta, quick),
-                   targets=auth_report.targets(figures), meta=meta)
+    meta = {
+        "clients": CLIENTS,
+        "daemons": DAEMONS,
+        "rounds": len(bench.rounds),
+        "loadavg_start": loadavg_start,
+    }
+    return Outcome(
+        figures,
+        auth_report.report(figures, meta, quick),
+        targets=auth_report.targets(figures),
+        meta=meta,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

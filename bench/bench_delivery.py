@@ -53,8 +53,7 @@ DOMAIN = "example.test"
 MAILBOXES = [f"bench{i}@{DOMAIN}" for i in range(8)]
 DES_HASH = "abJnggxhB/yWI"  # an ENCRYPT()-style hash; deliveries never read it
 SENDER = "loadgen@example.net"
-HISTOGRAMS = ("vmaild_lookup_seconds", "vmaild_policy_request_seconds",
-              "vmaild_db_query_seconds")
+HISTOGRAMS = ("vmaild_lookup_seconds", "vmaild_policy_request_seconds", "vmaild_db_query_seconds")
 
 
 log = logger(NAME)
@@ -62,14 +61,15 @@ log = logger(NAME)
 
 @dataclass
 class Plan:
-    messages: int        # per round, spread evenly over MAILBOXES
-    rounds: int          # per configuration, alternating seed/vmaild
-    sessions: int        # concurrent SMTP sessions per smtp-source process
-    size: int            # message payload bytes
+    messages: int  # per round, spread evenly over MAILBOXES
+    rounds: int  # per configuration, alternating seed/vmaild
+    sessions: int  # concurrent SMTP sessions per smtp-source process
+    size: int  # message payload bytes
     quick: bool
 
 
 # -- the two configurations ----------------------------------------------------------------
+
 
 @dataclass
 class Target:
@@ -82,8 +82,9 @@ class Target:
         self.postfix.postconf({"defer_transports": self.transport})
 
     def release(self) -> None:
-        subprocess.run(["postconf", "-c", str(self.postfix.config_dir), "-X",
-                        "defer_transports"], check=True)
+        subprocess.run(
+            ["postconf", "-c", str(self.postfix.config_dir), "-X", "defer_transports"], check=True
+        )
         self.postfix.reload()
 
     def delivered(self) -> int:
@@ -99,21 +100,30 @@ class Target:
 
 def add_mailboxes(stack: MailStack) -> None:
     for box in MAILBOXES:
-        stack.mariadb.query("INSERT INTO users (email, password) VALUES (%s, %s)",
-                            (box, DES_HASH), database=stack.db.dbname)
+        stack.mariadb.query(
+            "INSERT INTO users (email, password) VALUES (%s, %s)",
+            (box, DES_HASH),
+            database=stack.db.dbname,
+        )
 
 
 def seed_postfix(stack: MailStack) -> tuple[Postfix, Path]:
     """The tutorial's Postfix against the same database: its mysql: files and main.cf."""
-    cf = seed.write_mysql_cf(stack.sandbox / "seed-cf", stack.mariadb, stack.db.dbname,
-                             stack.db.user, stack.db.password)
+    cf = seed.write_mysql_cf(
+        stack.sandbox / "seed-cf", stack.mariadb, stack.db.dbname, stack.db.user, stack.db.password
+    )
     base = stack.sandbox / "seed-vmail"
     base.mkdir()
     os.chown(base, VMAIL_UID, VMAIL_GID)
-    main_cf = {**seed.seed_main_cf(cf, base), "message_size_limit": "30720000",
-               "mynetworks": "192.0.2.1/32", "recipient_delimiter": "+",
-               "smtpd_recipient_restrictions":
-                   "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"}
+    main_cf = {
+        **seed.seed_main_cf(cf, base),
+        "message_size_limit": "30720000",
+        "mynetworks": "192.0.2.1/32",
+        "recipient_delimiter": "+",
+        "smtpd_recipient_restrictions": (
+            "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"
+        ),
+    }
     pf = Postfix(main_cf, basedir=stack.sandbox / "seed-postfix", myhostname=HOSTNAME)
     pf.start()
     return pf, base
@@ -125,9 +135,14 @@ def nopolicy_postfix(stack: MailStack) -> Postfix:
     policy = set(shipped.main_cf_settings(shipped.MAIN_CF_POLICY))
     main_cf = {k: v for k, v in stack.postfix_main_cf().items() if k not in policy}
     main_cf["smtpd_recipient_restrictions"] = (
-        "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination")
-    pf = StackPostfix(main_cf, stack.postfix_master_cf(),
-                      basedir=stack.sandbox / "nopolicy-postfix", myhostname=HOSTNAME)
+        "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination"
+    )
+    pf = StackPostfix(
+        main_cf,
+        stack.postfix_master_cf(),
+        basedir=stack.sandbox / "nopolicy-postfix",
+        myhostname=HOSTNAME,
+    )
     pf.write_config_file("sasl/smtpd.conf", shipped.SASL_CONF.read_text())
     pf.start()
     return pf
@@ -135,12 +150,33 @@ def nopolicy_postfix(stack: MailStack) -> Postfix:
 
 # -- load --------------------------------------------------------------------------------------
 
+
 def send_smtp_source(port: int, plan: Plan) -> None:
     per_box = plan.messages // len(MAILBOXES)
-    procs = [subprocess.Popen(
-        ["smtp-source", "-s", str(plan.sessions), "-m", str(per_box), "-l", str(plan.size),
-         "-f", SENDER, "-t", box, "-M", "client.example.net", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for box in MAILBOXES]
+    procs = [
+        subprocess.Popen(
+            [
+                "smtp-source",
+                "-s",
+                str(plan.sessions),
+                "-m",
+                str(per_box),
+                "-l",
+                str(plan.size),
+                "-f",
+                SENDER,
+                "-t",
+                box,
+                "-M",
+                "client.example.net",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for box in MAILBOXES
+    ]
     errors = []
     for p in procs:
         _, err = p.communicate(timeout=600)
@@ -167,8 +203,9 @@ def send_smtplib(port: int, plan: Plan) -> None:
 
     threads = []
     for box in MAILBOXES:
-        share = [per_box // plan.sessions + (i < per_box % plan.sessions)
-                 for i in range(plan.sessions)]
+        share = [
+            per_box // plan.sessions + (i < per_box % plan.sessions) for i in range(plan.sessions)
+        ]
         threads += [threading.Thread(target=worker, args=(box, n)) for n in share if n]
     for t in threads:
         t.start()
@@ -191,16 +228,23 @@ def one_round(target: Target, plan: Plan, send: Callable[[int, Plan], None]) -> 
     deadline = released + 600
     while target.delivered() < expected:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{target.name}: only {target.delivered()} of {expected} "
-                               f"delivered after 600 s")
+            raise RuntimeError(
+                f"{target.name}: only {target.delivered()} of {expected} delivered after 600 s"
+            )
         time.sleep(0.02)
     delivered = time.monotonic() - released
-    return {"messages": n, "accept_s": accepted, "deliver_s": delivered,
-            "accepted_per_s": n / accepted, "delivered_per_s": n / delivered,
-            "end_to_end_per_s": n / (accepted + delivered)}
+    return {
+        "messages": n,
+        "accept_s": accepted,
+        "deliver_s": delivered,
+        "accepted_per_s": n / accepted,
+        "delivered_per_s": n / delivered,
+        "end_to_end_per_s": n / (accepted + delivered),
+    }
 
 
 # -- vmaild's own latency figures --------------------------------------------------------------
+
 
 def histograms(text: str) -> dict[tuple[str, str], dict[str, float]]:
     """{(metric, map-or-""): {"le=...": cumulative count, "sum": s, "count": n}}, summed over
@@ -228,77 +272,122 @@ def latency(before: str, after: str) -> list[dict[str, Any]]:
         if count <= 0:
             continue
         total = end.get("sum", 0) - start.get("sum", 0)
-        buckets = sorted((float(k[3:]), v - start.get(k, 0.0)) for k, v in end.items()
-                         if k.startswith("le="))
+        buckets = sorted(
+            (float(k[3:]), v - start.get(k, 0.0)) for k, v in end.items() if k.startswith("le=")
+        )
 
-        def quantile(q: float, buckets: list[tuple[float, float]] = buckets,
-                     count: float = count) -> float:
+        def quantile(
+            q: float, buckets: list[tuple[float, float]] = buckets, count: float = count
+        ) -> float:
             for bound, cumulative in buckets:
                 if cumulative >= q * count:
                     return bound
             return float("inf")
 
-        rows.append({"metric": key[0], "map": key[1], "count": int(count),
-                     "mean_ms": total / count * 1000, "p50_ms_le": quantile(0.5) * 1000,
-                     "p99_ms_le": quantile(0.99) * 1000})
+        rows.append(
+            {
+                "metric": key[0],
+                "map": key[1],
+                "count": int(count),
+                "mean_ms": total / count * 1000,
+                "p50_ms_le": quantile(0.5) * 1000,
+                "p99_ms_le": quantile(0.99) * 1000,
+            }
+        )
     return rows
 
 
 # -- report ------------------------------------------------------------------------------------
 
-def report(plan: Plan, generator: str, results: dict[str, list[dict[str, float]]],
-           lat: list[dict[str, Any]]) -> str:
-    lines = [f"vmaild delivery benchmark -- {'QUICK' if plan.quick else 'full'} mode, "
-             f"{os.cpu_count()} CPUs; {plan.rounds} round(s) per configuration of "
-             f"{plan.messages} messages ({plan.size} bytes) to {len(MAILBOXES)} mailboxes; "
-             f"load: {generator}", ""]
-    med = {name: {k: statistics.median(r[k] for r in rounds)
-                  for k in ("accepted_per_s", "delivered_per_s", "end_to_end_per_s")}
-           for name, rounds in results.items()}
+
+def report(
+    plan: Plan,
+    generator: str,
+    results: dict[str, list[dict[str, float]]],
+    lat: list[dict[str, Any]],
+) -> str:
+    lines = [
+        f"vmaild delivery benchmark -- {'QUICK' if plan.quick else 'full'} mode, "
+        f"{os.cpu_count()} CPUs; {plan.rounds} round(s) per configuration of "
+        f"{plan.messages} messages ({plan.size} bytes) to {len(MAILBOXES)} mailboxes; "
+        f"load: {generator}",
+        "",
+    ]
+    med = {
+        name: {
+            k: statistics.median(r[k] for r in rounds)
+            for k in ("accepted_per_s", "delivered_per_s", "end_to_end_per_s")
+        }
+        for name, rounds in results.items()
+    }
     head = f"{'configuration':<52} {'accepted/s':>11} {'delivered/s':>12} {'both/s':>8}"
     lines += [head, "-" * len(head)]
-    labels = {"seed": "seed: proxy:mysql: maps, virtual(8)",
-              "vmaild": "vmaild (shipped): socketmap: + policy, maildrop",
-              "vmaild-nopolicy": "vmaild without the policy service"}
+    labels = {
+        "seed": "seed: proxy:mysql: maps, virtual(8)",
+        "vmaild": "vmaild (shipped): socketmap: + policy, maildrop",
+        "vmaild-nopolicy": "vmaild without the policy service",
+    }
     for name in results:
-        lines.append(f"{labels[name]:<52} {med[name]['accepted_per_s']:>11.1f} "
-                     f"{med[name]['delivered_per_s']:>12.1f} "
-                     f"{med[name]['end_to_end_per_s']:>8.1f}")
+        lines.append(
+            f"{labels[name]:<52} {med[name]['accepted_per_s']:>11.1f} "
+            f"{med[name]['delivered_per_s']:>12.1f} "
+            f"{med[name]['end_to_end_per_s']:>8.1f}"
+        )
     for name in ("vmaild", "vmaild-nopolicy"):
         ratio = {k: med[name][k] / med["seed"][k] for k in med[name]}
-        lines.append(f"{'ratio ' + name + ' / seed':<52} {ratio['accepted_per_s']:>10.2f}x "
-                     f"{ratio['delivered_per_s']:>11.2f}x {ratio['end_to_end_per_s']:>7.2f}x")
+        lines.append(
+            f"{'ratio ' + name + ' / seed':<52} {ratio['accepted_per_s']:>10.2f}x "
+            f"{ratio['delivered_per_s']:>11.2f}x {ratio['end_to_end_per_s']:>7.2f}x"
+        )
     lines += ["", "every round (accepted/s, delivered/s):"]
     for name, rounds in results.items():
-        lines.append(f"  {name:<16} " + "  ".join(
-            f"{r['accepted_per_s']:.0f}/{r['delivered_per_s']:.0f}" for r in rounds))
-    lines += ["", "vmaild's latency during the vmaild rounds (its /metrics; p50/p99 are the "
-              "histogram bucket bounds):",
-              f"  {'histogram':<32} {'map':<12} {'count':>7} {'mean ms':>8} {'p50 <= ms':>10} "
-              f"{'p99 <= ms':>10}"]
+        lines.append(
+            f"  {name:<16} "
+            + "  ".join(f"{r['accepted_per_s']:.0f}/{r['delivered_per_s']:.0f}" for r in rounds)
+        )
+    lines += [
+        "",
+        "vmaild's latency during the vmaild rounds (its /metrics; p50/p99 are the "
+        "histogram bucket bounds):",
+        f"  {'histogram':<32} {'map':<12} {'count':>7} {'mean ms':>8} {'p50 <= ms':>10} "
+        f"{'p99 <= ms':>10}",
+    ]
     for row in lat:
-        lines.append(f"  {row['metric']:<32} {row['map'] or '-':<12} {row['count']:>7} "
-                     f"{row['mean_ms']:>8.3f} {row['p50_ms_le']:>10.3g} {row['p99_ms_le']:>10.3g}")
+        lines.append(
+            f"  {row['metric']:<32} {row['map'] or '-':<12} {row['count']:>7} "
+            f"{row['mean_ms']:>8.3f} {row['p50_ms_le']:>10.3g} {row['p99_ms_le']:>10.3g}"
+        )
     return "\n".join(lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--messages", type=int, help="messages per round (default 1600, quick 320)")
     p.add_argument("--rounds", type=int, help="rounds per configuration (default 3, quick 1)")
-    p.add_argument("--sessions", type=int, default=2,
-                   help="SMTP sessions per mailbox's sender (default 2: 16 in all)")
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=2,
+        help="SMTP sessions per mailbox's sender (default 2: 16 in all)",
+    )
     p.add_argument("--size", type=int, default=2048, help="message payload bytes")
 
 
 def run(args: argparse.Namespace, quick: bool) -> Outcome:
-    plan = Plan(args.messages or (320 if quick else 1600), args.rounds or (1 if quick else 3),
-                args.sessions, args.size, quick)
+    plan = Plan(
+        args.messages or (320 if quick else 1600),
+        args.rounds or (1 if quick else 3),
+        args.sessions,
+        args.size,
+        quick,
+    )
     if os.geteuid() != 0:
         return Outcome({}, "", failures=["needs root (Courier's global paths)"])
     send = send_smtp_source if shutil.which("smtp-source") else send_smtplib
-    generator = ("smtp-source (postfix package), one process per mailbox, "
-                 f"{plan.sessions} sessions each" if send is send_smtp_source else
-                 f"smtplib threads, {plan.sessions} per mailbox (no smtp-source here)")
+    generator = (
+        f"smtp-source (postfix package), one process per mailbox, {plan.sessions} sessions each"
+        if send is send_smtp_source
+        else f"smtplib threads, {plan.sessions} per mailbox (no smtp-source here)"
+    )
     stack = MailStack(log_level="warning")
     seed_pf: Postfix | None = None
     nopolicy_pf: Postfix | None = None
@@ -309,11 +398,13 @@ def run(args: argparse.Namespace, quick: bool) -> Outcome:
         add_mailboxes(stack)
         seed_pf, seed_base = seed_postfix(stack)
         nopolicy_pf = nopolicy_postfix(stack)
-        targets = {"seed": Target("seed", seed_pf, lambda a: seed_base / a.split("@")[1]
-                                  / a.split("@")[0], "virtual"),
-                   "vmaild": Target("vmaild", stack.postfix, stack.maildir, "maildrop"),
-                   "vmaild-nopolicy": Target("vmaild-nopolicy", nopolicy_pf, stack.maildir,
-                                             "maildrop")}
+        targets = {
+            "seed": Target(
+                "seed", seed_pf, lambda a: seed_base / a.split("@")[1] / a.split("@")[0], "virtual"
+            ),
+            "vmaild": Target("vmaild", stack.postfix, stack.maildir, "maildrop"),
+            "vmaild-nopolicy": Target("vmaild-nopolicy", nopolicy_pf, stack.maildir, "maildrop"),
+        }
         # Warm-up: one message per mailbox on each side (Maildirs, caches, processes).
         warm = Plan(len(MAILBOXES), 1, 1, plan.size, plan.quick)
         for target in targets.values():
@@ -331,8 +422,10 @@ def run(args: argparse.Namespace, quick: bool) -> Outcome:
                     lat_before = lat_before or before
                     lat_after = after
                 results[name].append(r)
-                log(f"round {i + 1} {name}: {r['accepted_per_s']:.1f} accepted/s, "
-                    f"{r['delivered_per_s']:.1f} delivered/s")
+                log(
+                    f"round {i + 1} {name}: {r['accepted_per_s']:.1f} accepted/s, "
+                    f"{r['delivered_per_s']:.1f} delivered/s"
+                )
         # Only the deltas of the vmaild rounds count; seed rounds in between add nothing to
         # vmaild's histograms.
         lat = latency(lat_before, lat_after)
@@ -341,9 +434,12 @@ def run(args: argparse.Namespace, quick: bool) -> Outcome:
             if pf is not None:
                 pf.cleanup()
         stack.cleanup()
-    meta = {"postfix": subprocess.run(["postconf", "-h", "mail_version"],
-                                      capture_output=True, text=True).stdout.strip(),
-            "generator": generator}
+    meta = {
+        "postfix": subprocess.run(
+            ["postconf", "-h", "mail_version"], capture_output=True, text=True
+        ).stdout.strip(),
+        "generator": generator,
+    }
     figures = {"plan": plan.__dict__, "rounds": results, "latency": lat}
     return Outcome(figures, report(plan, generator, results, lat), meta=meta)
 

@@ -47,8 +47,9 @@ def work_root() -> str | None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, help="seconds per load run (default 5, quick 2)")
-    p.add_argument("--rss-keys", type=int,
-                   help="keys for the RSS part (default 1,000,000, quick 100,000)")
+    p.add_argument(
+        "--rss-keys", type=int, help="keys for the RSS part (default 1,000,000, quick 100,000)"
+    )
 
 
 def run(args: argparse.Namespace, quick: bool) -> Outcome:
@@ -64,9 +65,13 @@ def run(args: argparse.Namespace, quick: bool) -> Outcome:
         shutil.rmtree(tmp, ignore_errors=True)
     figures = bench.results
     meta = dict(versions(), duration=plan.duration, loadavg=bench.loadavgs)
-    return Outcome(figures, report(figures, meta, plan),
-                   targets=[Target(**t) for t in targets(figures)],
-                   failures=[f"part {name}" for name in bench.failures], meta=meta)
+    return Outcome(
+        figures,
+        report(figures, meta, plan),
+        targets=[Target(**t) for t in targets(figures)],
+        failures=[f"part {name}" for name in bench.failures],
+        meta=meta,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,14 +60,16 @@ def user(i: int) -> str:
 
 # -- requests, as Postfix 3.7 formats them --------------------------------------------------------
 
-HEAD = (b"request=smtpd_access_policy\nprotocol_state=%s\nprotocol_name=ESMTP\n"
-        b"client_address=192.0.2.%d\nclient_name=client.example.net\nclient_port=40512\n"
-        b"reverse_client_name=client.example.net\nserver_address=127.0.0.1\nserver_port=%s\n"
-        b"helo_name=client.example.net\nsender=%s\nrecipient=%s\nrecipient_count=%d\nqueue_id=\n"
-        b"instance=%s\nsize=%d\netrn_domain=\nstress=\nsasl_method=%s\nsasl_username=%s\n"
-        b"sasl_sender=\nccert_subject=\nccert_issuer=\nccert_fingerprint=\n"
-        b"ccert_pubkey_fingerprint=\nencryption_protocol=\nencryption_cipher=\n"
-        b"encryption_keysize=0\npolicy_context=\n\n")
+HEAD = (
+    b"request=smtpd_access_policy\nprotocol_state=%s\nprotocol_name=ESMTP\n"
+    b"client_address=192.0.2.%d\nclient_name=client.example.net\nclient_port=40512\n"
+    b"reverse_client_name=client.example.net\nserver_address=127.0.0.1\nserver_port=%s\n"
+    b"helo_name=client.example.net\nsender=%s\nrecipient=%s\nrecipient_count=%d\nqueue_id=\n"
+    b"instance=%s\nsize=%d\netrn_domain=\nstress=\nsasl_method=%s\nsasl_username=%s\n"
+    b"sasl_sender=\nccert_subject=\nccert_issuer=\nccert_fingerprint=\n"
+    b"ccert_pubkey_fingerprint=\nencryption_protocol=\nencryption_cipher=\n"
+    b"encryption_keysize=0\npolicy_context=\n\n"
+)
 
 
 def script(mix: str, rng: random.Random, tag: str) -> Any:
@@ -78,17 +80,36 @@ def script(mix: str, rng: random.Random, tag: str) -> Any:
         instance = f"{tag}.{n}".encode()
         if mix == "inbound":
             rcpt = user(rng.randrange(USERS)).encode()
-            yield HEAD % (b"RCPT", n % 250, b"25", b"someone@remote.example", rcpt, 0, instance,
-                          rng.randrange(1, 50_000), b"", b"")
+            yield HEAD % (
+                b"RCPT",
+                n % 250,
+                b"25",
+                b"someone@remote.example",
+                rcpt,
+                0,
+                instance,
+                rng.randrange(1, 50_000),
+                b"",
+                b"",
+            )
             continue
         login = user(rng.randrange(USERS)).encode()
         k = rng.randint(1, 3)
         for _ in range(k):
             rcpt = user(rng.randrange(USERS)).encode()
-            yield HEAD % (b"RCPT", n % 250, b"587", login, rcpt, 0, instance, 2000, b"plain",
-                          login)
-        yield HEAD % (b"END-OF-MESSAGE", n % 250, b"587", login, b"", k, instance, 2000,
-                      b"plain", login)
+            yield HEAD % (b"RCPT", n % 250, b"587", login, rcpt, 0, instance, 2000, b"plain", login)
+        yield HEAD % (
+            b"END-OF-MESSAGE",
+            n % 250,
+            b"587",
+            login,
+            b"",
+            k,
+            instance,
+            2000,
+            b"plain",
+            login,
+        )
 
 
 def generate(port: int, conns: int, duration: float, mix: str, seed: int, out: Any) -> None:
@@ -142,16 +163,26 @@ def generate(port: int, conns: int, duration: float, mix: str, seed: int, out: A
     elapsed = time.perf_counter() - start
     for st in state.values():
         st[0].close()
-    out.put({"latencies": latencies, "verbs": verbs, "errors": errors, "seconds": elapsed,
-             "cpu_seconds": time.process_time() - cpu0})
+    out.put(
+        {
+            "latencies": latencies,
+            "verbs": verbs,
+            "errors": errors,
+            "seconds": elapsed,
+            "cpu_seconds": time.process_time() - cpu0,
+        }
+    )
 
 
 def run_load(port: int, conns: int, duration: float, mix: str, procs: int) -> dict[str, Any]:
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     shares = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
-    workers = [ctx.Process(target=generate, args=(port, n, duration, mix, 1000 + i, out))
-               for i, n in enumerate(shares) if n]
+    workers = [
+        ctx.Process(target=generate, args=(port, n, duration, mix, 1000 + i, out))
+        for i, n in enumerate(shares)
+        if n
+    ]
     for w in workers:
         w.start()
     parts = [out.get(timeout=duration + 60) for _ in workers]
@@ -167,15 +198,23 @@ def run_load(port: int, conns: int, duration: float, mix: str, procs: int) -> di
     def pct(q: float) -> float:
         return lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6 if lat else float("nan")
 
-    return {"requests": len(lat), "seconds": seconds, "rps": len(lat) / seconds,
-            "p50_us": pct(0.50), "p90_us": pct(0.90), "p99_us": pct(0.99),
-            "max_us": lat[-1] * 1e6 if lat else float("nan"), "verbs": verbs,
-            "errors": sum(p["errors"] for p in parts),
-            "loadgen_cpu": sum(p["cpu_seconds"] for p in parts) / seconds,
-            "generator": f"Python, {len(workers)} process(es), epoll"}
+    return {
+        "requests": len(lat),
+        "seconds": seconds,
+        "rps": len(lat) / seconds,
+        "p50_us": pct(0.50),
+        "p90_us": pct(0.90),
+        "p99_us": pct(0.99),
+        "max_us": lat[-1] * 1e6 if lat else float("nan"),
+        "verbs": verbs,
+        "errors": sum(p["errors"] for p in parts),
+        "loadgen_cpu": sum(p["cpu_seconds"] for p in parts) / seconds,
+        "generator": f"Python, {len(workers)} process(es), epoll",
+    }
 
 
 # -- set-up ----------------------------------------------------------------------------------------
+
 
 def setup_data(db: MariaDB, base: Path) -> None:
     db.drop_database(DBNAME)
@@ -189,7 +228,8 @@ def setup_data(db: MariaDB, base: Path) -> None:
             cur.execute("INSERT INTO domains (domain) VALUES (%s)", (DOMAIN,))
             cur.executemany(
                 "INSERT INTO users (email, password, quota_bytes) VALUES (%s, 'x', %s)",
-                [(user(i), 10_000_000) for i in range(USERS)])
+                [(user(i), 10_000_000) for i in range(USERS)],
+            )
     finally:
         conn.close()
     for i in range(USERS):
@@ -201,15 +241,18 @@ def setup_data(db: MariaDB, base: Path) -> None:
 
 
 def config(db: MariaDB, port: int, base: Path) -> str:
-    return (f"[database]\nhosts = 127.0.0.1:{db.port}\nuser = {DBUSER}\npassword = {DBPASSWORD}\n"
-            f"dbname = {DBNAME}\n\n[mailbox]\nbase = {base}\n\n"
-            f"[policy]\nlisten = 127.0.0.1:{port}\nratelimit_messages = 1000000000\n"
-            f"ratelimit_recipients = 1000000000\n\n[log]\nlevel = warning\n")
+    return (
+        f"[database]\nhosts = 127.0.0.1:{db.port}\nuser = {DBUSER}\npassword = {DBPASSWORD}\n"
+        f"dbname = {DBNAME}\n\n[mailbox]\nbase = {base}\n\n"
+        f"[policy]\nlisten = 127.0.0.1:{port}\nratelimit_messages = 1000000000\n"
+        f"ratelimit_recipients = 1000000000\n\n[log]\nlevel = warning\n"
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--duration", type=float, default=0.0,
-                   help="seconds per run (default 5, quick 2)")
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="seconds per run (default 5, quick 2)"
+    )
     p.add_argument("--procs", type=int, default=1, help="load generator processes")
 
 
@@ -218,8 +261,7 @@ def run(args: argparse.Namespace, quick: bool) -> Outcome:
     meta: dict[str, Any] = {"duration": duration, "users": USERS}
     missing = MariaDB.missing_requirements()
     if missing:
-        return Outcome({}, "", failures=[f"cannot run, missing: {', '.join(missing)}"],
-                       meta=meta)
+        return Outcome({}, "", failures=[f"cannot run, missing: {', '.join(missing)}"], meta=meta)
     figures: dict[str, Any] = {}
     failures: list[str] = []
     tmp = Path(tempfile.mkdtemp(prefix="vmaild-bench-policy-"))
@@ -245,8 +287,9 @@ def run(args: argparse.Namespace, quick: bool) -> Outcome:
                 r["vmaild_cpu"] = (proc_cpu_seconds(vm.proc.pid) - cpu0) / r["seconds"]
                 r["mariadb_cpu"] = (proc_cpu_seconds(db.pid) - db0) / r["seconds"]
                 busy = (machine_busy_seconds() - busy0) / r["seconds"]
-                r["other_cpu"] = max(0.0, busy - r["vmaild_cpu"] - r["loadgen_cpu"]
-                                     - r["mariadb_cpu"])
+                r["other_cpu"] = max(
+                    0.0, busy - r["vmaild_cpu"] - r["loadgen_cpu"] - r["mariadb_cpu"]
+                )
                 figures[f"{mix}-{conns}"] = r
     except Exception as e:  # noqa: BLE001 - keep what was measured, report what broke
         traceback.print_exc()
@@ -261,10 +304,13 @@ def run(args: argparse.Namespace, quick: bool) -> Outcome:
 
 
 def report(figures: dict[str, Any], duration: float) -> str:
-    lines = ["", "vmaild policy service (PROTOCOLS.md 3), database-backed checks on; "
-             f"{os.cpu_count()} CPUs, {duration:.0f} s per run",
-             f"{'mix':<11} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
-             f"{'max ms':>7} {'vmaild':>6} {'mariadb':>7} {'loadgen':>7} {'other':>6}  replies"]
+    lines = [
+        "",
+        "vmaild policy service (PROTOCOLS.md 3), database-backed checks on; "
+        f"{os.cpu_count()} CPUs, {duration:.0f} s per run",
+        f"{'mix':<11} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
+        f"{'max ms':>7} {'vmaild':>6} {'mariadb':>7} {'loadgen':>7} {'other':>6}  replies",
+    ]
     for mix in MIXES:
         for conns in CONCURRENCY:
             r = figures.get(f"{mix}-{conns}")
@@ -276,9 +322,12 @@ def report(figures: dict[str, Any], duration: float) -> str:
                 f"{mix:<11} {conns:>5} {r['rps']:>8.0f} {r['p50_us'] / 1e3:>7.2f} "
                 f"{r['p90_us'] / 1e3:>7.2f} {r['p99_us'] / 1e3:>7.2f} {r['max_us'] / 1e3:>7.1f} "
                 f"{r['vmaild_cpu']:>6.2f} {r['mariadb_cpu']:>7.2f} {r['loadgen_cpu']:>7.2f} "
-                f"{r['other_cpu']:>6.2f}  {replies}{errors}")
-    lines.append("CPU columns: cores busy on average (vmaild, MariaDB, the load generator, and "
-                 "everything else: the kernel's loopback networking, other work on the machine).")
+                f"{r['other_cpu']:>6.2f}  {replies}{errors}"
+            )
+    lines.append(
+        "CPU columns: cores busy on average (vmaild, MariaDB, the load generator, and "
+        "everything else: the kernel's loopback networking, other work on the machine)."
+    )
     return "\n".join(lines)
 
 

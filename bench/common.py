@@ -64,8 +64,10 @@ Run = Callable[[argparse.Namespace, bool], Outcome]
 
 def logger(name: str) -> Callable[[str], None]:
     """Progress lines on stderr, ``[bench NAME HH:MM:SS] message``."""
+
     def log(msg: str) -> None:
         print(f"[bench {name} {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
     return log
 
 
@@ -73,13 +75,20 @@ def quick_requested(args: argparse.Namespace) -> bool:
     return bool(args.quick) or os.environ.get("VMAILD_BENCH_QUICK") == "1"
 
 
-def main(name: str, doc: str | None, add_arguments: AddArguments, run: Run,
-         argv: list[str] | None = None) -> int:
+def main(
+    name: str, doc: str | None, add_arguments: AddArguments, run: Run, argv: list[str] | None = None
+) -> int:
     """A benchmark's command line: parse, run, print, save; the exit status."""
-    p = argparse.ArgumentParser(prog=f"python -m bench.bench_{name}", description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="smaller data and shorter runs (also VMAILD_BENCH_QUICK=1)")
+    p = argparse.ArgumentParser(
+        prog=f"python -m bench.bench_{name}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller data and shorter runs (also VMAILD_BENCH_QUICK=1)",
+    )
     add_arguments(p)
     args = p.parse_args(argv)
     quick = quick_requested(args)
@@ -92,16 +101,29 @@ def main(name: str, doc: str | None, add_arguments: AddArguments, run: Run,
     except Exception as e:  # noqa: BLE001 - a report: say what broke, save it, exit 1
         traceback.print_exc()
         outcome = Outcome(figures={}, report="", failures=[f"{type(e).__name__}: {e}"])
-    meta = {"quick": quick,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-            "wall_seconds": round(time.time() - started, 1), "loadavg_start": loadavg_start,
-            "cpus": os.cpu_count(), "python": platform.python_version(),
-            "host": platform.node(), **outcome.meta}
+    meta = {
+        "quick": quick,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_seconds": round(time.time() - started, 1),
+        "loadavg_start": loadavg_start,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "host": platform.node(),
+        **outcome.meta,
+    }
     print(outcome.report, flush=True)
     print(summary(outcome), flush=True)
-    path = save(name, started, {"benchmark": name, "meta": meta, "figures": outcome.figures,
-                                "targets": [asdict(t) for t in outcome.targets],
-                                "failures": outcome.failures})
+    path = save(
+        name,
+        started,
+        {
+            "benchmark": name,
+            "meta": meta,
+            "figures": outcome.figures,
+            "targets": [asdict(t) for t in outcome.targets],
+            "failures": outcome.failures,
+        },
+    )
     print(f"\nresults: {path}  ({meta['wall_seconds']} s)")
     if outcome.failures:
         print(f"bench {name}: failed: {'; '.join(outcome.failures)}", file=sys.stderr)

@@ -45,7 +45,7 @@ def snapshot(roles: Iterable[Role]) -> dict[int, tuple[str, float]]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile
             continue
-        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         for name, matches in roles:
             if matches(comm, cmd):
                 out[int(entry)] = (name, _cpu_seconds(entry))
@@ -68,8 +68,9 @@ def _cpu_seconds(pid: str) -> float:
     return total / 1e9
 
 
-def per_request(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
-                requests: int) -> dict[str, int]:
+def per_request(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], requests: int
+) -> dict[str, int]:
     """Microseconds of CPU per request by role, between two snapshots. A process or
     thread that ended in between is missed, so the figures are lower bounds."""
     spent: dict[str, float] = {}

@@ -33,8 +33,12 @@ class LoadGenerator:
             self.kind = f"Python fallback ({os.cpu_count() or 1} processes; no cc on this machine)"
             return
         out = Path(workdir) / "loadgen"
-        result = subprocess.run([cc, "-O2", "-Wall", "-o", str(out), str(SOURCE)],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [cc, "-O2", "-Wall", "-o", str(out), str(SOURCE)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             self.kind = "Python fallback (cc failed to build loadgen.c)"
             self.note = result.stderr.strip()
@@ -42,18 +46,43 @@ class LoadGenerator:
         self.binary = out
         self.kind = "C (bench/loadgen.c, epoll, one thread)"
 
-    def run(self, *, mode: str, port: int, conns: int, duration: float, keyfile: Path,
-            mapname: str = "mailboxes", total: int = 0) -> dict[str, Any]:
+    def run(
+        self,
+        *,
+        mode: str,
+        port: int,
+        conns: int,
+        duration: float,
+        keyfile: Path,
+        mapname: str = "mailboxes",
+        total: int = 0,
+    ) -> dict[str, Any]:
         """One closed-loop run; ``total`` > 0 stops after that many requests."""
         if self.binary is None:
             result = python_loadgen(mode, port, conns, duration, keyfile, mapname, total)
         else:
-            cmd = [str(self.binary), "-m", mode, "-H", "127.0.0.1", "-p", str(port),
-                   "-c", str(conns), "-d", str(duration), "-k", str(keyfile), "-M", mapname]
+            cmd = [
+                str(self.binary),
+                "-m",
+                mode,
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-c",
+                str(conns),
+                "-d",
+                str(duration),
+                "-k",
+                str(keyfile),
+                "-M",
+                mapname,
+            ]
             if total:
                 cmd += ["-n", str(total)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                                  timeout=duration + 120)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, check=False, timeout=duration + 120
+            )
             if proc.returncode != 0:
                 raise RuntimeError(f"loadgen failed ({proc.returncode}): {proc.stderr.strip()}")
             result = json.loads(proc.stdout)
@@ -63,6 +92,7 @@ class LoadGenerator:
 
 # -- Python fallback ---------------------------------------------------------------------------
 
+
 def _request(mode: str, mapname: str, key: str) -> bytes:
     if mode == "socketmap":
         payload = f"{mapname} {key}".encode()
@@ -70,8 +100,9 @@ def _request(mode: str, mapname: str, key: str) -> bytes:
     return b"get " + key.encode() + b"\n"
 
 
-async def _one_conn(port: int, mode: str, requests: list[bytes], limit: int,
-                    deadline: float, out: dict[str, Any]) -> None:
+async def _one_conn(
+    port: int, mode: str, requests: list[bytes], limit: int, deadline: float, out: dict[str, Any]
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.monotonic() < deadline and (not limit or out["sent"] < limit):
@@ -102,8 +133,9 @@ def _worker(args: tuple[Any, ...]) -> dict[str, Any]:
 
     async def main() -> None:
         deadline = time.monotonic() + duration
-        await asyncio.gather(*(_one_conn(port, mode, requests, limit, deadline, out)
-                               for _ in range(conns)))
+        await asyncio.gather(
+            *(_one_conn(port, mode, requests, limit, deadline, out) for _ in range(conns))
+        )
 
     started = time.monotonic()
     asyncio.run(main())
@@ -112,14 +144,24 @@ def _worker(args: tuple[Any, ...]) -> dict[str, Any]:
     return out
 
 
-def python_loadgen(mode: str, port: int, conns: int, duration: float, keyfile: Path,
-                   mapname: str, total: int) -> dict[str, Any]:
+def python_loadgen(
+    mode: str, port: int, conns: int, duration: float, keyfile: Path, mapname: str, total: int
+) -> dict[str, Any]:
     keys = [k for k in Path(keyfile).read_text().split("\n") if k]
     procs = max(1, min(conns, os.cpu_count() or 1))
     shares = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
-    jobs = [(port, mode, mapname, keys[i::procs], shares[i], duration,
-             (total // procs + (1 if i < total % procs else 0)) if total else 0)
-            for i in range(procs)]
+    jobs = [
+        (
+            port,
+            mode,
+            mapname,
+            keys[i::procs],
+            shares[i],
+            duration,
+            (total // procs + (1 if i < total % procs else 0)) if total else 0,
+        )
+        for i in range(procs)
+    ]
     with multiprocessing.Pool(procs) as pool:
         parts = pool.map(_worker, jobs)
     lat = sorted(x for p in parts for x in p["lat"])
@@ -128,10 +170,19 @@ def python_loadgen(mode: str, port: int, conns: int, duration: float, keyfile: P
     def pct(q: float) -> float:
         return round(lat[min(len(lat) - 1, int(q * len(lat)))]) if lat else 0.0
 
-    return {"mode": mode, "connections": conns, "requests": len(lat), "seconds": seconds,
-            "rps": len(lat) / seconds if seconds else 0.0, "p50_us": pct(0.5),
-            "p90_us": pct(0.9), "p99_us": pct(0.99), "max_us": round(lat[-1]) if lat else 0,
-            "found": sum(p["found"] for p in parts),
-            "notfound": sum(p["notfound"] for p in parts),
-            "errors": sum(p["errors"] for p in parts), "over_1s": 0,
-            "cpu_seconds": sum(p["cpu"] for p in parts)}
+    return {
+        "mode": mode,
+        "connections": conns,
+        "requests": len(lat),
+        "seconds": seconds,
+        "rps": len(lat) / seconds if seconds else 0.0,
+        "p50_us": pct(0.5),
+        "p90_us": pct(0.9),
+        "p99_us": pct(0.99),
+        "max_us": round(lat[-1]) if lat else 0,
+        "found": sum(p["found"] for p in parts),
+        "notfound": sum(p["notfound"] for p in parts),
+        "errors": sum(p["errors"] for p in parts),
+        "over_1s": 0,
+        "cpu_seconds": sum(p["cpu"] for p in parts),
+    }

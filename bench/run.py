@@ -36,18 +36,29 @@ def select(names: list[str], patterns: list[str]) -> list[str]:
         return names
     unknown = [p for p in patterns if not fnmatch.filter(names, p)]
     if unknown:
-        raise SystemExit(f"bench.run: no benchmark matches {', '.join(unknown)} "
-                         f"(there are: {', '.join(names)})")
+        raise SystemExit(
+            f"bench.run: no benchmark matches {', '.join(unknown)} (there are: {', '.join(names)})"
+        )
     return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("names", nargs="*", metavar="NAME",
-                   help="benchmarks to run, e.g. lookup (shell patterns allowed)")
-    p.add_argument("--quick", action="store_true",
-                   help="smaller data and shorter runs; also set by VMAILD_BENCH_QUICK=1")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "names",
+        nargs="*",
+        metavar="NAME",
+        help="benchmarks to run, e.g. lookup (shell patterns allowed)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller data and shorter runs; also set by VMAILD_BENCH_QUICK=1",
+    )
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = p.parse_args(argv)
 

@@ -69,21 +69,33 @@ def main() -> int:
 
 def run_demo(demo: Demo, s: MailStack) -> None:
     titles = {
-        "tls": lambda: f"self-signed certificate for {s.cert.hostname if s.cert else '?'} "
-                       f"(STARTTLS, IMAPS, POP3S)",
-        "mariadb": lambda: f"MariaDB on 127.0.0.1:{s.mariadb.port} with the seed's tables, "
-                           "its SQL verbatim",
-        "vmaild": lambda: (f"vmailctl db migrate ({last_line(s.migrate_output)}); vmaild as "
-                           f"{s.vmaild_user or 'root'}: socketmap :{s.ports['socketmap']}, policy "
-                           f":{s.ports['policy']}, auth {s.rundir / 'auth.sock'}, metrics "
-                           f":{s.ports['metrics']}"),
-        "courier": lambda: (f"authdaemond -> vmaild-authpipe; imapd :{s.courier.imap_port}, "
-                            f"pop3d :{s.courier.pop3_port} (STARTTLS), imapd-ssl "
-                            f":{s.tls_listeners['imapd'].port}, pop3d-ssl "
-                            f":{s.tls_listeners['pop3d'].port}" if s.courier else "?"),
-        "postfix": lambda: (f"Postfix on 127.0.0.1:{s.postfix.smtp_port} from "
-                            "postfix/main.cf.vmaild, main.cf.policy, master.cf.vmaild"
-                            if s.postfix else "?"),
+        "tls": lambda: (
+            f"self-signed certificate for {s.cert.hostname if s.cert else '?'} "
+            f"(STARTTLS, IMAPS, POP3S)"
+        ),
+        "mariadb": lambda: (
+            f"MariaDB on 127.0.0.1:{s.mariadb.port} with the seed's tables, its SQL verbatim"
+        ),
+        "vmaild": lambda: (
+            f"vmailctl db migrate ({last_line(s.migrate_output)}); vmaild as "
+            f"{s.vmaild_user or 'root'}: socketmap :{s.ports['socketmap']}, policy "
+            f":{s.ports['policy']}, auth {s.rundir / 'auth.sock'}, metrics "
+            f":{s.ports['metrics']}"
+        ),
+        "courier": lambda: (
+            f"authdaemond -> vmaild-authpipe; imapd :{s.courier.imap_port}, "
+            f"pop3d :{s.courier.pop3_port} (STARTTLS), imapd-ssl "
+            f":{s.tls_listeners['imapd'].port}, pop3d-ssl "
+            f":{s.tls_listeners['pop3d'].port}"
+            if s.courier
+            else "?"
+        ),
+        "postfix": lambda: (
+            f"Postfix on 127.0.0.1:{s.postfix.smtp_port} from "
+            "postfix/main.cf.vmaild, main.cf.policy, master.cf.vmaild"
+            if s.postfix
+            else "?"
+        ),
     }
     for name, step in s.steps():
         try:
@@ -99,21 +111,31 @@ def run_demo(demo: Demo, s: MailStack) -> None:
     socketmap = f"socketmap:inet:127.0.0.1:{s.ports['socketmap']}"
 
     # -- the tutorial's section 8, with vmailctl ----------------------------------------
-    demo.step(f"vmailctl domain add {DOMAIN}",
-              lambda: last_line(s.vmailctl("domain", "add", DOMAIN).stdout))
+    demo.step(
+        f"vmailctl domain add {DOMAIN}",
+        lambda: last_line(s.vmailctl("domain", "add", DOMAIN).stdout),
+    )
 
     def add_user() -> str:
-        out = s.vmailctl("user", "add", USER, "--password-stdin", "--quota", "50M",
-                         input=PASSWORD + "\n").stdout
+        out = s.vmailctl(
+            "user", "add", USER, "--password-stdin", "--quota", "50M", input=PASSWORD + "\n"
+        ).stdout
         assert (s.maildir(USER) / "new").is_dir()
         return last_line(out) + "; no hello mail needed"
+
     demo.step(f"vmailctl user add {USER}", add_user)
-    demo.step(f"vmailctl alias add {ALIAS} {USER}",
-              lambda: last_line(s.vmailctl("alias", "add", ALIAS, USER).stdout))
-    demo.step("postmap -q SALES+news@Raecoo.com (mailboxes: case, extension)",
-              lambda: postmap("SALES+news@Raecoo.com", f"{socketmap}:mailboxes"))
-    demo.step("postmap -q x'OR'1'='1@raecoo.com (a key, never SQL)",
-              lambda: postmap("x'OR'1'='1@raecoo.com", f"{socketmap}:mailboxes"))
+    demo.step(
+        f"vmailctl alias add {ALIAS} {USER}",
+        lambda: last_line(s.vmailctl("alias", "add", ALIAS, USER).stdout),
+    )
+    demo.step(
+        "postmap -q SALES+news@Raecoo.com (mailboxes: case, extension)",
+        lambda: postmap("SALES+news@Raecoo.com", f"{socketmap}:mailboxes"),
+    )
+    demo.step(
+        "postmap -q x'OR'1'='1@raecoo.com (a key, never SQL)",
+        lambda: postmap("x'OR'1'='1@raecoo.com", f"{socketmap}:mailboxes"),
+    )
 
     # -- mail in, mail out --------------------------------------------------------------
     def deliver(sender: str, rcpt: str, subject: str, **kw: object) -> str:
@@ -128,30 +150,39 @@ def run_demo(demo: Demo, s: MailStack) -> None:
         line = s.wait_for_delivery(mark, queue_id=result.queue_id)
         return f"{result.code} queued as {result.queue_id}; {line.relay}: {line.status} {line.text}"
 
-    demo.step(f"SMTP from {SENDER} to {USER} (the seed's mailx test)",
-              lambda: deliver(SENDER, USER, "email subject"))
+    demo.step(
+        f"SMTP from {SENDER} to {USER} (the seed's mailx test)",
+        lambda: deliver(SENDER, USER, "email subject"),
+    )
 
     def unknown() -> str:
         result = s.submit(SENDER, "nobody@raecoo.com", "x")
         return f"{result.code} {result.text}"
+
     demo.step("SMTP to nobody@raecoo.com", unknown)
-    demo.step(f"POP3 (STLS) as {USER}",
-              lambda: f"subjects {s.pop3_subjects(USER, PASSWORD)}")
-    demo.step(f"IMAP (STARTTLS) as {USER}",
-              lambda: f"subjects {s.imap_subjects(USER, PASSWORD)}")
-    demo.step(f"IMAPS and POP3S as {USER}",
-              lambda: (f"{len(s.imap_subjects(USER, PASSWORD, implicit_tls=True))} and "
-                       f"{len(s.pop3_subjects(USER, PASSWORD, implicit_tls=True))} message(s)"))
+    demo.step(f"POP3 (STLS) as {USER}", lambda: f"subjects {s.pop3_subjects(USER, PASSWORD)}")
+    demo.step(f"IMAP (STARTTLS) as {USER}", lambda: f"subjects {s.imap_subjects(USER, PASSWORD)}")
+    demo.step(
+        f"IMAPS and POP3S as {USER}",
+        lambda: (
+            f"{len(s.imap_subjects(USER, PASSWORD, implicit_tls=True))} and "
+            f"{len(s.pop3_subjects(USER, PASSWORD, implicit_tls=True))} message(s)"
+        ),
+    )
 
     def relays() -> str:
         pids = relay_pids(s.config_path)
         if not pids:
             raise RuntimeError("no vmaild-authpipe process found after the logins")
-        return (f"{len(pids)} relay(s) started by authdaemond as root, now "
-                + "; ".join(sorted({describe_identity(pid) for pid in pids})))
+        return f"{len(pids)} relay(s) started by authdaemond as root, now " + "; ".join(
+            sorted({describe_identity(pid) for pid in pids})
+        )
+
     demo.step("vmaild-authpipe", relays)
-    demo.step(f"SMTP AUTH PLAIN after STARTTLS as {USER}, to {ALIAS}",
-              lambda: deliver(USER, ALIAS, "sent with SMTP AUTH", login=(USER, PASSWORD)))
+    demo.step(
+        f"SMTP AUTH PLAIN after STARTTLS as {USER}, to {ALIAS}",
+        lambda: deliver(USER, ALIAS, "sent with SMTP AUTH", login=(USER, PASSWORD)),
+    )
 
     # -- the database goes away -----------------------------------------------------------
     def stopped_with_a_warm_cache() -> bool:
@@ -169,24 +200,36 @@ def run_demo(demo: Demo, s: MailStack) -> None:
 
     def outage() -> str:
         try:
-            wait_until(stopped_with_a_warm_cache, 60, "MariaDB stopped with no cache flush "
-                       "since the lookups for the next delivery", interval=0)
+            wait_until(
+                stopped_with_a_warm_cache,
+                60,
+                "MariaDB stopped with no cache flush since the lookups for the next delivery",
+                interval=0,
+            )
             known = deliver(SENDER, USER, "while the database is down")
             newcomer = s.submit(SENDER, "newcomer@raecoo.com", "x")
         finally:
             s.mariadb.start()
-        return (f"{USER}: {known.split(';')[1].strip()} (vmaild's cache); never-seen address: "
-                f"{newcomer.code} {newcomer.text} (try later, not 550)")
+        return (
+            f"{USER}: {known.split(';')[1].strip()} (vmaild's cache); never-seen address: "
+            f"{newcomer.code} {newcomer.text} (try later, not 550)"
+        )
+
     demo.step("MariaDB stopped", outage)
 
     def metrics() -> str:
         text = s.metrics()
-        lookups = {m: total(text, "vmaild_lookups_total", f'map="{m}"')
-                   for m in ("domains", "mailboxes", "forwardings")}
-        logins = {svc: total(text, "vmaild_logins_total", f'service="{svc}"', 'result="ok"')
-                  for svc in ("imap", "pop3", "smtp")}
+        lookups = {
+            m: total(text, "vmaild_lookups_total", f'map="{m}"')
+            for m in ("domains", "mailboxes", "forwardings")
+        }
+        logins = {
+            svc: total(text, "vmaild_logins_total", f'service="{svc}"', 'result="ok"')
+            for svc in ("imap", "pop3", "smtp")
+        }
         decisions = total(text, "vmaild_policy_decisions_total")
         return f"lookups {fmt(lookups)}; logins {fmt(logins)}; policy decisions {decisions:g}"
+
     demo.step("metrics", metrics)
 
 

@@ -41,8 +41,7 @@ class Slap:
     under "slap": the binary's name, the median run per concurrency (filled in by the
     caller), and "error" once a run failed."""
 
-    def __init__(self, binary: str, db: MariaDB, tmp: Path, emails: list[str],
-                 duration: float):
+    def __init__(self, binary: str, db: MariaDB, tmp: Path, emails: list[str], duration: float):
         self.binary = binary
         self.db = db
         self.emails = emails
@@ -79,11 +78,23 @@ class Slap:
     def once(self, conns: int, total: int) -> dict[str, Any]:
         """One mariadb-slap run: ``total`` queries shared by ``conns`` clients, over TCP."""
         assert self.db.pid is not None
-        cmd = [self.binary, "--no-defaults", "--protocol=tcp", "--host=127.0.0.1",
-               f"--port={self.db.port}", f"--user={SLAP_USER}", f"--password={SLAP_PASSWORD}",
-               "--skip-ssl", f"--create-schema={DBNAME}", "--no-drop",
-               f"--query={self.query_file}", "--delimiter=;", f"--concurrency={conns}",
-               "--iterations=1", f"--number-of-queries={total}"]
+        cmd = [
+            self.binary,
+            "--no-defaults",
+            "--protocol=tcp",
+            "--host=127.0.0.1",
+            f"--port={self.db.port}",
+            f"--user={SLAP_USER}",
+            f"--password={SLAP_PASSWORD}",
+            "--skip-ssl",
+            f"--create-schema={DBNAME}",
+            "--no-drop",
+            f"--query={self.query_file}",
+            "--delimiter=;",
+            f"--concurrency={conns}",
+            "--iterations=1",
+            f"--number-of-queries={total}",
+        ]
         busy0, db0 = machine_busy_seconds(), proc_cpu_seconds(self.db.pid)
         kids0, wall0 = children_cpu_seconds(), time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
@@ -101,9 +112,14 @@ class Slap:
             raise RuntimeError(f"{' '.join(cmd[:3])} ... failed ({p.returncode}): {text}")
         queries = int(clients.group(1)) * int(per_client.group(1))
         seconds = float(avg.group(1))
-        return {"queries": queries, "seconds": seconds,
-                "qps": queries / seconds if seconds else 0.0, "mariadbd_cpu": db_cpu,
-                "slap_cpu": slap_cpu, "other_cpu": max(0.0, other)}
+        return {
+            "queries": queries,
+            "seconds": seconds,
+            "qps": queries / seconds if seconds else 0.0,
+            "mariadbd_cpu": db_cpu,
+            "slap_cpu": slap_cpu,
+            "other_cpu": max(0.0, other),
+        }
 
     def check_database(self) -> None:
         """Record an error if the runs changed the users table (they must only read)."""
@@ -114,8 +130,10 @@ class Slap:
 
 # -- part 3: postmap -q - ------------------------------------------------------------------------
 
-def postmap_tables(db: MariaDB, inst: Instance, tmp: Path, keyfile: Path, emails: list[str],
-                   runs: int) -> dict[str, Any]:
+
+def postmap_tables(
+    db: MariaDB, inst: Instance, tmp: Path, keyfile: Path, emails: list[str], runs: int
+) -> dict[str, Any]:
     """Best wall time of ``runs`` ``postmap -q -`` passes over every key, for each table;
     every answer is checked. Cold runs come after a SIGHUP emptied vmaild's cache."""
     cf = seed.write_mysql_cf(tmp / "cf", db, DBNAME, DBUSER, DBPASSWORD)
@@ -129,20 +147,33 @@ def postmap_tables(db: MariaDB, inst: Instance, tmp: Path, keyfile: Path, emails
     def timed(table: str) -> float:
         with open(keyfile, "rb") as keys:
             started = time.perf_counter()
-            p = subprocess.run(["postmap", "-q", "-", table], stdin=keys,
-                               capture_output=True, text=True, timeout=300, check=False)
+            p = subprocess.run(
+                ["postmap", "-q", "-", table],
+                stdin=keys,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
             seconds = time.perf_counter() - started
         got = dict(line.split(None, 1) for line in p.stdout.splitlines() if line.strip())
         got = {k: v.strip() for k, v in got.items()}
         if got != expected:
             wrong = len([k for k in expected if got.get(k) != expected[k]])
-            raise RuntimeError(f"postmap {table}: {wrong} of {len(expected)} keys wrong "
-                               f"(exit {p.returncode}): {p.stderr.strip()[:500]}")
+            raise RuntimeError(
+                f"postmap {table}: {wrong} of {len(expected)} keys wrong "
+                f"(exit {p.returncode}): {p.stderr.strip()[:500]}"
+            )
         return seconds
 
     out: dict[str, Any] = {"keys": len(emails)}
-    steps = [("mysql", "mysql", None), ("tcp_cold", "tcp", True), ("tcp_warm", "tcp", False),
-             ("socketmap_cold", "socketmap", True), ("socketmap_warm", "socketmap", False)]
+    steps = [
+        ("mysql", "mysql", None),
+        ("tcp_cold", "tcp", True),
+        ("tcp_warm", "tcp", False),
+        ("socketmap_cold", "socketmap", True),
+        ("socketmap_warm", "socketmap", False),
+    ]
     for label, kind, cold in steps:
         times = []
         for _ in range(runs):

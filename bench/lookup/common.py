@@ -20,7 +20,7 @@ SLAP_USER, SLAP_PASSWORD = "bench_ro", "bench-ro-pw"  # SELECT only: slap cannot
 # would only slow the set-up down, and the lookups never read the password.
 PASSWORD_HASH = "abJnggxhB/yWI"
 MAP = "mailboxes"  # the seed's mailboxes query, the one virtual_mailbox_maps uses
-POOL_SIZE = 8      # the daemon's default [database] pool_size (the harness uses 4)
+POOL_SIZE = 8  # the daemon's default [database] pool_size (the harness uses 4)
 CONCURRENCY = (1, 16, 64)
 RSS_TARGET_MB = 300
 
@@ -51,7 +51,7 @@ def interleave(many: list[str], few: list[str]) -> list[str]:
     step = len(many) / len(few)
     out: list[str] = []
     for i, key in enumerate(few):
-        out += many[round(i * step):round((i + 1) * step)]
+        out += many[round(i * step) : round((i + 1) * step)]
         out.append(key)
     return out
 
@@ -63,6 +63,7 @@ def median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 
 # -- readings ------------------------------------------------------------------------------------
+
 
 def loadavg() -> float:
     """The 1-minute load average (runnable processes; this benchmark itself adds about 2)."""

@@ -73,13 +73,28 @@ class Bench:
         inst.stop()
         self.instances.remove(inst)
 
-    def load(self, inst: Instance, *, mode: str, conns: int, keyfile: Path,
-             duration: float | None = None, total: int = 0) -> dict[str, Any]:
+    def load(
+        self,
+        inst: Instance,
+        *,
+        mode: str,
+        conns: int,
+        keyfile: Path,
+        duration: float | None = None,
+        total: int = 0,
+    ) -> dict[str, Any]:
         """One loadgen run, with the CPU share vmaild and the generator used meanwhile."""
         port = inst.socketmap_port if mode == "socketmap" else inst.tcp_port
         cpu0, busy0 = proc_cpu_seconds(inst.pid), machine_busy_seconds()
-        r = self.gen.run(mode=mode, port=port, conns=conns, keyfile=keyfile, mapname=MAP,
-                         duration=duration or self.plan.duration, total=total)
+        r = self.gen.run(
+            mode=mode,
+            port=port,
+            conns=conns,
+            keyfile=keyfile,
+            mapname=MAP,
+            duration=duration or self.plan.duration,
+            total=total,
+        )
         r["vmaild_cpu"] = (proc_cpu_seconds(inst.pid) - cpu0) / r["seconds"]
         r["loadgen_cpu"] = r["cpu_seconds"] / r["seconds"]
         # Everything else that kept a CPU busy meanwhile (MariaDB, other work on the machine):
@@ -106,10 +121,16 @@ class Bench:
         self.keyfile = self.tmp / "keys.txt"
         self.keyfile.write_text("\n".join(self.emails) + "\n")
         self.main = self.start_instance(
-            DBNAME, "vmaild-cached",
-            "ttl = 3600\nnegative_ttl = 3600\nmax_entries = 2000000\ncheck_interval = 0")
-        return {"users": len(self.emails), "insert_seconds": round(insert_s, 2),
-                "loadgen": self.gen.kind, "loadgen_note": self.gen.note}
+            DBNAME,
+            "vmaild-cached",
+            "ttl = 3600\nnegative_ttl = 3600\nmax_entries = 2000000\ncheck_interval = 0",
+        )
+        return {
+            "users": len(self.emails),
+            "insert_seconds": round(insert_s, 2),
+            "loadgen": self.gen.kind,
+            "loadgen_note": self.gen.note,
+        }
 
     # -- 1. cached lookups, and 4. mariadb-slap, interleaved ------------------------------
 
@@ -117,12 +138,20 @@ class Bench:
         """Warm the cache, then at each concurrency alternate a vmaild run and a
         mariadb-slap run of about the same length, so that other work on the machine hurts
         both sides alike; the medians are compared."""
-        warm = self.load(self.main, mode="tcp", conns=16, keyfile=self.keyfile,
-                         duration=600, total=len(self.emails))
+        warm = self.load(
+            self.main,
+            mode="tcp",
+            conns=16,
+            keyfile=self.keyfile,
+            duration=600,
+            total=len(self.emails),
+        )
         entries = self.main.cache_entries()
         if warm["found"] != len(self.emails) or entries != len(self.emails):
-            raise RuntimeError(f"warm-up: {warm['found']} found, {entries} cache entries, "
-                               f"{len(self.emails)} wanted")
+            raise RuntimeError(
+                f"warm-up: {warm['found']} found, {entries} cache entries, "
+                f"{len(self.emails)} wanted"
+            )
         slap = self.slap_prepare()
         queries = self.main.db_queries()
         out: dict[str, Any] = {"warmup": warm, "tcp": {}, "socketmap": {}}
@@ -138,12 +167,15 @@ class Bench:
             slaps = [r for r in tried if r is not None]
             if slap is not None and slaps:
                 slap.figures[conns] = median_run(slaps, "qps")
-            self.log_pair(conns, out["tcp"][conns],
-                          slap.figures.get(conns) if slap is not None else None)
+            self.log_pair(
+                conns, out["tcp"][conns], slap.figures.get(conns) if slap is not None else None
+            )
         for conns in CONCURRENCY:
             out["socketmap"][conns] = r = self.cached_run("socketmap", conns)
-            log(f"  cached socketmap x{conns}: {r['rps']:,.0f}/s p50 {r['p50_us']} us "
-                f"p99 {r['p99_us']} us vmaild CPU {r['vmaild_cpu']:.0%}")
+            log(
+                f"  cached socketmap x{conns}: {r['rps']:,.0f}/s p50 {r['p50_us']} us "
+                f"p99 {r['p99_us']} us vmaild CPU {r['vmaild_cpu']:.0%}"
+            )
         if slap is not None:
             slap.check_database()
             if "error" in slap.figures and "slap" not in self.failures:
@@ -151,8 +183,9 @@ class Bench:
         # Every answer above must have come from the cache.
         out["db_queries_during_runs"] = self.main.db_queries() - queries
         if out["db_queries_during_runs"]:
-            raise RuntimeError(f"{out['db_queries_during_runs']} database queries during "
-                               "the cached runs")
+            raise RuntimeError(
+                f"{out['db_queries_during_runs']} database queries during the cached runs"
+            )
         return out
 
     def cached_run(self, mode: str, conns: int) -> dict[str, Any]:
@@ -163,8 +196,10 @@ class Bench:
 
     def log_pair(self, conns: int, mine: dict[str, Any], theirs: dict[str, Any] | None) -> None:
         other = f" | mariadb-slap {theirs['qps']:,.0f}/s" if theirs else ""
-        log(f"  cached tcp x{conns}: {mine['rps']:,.0f}/s p50 {mine['p50_us']} us "
-            f"p99 {mine['p99_us']} us vmaild CPU {mine['vmaild_cpu']:.0%}{other}")
+        log(
+            f"  cached tcp x{conns}: {mine['rps']:,.0f}/s p50 {mine['p50_us']} us "
+            f"p99 {mine['p99_us']} us vmaild CPU {mine['vmaild_cpu']:.0%}{other}"
+        )
 
     def slap_prepare(self) -> Slap | None:
         """The mariadb-slap baseline, its figures in results["slap"]; None (and a recorded
@@ -190,8 +225,10 @@ class Bench:
                 if r["errors"] or r["notfound"]:
                     raise RuntimeError(f"miss path x{conns}: {r}")
                 out[conns] = r
-                log(f"  miss x{conns}: {r['rps']:,.0f}/s p50 {r['p50_us']} us "
-                    f"p99 {r['p99_us']} us vmaild CPU {r['vmaild_cpu']:.0%}")
+                log(
+                    f"  miss x{conns}: {r['rps']:,.0f}/s p50 {r['p50_us']} us "
+                    f"p99 {r['p99_us']} us vmaild CPU {r['vmaild_cpu']:.0%}"
+                )
             out["cache_entries"] = inst.cache_entries()
             out["pool_size"] = POOL_SIZE
             return out
@@ -202,8 +239,9 @@ class Bench:
 
     def postmap(self) -> dict[str, Any]:
         assert self.db is not None
-        return postmap_tables(self.db, self.main, self.tmp, self.keyfile, self.emails,
-                              self.plan.postmap_runs)
+        return postmap_tables(
+            self.db, self.main, self.tmp, self.keyfile, self.emails, self.plan.postmap_runs
+        )
 
     # -- 5. RSS with many cached keys -------------------------------------------------------
 
@@ -227,17 +265,21 @@ class Bench:
         stage2.write_text("\n".join(keys[first:]) + "\n")
         del keys
         inst = self.start_instance(
-            RSS_DBNAME, "vmaild-rss",
+            RSS_DBNAME,
+            "vmaild-rss",
             f"ttl = 86400\nnegative_ttl = 86400\nmax_entries = {max(n, 1_000_000)}\n"
-            "check_interval = 0")
+            "check_interval = 0",
+        )
         try:
             before = proc_status_kb(inst.pid, "VmRSS")
             started = time.perf_counter()
-            fill1 = self.load(inst, mode="tcp", conns=16, keyfile=stage1, duration=3600,
-                              total=first)
+            fill1 = self.load(
+                inst, mode="tcp", conns=16, keyfile=stage1, duration=3600, total=first
+            )
             middle = proc_status_kb(inst.pid, "VmRSS")
-            fill2 = self.load(inst, mode="tcp", conns=16, keyfile=stage2, duration=3600,
-                              total=n - first)
+            fill2 = self.load(
+                inst, mode="tcp", conns=16, keyfile=stage2, duration=3600, total=n - first
+            )
             fill_s = time.perf_counter() - started
             after = proc_status_kb(inst.pid, "VmRSS")
             peak = proc_status_kb(inst.pid, "VmHWM")
@@ -246,28 +288,46 @@ class Bench:
             answered = fill1["requests"] + fill2["requests"]
             errors = fill1["errors"] + fill2["errors"]
             if answered != n or errors or entries != n:
-                raise RuntimeError(f"fill: {answered} answered, {errors} errors, {entries} "
-                                   f"cache entries; {n} wanted")
+                raise RuntimeError(
+                    f"fill: {answered} answered, {errors} errors, {entries} "
+                    f"cache entries; {n} wanted"
+                )
             # A second pass over part of the keys must not reach the database.
             queries = metric(text, "vmaild_db_query_seconds_count")
-            check = self.load(inst, mode="tcp", conns=16, keyfile=stage2, duration=600,
-                              total=min(n - first, 100_000))
-            again = metric(inst.vm.metrics_text(inst.metrics_port),
-                           "vmaild_db_query_seconds_count")
+            check = self.load(
+                inst,
+                mode="tcp",
+                conns=16,
+                keyfile=stage2,
+                duration=600,
+                total=min(n - first, 100_000),
+            )
+            again = metric(inst.vm.metrics_text(inst.metrics_port), "vmaild_db_query_seconds_count")
             if again != queries:
-                raise RuntimeError(f"second pass: {(again or 0) - (queries or 0)} database "
-                                   "queries, expected none (keys not cached?)")
+                raise RuntimeError(
+                    f"second pass: {(again or 0) - (queries or 0)} database "
+                    "queries, expected none (keys not cached?)"
+                )
             per_entry = (after - before) * 1024 / n
             marginal = (after - middle) * 1024 / (n - first)
-            return {"keys": n, "found": fill1["found"] + fill2["found"],
-                    "notfound": fill1["notfound"] + fill2["notfound"],
-                    "insert_seconds": round(insert_s, 1), "fill_seconds": round(fill_s, 1),
-                    "fill_rps": answered / fill_s, "rss_before_mb": before / 1024,
-                    "rss_stage1_mb": middle / 1024, "rss_after_mb": after / 1024,
-                    "vmhwm_mb": peak / 1024, "cache_entries": entries,
-                    "bytes_per_entry": per_entry, "bytes_per_entry_marginal": marginal,
-                    "estimate_1m_mb": (after + marginal * max(0, 1_000_000 - n) / 1024) / 1024,
-                    "hit_pass_rps": check["rps"], "quick": self.plan.quick}
+            return {
+                "keys": n,
+                "found": fill1["found"] + fill2["found"],
+                "notfound": fill1["notfound"] + fill2["notfound"],
+                "insert_seconds": round(insert_s, 1),
+                "fill_seconds": round(fill_s, 1),
+                "fill_rps": answered / fill_s,
+                "rss_before_mb": before / 1024,
+                "rss_stage1_mb": middle / 1024,
+                "rss_after_mb": after / 1024,
+                "vmhwm_mb": peak / 1024,
+                "cache_entries": entries,
+                "bytes_per_entry": per_entry,
+                "bytes_per_entry_marginal": marginal,
+                "estimate_1m_mb": (after + marginal * max(0, 1_000_000 - n) / 1024) / 1024,
+                "hit_pass_rps": check["rps"],
+                "quick": self.plan.quick,
+            }
         finally:
             self.stop_instance(inst)
             self.db.drop_database(RSS_DBNAME)

@@ -49,8 +49,10 @@ def create_slap_user(db: MariaDB) -> None:
     conn = db.root_conn()
     try:
         with conn.cursor() as cur:
-            cur.execute("CREATE USER IF NOT EXISTS %s@'127.0.0.1' IDENTIFIED BY %s",
-                        (SLAP_USER, SLAP_PASSWORD))
+            cur.execute(
+                "CREATE USER IF NOT EXISTS %s@'127.0.0.1' IDENTIFIED BY %s",
+                (SLAP_USER, SLAP_PASSWORD),
+            )
     finally:
         conn.close()
 
@@ -67,8 +69,10 @@ def seed_users(db: MariaDB, dbname: str, emails: list[str]) -> float:
         with conn.cursor() as cur:
             cur.execute("INSERT INTO domains (domain) VALUES (%s)", (DOMAIN,))
             for i in range(0, len(emails), 10_000):
-                cur.executemany("INSERT INTO users (email, password) VALUES (%s, %s)",
-                                [(e, PASSWORD_HASH) for e in emails[i:i + 10_000]])
+                cur.executemany(
+                    "INSERT INTO users (email, password) VALUES (%s, %s)",
+                    [(e, PASSWORD_HASH) for e in emails[i : i + 10_000]],
+                )
             cur.execute(f"GRANT SELECT ON `{dbname}`.* TO %s@'127.0.0.1'", (SLAP_USER,))
             cur.execute("SELECT COUNT(*) FROM users")
             (count,) = cur.fetchone()
@@ -79,15 +83,25 @@ def seed_users(db: MariaDB, dbname: str, emails: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def vmaild_config(db: MariaDB, dbname: str, *, tcp_port: int, socketmap_port: int,
-                  metrics_port: int, cache: str) -> str:
+def vmaild_config(
+    db: MariaDB, dbname: str, *, tcp_port: int, socketmap_port: int, metrics_port: int, cache: str
+) -> str:
     """The harness's config for the seed's maps, with warning-level logging (debug logging
     would distort the figures) and the daemon's default pool size."""
-    text = config_text(db_port=db.port, dbname=dbname, user=DBUSER, password=DBPASSWORD,
-                       ports={MAP: tcp_port}, socketmap_port=socketmap_port,
-                       metrics_port=metrics_port, cache=cache)
-    for old, new in (("level = debug", "level = warning"),
-                     ("pool_size = 4", f"pool_size = {POOL_SIZE}")):
+    text = config_text(
+        db_port=db.port,
+        dbname=dbname,
+        user=DBUSER,
+        password=DBPASSWORD,
+        ports={MAP: tcp_port},
+        socketmap_port=socketmap_port,
+        metrics_port=metrics_port,
+        cache=cache,
+    )
+    for old, new in (
+        ("level = debug", "level = warning"),
+        ("pool_size = 4", f"pool_size = {POOL_SIZE}"),
+    ):
         if old not in text:
             raise RuntimeError(f"harness config_text changed: no {old!r} line")
         text = text.replace(old, new)
@@ -100,9 +114,17 @@ class Instance:
     def __init__(self, db: MariaDB, dbname: str, workdir: Path, cache: str):
         self.tcp_port, self.socketmap_port = free_port(), free_port()
         self.metrics_port = free_port()
-        self.vm = Vmaild(vmaild_config(db, dbname, tcp_port=self.tcp_port,
-                                       socketmap_port=self.socketmap_port,
-                                       metrics_port=self.metrics_port, cache=cache), workdir)
+        self.vm = Vmaild(
+            vmaild_config(
+                db,
+                dbname,
+                tcp_port=self.tcp_port,
+                socketmap_port=self.socketmap_port,
+                metrics_port=self.metrics_port,
+                cache=cache,
+            ),
+            workdir,
+        )
         self.vm.start()
 
     @property

@@ -164,8 +164,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def relay(address: str | tuple[str, int], timeout: float, stdin: int = 0,
-          stdout: int = 1) -> int:
+def relay(address: str | tuple[str, int], timeout: float, stdin: int = 0, stdout: int = 1) -> int:
     """Serve requests from ``stdin`` until EOF (0) or a failure (EX_TEMPFAIL)."""
     decoder = codec.AuthpipeDecoder()
     upstream = Upstream(address, timeout)
@@ -216,8 +215,12 @@ def read_settings(path: str | None = None) -> tuple[str | tuple[str, int], float
     from .values import parse_listen
 
     path = path or default_path()
-    cp = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"),
-                                   strict=True, empty_lines_in_values=False)
+    cp = configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=(";", "#"),
+        strict=True,
+        empty_lines_in_values=False,
+    )
     cp.optionxform = str  # type: ignore[assignment,method-assign]
     try:
         with open(path, encoding="utf-8") as f:
@@ -256,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) == 2 and args[0] in ("-c", "--config"):
         path = args[1]
     elif args:
-        _complain("usage: vmaild-authpipe [-c CONFIG] (run by authdaemond as authProg; "
-                  "the default config is $VMAILD_CONFIG or /etc/vmaild/vmaild.conf)")
+        _complain(
+            "usage: vmaild-authpipe [-c CONFIG] (run by authdaemond as authProg; "
+            "the default config is $VMAILD_CONFIG or /etc/vmaild/vmaild.conf)"
+        )
         return 2
     try:
         address, timeout = read_settings(path)

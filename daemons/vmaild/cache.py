@@ -32,11 +32,11 @@ from enum import StrEnum
 class Outcome(StrEnum):
     """How an answer was produced; also the ``outcome`` label of the lookup metrics."""
 
-    HIT = "hit"            # a found value from a fresh cache entry
-    MISS = "miss"          # a found value fetched from the database
+    HIT = "hit"  # a found value from a fresh cache entry
+    MISS = "miss"  # a found value fetched from the database
     NOTFOUND = "notfound"  # not found, from the cache or the database
-    STALE = "stale"        # an expired answer, served because the database failed
-    ERROR = "error"        # temporary failure: nothing usable in the cache
+    STALE = "stale"  # an expired answer, served because the database failed
+    ERROR = "error"  # temporary failure: nothing usable in the cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +53,7 @@ class TTLs:
 
 
 class Cache:
-    def __init__(self, ttls: TTLs, max_entries: int,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, ttls: TTLs, max_entries: int, clock: Callable[[], float] = time.monotonic):
         self.default_ttls = ttls
         self.max_entries = max_entries
         self.clock = clock
@@ -139,8 +138,9 @@ class Cache:
             return True, entry[0]
         return False, None
 
-    async def get(self, map_name: str, key: str,
-                  fetch: Callable[[], Awaitable[str | None]]) -> tuple[str | None, Outcome]:
+    async def get(
+        self, map_name: str, key: str, fetch: Callable[[], Awaitable[str | None]]
+    ) -> tuple[str | None, Outcome]:
         """Answer from the cache or through ``fetch``; a failed fetch re-raises its error
         unless a stale found value (or, with ``stale_negative``, not-found) can be served."""
         t = self._ttls.get(map_name, self.default_ttls)
@@ -167,8 +167,9 @@ class Cache:
             return age < t.ttl + t.stale_ttl
         return t.stale_negative and age < t.negative_ttl + t.stale_ttl
 
-    async def _fetch_once(self, map_name: str, key: str,
-                          fetch: Callable[[], Awaitable[str | None]]) -> str | None:
+    async def _fetch_once(
+        self, map_name: str, key: str, fetch: Callable[[], Awaitable[str | None]]
+    ) -> str | None:
         flight = (map_name, key)
         pending = self._inflight.get(flight)
         if pending is not None:

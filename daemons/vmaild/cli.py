@@ -29,17 +29,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="answer Postfix and Courier (foreground by default)")
     check = sub.add_parser("check", help="validate the configuration file and exit")
     for s in (serve, check):
-        s.add_argument("-c", "--config", default=None,
-                       help=f"configuration file (default: ${config_mod.ENV_VAR} or "
-                            f"{config_mod.DEFAULT_PATH})")
+        s.add_argument(
+            "-c",
+            "--config",
+            default=None,
+            help=f"configuration file (default: ${config_mod.ENV_VAR} or "
+            f"{config_mod.DEFAULT_PATH})",
+        )
     db = check.add_mutually_exclusive_group()
-    db.add_argument("--db", dest="db", action="store_const", const="require", default="auto",
-                    help="try every query against the database; fail (75) if it does not "
-                         "answer (default: try it, and check only the file if it does not)")
-    db.add_argument("--no-db", dest="db", action="store_const", const="skip",
-                    help="check the file only, without connecting")
-    serve.add_argument("--daemon", action="store_true",
-                       help="detach from the terminal (systemd wants the foreground)")
+    db.add_argument(
+        "--db",
+        dest="db",
+        action="store_const",
+        const="require",
+        default="auto",
+        help="try every query against the database; fail (75) if it does not "
+        "answer (default: try it, and check only the file if it does not)",
+    )
+    db.add_argument(
+        "--no-db",
+        dest="db",
+        action="store_const",
+        const="skip",
+        help="check the file only, without connecting",
+    )
+    serve.add_argument(
+        "--daemon",
+        action="store_true",
+        help="detach from the terminal (systemd wants the foreground)",
+    )
     serve.add_argument("--pidfile", help="with --daemon: write the daemon's pid here")
     return p
 
@@ -72,8 +90,13 @@ def check(cfg: config_mod.Config, db: str = "auto") -> int:
 
 
 #: sd-daemon(3) priority prefixes by logging level.
-_JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
-                     logging.CRITICAL: 2}
+_JOURNAL_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
 
 
 class JournalFormatter(logging.Formatter):
@@ -117,14 +140,14 @@ def setup_logging(cfg: LogConfig, detached: bool = False) -> None:
         if stderr_is_journal():
             handler.setFormatter(JournalFormatter())
         else:
-            handler.setFormatter(
-                logging.Formatter("%(asctime)s vmaild %(levelname)s %(message)s"))
+            handler.setFormatter(logging.Formatter("%(asctime)s vmaild %(levelname)s %(message)s"))
     root.addHandler(handler)
     root.setLevel(cfg.level.upper())
 
 
 def run_loop(cfg: config_mod.Config) -> int:
     from .daemon import serve
+
     try:
         import uvloop  # optional: roughly halves the per-request cost of the event loop
     except ImportError:

@@ -95,7 +95,9 @@ def parse(text: str, path: str = "<string>") -> Config:
     # Inline comments after " ;" or " #" as in DESIGN.md's example; no interpolation, so
     # a query's '%s' stays as written.
     cp = configparser.ConfigParser(
-        interpolation=None, inline_comment_prefixes=(";", "#"), strict=True,
+        interpolation=None,
+        inline_comment_prefixes=(";", "#"),
+        strict=True,
         empty_lines_in_values=False,
     )
     cp.optionxform = str  # type: ignore[assignment,method-assign]
@@ -111,8 +113,9 @@ def parse(text: str, path: str = "<string>") -> Config:
         if name.startswith("map ") or name == "map":
             map_name = name[4:].strip()
             if not MAP_NAME.match(map_name):
-                raise ConfigError("map name must be 1-64 of A-Z a-z 0-9 _ . -",
-                                  path=path, section=name)
+                raise ConfigError(
+                    "map name must be 1-64 of A-Z a-z 0-9 _ . -", path=path, section=name
+                )
             maps[map_name] = _build(MapConfig, items, path, name, {"name": map_name})
         elif name in SECTIONS:
             sections[name] = _build(SECTIONS[name], items, path, name, {})
@@ -123,8 +126,12 @@ def parse(text: str, path: str = "<string>") -> Config:
     for name, m in maps.items():
         for other in m.chain:
             if other not in maps or other == name:
-                raise ConfigError(f"{other!r} is not another [map] section",
-                                  path=path, section=f"map {name}", key="chain")
+                raise ConfigError(
+                    f"{other!r} is not another [map] section",
+                    path=path,
+                    section=f"map {name}",
+                    key="chain",
+                )
     if "database" not in sections:
         raise ConfigError("missing section", path=path, section="database")
     sections["database"] = _read_password_file(sections["database"], path)
@@ -132,8 +139,9 @@ def parse(text: str, path: str = "<string>") -> Config:
     return Config(path=path, maps=maps, **sections)
 
 
-def _build(cls: type[Section], items: dict[str, str], path: str, section: str,
-           extra: dict[str, Any]) -> Any:
+def _build(
+    cls: type[Section], items: dict[str, str], path: str, section: str, extra: dict[str, Any]
+) -> Any:
     """The section ``cls`` from its keys, each read as its field's type hint says, then
     checked (``Section.check``)."""
     hints = typing.get_type_hints(cls)
@@ -162,8 +170,12 @@ def _read_password_file(db: DatabaseConfig, path: str) -> DatabaseConfig:
         secret = Path(db.password_file).read_text(encoding="utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as e:
         problem = getattr(e, "strerror", None) or str(e)
-        raise ConfigError(f"cannot read {db.password_file}: {problem}",
-                          path=path, section="database", key="password_file") from e
+        raise ConfigError(
+            f"cannot read {db.password_file}: {problem}",
+            path=path,
+            section="database",
+            key="password_file",
+        ) from e
     return dataclasses.replace(db, password=secret)
 
 
@@ -171,12 +183,18 @@ def _check_listeners(path: str, maps: dict[str, MapConfig], sections: dict[str, 
     """Two listeners on one address would fail at bind time; say which keys clash now."""
     seen: dict[str, str] = {}
     places = [(f"map {n}", "tcp", m.tcp) for n, m in maps.items()]
-    places += [(s, "listen", getattr(sections.get(s), "listen", None))
-               for s in ("socketmap", "policy", "auth", "metrics", "control")]
+    places += [
+        (s, "listen", getattr(sections.get(s), "listen", None))
+        for s in ("socketmap", "policy", "auth", "metrics", "control")
+    ]
     for section, key, listen in places:
         if listen is None:
             continue
         if str(listen) in seen:
-            raise ConfigError(f"{listen} is already used by {seen[str(listen)]}",
-                              path=path, section=section, key=key)
+            raise ConfigError(
+                f"{listen} is already used by {seen[str(listen)]}",
+                path=path,
+                section=section,
+                key=key,
+            )
         seen[str(listen)] = f"[{section}] {key}"

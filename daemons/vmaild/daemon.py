@@ -63,9 +63,11 @@ class Runtime:
         # when configured.
         if cfg.auth.listen is not None:
             from .auth.service import AuthService
+
             rt.auth = AuthService(cfg, db, metrics, fit=fit)
         if cfg.policy.listen is not None:
             from .policy.service import PolicyService
+
             rt.policy = PolicyService(cfg, db, metrics, fit=fit)
         return rt
 
@@ -132,23 +134,37 @@ class App:
         wanted: dict[str, tuple[Listen, Callable[[], Any]]] = {}
         for name, m in cfg.maps.items():
             if m.tcp is not None:
-                wanted[f"tcp:{name}"] = (m.tcp, functools.partial(
-                    TcpTableProtocol, ctx, self.current_lookups, name))
+                wanted[f"tcp:{name}"] = (
+                    m.tcp,
+                    functools.partial(TcpTableProtocol, ctx, self.current_lookups, name),
+                )
         if cfg.socketmap.listen is not None:
-            wanted["socketmap"] = (cfg.socketmap.listen, functools.partial(
-                SocketmapProtocol, ctx, self.current_lookups))
+            wanted["socketmap"] = (
+                cfg.socketmap.listen,
+                functools.partial(SocketmapProtocol, ctx, self.current_lookups),
+            )
         if cfg.control.listen is not None:
-            wanted["control"] = (cfg.control.listen, functools.partial(
-                ControlProtocol, ctx, self.control_flush))
+            wanted["control"] = (
+                cfg.control.listen,
+                functools.partial(ControlProtocol, ctx, self.control_flush),
+            )
         if cfg.auth.listen is not None:
             from .servers.auth import AuthProtocol
-            wanted["auth"] = (cfg.auth.listen, functools.partial(
-                AuthProtocol, ctx, self.current_auth))
+
+            wanted["auth"] = (
+                cfg.auth.listen,
+                functools.partial(AuthProtocol, ctx, self.current_auth),
+            )
         if cfg.policy.listen is not None:
             from .servers.policy import PolicyProtocol
+
             # The limit is read per connection, so a reload applies to new connections.
-            wanted["policy"] = (cfg.policy.listen, lambda: PolicyProtocol(
-                ctx, self.current_policy, self.config.policy.max_request_bytes))
+            wanted["policy"] = (
+                cfg.policy.listen,
+                lambda: PolicyProtocol(
+                    ctx, self.current_policy, self.config.policy.max_request_bytes
+                ),
+            )
         return wanted
 
     async def sync_listeners(self, cfg: Config) -> None:

@@ -36,31 +36,42 @@ log = logging.getLogger("vmaild.db")
 T = TypeVar("T")
 
 # Errors after which a connection is no longer usable (lost, timed out, closed).
-_BROKEN = (pymysql.err.OperationalError, pymysql.err.InterfaceError, pymysql.err.InternalError,
-           OSError, EOFError)
+_BROKEN = (
+    pymysql.err.OperationalError,
+    pymysql.err.InterfaceError,
+    pymysql.err.InternalError,
+    OSError,
+    EOFError,
+)
 
 # Server errors that say "this statement does not fit this database": the same statement
 # fails the same way until the configuration or the schema changes. pymysql raises some of
 # them as OperationalError (1054, 1142, 1305...), which would otherwise count as a lost
 # connection and mark the host down. Data-dependent errors (1406 data too long, 1242
 # subquery returns more than one row, 1062 duplicate key) are not here: another key may work.
-SCHEMA_ERRNOS = frozenset({
-    1054,  # unknown column
-    1146,  # table doesn't exist
-    1064, 1149,  # SQL syntax
-    1052,  # column is ambiguous
-    1066,  # not unique table/alias
-    1109,  # unknown table (in a qualified column or a multi-table statement)
-    1110,  # column specified twice
-    1111,  # invalid use of a group function
-    1136,  # column count doesn't match value count
-    1142, 1143,  # command denied for table / column (no grant)
-    1222,  # different number of columns in the SELECTs of a UNION
-    1241,  # operand should contain 1 column
-    1248,  # every derived table must have its own alias
-    1305, 1630,  # function does not exist
-    1582, 1583,  # wrong parameters to a native function
-})
+SCHEMA_ERRNOS = frozenset(
+    {
+        1054,  # unknown column
+        1146,  # table doesn't exist
+        1064,
+        1149,  # SQL syntax
+        1052,  # column is ambiguous
+        1066,  # not unique table/alias
+        1109,  # unknown table (in a qualified column or a multi-table statement)
+        1110,  # column specified twice
+        1111,  # invalid use of a group function
+        1136,  # column count doesn't match value count
+        1142,
+        1143,  # command denied for table / column (no grant)
+        1222,  # different number of columns in the SELECTs of a UNION
+        1241,  # operand should contain 1 column
+        1248,  # every derived table must have its own alias
+        1305,
+        1630,  # function does not exist
+        1582,
+        1583,  # wrong parameters to a native function
+    }
+)
 
 
 class DatabaseError(Exception):
@@ -85,8 +96,9 @@ class Database:
     def __init__(self, cfg: DatabaseConfig, metrics: Metrics | None = None):
         self.cfg = cfg
         self.metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=cfg.pool_size,
-                                            thread_name_prefix="vmaild-db")
+        self._executor = ThreadPoolExecutor(
+            max_workers=cfg.pool_size, thread_name_prefix="vmaild-db"
+        )
         self._idle: list[_Conn] = []
         self._lock = threading.Lock()
         self._down_until: dict[DatabaseHost, float] = {}
@@ -103,8 +115,9 @@ class Database:
         """Run one write statement (autocommit); returns the affected row count."""
         return await self.run(lambda conn: _execute(conn, sql, params))
 
-    async def run(self, fn: Callable[[pymysql.connections.Connection], T], *,
-                  retry: bool = False) -> T:
+    async def run(
+        self, fn: Callable[[pymysql.connections.Connection], T], *, retry: bool = False
+    ) -> T:
         """Run ``fn(connection)`` in a worker thread. Connections are in autocommit mode;
         ``fn`` may call ``begin()``/``commit()`` for a transaction. Only idempotent work
         may ask for ``retry``."""
@@ -113,8 +126,7 @@ class Database:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run_sync, fn, retry)
 
-    def run_sync(self, fn: Callable[[pymysql.connections.Connection], T],
-                 retry: bool = False) -> T:
+    def run_sync(self, fn: Callable[[pymysql.connections.Connection], T], retry: bool = False) -> T:
         """The blocking form of ``run`` (for worker threads and command-line tools)."""
         attempts = 2 if retry else 1
         for attempt in range(attempts):
@@ -212,11 +224,17 @@ class Database:
         for host in order:
             try:
                 raw = pymysql.connect(
-                    host=host.host or "localhost", port=host.port, unix_socket=host.socket,
-                    user=self.cfg.user, password=self.cfg.password, database=self.cfg.dbname,
+                    host=host.host or "localhost",
+                    port=host.port,
+                    unix_socket=host.socket,
+                    user=self.cfg.user,
+                    password=self.cfg.password,
+                    database=self.cfg.dbname,
                     connect_timeout=self.cfg.connect_timeout,
-                    read_timeout=self.cfg.query_timeout, write_timeout=self.cfg.query_timeout,
-                    charset="utf8mb4", autocommit=True,
+                    read_timeout=self.cfg.query_timeout,
+                    write_timeout=self.cfg.query_timeout,
+                    charset="utf8mb4",
+                    autocommit=True,
                     cursorclass=pymysql.cursors.Cursor,
                 )
             except (pymysql.err.Error, OSError) as e:
@@ -254,8 +272,10 @@ class Database:
 def _limit_statement_time(raw: pymysql.connections.Connection, seconds: float) -> None:
     """Let the server abandon a statement we stop waiting for (MariaDB's
     max_statement_time; MySQL calls it max_execution_time, in milliseconds)."""
-    for sql in (f"SET SESSION max_statement_time = {seconds:.3f}",
-                f"SET SESSION max_execution_time = {int(seconds * 1000)}"):
+    for sql in (
+        f"SET SESSION max_statement_time = {seconds:.3f}",
+        f"SET SESSION max_execution_time = {int(seconds * 1000)}",
+    ):
         try:
             with raw.cursor() as cur:
                 cur.execute(sql)
@@ -264,8 +284,9 @@ def _limit_statement_time(raw: pymysql.connections.Connection, seconds: float) -
             continue
 
 
-def _fetch(conn: pymysql.connections.Connection, sql: str,
-           params: Sequence[Any]) -> list[tuple[Any, ...]]:
+def _fetch(
+    conn: pymysql.connections.Connection, sql: str, params: Sequence[Any]
+) -> list[tuple[Any, ...]]:
     with conn.cursor() as cur:
         cur.execute(sql, tuple(params) or None)
         return list(cur.fetchall())

@@ -42,7 +42,7 @@ def _domain(key: str) -> str:
     at = key.rfind("@")
     if at < 0 or at == len(key) - 1:
         raise Suppressed("key has no domain")
-    return key[at + 1:]
+    return key[at + 1 :]
 
 
 def _label(n: int) -> Callable[[str], str]:
@@ -51,6 +51,7 @@ def _label(n: int) -> Callable[[str], str]:
         if n > len(labels):
             raise Suppressed(f"domain has no label %{n}")
         return labels[-n]
+
     return expand
 
 
@@ -126,11 +127,11 @@ def _read_literal(query: str, start: int) -> tuple[int, str]:
     while i < len(query):
         c = query[i]
         if c == "\\" and i + 1 < len(query):
-            out.append(query[i:i + 2])  # keep escapes as written; they are literal text
+            out.append(query[i : i + 2])  # keep escapes as written; they are literal text
             i += 2
             continue
         if c == quote:
-            if query[i + 1:i + 2] == quote:  # '' inside '...' is one quote
+            if query[i + 1 : i + 2] == quote:  # '' inside '...' is one quote
                 out.append(quote)
                 i += 2
                 continue
@@ -152,11 +153,11 @@ def _template(text: str) -> tuple[Piece, ...]:
                 buf = []
             pieces.append(_expander(text[i + 1]))
             i += 2
-        elif c == "%" and text[i + 1:i + 2] == "%":
+        elif c == "%" and text[i + 1 : i + 2] == "%":
             buf.append("%")
             i += 2
         elif c == "%":
-            raise QueryError(f"invalid expansion %{text[i + 1:i + 2]} inside a quoted string")
+            raise QueryError(f"invalid expansion %{text[i + 1 : i + 2]} inside a quoted string")
         else:
             buf.append(c)
             i += 1

@@ -52,8 +52,14 @@ def join_rows(rows: list[tuple[object, ...]]) -> str | None:
 
 
 class Lookups:
-    def __init__(self, config: Config, db: Database, cache: Cache, metrics: Metrics,
-                 fit: SchemaFit | None = None):
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        cache: Cache,
+        metrics: Metrics,
+        fit: SchemaFit | None = None,
+    ):
         self.db = db
         self.cache = cache
         self.metrics = metrics
@@ -64,10 +70,15 @@ class Lookups:
             sources = (name, *m.chain)
             queries = tuple(expansions.compile_query(config.maps[n].query) for n in sources)
             self.maps[name] = _Map(m, queries, config.delimiter_for(m), sources)
-            cache.configure_map(name, TTLs(
-                ttl=d.ttl if m.ttl is None else m.ttl,
-                negative_ttl=d.negative_ttl if m.negative_ttl is None else m.negative_ttl,
-                stale_ttl=d.stale_ttl, stale_negative=m.stale_negative))
+            cache.configure_map(
+                name,
+                TTLs(
+                    ttl=d.ttl if m.ttl is None else m.ttl,
+                    negative_ttl=d.negative_ttl if m.negative_ttl is None else m.negative_ttl,
+                    stale_ttl=d.stale_ttl,
+                    stale_negative=m.stale_negative,
+                ),
+            )
 
     def cached(self, map_name: str, key: str) -> tuple[bool, str | None]:
         """The fast path: (True, value-or-None) when a fresh cache entry answers at once.
@@ -78,8 +89,7 @@ class Lookups:
         started = time.perf_counter()
         hit, value = self.cache.fresh(map_name, addresses.normalise(key, m.config.fold_case))
         if hit:
-            self._observe(map_name, Outcome.HIT if value is not None else Outcome.NOTFOUND,
-                          started)
+            self._observe(map_name, Outcome.HIT if value is not None else Outcome.NOTFOUND, started)
         return hit, value
 
     async def lookup(self, map_name: str, key: str) -> str | None:
@@ -96,8 +106,12 @@ class Lookups:
             self._observe(map_name, Outcome.ERROR, started)
             self.metrics.lookup_errors.labels(map_name).inc()
             # A query that does not fit the schema was reported once (schema_fit.py).
-            log.log(logging.DEBUG if e.misfit and self.fit is not None else logging.WARNING,
-                    "map %s: lookup failed: %s", map_name, e)
+            log.log(
+                logging.DEBUG if e.misfit and self.fit is not None else logging.WARNING,
+                "map %s: lookup failed: %s",
+                map_name,
+                e,
+            )
             raise TemporaryFailure(str(e)) from e
         self._observe(map_name, outcome, started)
         return value
@@ -121,5 +135,4 @@ class Lookups:
         return None
 
     def _observe(self, map_name: str, outcome: Outcome, started: float) -> None:
-        self.metrics.lookup_stats.observe(map_name, outcome.value,
-                                          time.perf_counter() - started)
+        self.metrics.lookup_stats.observe(map_name, outcome.value, time.perf_counter() - started)

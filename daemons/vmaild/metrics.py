@@ -28,8 +28,24 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Lookups are answered in microseconds from the cache and in a millisecond or so from the
 # database; the buckets resolve both ends.
-LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                   0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 AUTH_SERVICES = frozenset({"imap", "pop3", "smtp", "login", "webmail", "esmtp", "submission"})
 
 
@@ -58,11 +74,14 @@ class LookupStats(Collector):
         return sum(s[0]) if s else 0
 
     def collect(self) -> Iterator[Metric]:
-        hist = HistogramMetricFamily("vmaild_lookup_seconds", "Lookup latency by map and "
-                                     "outcome (hit, miss, stale, notfound, error)",
-                                     labels=["map", "outcome"])
-        total = CounterMetricFamily("vmaild_lookups", "Lookups answered, by map and outcome",
-                                    labels=["map", "outcome"])
+        hist = HistogramMetricFamily(
+            "vmaild_lookup_seconds",
+            "Lookup latency by map and outcome (hit, miss, stale, notfound, error)",
+            labels=["map", "outcome"],
+        )
+        total = CounterMetricFamily(
+            "vmaild_lookups", "Lookups answered, by map and outcome", labels=["map", "outcome"]
+        )
         bounds = [floatToGoString(b) for b in self.buckets] + ["+Inf"]  # type: ignore[no-untyped-call]
         for (map_name, outcome), (counts, seconds) in list(self.series.items()):
             cumulative, buckets = 0, []
@@ -83,57 +102,96 @@ class Metrics:
         # Lookups (tcp:, socketmap:): vmaild_lookup_seconds and vmaild_lookups_total
         self.lookup_stats = LookupStats(LATENCY_BUCKETS)
         r.register(self.lookup_stats)
-        self.lookup_errors = Counter("vmaild_lookup_errors",
-                                     "Lookups answered with a temporary error", ["map"], registry=r)
-        self.cache_entries = Gauge("vmaild_cache_entries", "Entries in the lookup cache",
-                                   registry=r)
-        self.cache_flushes = Counter("vmaild_cache_flushes", "Whole-cache flushes, by reason",
-                                     ["reason"], registry=r)
+        self.lookup_errors = Counter(
+            "vmaild_lookup_errors", "Lookups answered with a temporary error", ["map"], registry=r
+        )
+        self.cache_entries = Gauge(
+            "vmaild_cache_entries", "Entries in the lookup cache", registry=r
+        )
+        self.cache_flushes = Counter(
+            "vmaild_cache_flushes", "Whole-cache flushes, by reason", ["reason"], registry=r
+        )
         # Database
-        self.db_query_seconds = Histogram("vmaild_db_query_seconds", "Database query latency",
-                                          buckets=LATENCY_BUCKETS, registry=r)
-        self.db_errors = Counter("vmaild_db_errors", "Failed database queries and connects",
-                                 ["host"], registry=r)
-        self.db_up = Gauge("vmaild_db_up", "1 if the last attempt on this host worked",
-                           ["host"], registry=r)
-        self.db_connections = Gauge("vmaild_db_connections", "Open database connections",
-                                    registry=r)
+        self.db_query_seconds = Histogram(
+            "vmaild_db_query_seconds", "Database query latency", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.db_errors = Counter(
+            "vmaild_db_errors", "Failed database queries and connects", ["host"], registry=r
+        )
+        self.db_up = Gauge(
+            "vmaild_db_up", "1 if the last attempt on this host worked", ["host"], registry=r
+        )
+        self.db_connections = Gauge(
+            "vmaild_db_connections", "Open database connections", registry=r
+        )
         # Listeners
-        self.connections = Gauge("vmaild_connections", "Open client connections",
-                                 ["listener"], registry=r)
-        self.protocol_errors = Counter("vmaild_protocol_errors",
-                                       "Malformed or oversized requests, by listener",
-                                       ["listener"], registry=r)
-        self.reloads = Counter("vmaild_config_reloads", "SIGHUP reloads, by result",
-                               ["result"], registry=r)
+        self.connections = Gauge(
+            "vmaild_connections", "Open client connections", ["listener"], registry=r
+        )
+        self.protocol_errors = Counter(
+            "vmaild_protocol_errors",
+            "Malformed or oversized requests, by listener",
+            ["listener"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "vmaild_config_reloads", "SIGHUP reloads, by result", ["result"], registry=r
+        )
         # schema_fit.py: section and key come from the configuration's own names.
-        self.schema_errors = Gauge("vmaild_config_schema_errors",
-                                   "1 if the configured query does not fit the database "
-                                   "(unknown column, missing table, syntax, no grant)",
-                                   ["section", "key"], registry=r)
+        self.schema_errors = Gauge(
+            "vmaild_config_schema_errors",
+            "1 if the configured query does not fit the database "
+            "(unknown column, missing table, syntax, no grant)",
+            ["section", "key"],
+            registry=r,
+        )
         # Logins
-        self.logins = Counter("vmaild_logins", "Logins by service and result "
-                              "(ok, fail, tempfail)", ["service", "result"], registry=r)
+        self.logins = Counter(
+            "vmaild_logins",
+            "Logins by service and result (ok, fail, tempfail)",
+            ["service", "result"],
+            registry=r,
+        )
         self.login_verify_seconds = Histogram(
-            "vmaild_login_verify_seconds", "Password verification latency",
-            buckets=LATENCY_BUCKETS, registry=r)
-        self.login_rehashes = Counter("vmaild_login_rehashes",
-                                      "Stored hashes upgraded to the default scheme", registry=r)
-        self.auth_requests = Counter("vmaild_auth_requests", "Auth socket requests by kind "
-                                     "(pre, auth, passwd, enumerate, bad) and result "
-                                     "(ok, fail, tempfail)", ["kind", "result"], registry=r)
-        self.auth_request_seconds = Histogram("vmaild_auth_request_seconds",
-                                              "Auth socket request latency by kind", ["kind"],
-                                              buckets=LATENCY_BUCKETS, registry=r)
-        self.login_limited = Counter("vmaild_login_failures_limited",
-                                     "Replies delayed by the failure limit", registry=r)
+            "vmaild_login_verify_seconds",
+            "Password verification latency",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.login_rehashes = Counter(
+            "vmaild_login_rehashes", "Stored hashes upgraded to the default scheme", registry=r
+        )
+        self.auth_requests = Counter(
+            "vmaild_auth_requests",
+            "Auth socket requests by kind "
+            "(pre, auth, passwd, enumerate, bad) and result "
+            "(ok, fail, tempfail)",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.auth_request_seconds = Histogram(
+            "vmaild_auth_request_seconds",
+            "Auth socket request latency by kind",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.login_limited = Counter(
+            "vmaild_login_failures_limited", "Replies delayed by the failure limit", registry=r
+        )
         # Policy
-        self.policy_decisions = Counter("vmaild_policy_decisions",
-                                        "Policy decisions by check and action",
-                                        ["check", "action"], registry=r)
-        self.policy_seconds = Histogram("vmaild_policy_request_seconds",
-                                        "Policy request latency", buckets=LATENCY_BUCKETS,
-                                        registry=r)
+        self.policy_decisions = Counter(
+            "vmaild_policy_decisions",
+            "Policy decisions by check and action",
+            ["check", "action"],
+            registry=r,
+        )
+        self.policy_seconds = Histogram(
+            "vmaild_policy_request_seconds",
+            "Policy request latency",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: prometheus_client validates and looks

@@ -59,8 +59,12 @@ _FORMATS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("argon2", re.compile(r"\$argon2(id|i|d)\$[^\s]+")),
 )
 # What libxcrypt's crypt_gensalt wants per scheme, and the 'count' passlib would use.
-_GENSALT_PREFIX = {"sha512_crypt": b"$6$", "sha256_crypt": b"$5$", "md5_crypt": b"$1$",
-                   "des_crypt": b""}
+_GENSALT_PREFIX = {
+    "sha512_crypt": b"$6$",
+    "sha256_crypt": b"$5$",
+    "md5_crypt": b"$1$",
+    "des_crypt": b"",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +97,9 @@ def parse(stored: str) -> StoredHash:
             return StoredHash("plaintext", rest, name)
         found = identify(rest)
         # The prefix promises a scheme; a hash of another one is a corrupt entry.
-        ok = found is not None and (declared is None and found in _CRYPT_FAMILY
-                                    or found == declared)
+        ok = found is not None and (
+            declared is None and found in _CRYPT_FAMILY or found == declared
+        )
         return StoredHash(found if ok else None, rest, name)
     return StoredHash(identify(stored), stored)
 
@@ -163,14 +168,16 @@ def _check_scheme(scheme: str) -> str:
 
 def _handler(scheme: str) -> Any:
     from passlib.registry import get_crypt_handler  # type: ignore[import-untyped]
+
     return get_crypt_handler(scheme)
 
 
 def context(default_scheme: str = "sha512_crypt") -> CryptContext:
     """A CryptContext over every scheme vmaild reads, with ``default_scheme`` for new hashes."""
     default_scheme = _check_scheme(default_scheme)
-    return CryptContext(schemes=list(SCHEMES), default=default_scheme,
-                        deprecated=["md5_crypt", "des_crypt"])
+    return CryptContext(
+        schemes=list(SCHEMES), default=default_scheme, deprecated=["md5_crypt", "des_crypt"]
+    )
 
 
 def hash_password(password: str, scheme: str = "sha512_crypt", rounds: int = 0) -> str:

@@ -34,7 +34,7 @@ import stat
 from dataclasses import dataclass
 
 PR_SET_NO_NEW_PRIVS = 38  # linux/prctl.h
-NOBODY = 65534            # the overflow uid/gid, when there is no passwd entry "nobody"
+NOBODY = 65534  # the overflow uid/gid, when there is no passwd entry "nobody"
 
 
 class DropError(Exception):
@@ -70,8 +70,10 @@ def target_for(address: str | tuple[str, int]) -> Target:
     try:
         st = os.stat(directory)
     except OSError as e:
-        raise DropError(f"cannot tell whom to run as: no socket {address}, and {directory}: "
-                        f"{e.strerror} (vmaild not running?)") from None
+        raise DropError(
+            f"cannot tell whom to run as: no socket {address}, and {directory}: "
+            f"{e.strerror} (vmaild not running?)"
+        ) from None
     return _account(st, f"owner of {directory} ({address} is not there yet)")
 
 
@@ -92,12 +94,14 @@ def drop_to(target: Target) -> None:
         os.setgid(gid)
         os.setuid(uid)
     except OSError as e:
-        raise DropError(f"cannot switch to uid {uid} gid {gid} ({target.why}): "
-                        f"{e.strerror}") from None
-    if (os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid)
-            or os.getgroups()):
-        raise DropError(f"switching to uid {uid} gid {gid} did not take: uids "
-                        f"{os.getresuid()}, gids {os.getresgid()}, groups {os.getgroups()}")
+        raise DropError(
+            f"cannot switch to uid {uid} gid {gid} ({target.why}): {e.strerror}"
+        ) from None
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+        raise DropError(
+            f"switching to uid {uid} gid {gid} did not take: uids "
+            f"{os.getresuid()}, gids {os.getresgid()}, groups {os.getgroups()}"
+        )
     try:
         os.setuid(0)
     except PermissionError:

@@ -53,8 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vmaild.schema")
 
-RECHECK = 60.0          # seconds between probes while something does not fit
-FIRST_RETRY = 1.0       # while the database does not answer: 1, 2, 4 ... MAX_RETRY seconds
+RECHECK = 60.0  # seconds between probes while something does not fit
+FIRST_RETRY = 1.0  # while the database does not answer: 1, 2, 4 ... MAX_RETRY seconds
 MAX_RETRY = 30.0
 DUMMY = "vmaild-schema-probe@probe.invalid"
 # Policy parameters that are numbers (bucket numbers, counts).
@@ -69,8 +69,9 @@ _UNJUDGED = frozenset({1345, 1235})
 SEED_FORMS: dict[tuple[str, str], str] = {
     ("auth", "query"): "SELECT email AS address, password FROM users WHERE email='%s'",
     ("auth", "enumerate_query"): "SELECT email AS address FROM users",
-    ("auth", "passwd_query"): ("UPDATE users SET password = %(new)s WHERE email = %(address)s "
-                               "AND password = %(old)s"),
+    ("auth", "passwd_query"): (
+        "UPDATE users SET password = %(new)s WHERE email = %(address)s AND password = %(old)s"
+    ),
 }
 # Switches that turn off what needs the query.
 SWITCHES: dict[tuple[str, str], str] = {
@@ -87,7 +88,7 @@ SWITCHES: dict[tuple[str, str], str] = {
 class Probe:
     """One configured statement, as the daemon sends it (pymysql parameter style)."""
 
-    section: str   # "auth", "policy", "map NAME"
+    section: str  # "auth", "policy", "map NAME"
     key: str
     sql: str
     params: tuple[Any, ...] | dict[str, Any] | None
@@ -102,15 +103,17 @@ class Misfit:
     section: str
     key: str
     errno: int
-    message: str   # the server's own words
+    message: str  # the server's own words
 
     @property
     def where(self) -> tuple[str, str]:
         return self.section, self.key
 
     def line(self) -> str:
-        return (f"{self.path}: [{self.section}] {self.key} does not fit the database: "
-                f"{describe(self.errno, self.message)}; {fix(self)}")
+        return (
+            f"{self.path}: [{self.section}] {self.key} does not fit the database: "
+            f"{describe(self.errno, self.message)}; {fix(self)}"
+        )
 
 
 def describe(errno: int, message: str) -> str:
@@ -152,8 +155,10 @@ def fix(m: Misfit) -> str:
         if seed:
             ways.append(f"set [{m.section}] {m.key} = {seed}")
     elif m.errno in (1142, 1143):
-        ways = ["grant the [database] user what the statement needs",
-                f"correct [{m.section}] {m.key}"]
+        ways = [
+            "grant the [database] user what the statement needs",
+            f"correct [{m.section}] {m.key}",
+        ]
     else:
         ways = [f"correct [{m.section}] {m.key}"]
     if switch:
@@ -163,13 +168,19 @@ def fix(m: Misfit) -> str:
 
 # -- the probes ------------------------------------------------------------------------------
 
-def _probe(section: str, key: str, sql: str,
-           params: tuple[Any, ...] | dict[str, Any] | None) -> Probe | None:
+
+def _probe(
+    section: str, key: str, sql: str, params: tuple[Any, ...] | dict[str, Any] | None
+) -> Probe | None:
     word = _FIRST_WORD.match(sql)
     verb = word.group(1).upper() if word else ""
     if verb not in _EXPLAINABLE:
-        log.debug("[%s] %s is not checked against the schema: EXPLAIN cannot take %s",
-                  section, key, verb or "it")
+        log.debug(
+            "[%s] %s is not checked against the schema: EXPLAIN cannot take %s",
+            section,
+            key,
+            verb or "it",
+        )
         return None
     return Probe(section, key, sql, params, read_only=verb in ("SELECT", "WITH"))
 
@@ -182,8 +193,9 @@ def _postfix_probe(section: str, key: str, query: str) -> Probe | None:
 def probes(cfg: Config) -> list[Probe]:
     """Every statement the configuration will send: each [map] query, and the queries of
     the [auth] and [policy] services that are on (listen set), as those services use them."""
-    found: list[Probe | None] = [_postfix_probe(f"map {name}", "query", m.query)
-                                 for name, m in cfg.maps.items()]
+    found: list[Probe | None] = [
+        _postfix_probe(f"map {name}", "query", m.query) for name, m in cfg.maps.items()
+    ]
     ac = cfg.auth
     if ac.listen is not None:
         found.append(_postfix_probe("auth", "query", ac.query))
@@ -196,6 +208,7 @@ def probes(cfg: Config) -> list[Probe]:
     if pc.listen is not None:
         from .policy.queries import compile_named
         from .policy.settings import QUERY_PARAMS
+
         keys = []
         if pc.sender_check:
             keys.append("sender_query")
@@ -256,6 +269,7 @@ def check_now(cfg: Config) -> list[Misfit]:
 
 # -- the daemon's side -----------------------------------------------------------------------
 
+
 class SchemaFit:
     """The misfits of one configuration (one Runtime): each logged once, and the gauge.
 
@@ -271,7 +285,7 @@ class SchemaFit:
         self.probes = probes(cfg)
         self.current: dict[tuple[str, str], Misfit] = {}
         self.checked = False
-        self.active = True      # False once this configuration was replaced
+        self.active = True  # False once this configuration was replaced
         self._logged: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()  # a request met a misfit: probe again
 
@@ -303,8 +317,9 @@ class SchemaFit:
         for where in probed:
             self._set(where, 1 if where in new else 0)
         if not self.checked and not new:
-            log.info("the configuration fits the database (%d statements checked)",
-                     len(self.probes))
+            log.info(
+                "the configuration fits the database (%d statements checked)", len(self.probes)
+            )
         self.checked = True
 
     def publish(self) -> None:
@@ -323,8 +338,9 @@ class SchemaFit:
         while self.probes and self.active:
             self._wake.clear()
             try:
-                found = await db.run(lambda conn: run_probes(conn, self.probes, self.path),
-                                     retry=True)
+                found = await db.run(
+                    lambda conn: run_probes(conn, self.probes, self.path), retry=True
+                )
             except DatabaseError as e:
                 if not said:
                     log.info("schema check waits for the database: %s", e)

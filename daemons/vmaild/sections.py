@@ -111,8 +111,9 @@ class MapConfig(Section):
         if not self.query:
             raise ConfigError("missing (required)", key="query")
         _checked("query", expansions.compile_query, self.query)
-        if self.recipient_delimiter is not None and any(c in self.recipient_delimiter
-                                                        for c in "@ \t"):
+        if self.recipient_delimiter is not None and any(
+            c in self.recipient_delimiter for c in "@ \t"
+        ):
             raise ConfigError("must not contain @ or spaces", key="recipient_delimiter")
         if self.tcp is not None and self.tcp.is_unix:
             raise ConfigError("Postfix tcp: tables are TCP only", key="tcp")
@@ -145,7 +146,8 @@ class PolicyConfig(Section):
     quota_check: bool = True
     recipient_query: str = (
         "SELECT u.active, d.active, u.quota_bytes, u.quota_messages, u.maildir FROM users u "
-        "LEFT JOIN domains d ON d.domain = %(domain)s WHERE u.email = %(address)s")
+        "LEFT JOIN domains d ON d.domain = %(domain)s WHERE u.email = %(address)s"
+    )
     disabled_action: str = "550 5.2.1 Mailbox disabled"
     quota_action: str = "452 4.2.2 Mailbox full"
     recipient_fail_action: str = "DUNNO"
@@ -157,7 +159,8 @@ class PolicyConfig(Section):
         "SELECT 1 FROM forwardings WHERE source = %(sender)s AND active = 1 "
         "AND FIND_IN_SET(%(login)s, REPLACE(LOWER(destination), ' ', '')) > 0 "
         "UNION ALL SELECT 1 FROM sender_grants WHERE login = %(login)s "
-        "AND sender IN (%(sender)s, %(at_domain)s) LIMIT 1")
+        "AND sender IN (%(sender)s, %(at_domain)s) LIMIT 1"
+    )
     sender_action: str = "553 5.7.1 Sender address not owned by {login}"
     sender_fail_action: str = "DEFER_IF_PERMIT Sender address check temporarily unavailable"
     # Sending limits per authenticated login and sliding window; 0 switches a limit off.
@@ -168,12 +171,14 @@ class PolicyConfig(Section):
     ratelimit_count_state: str = "END-OF-MESSAGE"  # or RCPT
     ratelimit_query: str = (
         "SELECT bucket, messages, recipients FROM send_counters "
-        "WHERE login = %(login)s AND bucket >= %(since)s")
+        "WHERE login = %(login)s AND bucket >= %(since)s"
+    )
     ratelimit_update: str = (
         "INSERT INTO send_counters (login, bucket, messages, recipients) "
         "VALUES (%(login)s, %(bucket)s, %(messages)s, %(recipients)s) "
         "ON DUPLICATE KEY UPDATE messages = messages + VALUES(messages), "
-        "recipients = recipients + VALUES(recipients)")
+        "recipients = recipients + VALUES(recipients)"
+    )
     ratelimit_prune: str = "DELETE FROM send_counters WHERE bucket < %(before)s LIMIT 10000"
     ratelimit_prune_interval: float = _num(300.0, 0)
     ratelimit_action: str = "450 4.7.1 Sending limit exceeded"
@@ -185,17 +190,18 @@ class PolicyConfig(Section):
         if self.listen is None:
             return
         for key in ("disabled_action", "quota_action", "sender_action", "ratelimit_action"):
-            _checked(key, lambda k=key: check_action(fill(getattr(self, k), login="x",
-                                                          sender="x")))
+            _checked(key, lambda k=key: check_action(fill(getattr(self, k), login="x", sender="x")))
         for key in ("recipient_fail_action", "sender_fail_action", "ratelimit_fail_action"):
             _checked(key, check_action, getattr(self, key), fail=True)
         for key, params in QUERY_PARAMS.items():
             _checked(key, compile_named, getattr(self, key), params)
         if self.ratelimit_count_state.strip().upper() not in COUNT_STATES:
-            raise ConfigError(f"must be one of {', '.join(COUNT_STATES)}",
-                              key="ratelimit_count_state")
-        if self.recipient_delimiter is not None and any(c in self.recipient_delimiter
-                                                        for c in "@ \t"):
+            raise ConfigError(
+                f"must be one of {', '.join(COUNT_STATES)}", key="ratelimit_count_state"
+            )
+        if self.recipient_delimiter is not None and any(
+            c in self.recipient_delimiter for c in "@ \t"
+        ):
             raise ConfigError("must not contain @ or spaces", key="recipient_delimiter")
 
 
@@ -231,18 +237,22 @@ class AuthConfig(Section):
         "SELECT u.email AS address, u.password, u.maildir, u.name, u.quota_bytes, "
         "u.quota_messages, u.active AND COALESCE(d.active, 1) AS active FROM users u "
         "LEFT JOIN domains d ON d.domain = SUBSTRING_INDEX(u.email, '@', -1) "
-        "WHERE u.email = '%s'")
+        "WHERE u.email = '%s'"
+    )
     enumerate_query: str = (
         "SELECT u.email AS address, u.maildir FROM users u "
         "LEFT JOIN domains d ON d.domain = SUBSTRING_INDEX(u.email, '@', -1) "
-        "WHERE u.active = 1 AND COALESCE(d.active, 1) = 1 ORDER BY u.email")
+        "WHERE u.active = 1 AND COALESCE(d.active, 1) = 1 ORDER BY u.email"
+    )
     # PASSWD requests (authpasswd, webmail).
     passwd_query: str = (
         "UPDATE users SET password = %(new)s, password_changed_at = NOW() "
-        "WHERE email = %(address)s AND password = %(old)s")
+        "WHERE email = %(address)s AND password = %(old)s"
+    )
     # Upgrades on login keep password_changed_at: the password itself did not change.
     rehash_query: str = (
-        "UPDATE users SET password = %(new)s WHERE email = %(address)s AND password = %(old)s")
+        "UPDATE users SET password = %(new)s WHERE email = %(address)s AND password = %(old)s"
+    )
     # New hashes (PASSWD, rehash): sha512_crypt, sha256_crypt, bcrypt or argon2.
     password_scheme: str = "sha512_crypt"
     # 0: passlib's default cost for the scheme (rounds, or log2 rounds for bcrypt).
@@ -282,8 +292,9 @@ class AuthConfig(Section):
     def _check_hashing(self) -> None:
         scheme, rounds = self.password_scheme, self.password_rounds
         if scheme not in NEW_HASH_SCHEMES:
-            raise ConfigError(f"must be one of {', '.join(NEW_HASH_SCHEMES)}",
-                              key="password_scheme")
+            raise ConfigError(
+                f"must be one of {', '.join(NEW_HASH_SCHEMES)}", key="password_scheme"
+            )
         if scheme == "bcrypt" and rounds and not 4 <= rounds <= 31:
             raise ConfigError("bcrypt takes log2 rounds, 4..31", key="password_rounds")
         if scheme == "argon2" and rounds > 100:

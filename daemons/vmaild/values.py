@@ -25,8 +25,14 @@ class ConfigError(ValueError):
     ValueError, so that code reading one value (vmaild-authpipe) can catch it as such.
     """
 
-    def __init__(self, problem: str, *, key: str | None = None, section: str | None = None,
-                 path: str | None = None):
+    def __init__(
+        self,
+        problem: str,
+        *,
+        key: str | None = None,
+        section: str | None = None,
+        path: str | None = None,
+    ):
         self.problem = problem
         self.key = key
         self.section = section
@@ -41,13 +47,15 @@ class ConfigError(ValueError):
             where += f" {self.key}" if where else self.key
         return f"{where}: {self.problem}" if where else self.problem
 
-    def within(self, path: str, section: str | None = None,
-               key: str | None = None) -> ConfigError:
+    def within(self, path: str, section: str | None = None, key: str | None = None) -> ConfigError:
         """This mistake located in ``path``; ``section`` and ``key`` name where, unless the
         error already does."""
-        return ConfigError(self.problem, path=path,
-                           section=self.section if self.section is not None else section,
-                           key=self.key if self.key is not None else key)
+        return ConfigError(
+            self.problem,
+            path=path,
+            section=self.section if self.section is not None else section,
+            key=self.key if self.key is not None else key,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,9 @@ class Certificate:
         return ctx
 
 
-def make_certificate(directory: str | os.PathLike[str], hostname: str,
-                     days: int = 30) -> Certificate:
+def make_certificate(
+    directory: str | os.PathLike[str], hostname: str, days: int = 30
+) -> Certificate:
     """Write mail.key, mail.crt and mail.pem for ``hostname`` under ``directory``.
 
     mail.key is 0600 root (Postfix reads it as root before it drops privileges);
@@ -42,9 +43,28 @@ def make_certificate(directory: str | os.PathLike[str], hostname: str,
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     key, cert, pem = d / "mail.key", d / "mail.crt", d / "mail.pem"
-    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", str(days),
-         "-subj", f"/CN={hostname}", "-addext", f"subjectAltName=DNS:{hostname}"])
+    run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            str(days),
+            "-subj",
+            f"/CN={hostname}",
+            "-addext",
+            f"subjectAltName=DNS:{hostname}",
+        ]
+    )
     pem.write_bytes(key.read_bytes() + cert.read_bytes())
     os.chmod(key, 0o600)
     os.chmod(pem, 0o640)

@@ -40,8 +40,9 @@ def relay_pids(config: str | os.PathLike[str]) -> list[int]:
     found = []
     for pid in all_pids():
         try:
-            if (b"vmaild-authpipe" in Path(f"/proc/{pid}/cmdline").read_bytes()
-                    and wanted in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")):
+            if b"vmaild-authpipe" in Path(f"/proc/{pid}/cmdline").read_bytes() and wanted in Path(
+                f"/proc/{pid}/environ"
+            ).read_bytes().split(b"\0"):
                 found.append(pid)
         except OSError:
             continue
@@ -64,8 +65,10 @@ def describe_identity(pid: int) -> str:
         name = pwd.getpwuid(int(uid[1])).pw_name
     except KeyError:
         name = f"uid {uid[1]}"
-    parts = [f"uid {'/'.join(dict.fromkeys(uid))} gid {'/'.join(dict.fromkeys(gid))}",
-             f"groups {','.join(ids['Groups'])}" if ids["Groups"] else "no groups"]
+    parts = [
+        f"uid {'/'.join(dict.fromkeys(uid))} gid {'/'.join(dict.fromkeys(gid))}",
+        f"groups {','.join(ids['Groups'])}" if ids["Groups"] else "no groups",
+    ]
     if ids["NoNewPrivs"] == ["1"]:
         parts.append("no_new_privs")
     if int(ids["CapEff"][0], 16):

@@ -347,7 +347,6 @@ class Courier(Service):
         if self._guard.held:
             self._guard.release()
 
-
     def __repr__(self) -> str:
         return f"<Courier modules={self.modules!r} imap={self.imap_port} pop3={self.pop3_port}>"
 

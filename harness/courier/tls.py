@@ -37,23 +37,48 @@ class TlsListener:
         login, daemon = (IMAPLOGIN, IMAPD) if self.kind == "imapd" else (POP3LOGIN, POP3D)
         prefix = "IMAP" if self.kind == "imapd" else "POP3"
         # What the -ssl start scripts set for the implicit-TLS listener.
-        settings = {**self.env, f"{prefix}_TLS": "1", f"{prefix}_STARTTLS": "NO",
-                    f"{prefix}_TLS_REQUIRED": "0"}
+        settings = {
+            **self.env,
+            f"{prefix}_TLS": "1",
+            f"{prefix}_STARTTLS": "NO",
+            f"{prefix}_TLS_REQUIRED": "0",
+        }
         assignments = "; ".join(f"{k}={_sh(v)}" for k, v in settings.items())
-        argv = [COURIERTCPD, f"-address={LOOPBACK}", "-maxprocs=200", "-maxperip=200",
-                "-nodnslookup", "-noidentlookup", f"-stderr={self.log}", str(self.port),
-                COURIERTLS, "-server", "-tcpd", "-user=courier", login, daemon, "Maildir"]
-        script = (f"set -a; . {COURIER_ETC / self.kind}; . {COURIER_ETC / (self.kind + '-ssl')}; "
-                  f"{assignments}; exec " + " ".join(_sh(a) for a in argv))
+        argv = [
+            COURIERTCPD,
+            f"-address={LOOPBACK}",
+            "-maxprocs=200",
+            "-maxperip=200",
+            "-nodnslookup",
+            "-noidentlookup",
+            f"-stderr={self.log}",
+            str(self.port),
+            COURIERTLS,
+            "-server",
+            "-tcpd",
+            "-user=courier",
+            login,
+            daemon,
+            "Maildir",
+        ]
+        script = (
+            f"set -a; . {COURIER_ETC / self.kind}; . {COURIER_ETC / (self.kind + '-ssl')}; "
+            f"{assignments}; exec " + " ".join(_sh(a) for a in argv)
+        )
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(["/bin/sh", "-c", script],
-                                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                                         stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                         cwd="/")
+            self.proc = subprocess.Popen(
+                ["/bin/sh", "-c", script],
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd="/",
+            )
         proc = self.proc
-        wait_for_port(LOOPBACK, self.port, timeout,
-                      abort=lambda: exited(proc, f"{self.kind}-ssl", self.log))
+        wait_for_port(
+            LOOPBACK, self.port, timeout, abort=lambda: exited(proc, f"{self.kind}-ssl", self.log)
+        )
 
     def stop(self) -> None:
         stop_process(self.proc, timeout=10.0)

@@ -26,7 +26,7 @@ class Ledger:
     #: seq -> the Maildirs (relative to the mail base) the message must reach.
     expected: dict[str, tuple[str, ...]] = field(default_factory=dict)
     accepted: set[str] = field(default_factory=set)
-    deferred: int = 0           # 4xx or connection failures, tried again later
+    deferred: int = 0  # 4xx or connection failures, tried again later
     rejected: dict[str, str] = field(default_factory=dict)  # seq -> 5xx reply
     pending: list[tuple[str, str]] = field(default_factory=list)  # (seq, recipient)
 
@@ -35,8 +35,15 @@ class SmtpLoad:
     """Sends ``rate`` messages a second, round robin over ``targets`` (recipient -> the
     Maildirs it delivers to), from a background thread, until :meth:`stop`."""
 
-    def __init__(self, run: str, targets: dict[str, tuple[str, ...]], sender: str,
-                 rate: float = 4.0, host: str = "127.0.0.1", port: int = 25) -> None:
+    def __init__(
+        self,
+        run: str,
+        targets: dict[str, tuple[str, ...]],
+        sender: str,
+        rate: float = 4.0,
+        host: str = "127.0.0.1",
+        port: int = 25,
+    ) -> None:
         self.ledger = Ledger(run)
         self.targets = list(targets.items())
         self.sender = sender
@@ -55,9 +62,11 @@ class SmtpLoad:
         self.stop()
 
     def _send(self, seq: str, rcpt: str) -> None:
-        body = (f"From: <{self.sender}>\r\nTo: <{rcpt}>\r\nSubject: load {seq}\r\n"
-                f"Message-ID: <{seq}@load.test>\r\n{HEADER}: {seq}\r\n\r\n"
-                f"message {seq} to {rcpt}\r\n").encode()
+        body = (
+            f"From: <{self.sender}>\r\nTo: <{rcpt}>\r\nSubject: load {seq}\r\n"
+            f"Message-ID: <{seq}@load.test>\r\n{HEADER}: {seq}\r\n\r\n"
+            f"message {seq} to {rcpt}\r\n"
+        ).encode()
         led = self.ledger
         try:
             with smtplib.SMTP(self.host, self.port, timeout=30) as smtp:
@@ -140,9 +149,11 @@ class Tally:
     unexpected: list[tuple[str, str]]
 
     def line(self, phase: str) -> str:
-        return (f"{phase}: sent {self.sent}, deferred {self.deferred}, bounced/rejected "
-                f"{self.rejected}, delivered {self.delivered}, lost {len(self.lost)}, "
-                f"duplicated {len(self.duplicated)}")
+        return (
+            f"{phase}: sent {self.sent}, deferred {self.deferred}, bounced/rejected "
+            f"{self.rejected}, delivered {self.delivered}, lost {len(self.lost)}, "
+            f"duplicated {len(self.duplicated)}"
+        )
 
     @property
     def clean(self) -> bool:
@@ -153,7 +164,9 @@ def tally(ledger: Ledger, found: Counter[tuple[str, str]]) -> Tally:
     mine = {k: v for k, v in found.items() if k[1].startswith(ledger.run + "-")}
     want = {(box, seq) for seq, boxes in ledger.expected.items() for box in boxes}
     return Tally(
-        sent=len(ledger.expected), deferred=ledger.deferred, rejected=len(ledger.rejected),
+        sent=len(ledger.expected),
+        deferred=ledger.deferred,
+        rejected=len(ledger.rejected),
         delivered=sum(1 for k in want if mine.get(k, 0) >= 1),
         lost=sorted(k for k in want if k not in mine),
         duplicated=sorted(k for k, n in mine.items() if n > 1),

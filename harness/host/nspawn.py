@@ -37,8 +37,11 @@ IMAGE_VERSION = "1"
 INCLUDE = "systemd,systemd-sysv,dbus,ca-certificates"
 #: Copied from this machine into every image (when present).
 HOST_FILES = (
-    "etc/apt/sources.list.d", "etc/apt/apt.conf.d/99artifact-registry",
-    "etc/apt/apt.conf.d/99farm-no-dep11", "etc/pip.conf", "etc/xdg/pip",
+    "etc/apt/sources.list.d",
+    "etc/apt/apt.conf.d/99artifact-registry",
+    "etc/apt/apt.conf.d/99farm-no-dep11",
+    "etc/pip.conf",
+    "etc/xdg/pip",
 )
 #: The ports the seed's stack and vmaild listen on in a host.
 PORTS = (25, 110, 143, 587, 993, 995, 3306, 9125, 10020, 10040)
@@ -83,8 +86,10 @@ def base_image() -> Path:
         for tool in ("debootstrap", "systemd-nspawn", "nsenter"):
             if shutil.which(tool) is None:
                 raise HostError(f"{tool} is missing (scripts/install-systemtest-deps.sh)")
-        _run(["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(tmp),
-              mirror()], timeout=1200)
+        _run(
+            ["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(tmp), mirror()],
+            timeout=1200,
+        )
         for rel in HOST_FILES:
             src, dst = Path("/") / rel, tmp / rel
             if src.is_dir():
@@ -119,8 +124,9 @@ def check_ports_free(ports: tuple[int, ...] = PORTS) -> None:
 class Host:
     """One booted host. ``with Host("name") as h: h.sh("systemctl status")``."""
 
-    def __init__(self, name: str, hostname: str = "mail.raecoo.com",
-                 binds: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, hostname: str = "mail.raecoo.com", binds: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.hostname = hostname
         self.binds = binds or {}
@@ -140,28 +146,45 @@ class Host:
         short = self.hostname.split(".")[0]
         (self.root / "etc/hostname").write_text(self.hostname + "\n")
         hosts_file = self.root / "etc/hosts"
-        hosts = hosts_file.read_text() if hosts_file.exists() else (
-            "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n")
+        hosts = (
+            hosts_file.read_text()
+            if hosts_file.exists()
+            else ("127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n")
+        )
         (self.root / "etc/hosts").write_text(f"127.0.1.1\t{self.hostname} {short}\n" + hosts)
 
     def boot(self, timeout: float = 120) -> None:
         check_ports_free()
         archives = CACHE / "apt-archives"
         (archives / "partial").mkdir(parents=True, exist_ok=True)
-        cmd = ["systemd-nspawn", "-D", str(self.root), "--boot", "--register=no",
-               "--keep-unit", f"--hostname={self.hostname}", "--resolv-conf=replace-host",
-               f"--bind={archives}:/var/cache/apt/archives"]
+        cmd = [
+            "systemd-nspawn",
+            "-D",
+            str(self.root),
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            f"--hostname={self.hostname}",
+            "--resolv-conf=replace-host",
+            f"--bind={archives}:/var/cache/apt/archives",
+        ]
         cmd += [f"--bind-ro={src}:{dst}" for src, dst in self.binds.items()]
         with open(self.console, "ab") as console:
-            self.nspawn = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
+            self.nspawn = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.boots += 1
         deadline = time.monotonic() + timeout
         self.leader = 0
         while not self.leader:
             if self.nspawn.poll() is not None:
-                raise HostError(f"systemd-nspawn exited {self.nspawn.returncode}: "
-                                f"{self.console_tail()}")
+                raise HostError(
+                    f"systemd-nspawn exited {self.nspawn.returncode}: {self.console_tail()}"
+                )
             if time.monotonic() > deadline:
                 raise HostError(f"no PID 1 after {timeout} s: {self.console_tail()}")
             self.leader = self._find_leader()
@@ -173,8 +196,9 @@ class Host:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise HostError(f"not booted after {timeout} s: {self.console_tail()}")
-            state = self.run(["systemctl", "is-system-running", "--wait"],
-                             timeout=left).stdout.strip()
+            state = self.run(
+                ["systemctl", "is-system-running", "--wait"], timeout=left
+            ).stdout.strip()
             if not state:
                 time.sleep(0.2)
         if state not in ("running", "degraded"):
@@ -202,8 +226,9 @@ class Host:
     def _halt(self, verb: str, timeout: float, expect: tuple[int, ...]) -> None:
         if self.nspawn is None or self.nspawn.poll() is not None:
             return
-        subprocess.run(self._enter(["systemctl", "--no-block", verb]), capture_output=True,
-                       timeout=30)
+        subprocess.run(
+            self._enter(["systemctl", "--no-block", verb]), capture_output=True, timeout=30
+        )
         try:
             code = self.nspawn.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -249,23 +274,48 @@ class Host:
             raise HostError(f"host {self.name} is not running")
         if cwd != "/":
             argv = ["sh", "-c", 'cd "$0" && exec "$@"', cwd, *argv]
-        return ["nsenter", "-t", str(self.leader), "-a", "--", "env", "-i", f"PATH={PATH}",
-                "HOME=/root", "LANG=C.UTF-8", "TERM=dumb", *argv]
+        return [
+            "nsenter",
+            "-t",
+            str(self.leader),
+            "-a",
+            "--",
+            "env",
+            "-i",
+            f"PATH={PATH}",
+            "HOME=/root",
+            "LANG=C.UTF-8",
+            "TERM=dumb",
+            *argv,
+        ]
 
-    def run(self, argv: list[str], timeout: float = 600, check: bool = False,
-            input: str | None = None, cwd: str = "/",
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        argv: list[str],
+        timeout: float = 600,
+        check: bool = False,
+        input: str | None = None,
+        cwd: str = "/",
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         extra = [f"{k}={v}" for k, v in (env or {}).items()]
         cmd = self._enter([*argv] if not extra else ["env", *extra, *argv], cwd)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              input=input)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
         if check and done.returncode != 0:
-            raise HostError(f"in {self.name}: {' '.join(argv)}: exit {done.returncode}\n"
-                            f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+            raise HostError(
+                f"in {self.name}: {' '.join(argv)}: exit {done.returncode}\n"
+                f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+            )
         return done
 
-    def sh(self, script: str, timeout: float = 600, check: bool = True, cwd: str = "/",
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def sh(
+        self,
+        script: str,
+        timeout: float = 600,
+        check: bool = True,
+        cwd: str = "/",
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """``bash -c SCRIPT`` inside the host, as root with a login-like environment."""
         return self.run(["bash", "-c", script], timeout=timeout, check=check, cwd=cwd, env=env)
 

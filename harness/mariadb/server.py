@@ -204,7 +204,6 @@ class MariaDB(Service):
             os.kill(self._proc.pid, signal.SIGCONT)
             self._paused = False
 
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<MariaDB {self.host}:{self.port} socket={self.socket} {state}>"

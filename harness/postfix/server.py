@@ -220,7 +220,6 @@ class Postfix(PostfixConfig, Service):
         except HarnessTimeout:
             pass
 
-
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<Postfix {self.host}:{self.smtp_port} config={self.config_dir} {state}>"
@@ -282,8 +281,11 @@ class Postfix(PostfixConfig, Service):
             entries = self.queue()
             if not entries:
                 return True
-            if (flush and time.monotonic() - last_flush >= 1.0
-                    and any(e.get("queue_name") == "deferred" for e in entries)):
+            if (
+                flush
+                and time.monotonic() - last_flush >= 1.0
+                and any(e.get("queue_name") == "deferred" for e in entries)
+            ):
                 self.flush()
                 last_flush = time.monotonic()
             return False
@@ -320,8 +322,9 @@ class Postfix(PostfixConfig, Service):
         assert found is not None  # wait_until returns only a truthy value
         return found
 
-    def wait_for_removed(self, queue_ids: Iterable[str], timeout: float = 30.0, *,
-                         since: int = 0) -> None:
+    def wait_for_removed(
+        self, queue_ids: Iterable[str], timeout: float = 30.0, *, since: int = 0
+    ) -> None:
         """Wait until the maillog says each of ``queue_ids`` left the queue (qmgr's
         ``QID: removed``). The queue being empty is not enough: the log goes through
         postlogd and can lag. Once ``removed`` is there, so is every ``status=`` line of
@@ -334,11 +337,16 @@ class Postfix(PostfixConfig, Service):
             return {q for q in wanted if not re.search(rf": {q}: removed$", text[since:], re.M)}
 
         try:
-            wait_until(lambda: not missing(), timeout, f"'removed' for {len(wanted)} queue "
-                       "id(s) in the maillog", interval=0.05)
+            wait_until(
+                lambda: not missing(),
+                timeout,
+                f"'removed' for {len(wanted)} queue id(s) in the maillog",
+                interval=0.05,
+            )
         except HarnessTimeout as exc:
-            raise HarnessTimeout(f"{exc}; still missing: {sorted(missing())}; log tail:\n"
-                                 f"{tail(self.log_file)}") from None
+            raise HarnessTimeout(
+                f"{exc}; still missing: {sorted(missing())}; log tail:\n{tail(self.log_file)}"
+            ) from None
 
     # ------------------------------------------------------------------- SMTP
     def smtp(self, timeout: float = 10.0) -> smtplib.SMTP:

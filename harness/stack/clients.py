@@ -35,9 +35,11 @@ class Delivery:
     text: str
 
 
-_STATUS = re.compile(r" postfix/(?P<svc>[\w/-]+)\[\d+\]: (?P<qid>[0-9A-F]+): to=<(?P<to>[^>]*)>,"
-                     r".*? relay=(?P<relay>[^,]+),.*? status=(?P<status>\w+) (?P<text>.*)$",
-                     re.M)
+_STATUS = re.compile(
+    r" postfix/(?P<svc>[\w/-]+)\[\d+\]: (?P<qid>[0-9A-F]+): to=<(?P<to>[^>]*)>,"
+    r".*? relay=(?P<relay>[^,]+),.*? status=(?P<status>\w+) (?P<text>.*)$",
+    re.M,
+)
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,12 @@ class StackClients:
     def wait_for_messages(self, address: str, count: int, timeout: float = 30.0) -> list[Path]:
         assert self.postfix is not None
         try:
-            wait_until(lambda: len(self.messages(address)) >= count, timeout,
-                       f"{count} message(s) in {self.maildir(address)}", interval=0.05)
+            wait_until(
+                lambda: len(self.messages(address)) >= count,
+                timeout,
+                f"{count} message(s) in {self.maildir(address)}",
+                interval=0.05,
+            )
         except TimeoutError as e:
             raise TimeoutError(f"{e}\n--- maillog ---\n{tail(self.postfix.log_file, 40)}") from None
         return self.messages(address)
@@ -103,8 +109,13 @@ class StackClients:
         return smtplib.SMTP(LOOPBACK, port, timeout=timeout)
 
     @contextlib.contextmanager
-    def smtp_session(self, *, login: tuple[str, str] | None = None, starttls: bool = False,
-                     submission: bool = False) -> Iterator[smtplib.SMTP]:
+    def smtp_session(
+        self,
+        *,
+        login: tuple[str, str] | None = None,
+        starttls: bool = False,
+        submission: bool = False,
+    ) -> Iterator[smtplib.SMTP]:
         """A greeted SMTP session: EHLO; STARTTLS when asked, for a ``login`` (AUTH is
         offered only under TLS, smtpd_tls_auth_only) and on the submission port; then AUTH."""
         with self.smtp(submission=submission) as client:
@@ -123,8 +134,9 @@ class StackClients:
         ctx.check_hostname = False  # we connect to 127.0.0.1, the certificate names HOSTNAME
         return ctx
 
-    def message(self, sender: str, recipients: Sequence[str], subject: str,
-                body: str = "hello\n") -> EmailMessage:
+    def message(
+        self, sender: str, recipients: Sequence[str], subject: str, body: str = "hello\n"
+    ) -> EmailMessage:
         msg = EmailMessage()
         msg["From"] = sender
         msg["To"] = ", ".join(recipients)
@@ -132,26 +144,39 @@ class StackClients:
         msg.set_content(body)
         return msg
 
-    def send(self, sender: str, recipients: str | Sequence[str], subject: str,
-             body: str = "hello\n", *, login: tuple[str, str] | None = None,
-             starttls: bool = False) -> dict[str, tuple[int, bytes]]:
+    def send(
+        self,
+        sender: str,
+        recipients: str | Sequence[str],
+        subject: str,
+        body: str = "hello\n",
+        *,
+        login: tuple[str, str] | None = None,
+        starttls: bool = False,
+    ) -> dict[str, tuple[int, bytes]]:
         """Send one message through Postfix; ``login`` implies STARTTLS (AUTH is offered
         only under TLS, smtpd_tls_auth_only). Returns smtplib's refused recipients."""
         rcpts = [recipients] if isinstance(recipients, str) else list(recipients)
         with self.smtp_session(login=login, starttls=starttls) as client:
-            return client.send_message(self.message(sender, rcpts, subject, body),
-                                       from_addr=sender, to_addrs=rcpts)
+            return client.send_message(
+                self.message(sender, rcpts, subject, body), from_addr=sender, to_addrs=rcpts
+            )
 
     @contextlib.contextmanager
-    def imap(self, address: str, password: str, *, implicit_tls: bool = False
-             ) -> Iterator[imaplib.IMAP4]:
+    def imap(
+        self, address: str, password: str, *, implicit_tls: bool = False
+    ) -> Iterator[imaplib.IMAP4]:
         """A logged-in IMAP session: STARTTLS on the imapd port (IMAP_TLS_REQUIRED=1 in
         courier/imapd-ssl.vmaild), or IMAPS on the imapd-ssl port."""
         assert self.courier is not None and self.courier.imap_port is not None
         client: imaplib.IMAP4
         if implicit_tls:
-            client = imaplib.IMAP4_SSL(LOOPBACK, self.tls_listeners["imapd"].port,
-                                       ssl_context=self.client_tls(), timeout=30)
+            client = imaplib.IMAP4_SSL(
+                LOOPBACK,
+                self.tls_listeners["imapd"].port,
+                ssl_context=self.client_tls(),
+                timeout=30,
+            )
         else:
             client = imaplib.IMAP4(LOOPBACK, self.courier.imap_port, timeout=30)
             if self.tls:
@@ -164,14 +189,16 @@ class StackClients:
                 client.logout()
 
     @contextlib.contextmanager
-    def pop3(self, address: str, password: str, *, implicit_tls: bool = False
-             ) -> Iterator[poplib.POP3]:
+    def pop3(
+        self, address: str, password: str, *, implicit_tls: bool = False
+    ) -> Iterator[poplib.POP3]:
         """A logged-in POP3 session (STLS on the pop3d port, or POP3S)."""
         assert self.courier is not None and self.courier.pop3_port is not None
         client: poplib.POP3
         if implicit_tls:
-            client = poplib.POP3_SSL(LOOPBACK, self.tls_listeners["pop3d"].port,
-                                     context=self.client_tls(), timeout=30)
+            client = poplib.POP3_SSL(
+                LOOPBACK, self.tls_listeners["pop3d"].port, context=self.client_tls(), timeout=30
+            )
         else:
             client = poplib.POP3(LOOPBACK, self.courier.pop3_port, timeout=30)
             if self.tls:
@@ -191,8 +218,11 @@ class StackClients:
             if not count:
                 return []
             typ, fetched = m.fetch(f"1:{count}", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            return [part[1].decode().strip().removeprefix("Subject: ")
-                    for part in fetched if isinstance(part, tuple)]
+            return [
+                part[1].decode().strip().removeprefix("Subject: ")
+                for part in fetched
+                if isinstance(part, tuple)
+            ]
 
     def pop3_subjects(self, address: str, password: str, **kw: bool) -> list[str]:
         with self.pop3(address, password, **kw) as p:
@@ -208,11 +238,19 @@ class StackClients:
         been written: Postfix logs through postlogd, so a message can be in its Maildir
         (and out of the queue) before its line is. See :meth:`wait_for_delivery`."""
         assert self.postfix is not None
-        return [Delivery(m["qid"], m["to"], m["relay"], m["status"], m["text"])
-                for m in _STATUS.finditer(self.postfix.log_text(), since)]
+        return [
+            Delivery(m["qid"], m["to"], m["relay"], m["status"], m["text"])
+            for m in _STATUS.finditer(self.postfix.log_text(), since)
+        ]
 
-    def wait_for_delivery(self, since: int = 0, *, queue_id: str | None = None,
-                          to: str | None = None, timeout: float = 30.0) -> Delivery:
+    def wait_for_delivery(
+        self,
+        since: int = 0,
+        *,
+        queue_id: str | None = None,
+        to: str | None = None,
+        timeout: float = 30.0,
+    ) -> Delivery:
         """The first ``status=`` line after offset ``since`` for ``queue_id`` and/or the
         recipient ``to``, waiting until the maillog has it; a timeout names what was
         missing and shows the log's tail."""
@@ -221,23 +259,41 @@ class StackClients:
             raise ValueError("wait_for_delivery needs a queue_id or a recipient")
 
         def found() -> Delivery | None:
-            return next((d for d in self.deliveries(since)
-                         if queue_id in (None, d.queue_id) and to in (None, d.to)), None)
+            return next(
+                (
+                    d
+                    for d in self.deliveries(since)
+                    if queue_id in (None, d.queue_id) and to in (None, d.to)
+                ),
+                None,
+            )
 
-        what = " ".join(x for x in (queue_id and f"queue id {queue_id}",
-                                    to and f"to=<{to}>") if x)
+        what = " ".join(x for x in (queue_id and f"queue id {queue_id}", to and f"to=<{to}>") if x)
         try:
-            line = wait_until(found, timeout, f"a status= line for {what} in the maillog "
-                              f"after offset {since}", interval=0.05)
+            line = wait_until(
+                found,
+                timeout,
+                f"a status= line for {what} in the maillog after offset {since}",
+                interval=0.05,
+            )
         except TimeoutError as e:
-            raise HarnessTimeout(f"{e}\n--- maillog ---\n{tail(self.postfix.log_file, 40)}"
-                                 ) from None
+            raise HarnessTimeout(
+                f"{e}\n--- maillog ---\n{tail(self.postfix.log_file, 40)}"
+            ) from None
         assert line is not None  # wait_until returns only a truthy value
         return line
 
-    def submit(self, sender: str, recipient: str, subject: str, body: str = "hello\n", *,
-               login: tuple[str, str] | None = None, size: bool = True,
-               submission: bool = False) -> Submission:
+    def submit(
+        self,
+        sender: str,
+        recipient: str,
+        subject: str,
+        body: str = "hello\n",
+        *,
+        login: tuple[str, str] | None = None,
+        size: bool = True,
+        submission: bool = False,
+    ) -> Submission:
         """One message to one recipient, step by step, the way an MTA client sees it:
         the RCPT or DATA reply, and the queue id when Postfix took the message. ``size``
         False leaves out SIZE= (the policy service then cannot refuse a big message at
@@ -256,4 +312,3 @@ class StackClients:
         reply = text.decode(errors="replace")
         queued = re.search(r"queued as ([0-9A-F]+)", reply)
         return Submission(code, reply, queued.group(1) if queued else None)
-

@@ -10,8 +10,16 @@ from harness.mariadb.server import MariaDB
 from harness.stack import seed, shipped
 
 #: Keys of courier/*.vmaild that only place the listeners (the harness picks loopback ports).
-_LISTENER_KEYS = {"ADDRESS", "PORT", "SSLADDRESS", "SSLPORT", "IMAPDSSLSTART", "IMAPDSTARTTLS",
-                  "POP3DSSLSTART", "MAILDIRPATH"}
+_LISTENER_KEYS = {
+    "ADDRESS",
+    "PORT",
+    "SSLADDRESS",
+    "SSLPORT",
+    "IMAPDSSLSTART",
+    "IMAPDSTARTTLS",
+    "POP3DSSLSTART",
+    "MAILDIRPATH",
+}
 #: sha512_crypt rounds for new hashes: the default 656,000 costs ~0.5 s per login.
 TEST_PASSWORD_ROUNDS = 5000
 
@@ -35,9 +43,14 @@ class StackConfig:
     def vmaild_config(self) -> str:
         """scripts/vmaild.conf.example with the sandbox's database, ports and paths."""
         cp = shipped.vmaild_example()
-        cp["database"].update(hosts=f"127.0.0.1:{self.mariadb.port}", user=self.db.user,
-                              password=self.db.password, dbname=self.db.dbname,
-                              connect_timeout="1", retry_interval="1")
+        cp["database"].update(
+            hosts=f"127.0.0.1:{self.mariadb.port}",
+            user=self.db.user,
+            password=self.db.password,
+            dbname=self.db.dbname,
+            connect_timeout="1",
+            retry_interval="1",
+        )
         cp["socketmap"]["listen"] = f"127.0.0.1:{self.ports['socketmap']}"
         cp["policy"]["listen"] = f"127.0.0.1:{self.ports['policy']}"
         cp["metrics"]["listen"] = f"127.0.0.1:{self.ports['metrics']}"
@@ -55,8 +68,10 @@ class StackConfig:
     def replacements(self) -> dict[str, str]:
         """Production addresses and paths in the shipped files -> the sandbox's."""
         example = shipped.vmaild_example()
-        reps = {example[section]["listen"]: f"127.0.0.1:{self.ports[section]}"
-                for section in ("socketmap", "policy", "metrics")}
+        reps = {
+            example[section]["listen"]: f"127.0.0.1:{self.ports[section]}"
+            for section in ("socketmap", "policy", "metrics")
+        }
         tls = shipped.INSTALLED_TLS_DIR
         reps[f"{tls}/mail.key"] = str(self.tls_dir / "mail.key")
         reps[f"{tls}/mail.crt"] = str(self.tls_dir / "mail.crt")
@@ -66,12 +81,18 @@ class StackConfig:
 
     def postfix_main_cf(self) -> dict[str, str]:
         reps = self.replacements()
-        settings = {**shipped.main_cf_settings(shipped.MAIN_CF),
-                    **shipped.main_cf_settings(shipped.MAIN_CF_POLICY)}
+        settings = {
+            **shipped.main_cf_settings(shipped.MAIN_CF),
+            **shipped.main_cf_settings(shipped.MAIN_CF_POLICY),
+        }
         settings = {k: shipped.relocate(v, reps) for k, v in settings.items()}
         if not self.tls:
-            for key in ("smtpd_tls_chain_files", "smtpd_tls_security_level",
-                        "smtpd_tls_auth_only", "smtpd_tls_loglevel"):
+            for key in (
+                "smtpd_tls_chain_files",
+                "smtpd_tls_security_level",
+                "smtpd_tls_auth_only",
+                "smtpd_tls_loglevel",
+            ):
                 settings.pop(key, None)
         # Test clients connect from 127.0.0.1 and play the internet: with loopback in
         # mynetworks (the harness default) permit_mynetworks would let them relay.
@@ -89,8 +110,10 @@ class StackConfig:
             if kind == "inet":
                 columns = entry.split()[2:7]
                 if columns != ["n", "-", "n", "-", "-"] or entry.split()[7] != "smtpd":
-                    raise ValueError(f"unexpected shipped listener {entry!r}: the harness "
-                                     "runs smtpd with private=n unpriv=- chroot=n")
+                    raise ValueError(
+                        f"unexpected shipped listener {entry!r}: the harness "
+                        "runs smtpd with private=n unpriv=- chroot=n"
+                    )
                 if name != "submission" or not self.tls:
                     continue
                 entry = f"127.0.0.1:{self.ports['submission']} " + entry.split(None, 1)[1]

@@ -52,8 +52,15 @@ from harness.stack.procs import StackPostfix, VmaildAsUser, can_run_python_as
 from harness.vmaild.server import Vmaild
 
 __all__ = [
-    "ACL_XATTR", "AUTHDAEMON_DIR", "AUTHPIPE", "BIN", "HOSTNAME", "VMAIL_GID", "VMAIL_UID",
-    "VMAILCTL", "MailStack",
+    "ACL_XATTR",
+    "AUTHDAEMON_DIR",
+    "AUTHPIPE",
+    "BIN",
+    "HOSTNAME",
+    "VMAIL_GID",
+    "VMAIL_UID",
+    "VMAILCTL",
+    "MailStack",
 ]
 
 BIN = Path(sys.executable).parent
@@ -86,11 +93,12 @@ class MailStack(StackConfig, StackClients, Service):
         self.sandbox = Path(self.basedir) if self.basedir else shared_tempdir("vmaild-stack-")
         self.sandbox.mkdir(parents=True, exist_ok=True)
         os.chmod(self.sandbox, 0o755)
-        self.base = self.sandbox / "vmail"          # [mailbox] base, the seed's /home/vmail
-        self.rundir = self.sandbox / "run"          # RuntimeDirectory=vmaild
+        self.base = self.sandbox / "vmail"  # [mailbox] base, the seed's /home/vmail
+        self.rundir = self.sandbox / "run"  # RuntimeDirectory=vmaild
         self.tls_dir = self.sandbox / "tls"
-        self.ports = {name: free_port()
-                      for name in ("socketmap", "policy", "metrics", "submission")}
+        self.ports = {
+            name: free_port() for name in ("socketmap", "policy", "metrics", "submission")
+        }
         self.mariadb = MariaDB(self.sandbox / "mariadb")
         self.db = seed.SeedDatabase(self.mariadb)
         self.vmaild: Vmaild | None = None
@@ -111,9 +119,13 @@ class MailStack(StackConfig, StackClients, Service):
     # ------------------------------------------------------------------ lifecycle
     def steps(self) -> list[tuple[str, Callable[[], None]]]:
         """The start-up steps in order (the demo prints one line after each)."""
-        return [("tls", self._make_certificate), ("mariadb", self._start_mariadb),
-                ("vmaild", self._start_vmaild), ("courier", self._start_courier),
-                ("postfix", self._start_postfix)]
+        return [
+            ("tls", self._make_certificate),
+            ("mariadb", self._start_mariadb),
+            ("vmaild", self._start_vmaild),
+            ("courier", self._start_courier),
+            ("postfix", self._start_postfix),
+        ]
 
     def start(self) -> MailStack:
         try:
@@ -152,33 +164,45 @@ class MailStack(StackConfig, StackClients, Service):
         shutil.copy(shipped.MAILDROP_WRAPPER, self.wrapper)
         os.chmod(self.wrapper, 0o755)
         if self.vmaild_user and not can_run_python_as(self.vmaild_user):
-            self.notes.append(f"vmaild runs as root: {self.vmaild_user} cannot run "
-                              f"{sys.executable} with the vmaild package (checkout not "
-                              "readable by it?)")
+            self.notes.append(
+                f"vmaild runs as root: {self.vmaild_user} cannot run "
+                f"{sys.executable} with the vmaild package (checkout not "
+                "readable by it?)"
+            )
             self.vmaild_user = ""
         if self.vmaild_user:
-            self.vmaild = VmaildAsUser(self.config_path.read_text(), self.config_path.parent,
-                                       user=self.vmaild_user)
+            self.vmaild = VmaildAsUser(
+                self.config_path.read_text(), self.config_path.parent, user=self.vmaild_user
+            )
         else:
             self.vmaild = Vmaild(self.config_path.read_text(), self.config_path.parent)
         self.vmaild.start()
 
     def _start_courier(self) -> None:
-        self.courier = Courier(AUTHPIPE, auth_env={"VMAILD_CONFIG": str(self.config_path)},
-                               starttls=self.tls, login_env=self.courier_login_env(),
-                               basedir=self.sandbox / "courier",
-                               lock_timeout=self.lock_timeout)
+        self.courier = Courier(
+            AUTHPIPE,
+            auth_env={"VMAILD_CONFIG": str(self.config_path)},
+            starttls=self.tls,
+            login_env=self.courier_login_env(),
+            basedir=self.sandbox / "courier",
+            lock_timeout=self.lock_timeout,
+        )
         (self.sandbox / "courier").mkdir(exist_ok=True)
         self.courier.start()
         self._apply_acl()
         if self.tls:  # Courier records them for crash recovery and stops them with itself
             for kind in ("imapd", "pop3d"):
                 self.tls_listeners[kind] = self.courier.start_tls_listener(
-                    kind, free_port(), self.sandbox / "courier" / f"{kind}-ssl.log")
+                    kind, free_port(), self.sandbox / "courier" / f"{kind}-ssl.log"
+                )
 
     def _start_postfix(self) -> None:
-        self.postfix = StackPostfix(self.postfix_main_cf(), self.postfix_master_cf(),
-                                    basedir=self.sandbox / "postfix", myhostname=HOSTNAME)
+        self.postfix = StackPostfix(
+            self.postfix_main_cf(),
+            self.postfix_master_cf(),
+            basedir=self.sandbox / "postfix",
+            myhostname=HOSTNAME,
+        )
         self.postfix.write_config_file("sasl/smtpd.conf", shipped.SASL_CONF.read_text())
         self.postfix.start()
 
@@ -206,8 +230,11 @@ class MailStack(StackConfig, StackClients, Service):
             self._acl_before = os.getxattr(AUTHDAEMON_DIR, ACL_XATTR)
         except OSError:
             self._acl_before = None
-        lines = [line for line in (shipped.SYSTEMD_DIR / "vmaild.tmpfiles").read_text()
-                 .splitlines() if line.startswith("a")]
+        lines = [
+            line
+            for line in (shipped.SYSTEMD_DIR / "vmaild.tmpfiles").read_text().splitlines()
+            if line.startswith("a")
+        ]
         with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
             f.write("\n".join(lines) + "\n")
         try:
@@ -228,11 +255,16 @@ class MailStack(StackConfig, StackClients, Service):
         self._acl_applied = False
 
     # ------------------------------------------------------------------ helpers
-    def vmailctl(self, *args: str, input: str | None = None,
-                 check: bool = True) -> subprocess.CompletedProcess[str]:
+    def vmailctl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """``vmailctl -c <sandbox config> ARGS`` (as root, like an administrator)."""
-        return run([str(VMAILCTL), "-c", str(self.config_path), *args], input=input,
-                   check=check, timeout=120)
+        return run(
+            [str(VMAILCTL), "-c", str(self.config_path), *args],
+            input=input,
+            check=check,
+            timeout=120,
+        )
 
     def add_user(self, address: str, password: str, *extra: str) -> None:
         self.vmailctl("user", "add", address, "--password-stdin", *extra, input=password + "\n")

@@ -28,7 +28,7 @@ class StackPostfix(Postfix):
             elif line.strip():
                 entries.append([line])
         keys = [shipped.master_service_key(e[0]) for e in entries]
-        kept = [e for i, e in enumerate(entries) if keys[i] not in keys[i + 1:]]
+        kept = [e for i, e in enumerate(entries) if keys[i] not in keys[i + 1 :]]
         return "".join(line + "\n" for e in kept for line in e)
 
 
@@ -53,17 +53,41 @@ class VmaildAsUser(Vmaild):
         env.pop("VMAILD_CONFIG", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups",
-                 sys.executable, "-m", "vmaild.cli", "serve", "-c", str(self.config_path)],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                cwd="/")
+                [
+                    "setpriv",
+                    f"--reuid={self.user}",
+                    f"--regid={self.user}",
+                    "--init-groups",
+                    sys.executable,
+                    "-m",
+                    "vmaild.cli",
+                    "serve",
+                    "-c",
+                    str(self.config_path),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                cwd="/",
+            )
         self.wait_for("READY=1", timeout)
         return self
 
 
 def can_run_python_as(user: str) -> bool:
     """Can ``user`` run this interpreter and import vmaild (as systemd's User= would)?"""
-    probe = run(["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
-                 sys.executable, "-c", "import vmaild.cli"], check=False, cwd="/")
+    probe = run(
+        [
+            "setpriv",
+            f"--reuid={user}",
+            f"--regid={user}",
+            "--init-groups",
+            sys.executable,
+            "-c",
+            "import vmaild.cli",
+        ],
+        check=False,
+        cwd="/",
+    )
     return probe.returncode == 0
-

@@ -87,8 +87,9 @@ def courier_settings(name: str, packaged: str | os.PathLike[str] | None = None) 
     names = [line.split("=", 1)[0] for line in _logical_lines(shipped.read_text())]
     packaged = Path(packaged) if packaged else Path("/etc/courier") / name
     before = f". {shlex.quote(str(packaged))}; " if packaged.exists() else ""
-    script = (f"set -a; {before}. {shlex.quote(str(shipped))}; "
-              + "; ".join(f'printf "%s\\0" "${{{n}}}"' for n in names))
+    script = f"set -a; {before}. {shlex.quote(str(shipped))}; " + "; ".join(
+        f'printf "%s\\0" "${{{n}}}"' for n in names
+    )
     out = run(["/bin/sh", "-c", script], env={"PATH": "/usr/bin:/bin"}).stdout
     values = out.split("\0")[:-1]
     return dict(zip(names, values, strict=True))
@@ -96,8 +97,12 @@ def courier_settings(name: str, packaged: str | os.PathLike[str] | None = None) 
 
 def vmaild_example() -> configparser.ConfigParser:
     """scripts/vmaild.conf.example parsed with vmaild's INI rules."""
-    cp = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"),
-                                   strict=True, empty_lines_in_values=False)
+    cp = configparser.ConfigParser(
+        interpolation=None,
+        inline_comment_prefixes=(";", "#"),
+        strict=True,
+        empty_lines_in_values=False,
+    )
     cp.optionxform = str  # type: ignore[assignment,method-assign]
     cp.read_string(VMAILD_CONF_EXAMPLE.read_text(), source=str(VMAILD_CONF_EXAMPLE))
     return cp
@@ -119,6 +124,7 @@ def relocate(value: str, replacements: Mapping[str, str]) -> str:
     ``value``; an address is never matched inside a longer one (10021 vs 100210)."""
     if not replacements:
         return value
-    pattern = re.compile("|".join(re.escape(k) + r"(?![0-9])"
-                                  for k in sorted(replacements, key=len, reverse=True)))
+    pattern = re.compile(
+        "|".join(re.escape(k) + r"(?![0-9])" for k in sorted(replacements, key=len, reverse=True))
+    )
     return pattern.sub(lambda m: replacements[m.group(0)], value)

@@ -26,18 +26,37 @@ from harness.stack import seed
 SEED_QUERIES = seed.SEED_QUERIES
 
 
-def config_text(*, db_port: int, dbname: str, user: str, password: str,
-                ports: dict[str, int] | None = None, socketmap_port: int | None = None,
-                metrics_port: int | None = None, control_path: str | None = None,
-                extra: str = "", cache: str = "", queries: dict[str, str] | None = None,
-                catchall_maps: tuple[str, ...] = ("forwardings",),
-                chains: dict[str, str] | None = None,
-                map_options: dict[str, str] | None = None) -> str:
+def config_text(
+    *,
+    db_port: int,
+    dbname: str,
+    user: str,
+    password: str,
+    ports: dict[str, int] | None = None,
+    socketmap_port: int | None = None,
+    metrics_port: int | None = None,
+    control_path: str | None = None,
+    extra: str = "",
+    cache: str = "",
+    queries: dict[str, str] | None = None,
+    catchall_maps: tuple[str, ...] = ("forwardings",),
+    chains: dict[str, str] | None = None,
+    map_options: dict[str, str] | None = None,
+) -> str:
     """A vmaild.conf for the seed's four maps against a private MariaDB.
     ``map_options``: more ``key = value`` lines for a map's section, by map name."""
-    lines = ["[database]", f"hosts = 127.0.0.1:{db_port}", f"user = {user}",
-             f"password = {password}", f"dbname = {dbname}", "connect_timeout = 1",
-             "query_timeout = 2", "pool_size = 4", "retry_interval = 1", ""]
+    lines = [
+        "[database]",
+        f"hosts = 127.0.0.1:{db_port}",
+        f"user = {user}",
+        f"password = {password}",
+        f"dbname = {dbname}",
+        "connect_timeout = 1",
+        "query_timeout = 2",
+        "pool_size = 4",
+        "retry_interval = 1",
+        "",
+    ]
     lines += ["[cache]", cache.strip(), ""] if cache.strip() else []
     for name, query in (queries or SEED_QUERIES).items():
         lines += [f"[map {name}]", f"query = {query}"]
@@ -64,8 +83,12 @@ def config_text(*, db_port: int, dbname: str, user: str, password: str,
 class Vmaild:
     """One ``vmaild serve`` process with its own config file and log."""
 
-    def __init__(self, config: str, workdir: str | os.PathLike[str] | None = None,
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        config: str,
+        workdir: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vmaild-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +112,11 @@ class Vmaild:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vmaild.cli", "serve", "-c", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         log.close()
         self.wait_for("READY=1", timeout)
         return self

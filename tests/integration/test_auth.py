@@ -68,8 +68,10 @@ class Stack:
         stored = stored or passwords.hash_password(password, "sha512_crypt", ROUNDS)
         names = ["email", "password", *columns]
         marks = ", ".join(["%s"] * len(names))
-        self.sql(f"INSERT INTO users ({', '.join(names)}) VALUES ({marks})",
-                 (address, stored, *columns.values()))
+        self.sql(
+            f"INSERT INTO users ({', '.join(names)}) VALUES ({marks})",
+            (address, stored, *columns.values()),
+        )
         self.users[address] = password
         return address
 
@@ -81,8 +83,10 @@ class Stack:
 @contextlib.contextmanager
 def auth_stack(courier: CourierSession, extra_auth: str = "") -> Iterator[Stack]:
     """MariaDB + migrated seed + vmaild (auth, tcp: maps, metrics) + Courier on it."""
-    require(MariaDB.missing_requirements() + Courier.missing_requirements("authpipe"),
-            "MariaDB and Courier")
+    require(
+        MariaDB.missing_requirements() + Courier.missing_requirements("authpipe"),
+        "MariaDB and Courier",
+    )
     tmp = shared_tempdir("vmaild-auth-")
     db = MariaDB()
     vmaild = None
@@ -92,13 +96,24 @@ def auth_stack(courier: CourierSession, extra_auth: str = "") -> Iterator[Stack]
         base, sock = tmp / "vmail", tmp / "run" / "auth.sock"
         ports, metrics_port = seed_ports(), free_port()
         conf = config_text(
-            db_port=db.port, dbname=seed.dbname, user=seed.user, password=seed.password,
-            ports=ports, metrics_port=metrics_port,
-            extra=(f"[auth]\nlisten = unix:{sock}\npassword_rounds = {ROUNDS}\n{extra_auth}\n"
-                   f"[mailbox]\nbase = {base}\n"))
+            db_port=db.port,
+            dbname=seed.dbname,
+            user=seed.user,
+            password=seed.password,
+            ports=ports,
+            metrics_port=metrics_port,
+            extra=(
+                f"[auth]\nlisten = unix:{sock}\npassword_rounds = {ROUNDS}\n{extra_auth}\n"
+                f"[mailbox]\nbase = {base}\n"
+            ),
+        )
         vmaild = Vmaild(conf, tmp / "vmaild")
-        migrate = subprocess.run([str(VMAILCTL), "-c", str(vmaild.config_path), "db", "migrate"],
-                                 capture_output=True, text=True, timeout=120)
+        migrate = subprocess.run(
+            [str(VMAILCTL), "-c", str(vmaild.config_path), "db", "migrate"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert migrate.returncode == 0, migrate.stderr
         vmaild.start()
         c = courier(AUTHPIPE, auth_env={"VMAILD_CONFIG": str(vmaild.config_path)})
@@ -139,6 +154,7 @@ MESSAGE = "From: a@example.test\nTo: {to}\nSubject: hello {tag}\n\nbody {tag}\n"
 
 # -- authtest ------------------------------------------------------------------------------
 
+
 def test_authtest_good_and_bad_password(stack: Stack) -> None:
     user = stack.add_user("good-pw-1")
     rc, out, err = stack.courier.authtest(user, "good-pw-1")
@@ -178,6 +194,7 @@ def test_authenumerate_lists_active_accounts(stack: Stack) -> None:
 
 
 # -- IMAP and POP3 -------------------------------------------------------------------------
+
 
 def test_imap_and_pop3_read_a_message(stack: Stack) -> None:
     user = stack.add_user("imap-pw-1", name="Imap User")
@@ -223,6 +240,7 @@ def test_disabled_account_is_refused_at_once(stack: Stack) -> None:
 
 # -- password changes ----------------------------------------------------------------------
 
+
 def test_password_change_through_passwd(stack: Stack) -> None:
     user = stack.add_user("before-pw")
     imap_login(stack, user, "before-pw").logout()
@@ -255,6 +273,7 @@ def test_password_change_in_the_database(stack: Stack) -> None:
 
 # -- the database goes away ----------------------------------------------------------------
 
+
 def test_database_down(stack: Stack) -> None:
     cached = stack.add_user("cached-pw")
     uncached = stack.add_user("uncached-pw")
@@ -285,8 +304,11 @@ def test_database_down(stack: Stack) -> None:
     finally:
         stack.db.start()
     # Back: the uncached login works without restarting anything.
-    wait_until(lambda: stack.courier.authtest(uncached, "uncached-pw")[0] == 0, 15,
-               "logins to work again after the database restart")
+    wait_until(
+        lambda: stack.courier.authtest(uncached, "uncached-pw")[0] == 0,
+        15,
+        "logins to work again after the database restart",
+    )
     metrics = stack.vmaild.metrics_text(stack.metrics_port)
     assert 'vmaild_logins_total{result="tempfail",service="imap"}' in metrics
 

@@ -23,20 +23,23 @@ class CountingDatabase(Database):
         return await super().run(fn, retry=retry)
 
 
-@pytest.mark.parametrize(("query", "batched"), [
-    # The seed's layout, as an unmigrated database needs it (README).
-    ("SELECT email AS address, password FROM users WHERE email='%s'", True),
-    # Legal on its own, but a derived table cannot have two 'password' columns (1060).
-    ("SELECT email AS address, password, password FROM users WHERE email='%s'", False),
-])
+@pytest.mark.parametrize(
+    ("query", "batched"),
+    [
+        # The seed's layout, as an unmigrated database needs it (README).
+        ("SELECT email AS address, password FROM users WHERE email='%s'", True),
+        # Legal on its own, but a derived table cannot have two 'password' columns (1060).
+        ("SELECT email AS address, password, password FROM users WHERE email='%s'", False),
+    ],
+)
 def test_concurrent_fetches(module_seed_db: SeedDatabase, query: str, batched: bool) -> None:
     db_ = module_seed_db
     cfg = config.parse(
         f"[database]\nhosts = 127.0.0.1:{db_.mariadb.port}\nuser = {db_.user}\n"
-        f"password = {db_.password}\ndbname = {db_.dbname}\n\n[auth]\nquery = {query}\n")
+        f"password = {db_.password}\ndbname = {db_.dbname}\n\n[auth]\nquery = {query}\n"
+    )
     logins = [*SEED_USERS, "nobody@example.test", "ALICE@example.test"] * 4
-    stored = dict(db_.mariadb.query("SELECT email, password FROM users",
-                                    database=db_.dbname))
+    stored = dict(db_.mariadb.query("SELECT email, password FROM users", database=db_.dbname))
 
     async def fetch_all() -> tuple[list[Account | None], bool, int]:
         database = CountingDatabase(cfg.database)

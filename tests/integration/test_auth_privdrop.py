@@ -46,9 +46,13 @@ def test_logins_go_through_relays_running_as_the_socket_owner(stack: Stack) -> N
     pids = relay_pids(stack)
     assert pids
     for pid in pids:
-        assert identity(pid) == {"Uid": [str(OWNER)] * 4, "Gid": [str(OWNER)] * 4,
-                                 "Groups": [], "NoNewPrivs": ["1"],
-                                 "CapEff": ["0000000000000000"]}, pid
+        assert identity(pid) == {
+            "Uid": [str(OWNER)] * 4,
+            "Gid": [str(OWNER)] * 4,
+            "Groups": [],
+            "NoNewPrivs": ["1"],
+            "CapEff": ["0000000000000000"],
+        }, pid
 
 
 def test_the_relays_reconnect_as_the_socket_owner_after_a_vmaild_restart(stack: Stack) -> None:

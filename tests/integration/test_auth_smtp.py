@@ -16,8 +16,11 @@ from tests.integration.test_auth import Stack, auth_stack
 
 SASL_CONF = Path(__file__).resolve().parents[2] / "postfix" / "sasl" / "smtpd.conf"
 # The settings postfix/sasl/smtpd.conf asks for in main.cf (TLS aside: loopback test).
-SASL_MAIN_CF = {"smtpd_sasl_auth_enable": "yes", "smtpd_sasl_type": "cyrus",
-                "smtpd_sasl_path": "smtpd"}
+SASL_MAIN_CF = {
+    "smtpd_sasl_auth_enable": "yes",
+    "smtpd_sasl_type": "cyrus",
+    "smtpd_sasl_path": "smtpd",
+}
 
 
 @pytest.fixture(scope="module")

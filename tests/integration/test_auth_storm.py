@@ -87,8 +87,10 @@ def test_fifty_concurrent_logins_do_not_block_lookups(stack: Stack) -> None:
         replies: dict[str, bytes] = {}
         busy = threading.Event()
         busy.set()
-        threads = [threading.Thread(target=lambda u=u: replies.__setitem__(
-            u, login(stack, u, "storm-pw"))) for u in users]
+        threads = [
+            threading.Thread(target=lambda u=u: replies.__setitem__(u, login(stack, u, "storm-pw")))
+            for u in users
+        ]
         started = time.monotonic()
         for t in threads:
             t.start()
@@ -107,7 +109,9 @@ def test_fifty_concurrent_logins_do_not_block_lookups(stack: Stack) -> None:
         lookups.close()
     assert all(replies[u].endswith(b"\n.\n") for u in users), replies
     assert storm > 1.0, "the logins were too cheap to prove anything"
-    report = (f"{len(during)} lookups during {storm:.1f} s of {LOGINS} logins: "
-              f"p99 {p99(during) * 1000:.1f} ms (before: {p99(before) * 1000:.1f} ms)")
+    report = (
+        f"{len(during)} lookups during {storm:.1f} s of {LOGINS} logins: "
+        f"p99 {p99(during) * 1000:.1f} ms (before: {p99(before) * 1000:.1f} ms)"
+    )
     print(report)
     assert p99(during) < P99_BOUND, report

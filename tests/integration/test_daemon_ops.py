@@ -20,25 +20,44 @@ pytestmark = pytest.mark.integration
 
 
 def conf(db: seed.SeedDatabase, **kw: object) -> str:
-    return config_text(db_port=db.mariadb.port, dbname=db.dbname, user=db.user,
-                       password=db.password, **kw)  # type: ignore[arg-type]
+    return config_text(
+        db_port=db.mariadb.port, dbname=db.dbname, user=db.user, password=db.password, **kw
+    )  # type: ignore[arg-type]
 
 
-def test_daemon_mode_writes_pidfile_and_stops_on_sigterm(module_seed_db: seed.SeedDatabase,
-                                                         tmp_path: Path) -> None:
+def test_daemon_mode_writes_pidfile_and_stops_on_sigterm(
+    module_seed_db: seed.SeedDatabase, tmp_path: Path
+) -> None:
     ports = seed_ports()
     cfg = tmp_path / "vmaild.conf"
     cfg.write_text(conf(module_seed_db, ports=ports))
     pidfile = tmp_path / "vmaild.pid"
-    r = run([sys.executable, "-m", "vmaild.cli", "serve", "--daemon", "--pidfile", str(pidfile),
-             "-c", str(cfg)], check=False, timeout=30)
+    r = run(
+        [
+            sys.executable,
+            "-m",
+            "vmaild.cli",
+            "serve",
+            "--daemon",
+            "--pidfile",
+            str(pidfile),
+            "-c",
+            str(cfg),
+        ],
+        check=False,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr  # the parent returns once detached
-    pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10,
-                         "the pid file"))
+    pid = int(
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "the pid file")
+    )
     try:
         table = f"tcp:127.0.0.1:{ports['mailboxes']}"
-        out = wait_until(lambda: run(["postmap", "-q", "sales@raecoo.com", table],
-                                     check=False).stdout.strip(), 10, "an answer")
+        out = wait_until(
+            lambda: run(["postmap", "-q", "sales@raecoo.com", table], check=False).stdout.strip(),
+            10,
+            "an answer",
+        )
         assert out == "raecoo.com/sales/"
     finally:
         os.kill(pid, signal.SIGTERM)
@@ -49,30 +68,36 @@ def test_daemon_mode_writes_pidfile_and_stops_on_sigterm(module_seed_db: seed.Se
 def test_pidfile_without_daemon_is_a_usage_error(tmp_path: Path) -> None:
     cfg = tmp_path / "v.conf"
     cfg.write_text("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n")
-    r = run([sys.executable, "-m", "vmaild.cli", "serve", "--pidfile", "/tmp/x", "-c", str(cfg)],
-            check=False)
+    r = run(
+        [sys.executable, "-m", "vmaild.cli", "serve", "--pidfile", "/tmp/x", "-c", str(cfg)],
+        check=False,
+    )
     assert r.returncode == 2 and "--pidfile goes with --daemon" in r.stderr
 
 
 def test_broken_config_stops_startup_with_one_line(tmp_path: Path) -> None:
     cfg = tmp_path / "v.conf"
-    cfg.write_text("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
-                   "[map x]\ntcp = 1.2.3.4:0\n")
+    cfg.write_text(
+        "[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n[map x]\ntcp = 1.2.3.4:0\n"
+    )
     r = run([sys.executable, "-m", "vmaild.cli", "serve", "-c", str(cfg)], check=False)
     assert r.returncode == 1
     assert r.stderr == f"vmaild: {cfg}: [map x] tcp: bad port '0' (1-65535)\n"
 
 
-def test_sigterm_lets_a_request_in_progress_finish(module_seed_db: seed.SeedDatabase,
-                                                   tmp_path: Path) -> None:
+def test_sigterm_lets_a_request_in_progress_finish(
+    module_seed_db: seed.SeedDatabase, tmp_path: Path
+) -> None:
     port = free_port()
     slow = {"slow": "SELECT email FROM users WHERE email='%s' AND SLEEP(1) = 0"}
     with Vmaild(conf(module_seed_db, ports={"slow": port}, queries=slow), tmp_path) as v:
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(b"get sales@raecoo.com\n")
         # SIGTERM only once the query is really running in MariaDB.
-        running = ("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
-                   "WHERE INFO LIKE '%%SLEEP(1)%%' AND INFO NOT LIKE '%%PROCESSLIST%%'")
+        running = (
+            "SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+            "WHERE INFO LIKE '%%SLEEP(1)%%' AND INFO NOT LIKE '%%PROCESSLIST%%'"
+        )
         wait_until(lambda: module_seed_db.mariadb.query(running)[0][0] > 0, 10, "the slow query")
         assert v.proc is not None
         v.proc.send_signal(signal.SIGTERM)
@@ -87,8 +112,9 @@ def test_socketmap_on_a_unix_socket(module_seed_db: seed.SeedDatabase, tmp_path:
     extra = f"[socketmap]\nlisten = unix:{path}\n"
     with Vmaild(conf(module_seed_db, extra=extra), tmp_path):
         assert oct(path.stat().st_mode & 0o777) == "0o660"
-        r = run(["postmap", "-q", "sales@raecoo.com", f"socketmap:unix:{path}:email2email"],
-                check=False)
+        r = run(
+            ["postmap", "-q", "sales@raecoo.com", f"socketmap:unix:{path}:email2email"], check=False
+        )
         assert r.stdout.strip() == "sales@raecoo.com"
     assert not path.exists()
 
@@ -117,15 +143,17 @@ def test_port_in_use_fails_startup(module_seed_db: seed.SeedDatabase, tmp_path: 
         busy.close()
 
 
-def test_query_timeout_is_a_temporary_failure(module_seed_db: seed.SeedDatabase,
-                                              tmp_path: Path) -> None:
+def test_query_timeout_is_a_temporary_failure(
+    module_seed_db: seed.SeedDatabase, tmp_path: Path
+) -> None:
     """A query slower than query_timeout is abandoned: 400 within about the timeout."""
     import time
 
     port = free_port()
     slow = {"slow": "SELECT email FROM users WHERE email='%s' AND SLEEP(5) = 0"}
     cfg = conf(module_seed_db, ports={"slow": port}, queries=slow).replace(
-        "query_timeout = 2", "query_timeout = 1")
+        "query_timeout = 2", "query_timeout = 1"
+    )
     with Vmaild(cfg, tmp_path):
         s = socket.create_connection(("127.0.0.1", port))
         s.settimeout(10)

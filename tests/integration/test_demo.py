@@ -48,8 +48,15 @@ def test_make_demo(courier: CourierSession, attempt: int) -> None:
     courier.close()  # the demo starts its own Courier (global paths)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("VMAILD_DEMO_KEEP", None)
-    result = subprocess.run([sys.executable, "-m", "harness.demo"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=180, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     output = result.stdout
     assert result.returncode == 0, f"run {attempt}:\n{output}{result.stderr}"
     assert "FAIL" not in output, f"run {attempt}:\n{output}"

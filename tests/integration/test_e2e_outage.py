@@ -56,7 +56,7 @@ class Run:
     stack: MailStack
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     expected: dict[str, list[str]] = field(default_factory=dict)  # mailbox -> tokens
-    queued: list[str] = field(default_factory=list)                # queue ids
+    queued: list[str] = field(default_factory=list)  # queue ids
     refused_4xx: int = 0
     mark: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -74,8 +74,14 @@ class Run:
         return result
 
 
-def outage(stack: MailStack, service: str, stop: Callable[[], object],
-           start: Callable[[], object], fresh: str, during: list[str]) -> dict[str, float]:
+def outage(
+    stack: MailStack,
+    service: str,
+    stop: Callable[[], object],
+    start: Callable[[], object],
+    fresh: str,
+    during: list[str],
+) -> dict[str, float]:
     assert stack.postfix is not None
     pf = stack.postfix
     run = Run(service, stack)
@@ -115,21 +121,28 @@ def outage(stack: MailStack, service: str, stop: Callable[[], object],
     assert not client.is_alive() and not problems, problems
     # Every message in the queue -- held before, or accepted during the outage -- has been
     # tried while the service was away.
-    wait_until(tried, 60, f"every queued message to be tried during the {service} outage",
-               interval=0.1)
+    wait_until(
+        tried, 60, f"every queued message to be tried during the {service} outage", interval=0.1
+    )
     during_outage = stack.deliveries(outage_mark)
     # 3. back; the sending MTA retries what got 4xx
     start()
     run.refused_4xx = len(refused)
     for rcpt, number in refused:
-        wait_until(lambda: run.submit(rcpt, number).accepted,  # noqa: B023 - used at once
-                   30, f"{rcpt} to be accepted again")
+        wait_until(
+            lambda: run.submit(rcpt, number).accepted,  # noqa: B023 - used at once
+            30,
+            f"{rcpt} to be accepted again",
+        )
     pf.wait_for_empty_queue(60, flush=True)
     pf.wait_for_removed(run.queued, since=run_mark)  # and every status= line is logged
     # 4. count
     everything = stack.deliveries(run_mark)
-    deferred = {d.queue_id for d in during_outage
-                if d.status == "deferred" and "deferred transport" not in d.text}
+    deferred = {
+        d.queue_id
+        for d in during_outage
+        if d.status == "deferred" and "deferred transport" not in d.text
+    }
     counts: dict[str, float] = {
         "sent": len(run.queued),
         "refused_4xx": run.refused_4xx,
@@ -139,8 +152,9 @@ def outage(stack: MailStack, service: str, stop: Callable[[], object],
         "delivered": sum(d.status == "sent" and d.relay == "maildrop" for d in everything),
         "seconds": round(time.monotonic() - run.started, 1),
     }
-    copies = {box: [stack.count_tagged(box, t) for t in tokens]
-              for box, tokens in run.expected.items()}
+    copies = {
+        box: [stack.count_tagged(box, t) for t in tokens] for box, tokens in run.expected.items()
+    }
     counts["in_maildirs"] = sum(sum(c) for c in copies.values())
     _report(service, counts)
     assert counts["bounced"] == 0, [d for d in everything if d.status == "bounced"]
@@ -157,12 +171,19 @@ def _report(service: str, counts: dict[str, float]) -> None:
 
 # -- the three outages ------------------------------------------------------------------------
 
+
 def test_vmaild_outage(stack: MailStack, capsys: pytest.CaptureFixture[str]) -> None:
     fresh = f"fresh-v-{uuid.uuid4().hex[:6]}@example.test"
     stack.add_user(fresh, "fresh-pw-1")
     with capsys.disabled():
-        counts = outage(stack, "vmaild", stack.stop_vmaild, stack.start_vmaild, fresh,
-                        during=["alice@example.test"])
+        counts = outage(
+            stack,
+            "vmaild",
+            stack.stop_vmaild,
+            stack.start_vmaild,
+            fresh,
+            during=["alice@example.test"],
+        )
     # Nothing can be resolved or looked up: every queued message was deferred, and the
     # message offered during the outage got 451 4.3.0 at RCPT.
     assert counts["deferred"] == counts["held"]
@@ -174,9 +195,14 @@ def test_authdaemond_outage(stack: MailStack, capsys: pytest.CaptureFixture[str]
     fresh = f"fresh-a-{uuid.uuid4().hex[:6]}@example.test"
     stack.add_user(fresh, "fresh-pw-1")
     with capsys.disabled():
-        counts = outage(stack, "authdaemond", stack.courier.stop_authdaemond,
-                        stack.courier.start_authdaemond, fresh,
-                        during=["alice@example.test", fresh])
+        counts = outage(
+            stack,
+            "authdaemond",
+            stack.courier.stop_authdaemond,
+            stack.courier.start_authdaemond,
+            fresh,
+            during=["alice@example.test", fresh],
+        )
     # maildrop -a: "Temporary authentication failure" for every delivery; SMTP still
     # accepts (the maps are vmaild's), and that mail is deferred too.
     assert counts["deferred"] == counts["sent"]
@@ -189,8 +215,14 @@ def test_mariadb_outage(stack: MailStack, capsys: pytest.CaptureFixture[str]) ->
     unseen = f"unseen-m-{uuid.uuid4().hex[:6]}@example.test"
     stack.add_user(unseen, "unseen-pw-1")
     with capsys.disabled():
-        counts = outage(stack, "mariadb", stack.mariadb.stop, stack.mariadb.start, fresh,
-                        during=["alice@example.test", unseen])
+        counts = outage(
+            stack,
+            "mariadb",
+            stack.mariadb.stop,
+            stack.mariadb.start,
+            fresh,
+            during=["alice@example.test", unseen],
+        )
     # vmaild serves what it has seen (maps and accounts) while the database is down, so
     # mail for known users is still delivered; the run's fresh user (never delivered to)
     # is deferred; the unseen user gets 451 at RCPT.
@@ -199,6 +231,7 @@ def test_mariadb_outage(stack: MailStack, capsys: pytest.CaptureFixture[str]) ->
 
 
 # -- "no such user" from authdaemond -------------------------------------------------------
+
 
 def test_authpipe_disabled_defers(stack: MailStack) -> None:
     """authdaemond started while authProg was not executable: authpipe is disabled and every
@@ -215,7 +248,8 @@ def test_authpipe_disabled_defers(stack: MailStack) -> None:
         mark = stack.postfix.log_mark()
         stack.release_delivery()
         line = stack.postfix.wait_for_log(
-            rf"{result.queue_id}: to=<alice@example.test>.* status=(\w+) (.*)", since=mark)
+            rf"{result.queue_id}: to=<alice@example.test>.* status=(\w+) (.*)", since=mark
+        )
         assert line.group(1) == "deferred", line.group(0)
         assert "vmaild's mailbox map answered 'found'" in line.group(2)
     finally:
@@ -237,7 +271,6 @@ def test_mailbox_removed_after_queueing_bounces(stack: MailStack) -> None:
     stack.vmailctl("user", "remove", gone)
     mark = stack.postfix.log_mark()
     stack.release_delivery()
-    line = stack.postfix.wait_for_log(rf"{result.queue_id}: to=<{gone}>.* status=(\w+)",
-                                      since=mark)
+    line = stack.postfix.wait_for_log(rf"{result.queue_id}: to=<{gone}>.* status=(\w+)", since=mark)
     assert line.group(1) == "bounced"
     stack.postfix.wait_for_empty_queue(30, flush=True)

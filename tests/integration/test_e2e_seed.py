@@ -30,8 +30,11 @@ SENDER = "friend@example.net"  # mail "from the internet": unauthenticated, not 
 def stack_requirements() -> list[str]:
     missing = MariaDB.missing_requirements() + Postfix.missing_requirements()
     missing += Courier.missing_requirements("authpipe")
-    missing += [tool for tool in ("maildrop", "openssl", "setpriv", "systemd-tmpfiles")
-                if shutil.which(tool) is None]
+    missing += [
+        tool
+        for tool in ("maildrop", "openssl", "setpriv", "systemd-tmpfiles")
+        if shutil.which(tool) is None
+    ]
     return missing
 
 
@@ -53,6 +56,7 @@ def bounced(stack: MailStack, since: int) -> list[str]:
 
 # -- the walkthrough ------------------------------------------------------------------------
 
+
 def test_seed_walkthrough(stack: MailStack) -> None:
     """Section 8 of the seed: add a domain and a user, send mail, read it over POP3 and
     IMAP -- without the "send a hello mail first" step and without making the domain
@@ -73,9 +77,11 @@ def test_seed_walkthrough(stack: MailStack) -> None:
     assert stack.imap_subjects("sales@walkthrough.test", "walk-pw-1") == [subject]
     # ...and over IMAPS and POP3S (couriertls in front, as /usr/sbin/imapd-ssl runs it).
     assert stack.imap_subjects("sales@walkthrough.test", "walk-pw-1", implicit_tls=True) == [
-        subject]
+        subject
+    ]
     assert stack.pop3_subjects("sales@walkthrough.test", "walk-pw-1", implicit_tls=True) == [
-        subject]
+        subject
+    ]
     stack.wait_for_delivery(mark, to="sales@walkthrough.test")  # the log can lag the Maildir
     delivered = [d for d in stack.deliveries(mark) if d.to == "sales@walkthrough.test"]
     assert [(d.relay, d.status) for d in delivered] == [("maildrop", "sent")]
@@ -86,8 +92,9 @@ def test_seed_user_with_encrypt_password(stack: MailStack) -> None:
     subject = f"for sales {tag()}"
     stack.send(SENDER, "sales@raecoo.com", subject)
     stack.wait_for_messages("sales@raecoo.com", 1)
-    assert subject in stack.pop3_subjects("sales@raecoo.com", SEED_USERS["sales@raecoo.com"],
-                                          implicit_tls=True)
+    assert subject in stack.pop3_subjects(
+        "sales@raecoo.com", SEED_USERS["sales@raecoo.com"], implicit_tls=True
+    )
 
 
 def test_unknown_recipient_is_refused_at_rcpt(stack: MailStack) -> None:
@@ -99,6 +106,7 @@ def test_unknown_recipient_is_refused_at_rcpt(stack: MailStack) -> None:
 
 
 # -- aliases ----------------------------------------------------------------------------------
+
 
 def test_forwarding_to_two_destinations(stack: MailStack) -> None:
     """The seed's forwardings table: team@example.test -> alice and bob, one copy each."""
@@ -138,18 +146,26 @@ def test_extension_address(stack: MailStack) -> None:
     result = stack.submit(SENDER, "Bob+Lists@Example.TEST", f"extension {t}")
     assert result.accepted
     wait_tagged(stack, "bob@example.test", t)
-    line = stack.postfix.wait_for_log(rf"{result.queue_id}: to=<([^>]*)>, orig_to=<([^>]*)>,"
-                                      r".* relay=maildrop,.* status=sent")
+    line = stack.postfix.wait_for_log(
+        rf"{result.queue_id}: to=<([^>]*)>, orig_to=<([^>]*)>,"
+        r".* relay=maildrop,.* status=sent"
+    )
     assert line.groups() == ("bob@example.test", "Bob+Lists@Example.TEST")
 
 
 def wait_tagged(stack: MailStack, address: str, t: str, timeout: float = 30.0) -> None:
     from harness.common.wait import wait_until
-    wait_until(lambda: stack.count_tagged(address, t) >= 1, timeout,
-               f"a message tagged {t} in {address}'s Maildir", interval=0.05)
+
+    wait_until(
+        lambda: stack.count_tagged(address, t) >= 1,
+        timeout,
+        f"a message tagged {t} in {address}'s Maildir",
+        interval=0.05,
+    )
 
 
 # -- quota ------------------------------------------------------------------------------------
+
 
 def test_over_quota_is_refused_or_deferred_never_bounced(stack: MailStack) -> None:
     """A full mailbox: the policy service refuses at RCPT (452 4.2.2, SIZE= counted); a
@@ -169,8 +185,9 @@ def test_over_quota_is_refused_or_deferred_never_bounced(stack: MailStack) -> No
     t = tag()
     sneaked = stack.submit(SENDER, user, f"big {t}", big, size=False)
     assert sneaked.accepted
-    stack.postfix.wait_for_log(rf"{sneaked.queue_id}: to=<{user}>.*status=deferred.*over quota",
-                               since=mark)
+    stack.postfix.wait_for_log(
+        rf"{sneaked.queue_id}: to=<{user}>.*status=deferred.*over quota", since=mark
+    )
     assert stack.count_tagged(user, t) == 0
     assert "4096S" in (stack.maildir(user) / "maildirsize").read_text()
     stack.vmailctl("user", "quota", user, "1M")
@@ -180,6 +197,7 @@ def test_over_quota_is_refused_or_deferred_never_bounced(stack: MailStack) -> No
 
 
 # -- SMTP AUTH, STARTTLS, metrics -------------------------------------------------------------
+
 
 def test_smtp_auth_only_after_starttls(stack: MailStack) -> None:
     """AUTH is offered only under TLS (smtpd_tls_auth_only); then PLAIN works with the
@@ -193,8 +211,12 @@ def test_smtp_auth_only_after_starttls(stack: MailStack) -> None:
         s.ehlo("client.example.net")
         assert set(s.esmtp_features["auth"].split()) >= {"PLAIN", "LOGIN"}
     t = tag()
-    stack.send("bob@example.test", "alice@example.test", f"authenticated {t}",
-               login=("bob@example.test", SEED_USERS["bob@example.test"]))
+    stack.send(
+        "bob@example.test",
+        "alice@example.test",
+        f"authenticated {t}",
+        login=("bob@example.test", SEED_USERS["bob@example.test"]),
+    )
     wait_tagged(stack, "alice@example.test", t)
     message = next(p for p in stack.messages("alice@example.test") if t.encode() in p.read_bytes())
     assert b"(Authenticated sender: bob@example.test)" in message.read_bytes()
@@ -202,6 +224,7 @@ def test_smtp_auth_only_after_starttls(stack: MailStack) -> None:
 
 def test_wrong_password_is_535(stack: MailStack) -> None:
     import smtplib
+
     with stack.smtp_session(starttls=True) as s:
         with pytest.raises(smtplib.SMTPAuthenticationError) as e:
             s.login("bob@example.test", "not-the-password")
@@ -226,14 +249,16 @@ def test_submission_delivers_and_checks_the_sender(stack: MailStack) -> None:
     Received:, and vmaild's policy refuses a sender address the login does not own."""
     bob = ("bob@example.test", SEED_USERS["bob@example.test"])
     t = tag()
-    sent = stack.submit("bob@example.test", "alice@example.test", f"via 587 {t}", login=bob,
-                        submission=True)
+    sent = stack.submit(
+        "bob@example.test", "alice@example.test", f"via 587 {t}", login=bob, submission=True
+    )
     assert sent.accepted, sent
     wait_tagged(stack, "alice@example.test", t)
     message = next(p for p in stack.messages("alice@example.test") if t.encode() in p.read_bytes())
     assert b"(Authenticated sender: bob@example.test)" in message.read_bytes()
-    forged = stack.submit("alice@example.test", "sales@raecoo.com", f"forged {tag()}", login=bob,
-                          submission=True)
+    forged = stack.submit(
+        "alice@example.test", "sales@raecoo.com", f"forged {tag()}", login=bob, submission=True
+    )
     assert forged.code == 553 and "not owned" in forged.text, forged
 
 
@@ -249,9 +274,13 @@ def test_submission_defers_while_the_policy_service_cannot_be_asked(stack: MailS
     master_cf.write_text(shipped.replace(policy, f"inet:127.0.0.1:{free_port()},"))
     stack.postfix.reload()
     try:
-        result = stack.submit("bob@example.test", "alice@example.test", f"policy away {tag()}",
-                              login=("bob@example.test", SEED_USERS["bob@example.test"]),
-                              submission=True)
+        result = stack.submit(
+            "bob@example.test",
+            "alice@example.test",
+            f"policy away {tag()}",
+            login=("bob@example.test", SEED_USERS["bob@example.test"]),
+            submission=True,
+        )
     finally:
         master_cf.write_text(shipped)
         stack.postfix.reload()
@@ -264,15 +293,17 @@ def test_metrics_show_the_lookups_and_logins(stack: MailStack) -> None:
         assert f'vmaild_lookups_total{{map="{name}"' in metrics
     assert 'vmaild_logins_total{result="ok",service="smtp"}' in metrics
     assert 'vmaild_logins_total{result="ok",service="pop3"}' in metrics
-    assert 'vmaild_policy_decisions_total{' in metrics
+    assert "vmaild_policy_decisions_total{" in metrics
 
 
 # -- the running configuration ---------------------------------------------------------------
+
 
 def test_running_postfix_configuration_is_clean(stack: MailStack) -> None:
     """The instance the tests ran on: `postconf -n` without any warning, and every shipped
     setting in effect (with the sandbox's ports and paths)."""
     from harness.common.procs import run
+
     assert stack.postfix is not None
     result = run(["postconf", "-c", str(stack.postfix.config_dir), "-n"])
     assert result.stderr == ""

@@ -23,17 +23,26 @@ pytestmark = pytest.mark.integration
 
 
 def make_config(db: seed.SeedDatabase, ports: dict[str, int], **kw: object) -> str:
-    return config_text(db_port=db.mariadb.port, dbname=db.dbname, user=db.user,
-                       password=db.password, ports=ports, **kw)  # type: ignore[arg-type]
+    return config_text(
+        db_port=db.mariadb.port,
+        dbname=db.dbname,
+        user=db.user,
+        password=db.password,
+        ports=ports,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
-def daemon(module_seed_db: seed.SeedDatabase,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+def daemon(
+    module_seed_db: seed.SeedDatabase, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict]:
     ports = seed_ports()
     sm, mp = free_port(), free_port()
-    v = Vmaild(make_config(module_seed_db, ports, socketmap_port=sm, metrics_port=mp),
-               tmp_path_factory.mktemp("vmaild"))
+    v = Vmaild(
+        make_config(module_seed_db, ports, socketmap_port=sm, metrics_port=mp),
+        tmp_path_factory.mktemp("vmaild"),
+    )
     v.start()
     yield {"vmaild": v, "ports": ports, "socketmap": sm, "metrics": mp}
     assert v.stop() == 0
@@ -41,6 +50,7 @@ def daemon(module_seed_db: seed.SeedDatabase,
 
 def postmap(key: str, table: str) -> tuple[int, str, str]:
     from harness.common.procs import run
+
     r = run(["postmap", "-q", key, table], check=False)
     return r.returncode, r.stdout.strip(), r.stderr.strip()
 
@@ -60,12 +70,15 @@ def test_seed_queries_answer_like_mysql_tables(daemon: dict) -> None:
             assert postmap(key, sm) == (0, value, ""), (map_name, key)
 
 
-@pytest.mark.parametrize(("map_name", "key", "value"), [
-    ("mailboxes", "SALES@RAECOO.COM", "raecoo.com/sales/"),
-    ("mailboxes", "sales+newsletter@raecoo.com", "raecoo.com/sales/"),
-    ("email2email", "Sales+x@Raecoo.Com", "sales@raecoo.com"),
-    ("domains", "RAECOO.COM", "raecoo.com"),
-])
+@pytest.mark.parametrize(
+    ("map_name", "key", "value"),
+    [
+        ("mailboxes", "SALES@RAECOO.COM", "raecoo.com/sales/"),
+        ("mailboxes", "sales+newsletter@raecoo.com", "raecoo.com/sales/"),
+        ("email2email", "Sales+x@Raecoo.Com", "sales@raecoo.com"),
+        ("domains", "RAECOO.COM", "raecoo.com"),
+    ],
+)
 def test_case_and_extension(daemon: dict, map_name: str, key: str, value: str) -> None:
     assert postmap(key, tcp(daemon, map_name)) == (0, value, "")
 
@@ -79,11 +92,20 @@ def test_catchall_only_where_configured(daemon: dict, module_seed_db: seed.SeedD
     assert postmap(key, tcp(daemon, "email2email"))[:2] == (1, "")
 
 
-@pytest.mark.parametrize("key", ["a'b@raecoo.com", "%s@raecoo.com", "' OR '1'='1",
-                                 "x' OR 1=1 -- @raecoo.com", "sales@raecoo.com' -- ",
-                                 "\\'; DROP TABLE users; --"])
-def test_injection_shaped_keys_are_data(daemon: dict, module_seed_db: seed.SeedDatabase,
-                                        key: str) -> None:
+@pytest.mark.parametrize(
+    "key",
+    [
+        "a'b@raecoo.com",
+        "%s@raecoo.com",
+        "' OR '1'='1",
+        "x' OR 1=1 -- @raecoo.com",
+        "sales@raecoo.com' -- ",
+        "\\'; DROP TABLE users; --",
+    ],
+)
+def test_injection_shaped_keys_are_data(
+    daemon: dict, module_seed_db: seed.SeedDatabase, key: str
+) -> None:
     rc, out, err = postmap(key, tcp(daemon, "mailboxes"))
     assert (rc, out, err) == (1, "", "")
     db = module_seed_db
@@ -95,8 +117,10 @@ def test_bulk_postmap(daemon: dict) -> None:
     answers = seed.expected_answers()["mailboxes"]
     keys = list(answers) + ["nobody@raecoo.com", "SALES@raecoo.com"]
     from harness.common.procs import run
-    r = run(["postmap", "-q", "-", tcp(daemon, "mailboxes")], input="\n".join(keys) + "\n",
-            check=False)
+
+    r = run(
+        ["postmap", "-q", "-", tcp(daemon, "mailboxes")], input="\n".join(keys) + "\n", check=False
+    )
     got = dict(line.split(None, 1) for line in r.stdout.splitlines())
     assert got == {**answers, "SALES@raecoo.com": answers["sales@raecoo.com"]}
     assert r.stderr == ""
@@ -113,8 +137,11 @@ def test_metrics_count_lookups_by_outcome(daemon: dict) -> None:
     postmap("raecoo.com", tcp(daemon, "domains"))
     postmap("raecoo.com", tcp(daemon, "domains"))
     text = daemon["vmaild"].metrics_text(daemon["metrics"])
-    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-               for line in text.splitlines() if line and not line.startswith("#")}
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert samples['vmaild_lookups_total{map="domains",outcome="hit"}'] >= 1
     assert samples['vmaild_lookups_total{map="domains",outcome="notfound"}'] >= 1
     assert 'vmaild_lookup_seconds_bucket{le="0.001",map="domains",outcome="hit"}' in samples
@@ -142,9 +169,13 @@ def own_mariadb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
 def test_database_outage_never_turns_into_not_found(own_mariadb: MariaDB, tmp_path) -> None:
     db = seed.load_seed(own_mariadb)
     ports = seed_ports()
-    cfg = make_config(db, ports, cache="ttl = 1\nnegative_ttl = 1\nstale_ttl = 3600",
-                      metrics_port=(mp := free_port()),
-                      map_options={"forwardings": "stale_negative = yes"})
+    cfg = make_config(
+        db,
+        ports,
+        cache="ttl = 1\nnegative_ttl = 1\nstale_ttl = 3600",
+        metrics_port=(mp := free_port()),
+        map_options={"forwardings": "stale_negative = yes"},
+    )
     with Vmaild(cfg, tmp_path) as v:
         table = f"tcp:127.0.0.1:{ports['mailboxes']}"
         aliases = f"tcp:127.0.0.1:{ports['forwardings']}"
@@ -153,20 +184,27 @@ def test_database_outage_never_turns_into_not_found(own_mariadb: MariaDB, tmp_pa
         assert postmap("nobody@raecoo.com", table)[:2] == (1, "")
 
         own_mariadb.stop()
+
         # Cached found answers keep being served; once expired (ttl = 1), as stale ones.
         def served_stale(name: str, key: str, answer: tuple[int, str, str]) -> bool:
             assert postmap(key, f"tcp:127.0.0.1:{ports[name]}") == answer
             return f'vmaild_lookups_total{{map="{name}",outcome="stale"}}' in v.metrics_text(mp)
-        wait_until(lambda: served_stale("mailboxes", "sales@raecoo.com",
-                                        (0, "raecoo.com/sales/", "")),
-                   timeout=10, what="a stale answer")
+
+        wait_until(
+            lambda: served_stale("mailboxes", "sales@raecoo.com", (0, "raecoo.com/sales/", "")),
+            timeout=10,
+            what="a stale answer",
+        )
         # ... an uncached key, or an expired not-found, is a temporary error, never 500.
         for key in ("alice@example.test", "nobody@raecoo.com"):
             rc, out, err = postmap(key, table)
             assert rc == 1 and out == "" and "query error" in err, (key, err)
         # ... except in a map with stale_negative = yes: the alias map's "not found" holds.
-        wait_until(lambda: served_stale("forwardings", "nobody@raecoo.com", (1, "", "")),
-                   timeout=10, what="a stale not-found answer")
+        wait_until(
+            lambda: served_stale("forwardings", "nobody@raecoo.com", (1, "", "")),
+            timeout=10,
+            what="a stale not-found answer",
+        )
         assert f'vmaild_db_up{{host="127.0.0.1:{own_mariadb.port}"}} 0.0' in v.metrics_text(mp)
 
         own_mariadb.start()
@@ -182,17 +220,22 @@ def test_failover_to_second_host(own_mariadb: MariaDB, tmp_path) -> None:
     dead = free_port()
     cfg = make_config(db, ports).replace(
         f"hosts = 127.0.0.1:{own_mariadb.port}",
-        f"hosts = 127.0.0.1:{dead} 127.0.0.1:{own_mariadb.port}")
+        f"hosts = 127.0.0.1:{dead} 127.0.0.1:{own_mariadb.port}",
+    )
     with Vmaild(cfg, tmp_path):
         assert postmap("sales@raecoo.com", f"tcp:127.0.0.1:{ports['mailboxes']}") == (
-            0, "raecoo.com/sales/", "")
+            0,
+            "raecoo.com/sales/",
+            "",
+        )
 
 
 # -- signals -------------------------------------------------------------------------------------
 
 
-def test_sighup_reloads_good_config_and_refuses_broken_one(module_seed_db: seed.SeedDatabase,
-                                                           tmp_path) -> None:
+def test_sighup_reloads_good_config_and_refuses_broken_one(
+    module_seed_db: seed.SeedDatabase, tmp_path
+) -> None:
     ports = seed_ports()
     cfg = make_config(module_seed_db, ports)
     with Vmaild(cfg, tmp_path) as v:
@@ -207,11 +250,16 @@ def test_sighup_reloads_good_config_and_refuses_broken_one(module_seed_db: seed.
 
         # A good one takes effect: a new map on a new port, and the cache is flushed.
         new_port = free_port()
-        v.config_path.write_text(cfg + f"\n[map users2]\nquery = SELECT email FROM users "
-                                 f"WHERE email='%s'\ntcp = 127.0.0.1:{new_port}\n")
+        v.config_path.write_text(
+            cfg + f"\n[map users2]\nquery = SELECT email FROM users "
+            f"WHERE email='%s'\ntcp = 127.0.0.1:{new_port}\n"
+        )
         v.reload()
         assert postmap("sales@raecoo.com", f"tcp:127.0.0.1:{new_port}") == (
-            0, "sales@raecoo.com", "")
+            0,
+            "sales@raecoo.com",
+            "",
+        )
         assert postmap("sales@raecoo.com", table)[0] == 0
         assert "configuration reloaded" in v.log()
         assert v.stop() == 0
@@ -219,6 +267,7 @@ def test_sighup_reloads_good_config_and_refuses_broken_one(module_seed_db: seed.
 
 def test_check_command(module_seed_db: seed.SeedDatabase, tmp_path) -> None:
     from harness.common.procs import run
+
     good = tmp_path / "good.conf"
     good.write_text(make_config(module_seed_db, seed_ports()))
     r = run([sys.executable, "-m", "vmaild.cli", "check", "-c", str(good)], check=False)

@@ -33,15 +33,21 @@ def stack(tmp_path: Path) -> Iterator[tuple[MariaDB, Postfix]]:
     with MariaDB() as m:
         db = seed.load_seed(m)
         ports = seed_ports()
-        cfg = config_text(db_port=m.port, dbname=db.dbname, user=db.user,
-                          password=db.password, ports=ports,
-                          cache="ttl = 60\nnegative_ttl = 60\nstale_ttl = 3600")
+        cfg = config_text(
+            db_port=m.port,
+            dbname=db.dbname,
+            user=db.user,
+            password=db.password,
+            ports=ports,
+            cache="ttl = 60\nnegative_ttl = 60\nstale_ttl = 3600",
+        )
         main_cf = {
             "virtual_alias_domains": "",
             "virtual_mailbox_domains": f"tcp:127.0.0.1:{ports['domains']}",
             "virtual_mailbox_maps": f"tcp:127.0.0.1:{ports['mailboxes']}",
-            "virtual_alias_maps": (f"tcp:127.0.0.1:{ports['forwardings']}, "
-                                   f"tcp:127.0.0.1:{ports['email2email']}"),
+            "virtual_alias_maps": (
+                f"tcp:127.0.0.1:{ports['forwardings']}, tcp:127.0.0.1:{ports['email2email']}"
+            ),
             "virtual_transport": "discard:",
             "smtpd_recipient_restrictions": "reject_unauth_destination",
         }
@@ -53,8 +59,8 @@ def test_rcpt_codes_and_outage_defers(stack: tuple[MariaDB, Postfix]) -> None:
     m, pf = stack
     assert rcpt(pf, "sales@raecoo.com")[0] == 250
     assert rcpt(pf, "SALES+news@RAECOO.com")[0] == 250
-    assert rcpt(pf, "info@raecoo.com")[0] == 250           # an alias
-    assert rcpt(pf, "anyone@example.org")[0] == 250         # the seed's catch-all
+    assert rcpt(pf, "info@raecoo.com")[0] == 250  # an alias
+    assert rcpt(pf, "anyone@example.org")[0] == 250  # the seed's catch-all
     code, text = rcpt(pf, "nobody@raecoo.com")
     assert code == 550 and "5.1.1" in text
     code, _ = rcpt(pf, "someone@not-our-domain.test")
@@ -65,7 +71,7 @@ def test_rcpt_codes_and_outage_defers(stack: tuple[MariaDB, Postfix]) -> None:
         # A user whose answers are cached (the mailbox, and the "not found" of the alias
         # maps that smtpd asks first) keeps receiving mail through the outage.
         assert rcpt(pf, "sales@raecoo.com")[0] == 250
-        assert rcpt(pf, "nobody@raecoo.com")[0] == 550      # a fresh cached "not found"
+        assert rcpt(pf, "nobody@raecoo.com")[0] == 550  # a fresh cached "not found"
         # Anything the cache cannot answer is deferred, never rejected.
         for never_seen in ("alice@example.test", "ghost@raecoo.com"):
             code, text = rcpt(pf, never_seen)

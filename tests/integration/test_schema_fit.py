@@ -26,17 +26,23 @@ from harness.vmaild.server import Vmaild, config_text
 
 BIN = Path(sys.executable).parent
 AUTH_QUERY = 'vmaild_config_schema_errors{key="query",section="auth"}'
-SEED_AUTH = ("query = SELECT email AS address, password FROM users WHERE email='%s'\n"
-             "enumerate_query = SELECT email AS address FROM users\n"
-             "passwd_query = UPDATE users SET password = %(new)s WHERE email = %(address)s "
-             "AND password = %(old)s\nrehash = no\n")
+SEED_AUTH = (
+    "query = SELECT email AS address, password FROM users WHERE email='%s'\n"
+    "enumerate_query = SELECT email AS address FROM users\n"
+    "passwd_query = UPDATE users SET password = %(new)s WHERE email = %(address)s "
+    "AND password = %(old)s\nrehash = no\n"
+)
 
 
 def conf(db: SeedDatabase, tmp: Path, metrics_port: int, auth: str = "") -> str:
     return config_text(
-        db_port=db.mariadb.port, dbname=db.dbname, user=db.user, password=db.password,
+        db_port=db.mariadb.port,
+        dbname=db.dbname,
+        user=db.user,
+        password=db.password,
         metrics_port=metrics_port,
-        extra=f"[auth]\nlisten = unix:{tmp}/auth.sock\n{auth}\n[mailbox]\nbase = {tmp}/vmail\n")
+        extra=f"[auth]\nlisten = unix:{tmp}/auth.sock\n{auth}\n[mailbox]\nbase = {tmp}/vmail\n",
+    )
 
 
 def ask(tmp: Path, request: bytes) -> bytes:
@@ -61,8 +67,12 @@ def login(user: str, password: str) -> bytes:
 
 
 def vmaild_check(path: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "vmaild"), "check", "-c", str(path), *options],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [str(BIN / "vmaild"), "check", "-c", str(path), *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def metric(v: Vmaild, port: int, series: str) -> str | None:
@@ -77,21 +87,28 @@ def test_default_auth_query_on_the_seed_tables(seed_db: SeedDatabase, tmp_path: 
     r = vmaild_check(v.config_path)
     assert r.returncode == 1, r
     lines = r.stderr.splitlines()
-    expected = (f"vmaild: {v.config_path}: [auth] query does not fit the database: unknown "
-                "column 'u.maildir' (error 1054); fix: run 'vmailctl db migrate', or set [auth] "
-                "query = SELECT email AS address, password FROM users WHERE email='%s'")
+    expected = (
+        f"vmaild: {v.config_path}: [auth] query does not fit the database: unknown "
+        "column 'u.maildir' (error 1054); fix: run 'vmailctl db migrate', or set [auth] "
+        "query = SELECT email AS address, password FROM users WHERE email='%s'"
+    )
     assert expected in lines
     # The other defaults that need the migration say so too; the seed's own maps fit.
-    assert any("[auth] passwd_query does not fit" in line and "password_changed_at" in line
-               for line in lines)
+    assert any(
+        "[auth] passwd_query does not fit" in line and "password_changed_at" in line
+        for line in lines
+    )
     assert not any("[map " in line for line in lines)
     assert vmaild_check(v.config_path, "--no-db").returncode == 0
 
     with v:
-        wait_until(lambda: metric(v, mp, AUTH_QUERY) == "1.0", timeout=15,
-                   what="the misfit in the gauge")
-        assert metric(v, mp, 'vmaild_config_schema_errors{key="query",section="map mailboxes"}'
-                      ) == "0.0"
+        wait_until(
+            lambda: metric(v, mp, AUTH_QUERY) == "1.0", timeout=15, what="the misfit in the gauge"
+        )
+        assert (
+            metric(v, mp, 'vmaild_config_schema_errors{key="query",section="map mailboxes"}')
+            == "0.0"
+        )
         for _ in range(3):  # a temporary failure (no reply), never "no such user"
             assert ask(tmp_path, pre("sales@raecoo.com")) == b""
             assert ask(tmp_path, login("sales@raecoo.com", "password")) == b""
@@ -102,14 +119,21 @@ def test_default_auth_query_on_the_seed_tables(seed_db: SeedDatabase, tmp_path: 
         host = f'vmaild_db_up{{host="127.0.0.1:{seed_db.mariadb.port}"}}'
         assert metric(v, mp, host) == "1.0"
 
-        migrate = subprocess.run([str(BIN / "vmailctl"), "-c", str(v.config_path), "db",
-                                  "migrate"], capture_output=True, text=True, timeout=120)
+        migrate = subprocess.run(
+            [str(BIN / "vmailctl"), "-c", str(v.config_path), "db", "migrate"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert migrate.returncode == 0, migrate.stderr
         r = vmaild_check(v.config_path)
         assert r.returncode == 0 and "queries fit the database" in r.stdout, r
         v.reload()
-        wait_until(lambda: metric(v, mp, AUTH_QUERY) == "0.0", timeout=15,
-                   what="the gauge back at 0 after the migration and a reload")
+        wait_until(
+            lambda: metric(v, mp, AUTH_QUERY) == "0.0",
+            timeout=15,
+            what="the gauge back at 0 after the migration and a reload",
+        )
         assert ask(tmp_path, pre("sales@raecoo.com")).startswith(b"UID=")
         assert ask(tmp_path, login("sales@raecoo.com", "password")).endswith(b"\n.\n")
         assert v.log().count("[auth] query does not fit the database") == 1
@@ -138,8 +162,11 @@ def test_an_outage_is_not_a_misfit(own_mariadb: MariaDB, tmp_path: Path) -> None
         assert metric(v, mp, AUTH_QUERY) is None  # not known yet, so not exported
 
         own_mariadb.start()  # the probes run once it answers
-        wait_until(lambda: metric(v, mp, AUTH_QUERY) == "0.0", timeout=45,
-                   what="the probes once the database answers")
+        wait_until(
+            lambda: metric(v, mp, AUTH_QUERY) == "0.0",
+            timeout=45,
+            what="the probes once the database answers",
+        )
         assert "the configuration fits the database" in v.log()
         assert ask(tmp_path, pre("sales@raecoo.com")).startswith(b"UID=")
 

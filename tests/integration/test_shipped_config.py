@@ -49,13 +49,16 @@ def copy_accounts(root: Path) -> None:
         lines = Path(f"/etc/{name}").read_text().splitlines()
         kept = [line for line in lines if not line.startswith("vmail:")]
         if name in ("group", "gshadow"):
-            kept = [":".join(line.split(":")[:-1] + [""]) if line.startswith("courier:")
-                    else line for line in kept]
+            kept = [
+                ":".join(line.split(":")[:-1] + [""]) if line.startswith("courier:") else line
+                for line in kept
+            ]
         (root / "etc" / name).write_text("\n".join(kept) + "\n")
         os.chmod(root / "etc" / name, 0o640 if "shadow" in name else 0o644)
 
 
 # -- Postfix ----------------------------------------------------------------------------------
+
 
 def postconf_n(config_dir: Path) -> subprocess.CompletedProcess[str]:
     # Postfix pauses ~2 s before reading a main.cf written in the last 2 s.
@@ -73,12 +76,24 @@ def test_postconf_n_without_unused_parameters(tmp_root: Path) -> None:
     conf.mkdir()
     for name in ("main.cf", "master.cf"):
         shutil.copy(f"/etc/postfix/{name}", conf / name)
-    settings = {**shipped.main_cf_settings(shipped.MAIN_CF),
-                **shipped.main_cf_settings(shipped.MAIN_CF_POLICY)}
+    settings = {
+        **shipped.main_cf_settings(shipped.MAIN_CF),
+        **shipped.main_cf_settings(shipped.MAIN_CF_POLICY),
+    }
     run(["postconf", "-c", str(conf), "-e", *(f"{k}={v}" for k, v in settings.items())])
     cool_down(conf / "main.cf")
-    run(["postconf", "-c", str(conf), "-M",
-         *("/".join(shipped.master_service_key(e)) + f"={e}" for e in shipped.master_cf_entries())])
+    run(
+        [
+            "postconf",
+            "-c",
+            str(conf),
+            "-M",
+            *(
+                "/".join(shipped.master_service_key(e)) + f"={e}"
+                for e in shipped.master_cf_entries()
+            ),
+        ]
+    )
     result = postconf_n(conf)
     assert result.stderr == ""
     shown = dict(line.split(" =", 1) for line in result.stdout.splitlines())
@@ -92,19 +107,27 @@ def test_postconf_n_without_unused_parameters(tmp_root: Path) -> None:
     assert " -a " not in master  # -a is the wrapper's business, see postfix/vmaild-maildrop
     assert master.split("\n")[1].split()[4] == "n"  # smtp inet: chroot = n (Cyrus SASL)
     # Port 587: TLS, then a login, and the policy check that defers while vmaild is away.
-    submission = dict(line.split(" = ", 1) for line in run(
-        ["postconf", "-c", str(conf), "-x", "-P", "submission/inet"]).stdout.splitlines())
+    submission = dict(
+        line.split(" = ", 1)
+        for line in run(
+            ["postconf", "-c", str(conf), "-x", "-P", "submission/inet"]
+        ).stdout.splitlines()
+    )
     assert submission["submission/inet/smtpd_tls_security_level"] == "encrypt"
     assert submission["submission/inet/smtpd_client_restrictions"] == (
-        "permit_sasl_authenticated,reject")
-    assert "default_action=DEFER_IF_PERMIT" in submission[
-        "submission/inet/smtpd_recipient_restrictions"]
+        "permit_sasl_authenticated,reject"
+    )
+    assert (
+        "default_action=DEFER_IF_PERMIT"
+        in submission["submission/inet/smtpd_recipient_restrictions"]
+    )
     run(["postconf", "-c", str(conf), "-e", "virtual_create_maildirsize=yes"])
     cool_down(conf / "main.cf")
     assert "unused parameter: virtual_create_maildirsize=yes" in postconf_n(conf).stderr
 
 
 # -- systemd ----------------------------------------------------------------------------------
+
 
 def test_unit_passes_systemd_analyze_verify(tmp_root: Path) -> None:
     """The unit with ExecStart pointing at this virtualenv's vmaild (verify insists that the
@@ -116,11 +139,20 @@ def test_unit_passes_systemd_analyze_verify(tmp_root: Path) -> None:
     unit.write_text(text.replace("/usr/local/bin/vmaild", str(VENV_VMAILD)))
     result = run(["systemd-analyze", "verify", str(unit)], check=False)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
-    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
-                 "RuntimeDirectory=vmaild", "User=vmail", "NoNewPrivileges=yes",
-                 "ProtectSystem=strict", "ReadWritePaths=/home/vmail", "PrivateTmp=yes",
-                 "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
-                 "SystemCallFilter=@system-service", "CapabilityBoundingSet=\n"):
+    for line in (
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "RuntimeDirectory=vmaild",
+        "User=vmail",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/home/vmail",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "SystemCallFilter=@system-service",
+        "CapabilityBoundingSet=\n",
+    ):
         assert line in text, line
     security = run(["systemd-analyze", "security", "--offline=yes", str(unit)], check=False)
     exposure = security.stdout.strip().splitlines()[-1]
@@ -151,8 +183,20 @@ def test_tmpfiles_gives_vmail_the_authdaemond_directory_only(tmp_root: Path) -> 
         os.chmod(parent, 0o755)
 
     def readable_by(user: str) -> bool:
-        return run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
-                    "cat", str(probe)], check=False).returncode == 0
+        return (
+            run(
+                [
+                    "setpriv",
+                    f"--reuid={user}",
+                    f"--regid={user}",
+                    "--clear-groups",
+                    "cat",
+                    str(probe),
+                ],
+                check=False,
+            ).returncode
+            == 0
+        )
 
     assert readable_by("vmail")
     assert not readable_by("nobody")
@@ -169,11 +213,13 @@ def test_sysusers_creates_the_seed_accounts(tmp_root: Path) -> None:
     group = (tmp_root / "etc" / "group").read_text()
     assert "\nvmail:x:5000:5000:virtual mail owner:/home/vmail:/usr/sbin/nologin\n" in passwd
     assert "\nvmail:x:5000:\n" in group
-    assert next(line for line in group.splitlines()
-                if line.startswith("courier:")).endswith(":postfix")
+    assert next(line for line in group.splitlines() if line.startswith("courier:")).endswith(
+        ":postfix"
+    )
 
 
 # -- scripts/install.sh -----------------------------------------------------------------------
+
 
 def staging_root(root: Path) -> None:
     """A Debian system with the mail packages installed and nothing of vmaild."""
@@ -187,14 +233,22 @@ def staging_root(root: Path) -> None:
         shutil.copy(f"/etc/courier/{name}", courier / name)
     # The packaged authdaemonrc (a harness run may have left the real one edited).
     rc = courier / "authdaemonrc"
-    rc.write_text("\n".join('authmodulelist="authpam"' if line.startswith("authmodulelist=")
-                            else line for line in rc.read_text().splitlines()) + "\n")
+    rc.write_text(
+        "\n".join(
+            'authmodulelist="authpam"' if line.startswith("authmodulelist=") else line
+            for line in rc.read_text().splitlines()
+        )
+        + "\n"
+    )
     (root / "run" / "courier" / "authdaemon").mkdir(parents=True)
 
 
 def install(root: Path) -> list[str]:
-    result = run(["bash", str(shipped.INSTALL_SCRIPT)], env={**os.environ, "ROOT": str(root),
-                 "VMAILD_HOSTNAME": "mail.example.test"}, timeout=600)
+    result = run(
+        ["bash", str(shipped.INSTALL_SCRIPT)],
+        env={**os.environ, "ROOT": str(root), "VMAILD_HOSTNAME": "mail.example.test"},
+        timeout=600,
+    )
     return result.stdout.splitlines()
 
 
@@ -218,17 +272,24 @@ def test_install_twice_then_local_edits(tmp_root: Path) -> None:
     assert conf.read_text() == shipped.VMAILD_CONF_EXAMPLE.read_text()
     assert oct(conf.stat().st_mode & 0o777) == "0o640" and conf.stat().st_gid == 5000
     assert (r / "etc/systemd/system/vmaild.service").read_text() == (
-        shipped.SYSTEMD_DIR / "vmaild.service").read_text()
+        shipped.SYSTEMD_DIR / "vmaild.service"
+    ).read_text()
     passwd = (r / "etc/passwd").read_text()
     assert "\nvmail:x:5000:5000:" in passwd
-    assert ":postfix" in next(line for line in (r / "etc/group").read_text().splitlines()
-                              if line.startswith("courier:"))
+    assert ":postfix" in next(
+        line for line in (r / "etc/group").read_text().splitlines() if line.startswith("courier:")
+    )
     home = r / "home/vmail"
     assert (home.stat().st_uid, home.stat().st_gid, oct(home.stat().st_mode & 0o777)) == (
-        5000, 5000, "0o750")
+        5000,
+        5000,
+        "0o750",
+    )
     tls = r / "etc/vmaild/tls"
-    assert "CN = mail.example.test" in run(["openssl", "x509", "-in", str(tls / "mail.crt"),
-                                            "-noout", "-subject"]).stdout
+    assert (
+        "CN = mail.example.test"
+        in run(["openssl", "x509", "-in", str(tls / "mail.crt"), "-noout", "-subject"]).stdout
+    )
     assert oct((tls / "mail.key").stat().st_mode & 0o777) == "0o600"
     assert (r / "etc/courier/authdaemonrc.vmaild-backup").exists()
     rc = (r / "etc/courier/authdaemonrc").read_text()
@@ -275,12 +336,14 @@ def test_install_twice_then_local_edits(tmp_root: Path) -> None:
     # conffile of ours; the settings are), with the first backup kept.
     run(["postconf", "-c", str(r / "etc/postfix"), "-e", "message_size_limit=10240000"])
     sixth = install(tmp_root)
-    assert any(line.startswith("install: /etc/postfix/main.cf: changed (1 settings")
-               for line in sixth), sixth
+    assert any(
+        line.startswith("install: /etc/postfix/main.cf: changed (1 settings") for line in sixth
+    ), sixth
     assert "message_size_limit = 30720000" in postconf_n(r / "etc/postfix").stdout
 
 
 # -- postfix/vmaild-maildrop ------------------------------------------------------------------
+
 
 class FakeVmaild:
     """A one-answer tcp_table or socketmap server, enough for the wrapper's one question."""
@@ -314,19 +377,27 @@ def fake_maildrop(tmp_root: Path) -> Callable[[int], Path]:
         script.write_text(f'#!/bin/sh\necho "maildrop $*" >&2\ncat >/dev/null\nexit {status}\n')
         script.chmod(0o755)
         return script
+
     return make
 
 
-def wrapper(maildrop: Path, map_ref: str, address: str = "u ser%x@example.test"
-            ) -> subprocess.CompletedProcess[str]:
-    return run([str(shipped.MAILDROP_WRAPPER), map_ref, address, "ext"], input="message\n",
-               env={"PATH": "/usr/bin:/bin", "VMAILD_MAILDROP": str(maildrop)}, check=False)
+def wrapper(
+    maildrop: Path, map_ref: str, address: str = "u ser%x@example.test"
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        [str(shipped.MAILDROP_WRAPPER), map_ref, address, "ext"],
+        input="message\n",
+        env={"PATH": "/usr/bin:/bin", "VMAILD_MAILDROP": str(maildrop)},
+        check=False,
+    )
 
 
-@pytest.mark.parametrize(("status", "passed_on"), [(0, 0), (75, 75), (77, 77), (73, 73),
-                                                  (1, 75), (143, 75)])
+@pytest.mark.parametrize(
+    ("status", "passed_on"), [(0, 0), (75, 75), (77, 77), (73, 73), (1, 75), (143, 75)]
+)
 def test_wrapper_passes_sysexits_on_and_defers_the_rest(
-        fake_maildrop: Callable[[int], Path], status: int, passed_on: int) -> None:
+    fake_maildrop: Callable[[int], Path], status: int, passed_on: int
+) -> None:
     """maildrop's own verdicts (0 and sysexits codes) stand; exit(1) or a signal -- which
     pipe(8) would bounce as "unknown mail system error" -- becomes a deferral."""
     result = wrapper(fake_maildrop(status), "socketmap:inet:127.0.0.1:9:mailboxes")
@@ -334,32 +405,43 @@ def test_wrapper_passes_sysexits_on_and_defers_the_rest(
     assert "maildrop -a -d u ser%x@example.test ext" in result.stderr
 
 
-@pytest.mark.parametrize(("kind", "answer", "status"), [
-    ("tcp", b"500 not found\n", 67),
-    ("tcp", b"200 example.test/user/\n", 75),
-    ("tcp", b"400 database down\n", 75),
-    ("socketmap", b"9:NOTFOUND ,", 67),
-    ("socketmap", b"22:OK example.test/u ser/,", 75),
-    ("socketmap", b"12:TEMP db down,", 75),
-    ("socketmap", b"", 75),
-])
-def test_wrapper_bounces_only_when_vmaild_agrees(fake_maildrop: Callable[[int], Path],
-                                                 kind: str, answer: bytes, status: int) -> None:
+@pytest.mark.parametrize(
+    ("kind", "answer", "status"),
+    [
+        ("tcp", b"500 not found\n", 67),
+        ("tcp", b"200 example.test/user/\n", 75),
+        ("tcp", b"400 database down\n", 75),
+        ("socketmap", b"9:NOTFOUND ,", 67),
+        ("socketmap", b"22:OK example.test/u ser/,", 75),
+        ("socketmap", b"12:TEMP db down,", 75),
+        ("socketmap", b"", 75),
+    ],
+)
+def test_wrapper_bounces_only_when_vmaild_agrees(
+    fake_maildrop: Callable[[int], Path], kind: str, answer: bytes, status: int
+) -> None:
     server = FakeVmaild(answer)
     try:
-        ref = (f"tcp:127.0.0.1:{server.port}" if kind == "tcp"
-               else f"socketmap:inet:127.0.0.1:{server.port}:mailboxes")
+        ref = (
+            f"tcp:127.0.0.1:{server.port}"
+            if kind == "tcp"
+            else f"socketmap:inet:127.0.0.1:{server.port}:mailboxes"
+        )
         result = wrapper(fake_maildrop(67), ref)
     finally:
         server.close()
     assert result.returncode == status, result.stderr
-    expected = (b"get u%20ser%25x@example.test\n" if kind == "tcp"
-                else b"30:mailboxes u ser%x@example.test,")
+    expected = (
+        b"get u%20ser%25x@example.test\n"
+        if kind == "tcp"
+        else b"30:mailboxes u ser%x@example.test,"
+    )
     assert server.requests == [expected]
 
 
 def test_wrapper_defers_when_vmaild_is_unreachable_or_misconfigured(
-        fake_maildrop: Callable[[int], Path]) -> None:
+    fake_maildrop: Callable[[int], Path],
+) -> None:
     with socket.create_server(("127.0.0.1", 0)) as s:
         port = s.getsockname()[1]  # closed again below: nobody listens there
     assert wrapper(fake_maildrop(67), f"tcp:127.0.0.1:{port}").returncode == 75

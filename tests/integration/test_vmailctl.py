@@ -56,8 +56,14 @@ class Ctl:
 
     def __call__(self, *args: str, stdin: str | None = None) -> Result:
         env = {k: v for k, v in os.environ.items() if k != "VMAILD_CONFIG"}
-        proc = subprocess.run([VMAILCTL, "-c", str(self.conf), *args], input=stdin or "",
-                              capture_output=True, text=True, timeout=60, env=env)
+        proc = subprocess.run(
+            [VMAILCTL, "-c", str(self.conf), *args],
+            input=stdin or "",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         assert "Traceback" not in proc.stderr, proc.stderr
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -81,12 +87,19 @@ class Ctl:
         return int(self.query("SELECT version FROM vmaild_changes WHERE id = 1")[0][0])
 
     def add_user(self, address: str, password: str = "s3cret-pw", *extra: str) -> Result:
-        return self.ok("user", "add", address, "--password-stdin", *extra,
-                       stdin=password + "\n")
+        return self.ok("user", "add", address, "--password-stdin", *extra, stdin=password + "\n")
 
 
-def write_config(path: Path, mariadb: MariaDB, dbname: str, base: Path, *,
-                 user: str = DB_USER, password: str = DB_PASSWORD, extra: str = "") -> Path:
+def write_config(
+    path: Path,
+    mariadb: MariaDB,
+    dbname: str,
+    base: Path,
+    *,
+    user: str = DB_USER,
+    password: str = DB_PASSWORD,
+    extra: str = "",
+) -> Path:
     path.write_text(
         f"[database]\nhosts = 127.0.0.1:{mariadb.port}\nuser = {user}\n"
         f"password = {password}\ndbname = {dbname}\nconnect_timeout = 2\n\n"
@@ -94,7 +107,8 @@ def write_config(path: Path, mariadb: MariaDB, dbname: str, base: Path, *,
         f"[map domains]\nquery = {seed.SEED_QUERIES['domains']}\n"
         f"[map mailboxes]\nquery = {seed.cf_logical_value(seed.SEED_QUERIES['mailboxes'])}\n"
         f"[map forwardings]\nquery = {seed.SEED_QUERIES['forwardings']}\ncatchall = yes\n"
-        f"[map email2email]\nquery = {seed.SEED_QUERIES['email2email']}\n" + extra)
+        f"[map email2email]\nquery = {seed.SEED_QUERIES['email2email']}\n" + extra
+    )
     return path
 
 
@@ -144,13 +158,14 @@ def dump(c: Ctl) -> dict[str, Any]:
     result["triggers"] = c.query(
         "SELECT trigger_name, event_manipulation, event_object_table, action_statement, "
         "created FROM information_schema.triggers WHERE trigger_schema = %s "
-        "ORDER BY trigger_name", (c.dbname,))
+        "ORDER BY trigger_name",
+        (c.dbname,),
+    )
     return result
 
 
 def schema_only(c: Ctl) -> dict[str, str]:
-    return {t: c.query(f"SHOW CREATE TABLE `{t}`")[0][1]
-            for (t,) in c.query("SHOW TABLES")}
+    return {t: c.query(f"SHOW CREATE TABLE `{t}`")[0][1] for (t,) in c.query("SHOW TABLES")}
 
 
 # -- db init / migrate / status ----------------------------------------------------------------
@@ -167,9 +182,16 @@ def test_init_on_an_empty_database(make_ctl: Callable[..., Ctl]) -> None:
     status = c.ok("--json", "db", "status").json()
     assert status["version"] == "2" and status["advice"] == "up to date"
     assert status["triggers"] == "15 of 15"
-    assert set(status["tables"]) == {"domains", "users", "forwardings", "transport",
-                                     "sender_grants", "send_counters", "vmaild_changes",
-                                     "vmaild_schema"}
+    assert set(status["tables"]) == {
+        "domains",
+        "users",
+        "forwardings",
+        "transport",
+        "sender_grants",
+        "send_counters",
+        "vmaild_changes",
+        "vmaild_schema",
+    }
     assert c.query("SELECT version FROM vmaild_schema") == [(2,)]
     assert c.query("SELECT id, version FROM vmaild_changes") == [(1, 0)]
     assert c.ok("db", "init").out == "schema already at version 2; nothing to do\n"
@@ -177,16 +199,30 @@ def test_init_on_an_empty_database(make_ctl: Callable[..., Ctl]) -> None:
 
 
 def test_tables_are_utf8mb4_innodb_with_the_designed_columns(ctl: Ctl) -> None:
-    rows = ctl.query("SELECT table_name, engine, table_collation FROM information_schema.tables "
-                     "WHERE table_schema = %s", (ctl.dbname,))
+    rows = ctl.query(
+        "SELECT table_name, engine, table_collation FROM information_schema.tables "
+        "WHERE table_schema = %s",
+        (ctl.dbname,),
+    )
     for name, engine, collation in rows:
         assert engine == "InnoDB", name
         assert collation.startswith("utf8mb4_") and collation.endswith("_ci"), name
-    cols = dict(ctl.query("SELECT CONCAT(table_name, '.', column_name), column_type "
-                          "FROM information_schema.columns WHERE table_schema = %s",
-                          (ctl.dbname,)))
-    for col in ("domains.domain", "users.email", "users.password", "forwardings.source",
-                "transport.domain", "sender_grants.login", "sender_grants.sender"):
+    cols = dict(
+        ctl.query(
+            "SELECT CONCAT(table_name, '.', column_name), column_type "
+            "FROM information_schema.columns WHERE table_schema = %s",
+            (ctl.dbname,),
+        )
+    )
+    for col in (
+        "domains.domain",
+        "users.email",
+        "users.password",
+        "forwardings.source",
+        "transport.domain",
+        "sender_grants.login",
+        "sender_grants.sender",
+    ):
         assert cols[col] == "varchar(255)", col
     assert cols["users.quota_bytes"] == "bigint(20) unsigned"
     assert cols["forwardings.destination"] == "text"
@@ -210,18 +246,27 @@ def test_migrate_the_seed_keeps_every_row_and_hash(make_ctl: Callable[..., Ctl])
     for email, password in seed.SEED_USERS.items():
         stored = c.query("SELECT password FROM users WHERE email = %s", (email,))[0][0]
         assert des_crypt.verify(password, stored), email
-    assert des_crypt.verify("password", c.query(
-        "SELECT password FROM users WHERE email = 'sales@raecoo.com'")[0][0])
+    assert des_crypt.verify(
+        "password", c.query("SELECT password FROM users WHERE email = 'sales@raecoo.com'")[0][0]
+    )
     # The seed's columns hold the same values; new columns have their defaults.
-    assert c.query("SELECT domain FROM domains ORDER BY 1") == \
-        [(r[0],) for r in rows_before["domains"]]
+    assert c.query("SELECT domain FROM domains ORDER BY 1") == [
+        (r[0],) for r in rows_before["domains"]
+    ]
     assert c.query("SELECT email, password FROM users ORDER BY 1") == rows_before["users"]
-    assert c.query("SELECT source, destination FROM forwardings ORDER BY 1") == \
-        rows_before["forwardings"]
+    assert (
+        c.query("SELECT source, destination FROM forwardings ORDER BY 1")
+        == rows_before["forwardings"]
+    )
     assert c.query("SELECT DISTINCT active, quota_bytes, maildir FROM users") == [(1, 0, None)]
-    widths = dict(c.query("SELECT CONCAT(table_name, '.', column_name), character_maximum_length "
-                          "FROM information_schema.columns WHERE table_schema = %s "
-                          "AND data_type = 'varchar'", (c.dbname,)))
+    widths = dict(
+        c.query(
+            "SELECT CONCAT(table_name, '.', column_name), character_maximum_length "
+            "FROM information_schema.columns WHERE table_schema = %s "
+            "AND data_type = 'varchar'",
+            (c.dbname,),
+        )
+    )
     assert widths["users.password"] == 255 and widths["users.email"] == 255
     assert widths["forwardings.source"] == 255 and widths["domains.domain"] == 255
     assert widths["transport.domain"] == 255
@@ -234,21 +279,25 @@ def test_migrate_twice_changes_nothing(migrated: Ctl) -> None:
     assert dump(migrated) == before
 
 
-def test_a_migrated_seed_has_the_same_schema_as_a_fresh_init(
-        migrated: Ctl, ctl: Ctl) -> None:
+def test_a_migrated_seed_has_the_same_schema_as_a_fresh_init(migrated: Ctl, ctl: Ctl) -> None:
     assert schema_only(migrated) == schema_only(ctl)
-    triggers = ("SELECT trigger_name, action_statement FROM information_schema.triggers "
-                "WHERE trigger_schema = %s ORDER BY 1")
+    triggers = (
+        "SELECT trigger_name, action_statement FROM information_schema.triggers "
+        "WHERE trigger_schema = %s ORDER BY 1"
+    )
     assert migrated.query(triggers, (migrated.dbname,)) == ctl.query(triggers, (ctl.dbname,))
 
 
 def test_an_interrupted_migration_is_finished_by_running_it_again(
-        make_ctl: Callable[..., Ctl]) -> None:
+    make_ctl: Callable[..., Ctl],
+) -> None:
     c = make_ctl(seeded=True)
     # Half a migration: one table widened, one new table, no version row.
     c.query("ALTER TABLE users MODIFY password varchar(255) NOT NULL")
-    c.query("CREATE TABLE sender_grants (login varchar(255) NOT NULL, "
-            "sender varchar(255) NOT NULL, PRIMARY KEY (login, sender))")
+    c.query(
+        "CREATE TABLE sender_grants (login varchar(255) NOT NULL, "
+        "sender varchar(255) NOT NULL, PRIMARY KEY (login, sender))"
+    )
     assert c.ok("--json", "db", "status").json()["version"] == "seed (1)"
     c.ok("db", "migrate")
     fresh = make_ctl()
@@ -261,18 +310,29 @@ def test_migrate_an_old_myisam_latin1_seed(make_ctl: Callable[..., Ctl]) -> None
     included) and hashes survive the move to InnoDB/utf8mb4."""
     c = make_ctl()
     old_schema = seed.SEED_SCHEMA.replace(");", ") ENGINE=MyISAM DEFAULT CHARSET=latin1;")
-    c.mariadb.execute_script(old_schema + seed.seed_rows() +
-                             "INSERT INTO forwardings VALUES ('müller@raecoo.com', "
-                             "'sales@raecoo.com');\n", c.dbname)
-    assert {r[0] for r in c.query("SELECT engine FROM information_schema.tables WHERE "
-                                  "table_schema = %s", (c.dbname,))} == {"MyISAM"}
+    c.mariadb.execute_script(
+        old_schema + seed.seed_rows() + "INSERT INTO forwardings VALUES ('müller@raecoo.com', "
+        "'sales@raecoo.com');\n",
+        c.dbname,
+    )
+    assert {
+        r[0]
+        for r in c.query(
+            "SELECT engine FROM information_schema.tables WHERE table_schema = %s", (c.dbname,)
+        )
+    } == {"MyISAM"}
     hashes = dict(c.query("SELECT email, HEX(password) FROM users"))
     c.ok("db", "migrate")
     assert dict(c.query("SELECT email, HEX(password) FROM users")) == hashes
-    assert c.query("SELECT destination FROM forwardings WHERE source = 'müller@raecoo.com'") \
-        == [("sales@raecoo.com",)]
-    assert {r[0] for r in c.query("SELECT engine FROM information_schema.tables WHERE "
-                                  "table_schema = %s", (c.dbname,))} == {"InnoDB"}
+    assert c.query("SELECT destination FROM forwardings WHERE source = 'müller@raecoo.com'") == [
+        ("sales@raecoo.com",)
+    ]
+    assert {
+        r[0]
+        for r in c.query(
+            "SELECT engine FROM information_schema.tables WHERE table_schema = %s", (c.dbname,)
+        )
+    } == {"InnoDB"}
     fresh = make_ctl()
     fresh.ok("db", "init")
     assert schema_only(c) == schema_only(fresh)
@@ -297,12 +357,12 @@ def test_the_seed_queries_answer_the_same_after_migration(migrated: Ctl) -> None
 
 
 def test_triggers_work_for_a_user_without_super(ctl: Ctl) -> None:
-    grants = " ".join(r[0] for r in ctl.mariadb.query(
-        f"SHOW GRANTS FOR '{DB_USER}'@'127.0.0.1'"))
+    grants = " ".join(r[0] for r in ctl.mariadb.query(f"SHOW GRANTS FOR '{DB_USER}'@'127.0.0.1'"))
     assert "SUPER" not in grants and "ALL PRIVILEGES ON `" in grants
     assert ctl.mariadb.query("SELECT @@log_bin")[0][0] == 0
-    count = ctl.query("SELECT COUNT(*) FROM information_schema.triggers "
-                      "WHERE trigger_schema = %s", (ctl.dbname,))[0][0]
+    count = ctl.query(
+        "SELECT COUNT(*) FROM information_schema.triggers WHERE trigger_schema = %s", (ctl.dbname,)
+    )[0][0]
     assert count == 15
 
 
@@ -313,12 +373,15 @@ def test_binary_logging_needs_trust_for_trigger_creators(service_tmp: Path) -> N
         assert server.query("SELECT @@log_bin")[0][0] == 1
         server.create_database("mail_system", DB_USER, DB_PASSWORD)
         base = service_tmp / "binlog-vmail"
-        c = Ctl(server, "mail_system",
-                write_config(service_tmp / "binlog.conf", server, "mail_system", base), base)
+        c = Ctl(
+            server,
+            "mail_system",
+            write_config(service_tmp / "binlog.conf", server, "mail_system", base),
+            base,
+        )
         c.refused("db", "init", match="set log_bin_trust_function_creators = 1")
         status = c.ok("--json", "db", "status").json()
-        assert status["version"] == "incomplete" and "run 'vmailctl db migrate'" in \
-            status["advice"]
+        assert status["version"] == "incomplete" and "run 'vmailctl db migrate'" in status["advice"]
         c.refused("domain", "list", match="database schema is incomplete")
         server.query("SET GLOBAL log_bin_trust_function_creators = 1")
         assert c.ok("db", "init").out == "schema created: incomplete -> 2\n"
@@ -335,26 +398,31 @@ def test_changes_bump_the_version_but_password_rehashes_do_not(ctl: Ctl) -> None
     v = ctl.version()
     ctl.add_user("a@example.com")
     assert ctl.version() > v
-    for args in (["alias", "add", "b@example.com", "a@example.com"],
-                 ["transport", "add", "example.com", "smtp:[relay.example.net]"],
-                 ["sender", "grant", "a@example.com", "@example.com"],
-                 ["user", "quota", "a@example.com", "1G"],
-                 ["user", "disable", "a@example.com"],
-                 ["alias", "remove", "b@example.com"]):
+    for args in (
+        ["alias", "add", "b@example.com", "a@example.com"],
+        ["transport", "add", "example.com", "smtp:[relay.example.net]"],
+        ["sender", "grant", "a@example.com", "@example.com"],
+        ["user", "quota", "a@example.com", "1G"],
+        ["user", "disable", "a@example.com"],
+        ["alias", "remove", "b@example.com"],
+    ):
         v = ctl.version()
         ctl.ok(*args)
         assert ctl.version() > v, args
 
     # What the auth service does on login: rehash. No bump.
     v = ctl.version()
-    ctl.query("UPDATE users SET password = %s, password_changed_at = NOW() WHERE email = %s",
-              (sha512_crypt.hash("new"), "a@example.com"))
+    ctl.query(
+        "UPDATE users SET password = %s, password_changed_at = NOW() WHERE email = %s",
+        (sha512_crypt.hash("new"), "a@example.com"),
+    )
     assert ctl.version() == v
     # Any other column typed by hand does bump.
     ctl.query("UPDATE users SET name = 'Ann' WHERE email = 'a@example.com'")
     assert ctl.version() == v + 1
-    ctl.query("INSERT INTO forwardings (source, destination) VALUES ('x@example.com', "
-              "'a@example.com')")
+    ctl.query(
+        "INSERT INTO forwardings (source, destination) VALUES ('x@example.com', 'a@example.com')"
+    )
     ctl.query("DELETE FROM domains WHERE domain = 'nothing.example'")  # no row, no bump
     assert ctl.version() == v + 2
     # An admin's password change must evict cached logins: vmailctl bumps itself.
@@ -368,8 +436,10 @@ def test_changes_bump_the_version_but_password_rehashes_do_not(ctl: Ctl) -> None
 def test_domain_commands(ctl: Ctl) -> None:
     r = ctl.ok("domain", "add", "Example.COM", "--description", "Main domain")
     assert r.out == "added domain example.com\n"
-    assert ctl.ok("domain", "add", "bücher.example").out == \
-        "added domain xn--bcher-kva.example (bücher.example)\n"
+    assert (
+        ctl.ok("domain", "add", "bücher.example").out
+        == "added domain xn--bcher-kva.example (bücher.example)\n"
+    )
     ctl.refused("domain", "add", "example.com", match="domain example.com already exists")
     ctl.refused("domain", "add", "exa_mple.com", match="bad label")
     ctl.refused("domain", "show", "nothing.example", match="no domain nothing.example")
@@ -379,16 +449,17 @@ def test_domain_commands(ctl: Ctl) -> None:
     assert listing[0]["description"] == "Main domain" and listing[0]["active"] is True
     assert listing[0]["users"] == 0
     text = ctl.ok("domain", "list").out.splitlines()
-    assert text[0].split() == ["DOMAIN", "ACTIVE", "USERS", "ALIASES", "TRANSPORT",
-                               "DESCRIPTION"]
+    assert text[0].split() == ["DOMAIN", "ACTIVE", "USERS", "ALIASES", "TRANSPORT", "DESCRIPTION"]
     assert text[1].split()[:4] == ["example.com", "yes", "0", "0"]
 
     shown = ctl.ok("--json", "domain", "show", "BÜCHER.example").json()
     assert shown["domain"] == "xn--bcher-kva.example" and shown["unicode"] == "bücher.example"
 
     assert ctl.ok("domain", "disable", "example.com").out == "disabled domain example.com\n"
-    assert ctl.ok("domain", "disable", "example.com").out == \
-        "domain example.com was already disabled\n"
+    assert (
+        ctl.ok("domain", "disable", "example.com").out
+        == "domain example.com was already disabled\n"
+    )
     assert ctl.query("SELECT active FROM domains WHERE domain = 'example.com'") == [(0,)]
     ctl.ok("domain", "enable", "example.com")
 
@@ -408,15 +479,20 @@ def test_domain_remove_refuses_with_users_unless_forced(ctl: Ctl) -> None:
     ctl.ok("sender", "grant", "a@example.com", "@other.example")
     ctl.ok("sender", "grant", "keep@other.example", "@example.com")
 
-    ctl.refused("domain", "remove", "example.com",
-                match="domain example.com has 3 users and 2 aliases (use --force)")
+    ctl.refused(
+        "domain",
+        "remove",
+        "example.com",
+        match="domain example.com has 3 users and 2 aliases (use --force)",
+    )
     r = ctl.ok("domain", "remove", "example.com", "--force")
     assert "with 3 users (Maildirs kept)" in r.out
     assert ctl.query("SELECT COUNT(*) FROM users WHERE email LIKE '%@example.com'") == [(0,)]
     assert ctl.query("SELECT COUNT(*) FROM forwardings") == [(0,)]
     assert ctl.query("SELECT COUNT(*) FROM transport") == [(0,)]
-    assert ctl.query("SELECT login, sender FROM sender_grants") == \
-        [("keep@other.example", "@example.com")]
+    assert ctl.query("SELECT login, sender FROM sender_grants") == [
+        ("keep@other.example", "@example.com")
+    ]
     assert (ctl.base / "example.com" / "a" / "cur").is_dir()
     assert ctl.query("SELECT email FROM users") == [("keep@other.example",)]
 
@@ -436,33 +512,60 @@ def test_domain_remove_force_purge_deletes_maildirs(ctl: Ctl) -> None:
 
 def test_user_add_creates_the_maildir_with_owner_and_mode(ctl: Ctl) -> None:
     ctl.ok("domain", "add", "example.com")
-    r = ctl.add_user("Alice@Example.com", "first-pw", "--name", "Alice A", "--quota", "500M",
-                     "--quota-messages", "1000")
+    r = ctl.add_user(
+        "Alice@Example.com",
+        "first-pw",
+        "--name",
+        "Alice A",
+        "--quota",
+        "500M",
+        "--quota-messages",
+        "1000",
+    )
     maildir = ctl.base / "example.com" / "alice"
     assert r.out == f"added user alice@example.com (Maildir {maildir})\n"
-    for d in (ctl.base / "example.com", maildir, maildir / "cur", maildir / "new",
-              maildir / "tmp"):
+    for d in (ctl.base / "example.com", maildir, maildir / "cur", maildir / "new", maildir / "tmp"):
         st = d.stat()
         assert (st.st_uid, st.st_gid) == (UID, GID), d
         assert stat.S_IMODE(st.st_mode) == 0o700, d
-    row = ctl.query("SELECT email, password, name, quota_bytes, quota_messages, active, "
-                    "maildir FROM users")[0]
+    row = ctl.query(
+        "SELECT email, password, name, quota_bytes, quota_messages, active, maildir FROM users"
+    )[0]
     assert row[0] == "alice@example.com" and row[2:] == ("Alice A", 500 * 1024**2, 1000, 1, None)
     assert row[1].startswith("$6$") and sha512_crypt.verify("first-pw", row[1])
     # The seed's mailbox query gives the same directory, relative to the base.
-    assert ctl.ok("lookup", "mailboxes", "alice@example.com", "--direct").out == \
-        "example.com/alice/\n"
+    assert (
+        ctl.ok("lookup", "mailboxes", "alice@example.com", "--direct").out == "example.com/alice/\n"
+    )
 
 
 def test_user_add_refusals(ctl: Ctl) -> None:
-    ctl.refused("user", "add", "a@nowhere.example", "--password-stdin", stdin="pw\n",
-                match="no domain nowhere.example (add it first")
+    ctl.refused(
+        "user",
+        "add",
+        "a@nowhere.example",
+        "--password-stdin",
+        stdin="pw\n",
+        match="no domain nowhere.example (add it first",
+    )
     ctl.ok("domain", "add", "example.com")
     ctl.add_user("a@example.com")
-    ctl.refused("user", "add", "A@EXAMPLE.COM", "--password-stdin", stdin="pw\n",
-                match="user a@example.com already exists")
-    ctl.refused("user", "add", "b@example.com", "--password-stdin", stdin="\n",
-                match="no password on the first line")
+    ctl.refused(
+        "user",
+        "add",
+        "A@EXAMPLE.COM",
+        "--password-stdin",
+        stdin="pw\n",
+        match="user a@example.com already exists",
+    )
+    ctl.refused(
+        "user",
+        "add",
+        "b@example.com",
+        "--password-stdin",
+        stdin="\n",
+        match="no password on the first line",
+    )
     ctl.refused("user", "add", "b@example.com", match="use --password-stdin")
     ctl.refused("user", "add", "b c@example.com", match="local part contains ' '")
     assert ctl.query("SELECT COUNT(*) FROM users") == [(1,)]
@@ -480,8 +583,9 @@ def test_user_list_show_and_changes(ctl: Ctl) -> None:
     everyone = ctl.ok("--json", "user", "list").json()
     assert [u["email"] for u in everyone] == ["a@example.com", "b@other.example"]
     assert "password" not in everyone[0] and everyone[0]["password_scheme"] == "sha512_crypt"
-    assert [u["email"] for u in ctl.ok("--json", "user", "list", "other.example").json()] == \
-        ["b@other.example"]
+    assert [u["email"] for u in ctl.ok("--json", "user", "list", "other.example").json()] == [
+        "b@other.example"
+    ]
     table = ctl.ok("user", "list").out.splitlines()
     assert table[0].split() == ["ADDRESS", "ACTIVE", "QUOTA", "MESSAGES", "HASH", "NAME"]
     assert table[1].split() == ["a@example.com", "yes", "2G", "-", "sha512_crypt", "Ann"]
@@ -493,21 +597,28 @@ def test_user_list_show_and_changes(ctl: Ctl) -> None:
     assert shown["maildir_exists"] is True
     assert shown["maildir_path"] == str(ctl.base / "example.com" / "a")
     assert shown["sent_last_hour"] == {"messages": 0, "recipients": 0}
-    ctl.query("INSERT INTO send_counters (login, bucket, messages, recipients) VALUES "
-              "('a@example.com', FLOOR(UNIX_TIMESTAMP() / 60), 3, 7), "
-              "('a@example.com', FLOOR(UNIX_TIMESTAMP() / 60) - 120, 50, 50)")
-    assert ctl.ok("--json", "user", "show", "a@example.com").json()["sent_last_hour"] == \
-        {"messages": 3, "recipients": 7}
-    assert "sent last hour    3 messages, 7 recipients" in ctl.ok("user", "show",
-                                                                  "a@example.com").out
+    ctl.query(
+        "INSERT INTO send_counters (login, bucket, messages, recipients) VALUES "
+        "('a@example.com', FLOOR(UNIX_TIMESTAMP() / 60), 3, 7), "
+        "('a@example.com', FLOOR(UNIX_TIMESTAMP() / 60) - 120, 50, 50)"
+    )
+    assert ctl.ok("--json", "user", "show", "a@example.com").json()["sent_last_hour"] == {
+        "messages": 3,
+        "recipients": 7,
+    }
+    assert (
+        "sent last hour    3 messages, 7 recipients" in ctl.ok("user", "show", "a@example.com").out
+    )
 
     r = ctl.ok("user", "quota", "a@example.com", "500M", "--messages", "10")
     assert r.out == "quota of a@example.com: 500M, 10 messages\n"
-    assert ctl.query("SELECT quota_bytes, quota_messages FROM users WHERE email = "
-                     "'a@example.com'") == [(500 * 1024**2, 10)]
+    assert ctl.query(
+        "SELECT quota_bytes, quota_messages FROM users WHERE email = 'a@example.com'"
+    ) == [(500 * 1024**2, 10)]
     ctl.ok("user", "quota", "a@example.com", "0")
-    assert ctl.query("SELECT quota_bytes, quota_messages FROM users WHERE email = "
-                     "'a@example.com'") == [(0, 10)]
+    assert ctl.query(
+        "SELECT quota_bytes, quota_messages FROM users WHERE email = 'a@example.com'"
+    ) == [(0, 10)]
 
     assert ctl.ok("user", "disable", "a@example.com").out == "disabled user a@example.com\n"
     assert ctl.ok("--json", "user", "show", "a@example.com").json()["active"] is False
@@ -516,16 +627,27 @@ def test_user_list_show_and_changes(ctl: Ctl) -> None:
 
     before = ctl.query("SELECT password FROM users WHERE email = 'a@example.com'")[0][0]
     ctl.ok("user", "password", "a@example.com", "--password-stdin", stdin="new-pw\nignored\n")
-    after, changed = ctl.query("SELECT password, password_changed_at FROM users "
-                               "WHERE email = 'a@example.com'")[0]
+    after, changed = ctl.query(
+        "SELECT password, password_changed_at FROM users WHERE email = 'a@example.com'"
+    )[0]
     assert after != before and sha512_crypt.verify("new-pw", after) and changed is not None
 
-    for args in (["user", "show", "x@example.com"], ["user", "quota", "x@example.com", "1G"],
-                 ["user", "disable", "x@example.com"], ["user", "remove", "x@example.com"],
-                 ["maildir", "create", "x@example.com"]):
+    for args in (
+        ["user", "show", "x@example.com"],
+        ["user", "quota", "x@example.com", "1G"],
+        ["user", "disable", "x@example.com"],
+        ["user", "remove", "x@example.com"],
+        ["maildir", "create", "x@example.com"],
+    ):
         ctl.refused(*args, match="no user x@example.com")
-    ctl.refused("user", "password", "x@example.com", "--password-stdin", stdin="pw\n",
-                match="no user x@example.com")
+    ctl.refused(
+        "user",
+        "password",
+        "x@example.com",
+        "--password-stdin",
+        stdin="pw\n",
+        match="no user x@example.com",
+    )
 
 
 def test_user_remove_keeps_or_purges_the_maildir(ctl: Ctl) -> None:
@@ -536,8 +658,7 @@ def test_user_remove_keeps_or_purges_the_maildir(ctl: Ctl) -> None:
     ctl.ok("alias", "add", "info@example.com", "a@example.com")
     r = ctl.ok("user", "remove", "a@example.com")
     assert "Maildir" in r.out and "kept" in r.out
-    assert r.err == "vmailctl: warning: aliases still forward to a@example.com: " \
-                    "info@example.com\n"
+    assert r.err == "vmailctl: warning: aliases still forward to a@example.com: info@example.com\n"
     assert (ctl.base / "example.com" / "a" / "cur").is_dir()
     assert ctl.query("SELECT COUNT(*) FROM sender_grants") == [(0,)]
 
@@ -562,12 +683,14 @@ def test_purge_never_leaves_the_mailbox_base(ctl: Ctl) -> None:
 
 def test_maildir_create_recreates_a_missing_maildir(migrated: Ctl) -> None:
     maildir = migrated.base / "raecoo.com" / "sales"
-    assert not maildir.exists()   # the seed's gotcha: no Maildir until a first mail
+    assert not maildir.exists()  # the seed's gotcha: no Maildir until a first mail
     r = migrated.ok("maildir", "create", "sales@raecoo.com")
     assert r.out == f"created Maildir {maildir}\n"
     assert (maildir / "new").is_dir() and maildir.stat().st_uid == UID
-    assert migrated.ok("maildir", "create", "sales@raecoo.com").out == \
-        f"already complete: Maildir {maildir}\n"
+    assert (
+        migrated.ok("maildir", "create", "sales@raecoo.com").out
+        == f"already complete: Maildir {maildir}\n"
+    )
 
 
 def test_seed_users_are_managed_after_migration(migrated: Ctl) -> None:
@@ -587,27 +710,32 @@ def test_alias_commands(ctl: Ctl) -> None:
     ctl.add_user("a@example.com")
     r = ctl.ok("alias", "add", "Team@Example.com", "a@example.com, B@elsewhere.example")
     assert r.out == "added alias team@example.com -> a@example.com,b@elsewhere.example\n"
-    assert ctl.ok("alias", "add", "@example.com", "a@example.com").out == \
-        "added catch-all @example.com -> a@example.com\n"
+    assert (
+        ctl.ok("alias", "add", "@example.com", "a@example.com").out
+        == "added catch-all @example.com -> a@example.com\n"
+    )
     ctl.refused("alias", "add", "team@example.com", "a@example.com", match="already exists")
     ctl.refused("alias", "add", "x@nowhere.example", "a@example.com", match="no domain")
-    ctl.refused("alias", "add", "x@example.com", "a@example.com,not-an-address",
-                match="is not an address")
+    ctl.refused(
+        "alias", "add", "x@example.com", "a@example.com,not-an-address", match="is not an address"
+    )
     ctl.refused("alias", "show", "nobody@example.com", match="no alias nobody@example.com")
     ctl.refused("alias", "remove", "nobody@example.com", match="no alias")
 
-    assert ctl.query("SELECT destination FROM forwardings WHERE source = 'team@example.com'") \
-        == [("a@example.com,b@elsewhere.example",)]
+    assert ctl.query("SELECT destination FROM forwardings WHERE source = 'team@example.com'") == [
+        ("a@example.com,b@elsewhere.example",)
+    ]
     listing = ctl.ok("--json", "alias", "list", "example.com").json()
     assert [a["source"] for a in listing] == ["@example.com", "team@example.com"]
     assert listing[1]["destinations"] == ["a@example.com", "b@elsewhere.example"]
     shown = ctl.ok("--json", "alias", "show", "@example.com").json()
     assert shown["catchall"] is True
     # The seed's forwardings query with vmaild's catch-all rule.
-    assert ctl.ok("lookup", "forwardings", "team@example.com", "--direct").out == \
-        "a@example.com,b@elsewhere.example\n"
-    assert ctl.ok("lookup", "forwardings", "other@example.com", "--direct").out == \
-        "a@example.com\n"
+    assert (
+        ctl.ok("lookup", "forwardings", "team@example.com", "--direct").out
+        == "a@example.com,b@elsewhere.example\n"
+    )
+    assert ctl.ok("lookup", "forwardings", "other@example.com", "--direct").out == "a@example.com\n"
     ctl.ok("alias", "remove", "@example.com")
     assert ctl("lookup", "forwardings", "other@example.com", "--direct").code == 1
 
@@ -618,7 +746,8 @@ def test_transport_and_sender_commands(ctl: Ctl) -> None:
     ctl.ok("transport", "add", "example.com", "smtp:[relay.example.net]:25")
     ctl.refused("transport", "add", "example.com", "lmtp:unix:/x", match="already has")
     assert ctl.ok("--json", "transport", "list").json() == [
-        {"domain": "example.com", "transport": "smtp:[relay.example.net]:25"}]
+        {"domain": "example.com", "transport": "smtp:[relay.example.net]:25"}
+    ]
     ctl.ok("transport", "remove", "example.com")
     ctl.refused("transport", "remove", "example.com", match="no transport for example.com")
 
@@ -628,7 +757,8 @@ def test_transport_and_sender_commands(ctl: Ctl) -> None:
     ctl.refused("sender", "grant", "x@example.com", "boss@example.com", match="no user")
     assert ctl.ok("--json", "sender", "list", "a@example.com").json() == [
         {"login": "a@example.com", "sender": "@xn--bcher-kva.example"},
-        {"login": "a@example.com", "sender": "boss@example.com"}]
+        {"login": "a@example.com", "sender": "boss@example.com"},
+    ]
     ctl.ok("sender", "revoke", "a@example.com", "boss@example.com")
     ctl.refused("sender", "revoke", "a@example.com", "boss@example.com", match="has no grant")
     assert len(ctl.ok("--json", "sender", "list").json()) == 1
@@ -666,9 +796,8 @@ def test_changes_poke_the_control_socket(make_ctl: Callable[..., Ctl], service_t
     srv, seen = fake_control(path)
     try:
         c.ok("domain", "add", "example.com")
-        c.ok("domain", "list")                       # no change, no poke
-        assert c.ok("user", "add", "a@example.com", "--password-stdin",
-                    stdin="pw\n").err == ""
+        c.ok("domain", "list")  # no change, no poke
+        assert c.ok("user", "add", "a@example.com", "--password-stdin", stdin="pw\n").err == ""
         assert seen == [b"flush\n", b"flush\n"]
     finally:
         srv.close()
@@ -678,8 +807,9 @@ def test_changes_poke_the_control_socket(make_ctl: Callable[..., Ctl], service_t
 
 
 def test_import_the_seed_cf_files(migrated: Ctl, service_tmp: Path) -> None:
-    cf = seed.write_mysql_cf(service_tmp / "cf", migrated.mariadb, migrated.dbname, DB_USER,
-                             DB_PASSWORD)
+    cf = seed.write_mysql_cf(
+        service_tmp / "cf", migrated.mariadb, migrated.dbname, DB_USER, DB_PASSWORD
+    )
     files = [str(cf[name]) for name in ("domains", "mailboxes", "forwardings", "email2email")]
     r = migrated.ok("import-postfix", *files)
     imported = service_tmp / "imported.conf"
@@ -690,7 +820,9 @@ def test_import_the_seed_cf_files(migrated: Ctl, service_tmp: Path) -> None:
     assert cfg.maps["forwardings"].chain == ("email2email",)
     # Alias maps keep their "not found" answers through an outage; the mailbox map not.
     assert [name for name, m in cfg.maps.items() if m.stale_negative] == [
-        "forwardings", "email2email"]
+        "forwardings",
+        "email2email",
+    ]
     assert "#   virtual_alias_maps = tcp:127.0.0.1:10023\n" in r.out
 
     # The imported configuration answers like the mysql: files it came from.
@@ -698,14 +830,22 @@ def test_import_the_seed_cf_files(migrated: Ctl, service_tmp: Path) -> None:
     for map_name, answers in seed.expected_answers().items():
         for key in [*answers, "nobody@raecoo.com"]:
             mine = other("lookup", map_name, key, "--direct")
-            theirs = subprocess.run(["postmap", "-q", key, f"mysql:{cf[map_name]}"],
-                                    capture_output=True, text=True, timeout=30)
+            theirs = subprocess.run(
+                ["postmap", "-q", key, f"mysql:{cf[map_name]}"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             if map_name == "forwardings" and theirs.returncode == 1:
                 # The forwardings map chains email2email, like Postfix's list.
-                theirs = subprocess.run(["postmap", "-q", key, f"mysql:{cf['email2email']}"],
-                                        capture_output=True, text=True, timeout=30)
+                theirs = subprocess.run(
+                    ["postmap", "-q", key, f"mysql:{cf['email2email']}"],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
             if map_name == "forwardings" and key == "nobody@raecoo.com":
-                continue   # not in the seed data's catch-all domain either way
+                continue  # not in the seed data's catch-all domain either way
             assert (mine.code, mine.out) == (theirs.returncode, theirs.stdout), (map_name, key)
 
     r = migrated.ok("--json", "import-postfix", "--socketmap", *files)
@@ -716,8 +856,7 @@ def test_import_the_seed_cf_files(migrated: Ctl, service_tmp: Path) -> None:
 
 
 def postmap(key: str, table: str) -> tuple[int, str]:
-    r = subprocess.run(["postmap", "-q", key, table], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run(["postmap", "-q", key, table], capture_output=True, text=True, timeout=30)
     return r.returncode, r.stdout.strip()
 
 
@@ -733,8 +872,11 @@ def flushes(metrics_text: str) -> dict[str, float]:
 
 def flush_reasons(log: str) -> list[str]:
     """The reason of each "cache flushed (REASON)" line of a vmaild log, in order."""
-    return [line.split("cache flushed (", 1)[1].split(")", 1)[0]
-            for line in log.splitlines() if "cache flushed (" in line]
+    return [
+        line.split("cache flushed (", 1)[1].split(")", 1)[0]
+        for line in log.splitlines()
+        if "cache flushed (" in line
+    ]
 
 
 def test_a_running_vmaild_sees_changes_at_once(migrated: Ctl, service_tmp: Path) -> None:
@@ -751,24 +893,32 @@ def test_a_running_vmaild_sees_changes_at_once(migrated: Ctl, service_tmp: Path)
     socketmap_port = free_port()
     metrics_port = free_port()
     control = service_tmp / "control.sock"
-    text = config_text(db_port=migrated.mariadb.port, dbname=migrated.dbname, user=DB_USER,
-                       password=DB_PASSWORD, ports=ports, socketmap_port=socketmap_port,
-                       metrics_port=metrics_port, control_path=str(control),
-                       cache="ttl = 3600\nnegative_ttl = 3600\ncheck_interval = 1",
-                       extra=f"[mailbox]\nbase = {migrated.base}\nuid = {UID}\ngid = {GID}\n")
+    text = config_text(
+        db_port=migrated.mariadb.port,
+        dbname=migrated.dbname,
+        user=DB_USER,
+        password=DB_PASSWORD,
+        ports=ports,
+        socketmap_port=socketmap_port,
+        metrics_port=metrics_port,
+        control_path=str(control),
+        cache="ttl = 3600\nnegative_ttl = 3600\ncheck_interval = 1",
+        extra=f"[mailbox]\nbase = {migrated.base}\nuid = {UID}\ngid = {GID}\n",
+    )
     migrated.conf.write_text(text)
     email2email = f"tcp:127.0.0.1:{ports['email2email']}"
     forwardings = f"tcp:127.0.0.1:{ports['forwardings']}"
     with Vmaild(text, service_tmp / "vmaild") as v:
-        assert postmap("new@raecoo.com", email2email) == (1, "")      # cached: not found
+        assert postmap("new@raecoo.com", email2email) == (1, "")  # cached: not found
         assert postmap("sales@raecoo.com", email2email) == (0, "sales@raecoo.com")
         assert migrated("lookup", "email2email", "new@raecoo.com").code == 1
 
         r = migrated.add_user("new@raecoo.com")
-        assert r.err == ""                                          # the poke was answered
+        assert r.err == ""  # the poke was answered
         assert postmap("new@raecoo.com", email2email) == (0, "new@raecoo.com")
-        assert migrated.ok("lookup", "email2email", "new@raecoo.com").out == \
-            "new@raecoo.com\n"                                      # through the socketmap
+        assert (
+            migrated.ok("lookup", "email2email", "new@raecoo.com").out == "new@raecoo.com\n"
+        )  # through the socketmap
 
         migrated.ok("user", "remove", "sales@raecoo.com")
         assert postmap("sales@raecoo.com", email2email) == (1, "")
@@ -776,7 +926,7 @@ def test_a_running_vmaild_sees_changes_at_once(migrated: Ctl, service_tmp: Path)
         migrated.ok("alias", "add", "@raecoo.com", "new@raecoo.com")
         after_vmailctl = flushes(v.metrics_text(metrics_port))
         assert postmap("anyone@raecoo.com", forwardings) == (0, "new@raecoo.com")
-        assert after_vmailctl["control"] == 3                       # one per command
+        assert after_vmailctl["control"] == 3  # one per command
         # The poller (check_interval = 1) finds the version vmailctl's flush had read: it
         # does not flush again, the cache warmed since stays. (A poll between a commit and
         # its poke may flush just before the control flush: that is not a second flush.)
@@ -786,7 +936,11 @@ def test_a_running_vmaild_sees_changes_at_once(migrated: Ctl, service_tmp: Path)
 
         # Hand-typed SQL, no poke: the triggers bump the version the daemon polls.
         migrated.query("DELETE FROM forwardings WHERE source = '@raecoo.com'")
-        wait_until(lambda: postmap("anyone@raecoo.com", forwardings) == (1, ""), 5,
-                   "the daemon to notice a hand-typed DELETE")
-        assert flushes(v.metrics_text(metrics_port))["change"] == \
-            after_vmailctl.get("change", 0) + 1
+        wait_until(
+            lambda: postmap("anyone@raecoo.com", forwardings) == (1, ""),
+            5,
+            "the daemon to notice a hand-typed DELETE",
+        )
+        assert (
+            flushes(v.metrics_text(metrics_port))["change"] == after_vmailctl.get("change", 0) + 1
+        )

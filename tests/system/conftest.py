@@ -34,16 +34,21 @@ def readme_block(marker: str) -> list[str]:
 
 def copy_checkout(host: Host, dest: str) -> None:
     """The checkout as `git clone` would give it (tracked and new files, not ignored ones)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, check=True).stdout.split(b"\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
     target = host.path(dest)
     target.mkdir(parents=True, exist_ok=True)
     names = [f.decode() for f in files if f and (REPO / f.decode()).is_file()]
     subprocess.run(["cp", "-a", "--parents", *names, str(target)], cwd=REPO, check=True)
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60,
-             interval: float = 0.5) -> None:
+def wait_for(
+    what: str, check: Callable[[], bool], timeout: float = 60, interval: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -14,8 +14,16 @@ import pytest
 from harness.host.nspawn import Host
 from tests.system.conftest import copy_checkout, readme_block
 
-NEEDED = ("postfix", "courier-authdaemon", "courier-authlib-pipe", "courier-imap",
-          "courier-pop", "maildrop", "libsasl2-modules", "python3-venv")
+NEEDED = (
+    "postfix",
+    "courier-authdaemon",
+    "courier-authlib-pipe",
+    "courier-imap",
+    "courier-pop",
+    "maildrop",
+    "libsasl2-modules",
+    "python3-venv",
+)
 
 
 @pytest.fixture(scope="module")

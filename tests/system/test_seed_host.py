@@ -28,15 +28,18 @@ from tests.system.conftest import REPO, copy_checkout, readme_block, wait_for
 
 DOMAIN = "raecoo.com"
 #: login -> password, stored by the seed with ENCRYPT() (DES).
-USERS = {"sales@raecoo.com": "password", "alice@raecoo.com": "alice-pw",
-         "bob@raecoo.com": "bob-pw22"}
+USERS = {
+    "sales@raecoo.com": "password",
+    "alice@raecoo.com": "alice-pw",
+    "bob@raecoo.com": "bob-pw22",
+}
 #: recipient -> Maildirs under /home/vmail (the seed's CONCAT(domain, '/', user, '/')).
 TARGETS = {
     "sales@raecoo.com": ("raecoo.com/sales",),
     "alice@raecoo.com": ("raecoo.com/alice",),
-    "info@raecoo.com": ("raecoo.com/sales",),                      # alias
-    "team@raecoo.com": ("raecoo.com/alice", "raecoo.com/bob"),     # alias, two destinations
-    "bob+news@raecoo.com": ("raecoo.com/bob",),                    # address extension
+    "info@raecoo.com": ("raecoo.com/sales",),  # alias
+    "team@raecoo.com": ("raecoo.com/alice", "raecoo.com/bob"),  # alias, two destinations
+    "bob+news@raecoo.com": ("raecoo.com/bob",),  # address extension
 }
 SEED_DATA = """
 INSERT INTO users (email, password) VALUES ('alice@raecoo.com', ENCRYPT('alice-pw')),
@@ -47,8 +50,16 @@ INSERT INTO forwardings (source, destination) VALUES ('info@raecoo.com', 'sales@
 #: The user's edit of /etc/vmaild/vmaild.conf: the seed's credentials are the preset ones,
 #: so the editor saves the file unchanged.
 EDITOR = "#!/bin/sh\n# stand-in for the admin's editor: [database] fits as preset\nexit 0\n"
-UNITS = ("mariadb", "vmaild", "postfix", "courier-authdaemon", "courier-imap",
-         "courier-imap-ssl", "courier-pop", "courier-pop-ssl")
+UNITS = (
+    "mariadb",
+    "vmaild",
+    "postfix",
+    "courier-authdaemon",
+    "courier-imap",
+    "courier-imap-ssl",
+    "courier-pop",
+    "courier-pop-ssl",
+)
 REPORT: list[str] = []
 TLS = ssl.create_default_context()
 TLS.check_hostname = False
@@ -94,8 +105,10 @@ def settle(host: Host, load: SmtpLoad, phase: str) -> Tally:
     line = result.line(phase) + f"; Postfix status=bounced (this boot) {bounced.stdout.strip()}"
     REPORT.append(line)
     print(line)
-    assert result.clean, f"{line}\nlost {result.lost[:5]} dup {result.duplicated[:5]} " \
-                         f"rejected {list(ledger.rejected.items())[:5]}"
+    assert result.clean, (
+        f"{line}\nlost {result.lost[:5]} dup {result.duplicated[:5]} "
+        f"rejected {list(ledger.rejected.items())[:5]}"
+    )
     assert bounced.stdout.strip() == "0", line
     return result
 
@@ -159,7 +172,7 @@ def test_seed_stack_works(host: Host) -> None:
         assert pop3_login(user, password, stls=False) >= 1
         assert smtp_auth(user, password, 25) == 235
     assert smtp_auth("sales@raecoo.com", "wrong", 25) == 535
-    stored = host.sh("mysql -N -uroot mail_system -e \"SELECT password FROM users\"").stdout
+    stored = host.sh('mysql -N -uroot mail_system -e "SELECT password FROM users"').stdout
     assert all(len(h) == 13 for h in stored.split()), f"not DES hashes: {stored}"
 
 
@@ -172,13 +185,15 @@ def test_install_steps_under_load(host: Host) -> None:
         wait_for("the load to start", lambda: len(load.ledger.accepted) >= 5)
         for step in steps:
             done = host.sh(step, cwd="/root/vmaild", check=False, timeout=900)
-            assert done.returncode == 0, f"README step {step!r} failed:\n{done.stdout[-3000:]}" \
-                                         f"\n{done.stderr[-3000:]}"
+            assert done.returncode == 0, (
+                f"README step {step!r} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
             REPORT.append(f"step ok: {step}")
         assert active(host, *UNITS) == {u: "active" for u in UNITS}
         n = len(load.ledger.expected)
-        wait_for("20 more messages after the last step",
-                 lambda: len(load.ledger.expected) >= n + 20)
+        wait_for(
+            "20 more messages after the last step", lambda: len(load.ledger.expected) >= n + 20
+        )
     settle(host, load, "migration")
     # The seed-era messages are still there, once each.
     found = maildir_seqs(host.path("home/vmail"))
@@ -192,9 +207,9 @@ def test_old_passwords_log_in_everywhere_and_are_rehashed(host: Host) -> None:
         assert smtp_auth(user, password, 587) == 235, f"SMTP AUTH (submission) for {user}"
         assert smtp_auth(user, password, 25) == 235, f"SMTP AUTH (port 25) for {user}"
     assert smtp_auth("alice@raecoo.com", "wrong", 587) == 535
-    stored = host.sh("mysql -N -uroot mail_system -e \"SELECT password FROM users\"").stdout.split()
+    stored = host.sh('mysql -N -uroot mail_system -e "SELECT password FROM users"').stdout.split()
     assert stored and all(h.startswith("$6$") for h in stored), stored
-    for user, password in USERS.items():   # the new hash works as well as the old one did
+    for user, password in USERS.items():  # the new hash works as well as the old one did
         assert pop3_login(user, password, stls=True) >= 1
 
 
@@ -203,7 +218,7 @@ def test_hardening_score(host: Host) -> None:
     score = float(re.search(r"exposure level for vmaild.service: ([\d.]+)", out).group(1))
     REPORT.append(f"systemd-analyze security vmaild.service: {score}")
     assert score <= 1.5, out[-2000:]
-    for unit in ("postfix@-", "courier-authdaemon", "mariadb"):   # for the README's comparison
+    for unit in ("postfix@-", "courier-authdaemon", "mariadb"):  # for the README's comparison
         other = host.run(["systemd-analyze", "security", f"{unit}.service"]).stdout
         found = re.search(r"exposure level for \S+: ([\d.]+)", other)
         REPORT.append(f"systemd-analyze security {unit}.service: {found and found.group(1)}")
@@ -235,8 +250,11 @@ def relay_uids(host: Host) -> list[int]:
 # -- reboot, ordering, reload -------------------------------------------------------------
 def test_reboot_comes_up_clean(host: Host) -> None:
     host.reboot()
-    wait_for("every service active", lambda: set(active(host, *UNITS).values()) == {"active"},
-             timeout=120)
+    wait_for(
+        "every service active",
+        lambda: set(active(host, *UNITS).values()) == {"active"},
+        timeout=120,
+    )
     send_some(host, "reboot")
     imap_login("bob@raecoo.com", USERS["bob@raecoo.com"], starttls=True)
     assert smtp_auth("alice@raecoo.com", USERS["alice@raecoo.com"], 587) == 235
@@ -249,8 +267,18 @@ def test_reboot_comes_up_clean(host: Host) -> None:
 
 
 #: Journal identifiers (prefixes) of the mail stack the shipped configuration drives.
-STACK_IDENTIFIERS = ("vmaild", "postfix", "postmulti", "postconf", "authdaemond", "imapd",
-                     "pop3d", "courier", "maildrop", "sasl")
+STACK_IDENTIFIERS = (
+    "vmaild",
+    "postfix",
+    "postmulti",
+    "postconf",
+    "authdaemond",
+    "imapd",
+    "pop3d",
+    "courier",
+    "maildrop",
+    "sasl",
+)
 
 
 def mail_stack_warnings(host: Host) -> list[str]:
@@ -266,8 +294,9 @@ def mail_stack_warnings(host: Host) -> list[str]:
             lines.append(f"{ident}: {entry.get('MESSAGE')}")
     # vmaild logs to stderr, which the journal records at one priority: read its level names.
     own = host.run(["journalctl", "-b", "-u", "vmaild", "-o", "cat", "--no-pager"]).stdout
-    lines += [f"vmaild: {ln}" for ln in own.splitlines()
-              if re.search(r"\b(WARNING|ERROR|CRITICAL)\b", ln)]
+    lines += [
+        f"vmaild: {ln}" for ln in own.splitlines() if re.search(r"\b(WARNING|ERROR|CRITICAL)\b", ln)
+    ]
     return lines
 
 

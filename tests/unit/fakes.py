@@ -25,7 +25,7 @@ class FakeDatabase:
     """Answers ``fetch`` from {(sql, params): rows}; ``down`` makes every query fail."""
 
     def __init__(self, rows: dict[str, list[tuple[Any, ...]]] | None = None):
-        self.rows = rows or {}   # keyed by the first parameter
+        self.rows = rows or {}  # keyed by the first parameter
         self.down = False
         self.queries: list[tuple[str, tuple[Any, ...]]] = []
         self.delay = 0.0
@@ -57,13 +57,15 @@ query = SELECT domain FROM domains WHERE domain='%s'
 """
 
 
-def make_lookups(rows: dict[str, list[tuple[Any, ...]]] | None = None,
-                 text: str = CONFIG) -> tuple[Lookups, FakeDatabase, Metrics]:
+def make_lookups(
+    rows: dict[str, list[tuple[Any, ...]]] | None = None, text: str = CONFIG
+) -> tuple[Lookups, FakeDatabase, Metrics]:
     cfg = config.parse(text)
     db = FakeDatabase(rows)
     metrics = Metrics()
-    cache = Cache(TTLs(cfg.cache.ttl, cfg.cache.negative_ttl, cfg.cache.stale_ttl),
-                  cfg.cache.max_entries)
+    cache = Cache(
+        TTLs(cfg.cache.ttl, cfg.cache.negative_ttl, cfg.cache.stale_ttl), cfg.cache.max_entries
+    )
     return Lookups(cfg, db, cache, metrics), db, metrics  # type: ignore[arg-type]
 
 
@@ -73,9 +75,15 @@ class FakeApp:
     ``auth`` or ``policy`` is what a SIGHUP reload does: the next request, even on a
     connection already open, is answered by the new one."""
 
-    def __init__(self, *, lookups: Lookups | None = None, auth: AuthAnswerer | None = None,
-                 policy: PolicyDecider | None = None, metrics: Metrics | None = None,
-                 policy_max_request: int = DEFAULT_MAX_POLICY_REQUEST) -> None:
+    def __init__(
+        self,
+        *,
+        lookups: Lookups | None = None,
+        auth: AuthAnswerer | None = None,
+        policy: PolicyDecider | None = None,
+        metrics: Metrics | None = None,
+        policy_max_request: int = DEFAULT_MAX_POLICY_REQUEST,
+    ) -> None:
         self.ctx = ListenerContext(metrics or Metrics())
         self.lookups = lookups
         self.auth = auth

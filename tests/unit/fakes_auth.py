@@ -18,9 +18,11 @@ from vmaild.metrics import Metrics
 
 def aio(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
     """Run an async test in a fresh event loop (no pytest plugin needed)."""
+
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> None:
         asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 60))
+
     return run
 
 
@@ -81,8 +83,7 @@ class FakeConn:
 class FakeDB:
     """Just enough of vmaild.db.Database: ``run(fn)`` with a pymysql-like connection."""
 
-    columns = ("address", "password", "maildir", "name", "quota_bytes", "quota_messages",
-               "active")
+    columns = ("address", "password", "maildir", "name", "quota_bytes", "quota_messages", "active")
 
     def __init__(self) -> None:
         self.users: dict[str, dict[str, Any]] = {}
@@ -91,8 +92,7 @@ class FakeDB:
         self.statements: list[str] = []
 
     def add(self, address: str, stored: str, **extra: Any) -> None:
-        self.users[address.lower()] = {"address": address, "password": stored, "active": 1,
-                                       **extra}
+        self.users[address.lower()] = {"address": address, "password": stored, "active": 1, **extra}
 
     async def run(self, fn: Any, *, retry: bool = False) -> Any:
         await asyncio.sleep(0)
@@ -102,10 +102,12 @@ class FakeDB:
 
 
 def make_service(tmp_path: Path, extra: str = "", **kw: Any) -> tuple[AuthService, FakeDB]:
-    text = (f"[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
-            f"[mailbox]\nbase = {tmp_path}/vmail\nuid = 5000\ngid = 5001\n"
-            f"[auth]\nlisten = unix:{tmp_path}/auth.sock\npassword_rounds = 1000\n"
-            f"hash_workers = 2\n{extra}")
+    text = (
+        f"[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
+        f"[mailbox]\nbase = {tmp_path}/vmail\nuid = 5000\ngid = 5001\n"
+        f"[auth]\nlisten = unix:{tmp_path}/auth.sock\npassword_rounds = 1000\n"
+        f"hash_workers = 2\n{extra}"
+    )
     cfg = config.parse(text)
     db = FakeDB()
     service = AuthService(cfg, db, Metrics(), **kw)  # type: ignore[arg-type]

@@ -42,9 +42,9 @@ class User:
 @dataclass
 class FakePolicyDB:
     users: dict[str, User] = field(default_factory=dict)
-    domains: dict[str, Any] = field(default_factory=dict)       # domain -> active
+    domains: dict[str, Any] = field(default_factory=dict)  # domain -> active
     forwardings: dict[str, tuple[str, Any]] = field(default_factory=dict)  # src -> (dest, active)
-    grants: set[tuple[str, str]] = field(default_factory=set)   # (login, sender)
+    grants: set[tuple[str, str]] = field(default_factory=set)  # (login, sender)
     counters: dict[tuple[str, int], list[int]] = field(default_factory=dict)
     down: bool = False
     delay: float = 0.0
@@ -56,8 +56,12 @@ class FakePolicyDB:
             ("recipient", compile_named(pc.recipient_query, recipient.PARAMS)),
             ("sender", compile_named(pc.sender_query, sender.PARAMS)),
             ("select", compile_named(pc.ratelimit_query, frozenset({"login", "since"}))),
-            ("update", compile_named(pc.ratelimit_update,
-                                     frozenset({"login", "bucket", "messages", "recipients"}))),
+            (
+                "update",
+                compile_named(
+                    pc.ratelimit_update, frozenset({"login", "bucket", "messages", "recipients"})
+                ),
+            ),
             ("prune", compile_named(pc.ratelimit_prune, frozenset({"before"}))),
         ]
 
@@ -85,8 +89,15 @@ class FakePolicyDB:
             u = self.users.get(v["address"])
             if u is None:
                 return []
-            return [(u.active, self.domains.get(v["domain"]), u.quota_bytes, u.quota_messages,
-                     u.maildir)]
+            return [
+                (
+                    u.active,
+                    self.domains.get(v["domain"]),
+                    u.quota_bytes,
+                    u.quota_messages,
+                    u.maildir,
+                )
+            ]
         if kind == "sender":
             rows = []
             fwd = self.forwardings.get(v["sender"])
@@ -97,8 +108,11 @@ class FakePolicyDB:
                 rows.append((1,))
             return rows[:1]
         if kind == "select":
-            return [(b, c[0], c[1]) for (login, b), c in sorted(self.counters.items())
-                    if login == v["login"] and b >= v["since"]]
+            return [
+                (b, c[0], c[1])
+                for (login, b), c in sorted(self.counters.items())
+                if login == v["login"] and b >= v["since"]
+            ]
         raise AssertionError(f"{kind} is not a read query")
 
     async def execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
@@ -127,8 +141,9 @@ class Clock:
         return self.now
 
 
-def make_service(db: FakePolicyDB, extra: str = "", base: str = BASE,
-                 clock: Clock | None = None) -> tuple[PolicyService, Metrics]:
+def make_service(
+    db: FakePolicyDB, extra: str = "", base: str = BASE, clock: Clock | None = None
+) -> tuple[PolicyService, Metrics]:
     cfg = config.parse(base + extra)
     metrics = Metrics()
     service = PolicyService(cfg, db, metrics, clock=clock or Clock())
@@ -140,13 +155,23 @@ def request(**attrs: Any) -> Any:
     from types import MappingProxyType
 
     from vmaild.codec.policy import PolicyRequest
+
     base = {
-        "request": "smtpd_access_policy", "protocol_state": "RCPT", "protocol_name": "ESMTP",
-        "client_address": "192.0.2.1", "client_name": "mail.example.net",
-        "helo_name": "mail.example.net", "sender": "someone@example.net",
-        "recipient": "alice@example.com", "recipient_count": "0", "queue_id": "",
-        "instance": "a5f.5f3b5d41.4a2.0", "size": "0", "sasl_method": "",
-        "sasl_username": "", "sasl_sender": "",
+        "request": "smtpd_access_policy",
+        "protocol_state": "RCPT",
+        "protocol_name": "ESMTP",
+        "client_address": "192.0.2.1",
+        "client_name": "mail.example.net",
+        "helo_name": "mail.example.net",
+        "sender": "someone@example.net",
+        "recipient": "alice@example.com",
+        "recipient_count": "0",
+        "queue_id": "",
+        "instance": "a5f.5f3b5d41.4a2.0",
+        "size": "0",
+        "sasl_method": "",
+        "sasl_username": "",
+        "sasl_sender": "",
     }
     base.update({k: str(v) for k, v in attrs.items()})
     return PolicyRequest(MappingProxyType(base))

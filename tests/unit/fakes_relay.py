@@ -12,8 +12,10 @@ import time
 
 from vmaild.codec import authpipe as codec
 
-ACCOUNT = (b"UID=5000\nGID=5000\nHOME=/home/vmail\nADDRESS=joe@example.test\n"
-           b"MAILDIR=example.test/joe/\n.\n")
+ACCOUNT = (
+    b"UID=5000\nGID=5000\nHOME=/home/vmail\nADDRESS=joe@example.test\n"
+    b"MAILDIR=example.test/joe/\n.\n"
+)
 
 
 class FakeVmaild:
@@ -24,8 +26,13 @@ class FakeVmaild:
     with None; otherwise it closes after one request. ``legacy`` plays a vmaild that
     predates RELAY (it answers FAIL and closes)."""
 
-    def __init__(self, path: str, answers: list[bytes | str | tuple[bytes, str] | None],
-                 pieces: int = 1, legacy: bool = False):
+    def __init__(
+        self,
+        path: str,
+        answers: list[bytes | str | tuple[bytes, str] | None],
+        pieces: int = 1,
+        legacy: bool = False,
+    ):
         self.path = path
         self.answers = list(answers)
         self.pieces = pieces
@@ -83,7 +90,7 @@ class FakeVmaild:
                 return
             step = max(1, len(answer) // self.pieces)
             for i in range(0, len(answer), step):
-                conn.sendall(answer[i:i + step])
+                conn.sendall(answer[i : i + step])
                 time.sleep(0.005)
             if not persistent or close_after:
                 return
@@ -101,12 +108,13 @@ def send(proc: subprocess.Popen[bytes], data: bytes, piece: int = 0) -> None:
         os.write(fd, data)
         return
     for i in range(0, len(data), piece):
-        os.write(fd, data[i:i + piece])
+        os.write(fd, data[i : i + piece])
         time.sleep(0.002)
 
 
-def read_reply(proc: subprocess.Popen[bytes], reader: codec.ReplyReader | None = None,
-               timeout: float = 10) -> bytes | None:
+def read_reply(
+    proc: subprocess.Popen[bytes], reader: codec.ReplyReader | None = None, timeout: float = 10
+) -> bytes | None:
     """Read one reply the way authdaemond does; None when stdout hit EOF first."""
     assert proc.stdout is not None
     reader = reader or codec.ReplyReader()

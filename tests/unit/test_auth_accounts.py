@@ -25,47 +25,76 @@ CFG = config.parse("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n")
 
 def test_the_seed_layout_by_default() -> None:
     a = account_from_row({"address": "sales@raecoo.com", "password": "abcdefghijklm"}, CFG)
-    assert a == Account("sales@raecoo.com", "abcdefghijklm", "/home/vmail", "raecoo.com/sales/",
-                        5000, 5000)
+    assert a == Account(
+        "sales@raecoo.com", "abcdefghijklm", "/home/vmail", "raecoo.com/sales/", 5000, 5000
+    )
     assert a.active
     assert a.maildir_path() == "/home/vmail/raecoo.com/sales"
     assert reply_account(a.fields()) == (
         b"UID=5000\nGID=5000\nHOME=/home/vmail\nADDRESS=sales@raecoo.com\n"
-        b"MAILDIR=raecoo.com/sales/\n.\n")
+        b"MAILDIR=raecoo.com/sales/\n.\n"
+    )
 
 
 def test_every_known_column() -> None:
-    row = {"address": "joe@example.test", "password": "x", "home": "/srv/mail",
-           "maildir": "/srv/mail/joe/Maildir", "uid": 6000, "gid": "6001", "quota": "1000000S",
-           "name": "Joe User", "options": "disableimap=0", "active": 1}
+    row = {
+        "address": "joe@example.test",
+        "password": "x",
+        "home": "/srv/mail",
+        "maildir": "/srv/mail/joe/Maildir",
+        "uid": 6000,
+        "gid": "6001",
+        "quota": "1000000S",
+        "name": "Joe User",
+        "options": "disableimap=0",
+        "active": 1,
+    }
     a = account_from_row(row, CFG)
     assert dict(a.fields()) == {
-        "UID": "6000", "GID": "6001", "HOME": "/srv/mail", "ADDRESS": "joe@example.test",
-        "MAILDIR": "/srv/mail/joe/Maildir", "NAME": "Joe User", "QUOTA": "1000000S",
-        "OPTIONS": "disableimap=0"}
+        "UID": "6000",
+        "GID": "6001",
+        "HOME": "/srv/mail",
+        "ADDRESS": "joe@example.test",
+        "MAILDIR": "/srv/mail/joe/Maildir",
+        "NAME": "Joe User",
+        "QUOTA": "1000000S",
+        "OPTIONS": "disableimap=0",
+    }
     assert a.maildir_path() == "/srv/mail/joe/Maildir"
 
 
-@pytest.mark.parametrize(("row", "quota"), [
-    ({"quota_bytes": 1000000, "quota_messages": 0}, "1000000S"),
-    ({"quota_bytes": 0, "quota_messages": 500}, "500C"),
-    ({"quota_bytes": 10, "quota_messages": 5}, "10S,5C"),
-    ({"quota_bytes": 0, "quota_messages": 0}, ""),
-    ({"quota_bytes": None}, ""),
-    ({"quota": "1000S,10C"}, "1000S,10C"),
-    ({"quota": "2048"}, "2048S"),
-    ({"quota": ""}, ""),
-    ({"quota": "lots"}, ""),
-])
+@pytest.mark.parametrize(
+    ("row", "quota"),
+    [
+        ({"quota_bytes": 1000000, "quota_messages": 0}, "1000000S"),
+        ({"quota_bytes": 0, "quota_messages": 500}, "500C"),
+        ({"quota_bytes": 10, "quota_messages": 5}, "10S,5C"),
+        ({"quota_bytes": 0, "quota_messages": 0}, ""),
+        ({"quota_bytes": None}, ""),
+        ({"quota": "1000S,10C"}, "1000S,10C"),
+        ({"quota": "2048"}, "2048S"),
+        ({"quota": ""}, ""),
+        ({"quota": "lots"}, ""),
+    ],
+)
 def test_quota(row: dict[str, object], quota: str) -> None:
     a = account_from_row({"address": "a@b.c", **row}, CFG)
     assert a.quota == quota
     assert ("QUOTA" in dict(a.fields())) is bool(quota)
 
 
-@pytest.mark.parametrize(("value", "active"), [
-    (1, True), (0, False), (None, True), (b"\x00", False), (b"\x01", True), ("0", False),
-    ("1", True)])
+@pytest.mark.parametrize(
+    ("value", "active"),
+    [
+        (1, True),
+        (0, False),
+        (None, True),
+        (b"\x00", False),
+        (b"\x01", True),
+        ("0", False),
+        ("1", True),
+    ],
+)
 def test_active(value: object, active: bool) -> None:
     assert account_from_row({"address": "a@b.c", "active": value}, CFG).active is active
 
@@ -84,8 +113,10 @@ def test_unsafe_values() -> None:
 
 
 def test_bytes_columns_and_mailbox_section() -> None:
-    cfg = config.parse("[database]\nhosts = h\nuser = u\ndbname = d\n"
-                       "[mailbox]\nbase = /var/mail/v\nuid = 7000\ngid = 7001\n")
+    cfg = config.parse(
+        "[database]\nhosts = h\nuser = u\ndbname = d\n"
+        "[mailbox]\nbase = /var/mail/v\nuid = 7000\ngid = 7001\n"
+    )
     a = account_from_row({"address": b"joe@example.test", "maildir": None}, cfg)
     assert (a.home, a.uid, a.gid, a.maildir) == ("/var/mail/v", 7000, 7001, "example.test/joe/")
 
@@ -97,6 +128,7 @@ def test_default_maildir() -> None:
 
 
 # -- batched fetches ------------------------------------------------------------------------
+
 
 class CountingDB(FakeDB):
     """FakeDB whose jobs wait for the test to release them, counting jobs and queries."""
@@ -121,8 +153,7 @@ async def settle() -> None:
 
 
 def source(db: FakeDB) -> AccountSource:
-    return AccountSource(config.parse("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"),
-                         db)  # type: ignore[arg-type]
+    return AccountSource(config.parse("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"), db)  # type: ignore[arg-type]
 
 
 @aio
@@ -154,7 +185,8 @@ async def test_a_query_that_cannot_be_wrapped_runs_once_per_login() -> None:
     await settle()
     db.gate.set()
     assert [a.password for a in await asyncio.gather(*tasks) if a] == [
-        f"hash-{i}" for i in range(6)]
+        f"hash-{i}" for i in range(6)
+    ]
     assert db.jobs == accounts.max_jobs + 1 and len(db.statements) == 6
 
 
@@ -176,26 +208,33 @@ async def test_a_refused_union_falls_back_for_good() -> None:
     assert accounts.union is False
 
 
-@pytest.mark.parametrize(("query", "unionable"), [
-    ("SELECT email AS address, password FROM users WHERE email = '%s'", True),
-    ("select email as address, password from users where email='%s'", True),
-    ("SELECT email AS address FROM users WHERE email = '%s' ORDER BY x", False),
-    ("SELECT email AS address FROM users WHERE email = '%s' LIMIT 1", False),
-    ("SELECT a AS address FROM t WHERE a = '%s' UNION SELECT b FROM u WHERE b = '%s'", False),
-    ("WITH x AS (SELECT 1) SELECT email AS address FROM users WHERE email='%s'", False),
-])
+@pytest.mark.parametrize(
+    ("query", "unionable"),
+    [
+        ("SELECT email AS address, password FROM users WHERE email = '%s'", True),
+        ("select email as address, password from users where email='%s'", True),
+        ("SELECT email AS address FROM users WHERE email = '%s' ORDER BY x", False),
+        ("SELECT email AS address FROM users WHERE email = '%s' LIMIT 1", False),
+        ("SELECT a AS address FROM t WHERE a = '%s' UNION SELECT b FROM u WHERE b = '%s'", False),
+        ("WITH x AS (SELECT 1) SELECT email AS address FROM users WHERE email='%s'", False),
+    ],
+)
 def test_which_queries_are_batched_as_one_statement(query: str, unionable: bool) -> None:
-    cfg = config.parse("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
-                       f"[auth]\nquery = {query}\n")
+    cfg = config.parse(
+        f"[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n[auth]\nquery = {query}\n"
+    )
     assert AccountSource(cfg, FakeDB()).union is unionable  # type: ignore[arg-type]
 
 
 def test_the_batch_statement_tags_each_login() -> None:
-    sql, params = _union("SELECT a AS address FROM t WHERE a = %s AND b = %s;",
-                         [("x", "1"), ("y", "2")])
-    assert sql == ("SELECT 0 AS vmaild_batch_login, q.* FROM (SELECT a AS address FROM t "
-                   "WHERE a = %s AND b = %s) AS q UNION ALL SELECT 1 AS vmaild_batch_login, "
-                   "q.* FROM (SELECT a AS address FROM t WHERE a = %s AND b = %s) AS q")
+    sql, params = _union(
+        "SELECT a AS address FROM t WHERE a = %s AND b = %s;", [("x", "1"), ("y", "2")]
+    )
+    assert sql == (
+        "SELECT 0 AS vmaild_batch_login, q.* FROM (SELECT a AS address FROM t "
+        "WHERE a = %s AND b = %s) AS q UNION ALL SELECT 1 AS vmaild_batch_login, "
+        "q.* FROM (SELECT a AS address FROM t WHERE a = %s AND b = %s) AS q"
+    )
     assert params == ["x", "1", "y", "2"]
 
 
@@ -220,8 +259,9 @@ async def test_a_fetch_whose_client_left_is_dropped_from_its_batch() -> None:
     db = CountingDB()
     db.add("joe@example.test", "hash")
     accounts = source(db)
-    running = [asyncio.create_task(accounts.fetch("joe@example.test"))
-               for _ in range(accounts.max_jobs)]
+    running = [
+        asyncio.create_task(accounts.fetch("joe@example.test")) for _ in range(accounts.max_jobs)
+    ]
     gone = asyncio.create_task(accounts.fetch("gone@example.test"))
     kept = asyncio.create_task(accounts.fetch("joe@example.test"))
     await settle()

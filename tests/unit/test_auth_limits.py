@@ -22,8 +22,7 @@ def clock() -> Clock:
 
 def limits(clock: Clock, **kw: float) -> FailureLimits:
     args = {"base": 0.5, "cap": 3.0, "window": 900.0, "max_entries": 1000, **kw}
-    return FailureLimits(args["base"], args["cap"], args["window"], int(args["max_entries"]),
-                         clock)
+    return FailureLimits(args["base"], args["cap"], args["window"], int(args["max_entries"]), clock)
 
 
 def test_delays_double_from_the_second_failure_and_are_capped(clock: Clock) -> None:

@@ -28,8 +28,9 @@ def account(home: str, maildir: str = "") -> Account:
     return Account("joe@example.test", "x", home, maildir, 5000, 5001)
 
 
-def make(tmp_path: Path, base: str | None = None,
-         create: bool = True) -> tuple[AccountMaildirs, Clock, Path]:
+def make(
+    tmp_path: Path, base: str | None = None, create: bool = True
+) -> tuple[AccountMaildirs, Clock, Path]:
     clock = Clock()
     default = tmp_path / "vmail"
     mailbox = MailboxConfig(base=base or str(default), create_maildirs=create)
@@ -41,7 +42,8 @@ def ensure(maildirs: AccountMaildirs, acct: Account) -> None:
 
 
 def test_a_missing_maildir_is_created_with_its_parents(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     maildirs, _, base = make(tmp_path)
     caplog.set_level(logging.INFO, "vmaild.auth")
     ensure(maildirs, account(str(base / "example.test"), "joe/"))
@@ -54,7 +56,8 @@ def test_a_missing_maildir_is_created_with_its_parents(
 
 
 def test_an_existing_maildir_is_left_alone_quietly(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     maildirs, _, base = make(tmp_path)
     for sub in ("cur", "new", "tmp"):
         (base / "joe" / sub).mkdir(parents=True)
@@ -64,11 +67,14 @@ def test_an_existing_maildir_is_left_alone_quietly(
     assert (base / "joe/new/1.msg").read_text() == "x" and caplog.messages == []
 
 
-@pytest.mark.parametrize("where", [
-    "../outside",          # climbs out of base
-    "",                    # base itself
-    "../vmail2/joe",       # a sibling whose name starts like base
-])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "../outside",  # climbs out of base
+        "",  # base itself
+        "../vmail2/joe",  # a sibling whose name starts like base
+    ],
+)
 def test_nothing_is_created_outside_base(tmp_path: Path, where: str) -> None:
     maildirs, _, base = make(tmp_path)
     base.mkdir()
@@ -77,8 +83,9 @@ def test_nothing_is_created_outside_base(tmp_path: Path, where: str) -> None:
     assert list(base.iterdir()) == []
 
 
-def test_a_relative_maildir_or_base_creates_nothing(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_relative_maildir_or_base_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     maildirs, _, _ = make(tmp_path, base="vmail")
     ensure(maildirs, account("vmail", "joe"))
@@ -93,30 +100,31 @@ def test_creation_can_be_switched_off(tmp_path: Path) -> None:
     assert not base.exists()
 
 
-def test_a_maildir_seen_is_checked_again_only_after_the_recheck_interval(
-        tmp_path: Path) -> None:
+def test_a_maildir_seen_is_checked_again_only_after_the_recheck_interval(tmp_path: Path) -> None:
     maildirs, clock, base = make(tmp_path)
     joe = account(str(base / "joe"))
     ensure(maildirs, joe)
     shutil.rmtree(base / "joe")
     clock.now += MAILDIR_RECHECK - 1
     ensure(maildirs, joe)
-    assert not (base / "joe").exists()   # seen a moment ago: no filesystem check
+    assert not (base / "joe").exists()  # seen a moment ago: no filesystem check
     clock.now += 1
     ensure(maildirs, joe)
     assert (base / "joe/new").is_dir()
 
 
 def test_a_failure_is_logged_and_tried_again_next_time(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     maildirs, _, base = make(tmp_path)
     base.mkdir()
     (base / "example.test").write_text("a file where the domain directory belongs")
     joe = account(str(base / "example.test/joe"))
-    ensure(maildirs, joe)                # no exception: the request is answered anyway
+    ensure(maildirs, joe)  # no exception: the request is answered anyway
     assert [r.levelname for r in caplog.records] == ["ERROR"]
     assert caplog.messages[0].startswith(
-        f"cannot create Maildir {base}/example.test/joe for joe@example.test: ")
+        f"cannot create Maildir {base}/example.test/joe for joe@example.test: "
+    )
     (base / "example.test").unlink()
-    ensure(maildirs, joe)                # not remembered as present: checked again
+    ensure(maildirs, joe)  # not remembered as present: checked again
     assert (base / "example.test/joe/new").is_dir()

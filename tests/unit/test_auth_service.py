@@ -43,14 +43,20 @@ SHA = sha512_crypt.using(rounds=1000)
 
 # -- PRE -----------------------------------------------------------------------------------
 
+
 @aio
 async def test_pre_answers_the_account_fields(tmp_path: Path) -> None:
     service, db = make_service(tmp_path)
     db.add("sales@raecoo.com", des_crypt.hash("password"), name="Sales", quota_bytes=1000000)
     reply = await service.answer(codec.Pre(".", "login", "Sales@Raecoo.com"))
     uid, gid = 5000, 5001
-    assert reply == (f"UID={uid}\nGID={gid}\nHOME={tmp_path}/vmail\nADDRESS=sales@raecoo.com\n"
-                     f"MAILDIR=raecoo.com/sales/\nNAME=Sales\nQUOTA=1000000S\n.\n").encode()
+    assert (
+        reply
+        == (
+            f"UID={uid}\nGID={gid}\nHOME={tmp_path}/vmail\nADDRESS=sales@raecoo.com\n"
+            f"MAILDIR=raecoo.com/sales/\nNAME=Sales\nQUOTA=1000000S\n.\n"
+        ).encode()
+    )
     # Maildir created on lookup (maildrop's PRE), with cur/new/tmp.
     for sub in ("cur", "new", "tmp"):
         assert (tmp_path / "vmail/raecoo.com/sales" / sub).is_dir()
@@ -80,6 +86,7 @@ async def test_pre_with_the_database_down(tmp_path: Path) -> None:
 
 
 # -- AUTH ----------------------------------------------------------------------------------
+
 
 @aio
 async def test_login_good_bad_unknown_disabled(tmp_path: Path) -> None:
@@ -128,8 +135,12 @@ async def test_cram_md5_needs_a_clear_text_password(tmp_path: Path) -> None:
 
     def cram(user: str, password: str) -> codec.Auth:
         digest = hmac.new(password.encode(), challenge.encode(), "md5").hexdigest()
-        data = (base64.b64encode(challenge.encode()) + b"\n"
-                + base64.b64encode(f"{user} {digest}".encode()) + b"\n")
+        data = (
+            base64.b64encode(challenge.encode())
+            + b"\n"
+            + base64.b64encode(f"{user} {digest}".encode())
+            + b"\n"
+        )
         return codec.Auth("imap", "cram-md5", data)
 
     assert (await service.answer(cram("plain@example.test", "tanstaaf"))).endswith(b".\n")
@@ -139,7 +150,8 @@ async def test_cram_md5_needs_a_clear_text_password(tmp_path: Path) -> None:
 
 @aio
 async def test_verified_logins_skip_hashing_until_the_hash_changes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     service, db = make_service(tmp_path, "rehash = no\n")
     db.add("joe@example.test", SHA.hash("old-pw"))
     calls: list[str] = []
@@ -166,14 +178,18 @@ async def test_database_down_only_cached_logins_pass(tmp_path: Path) -> None:
     await service.answer(codec.Pre(".", "imap", "ann@example.test"))  # row seen, no login
     db.down = True
     assert (await service.answer(auth_request("joe@example.test", "pw1"))).endswith(b".\n")
-    for user, pw in (("joe@example.test", "wrong"), ("ann@example.test", "pw2"),
-                     ("new@example.test", "x")):
+    for user, pw in (
+        ("joe@example.test", "wrong"),
+        ("ann@example.test", "pw2"),
+        ("new@example.test", "x"),
+    ):
         with pytest.raises(TemporaryFailure):
             await service.answer(auth_request(user, pw))
     assert metric(service, "vmaild_logins_total", service="imap", result="tempfail") == 3
 
 
 # -- rehash --------------------------------------------------------------------------------
+
 
 @aio
 async def test_seed_des_hash_is_rehashed_on_login(tmp_path: Path) -> None:
@@ -243,6 +259,7 @@ async def test_rehash_stops_when_the_schema_cannot_store_it(tmp_path: Path) -> N
 
 # -- PASSWD --------------------------------------------------------------------------------
 
+
 @aio
 async def test_passwd_changes_the_hash_and_the_old_password_fails(tmp_path: Path) -> None:
     service, db = make_service(tmp_path, "fail_delay = 0\n")
@@ -283,10 +300,12 @@ async def test_passwd_survives_a_rehash_landing_meanwhile(tmp_path: Path) -> Non
 async def test_passwd_refusals(tmp_path: Path) -> None:
     service, db = make_service(tmp_path, "fail_delay = 0\n")
     db.add("joe@example.test", SHA.hash("old-pw"))
-    for req in (codec.Passwd("webmail", "joe@example.test", "wrong", "new"),
-                codec.Passwd("webmail", "nobody@example.test", "old-pw", "new"),
-                codec.Passwd("webmail", "joe@example.test", "old-pw", ""),
-                codec.Passwd("webmail", "joe@example.test", "old-pw", "bad\x01new")):
+    for req in (
+        codec.Passwd("webmail", "joe@example.test", "wrong", "new"),
+        codec.Passwd("webmail", "nobody@example.test", "old-pw", "new"),
+        codec.Passwd("webmail", "joe@example.test", "old-pw", ""),
+        codec.Passwd("webmail", "joe@example.test", "old-pw", "bad\x01new"),
+    ):
         assert await service.answer(req) == codec.FAIL
     db.down = True
     with pytest.raises(TemporaryFailure):
@@ -294,6 +313,7 @@ async def test_passwd_refusals(tmp_path: Path) -> None:
 
 
 # -- ENUMERATE -----------------------------------------------------------------------------
+
 
 @aio
 async def test_enumerate(tmp_path: Path) -> None:
@@ -303,14 +323,20 @@ async def test_enumerate(tmp_path: Path) -> None:
     db.add("off@example.test", "z", active=0)
     reply = await service.answer(codec.Enumerate())
     uid, gid, home = 5000, 5001, f"{tmp_path}/vmail"
-    assert reply == (f"joe@example.test\t{uid}\t{gid}\t{home}\texample.test/joe/\n"
-                     f"ann@example.org\t{uid}\t{gid}\t{home}\t/srv/ann/Maildir\n.\n").encode()
+    assert (
+        reply
+        == (
+            f"joe@example.test\t{uid}\t{gid}\t{home}\texample.test/joe/\n"
+            f"ann@example.org\t{uid}\t{gid}\t{home}\t/srv/ann/Maildir\n.\n"
+        ).encode()
+    )
     db.down = True
     with pytest.raises(TemporaryFailure):
         await service.answer(codec.Enumerate())
 
 
 # -- failure limits ------------------------------------------------------------------------
+
 
 @aio
 async def test_repeated_failures_delay_fail_replies(tmp_path: Path) -> None:
@@ -347,6 +373,7 @@ async def test_a_delayed_fail_does_not_hold_up_other_logins(tmp_path: Path) -> N
 
 # -- the event loop is never blocked by hashing -----------------------------------------------
 
+
 @aio
 async def test_hashing_does_not_block_the_event_loop(tmp_path: Path) -> None:
     service, db = make_service(tmp_path, "rehash = no\n")
@@ -365,8 +392,9 @@ async def test_hashing_does_not_block_the_event_loop(tmp_path: Path) -> None:
             last = now
 
     tick = asyncio.create_task(ticker())
-    replies = await asyncio.gather(*(service.answer(auth_request(f"u{i}@example.test", "pw"))
-                                     for i in range(8)))
+    replies = await asyncio.gather(
+        *(service.answer(auth_request(f"u{i}@example.test", "pw")) for i in range(8))
+    )
     stop = True
     await tick
     assert all(r.endswith(b".\n") for r in replies)
@@ -380,12 +408,19 @@ async def test_hashing_does_not_block_the_event_loop(tmp_path: Path) -> None:
     assert median < 0.004, f"median tick {median * 1000:.1f} ms (max {gaps[-1] * 1000:.1f})"
 
 
-@pytest.mark.parametrize(("stored", "inline"), [
-    (des_crypt.hash("pw"), True), ("{PLAIN}pw", True),
-    (sha512_crypt.using(rounds=1000).hash("pw"), False), ("$1$abcdefgh$" + "x" * 22, False)])
+@pytest.mark.parametrize(
+    ("stored", "inline"),
+    [
+        (des_crypt.hash("pw"), True),
+        ("{PLAIN}pw", True),
+        (sha512_crypt.using(rounds=1000).hash("pw"), False),
+        ("$1$abcdefgh$" + "x" * 22, False),
+    ],
+)
 @aio
-async def test_only_microsecond_hashes_are_verified_inline(tmp_path: Path, stored: str,
-                                                           inline: bool) -> None:
+async def test_only_microsecond_hashes_are_verified_inline(
+    tmp_path: Path, stored: str, inline: bool
+) -> None:
     # A thread hop costs more than a DES check; anything slower must stay off the loop.
     # With the hashing pool shut down, only inline verification can still answer.
     service, _ = make_service(tmp_path)
@@ -399,6 +434,7 @@ async def test_only_microsecond_hashes_are_verified_inline(tmp_path: Path, store
 
 
 # -- Maildirs --------------------------------------------------------------------------------
+
 
 @aio
 async def test_maildir_created_on_login_but_never_outside_base(tmp_path: Path) -> None:
@@ -420,7 +456,8 @@ async def test_maildir_creation_can_be_switched_off(tmp_path: Path) -> None:
     db = FakeDB()
     cfg = config.parse(
         f"[database]\nhosts = h\nuser = u\ndbname = d\n[mailbox]\nbase = {tmp_path}/vmail\n"
-        f"create_maildirs = no\n[auth]\nlisten = unix:{tmp_path}/a.sock\n")
+        f"create_maildirs = no\n[auth]\nlisten = unix:{tmp_path}/a.sock\n"
+    )
     service = AuthService(cfg, db, Metrics())  # type: ignore[arg-type]
     db.add("joe@example.test", "{PLAIN}pw")
     await service.answer(auth_request("joe@example.test", "pw"))
@@ -444,20 +481,28 @@ async def test_a_deleted_maildir_is_recreated_after_the_recheck_interval(tmp_pat
 
 # -- metrics ---------------------------------------------------------------------------------
 
+
 @aio
 async def test_every_request_is_counted_by_kind_and_result(tmp_path: Path) -> None:
     service, db = make_service(tmp_path, "fail_delay = 0\n")
     db.add("joe@example.test", SHA.hash("pw"))
-    await service.answer(codec.Pre(".", "login", "joe@example.test"))        # maildrop
+    await service.answer(codec.Pre(".", "login", "joe@example.test"))  # maildrop
     await service.answer(codec.Pre(".", "login", "nobody@example.test"))
     await service.answer(auth_request("joe@example.test", "pw"))
     assert service.answer_now(codec.BadRequest("garbage")) == codec.FAIL
     db.down = True
     with pytest.raises(TemporaryFailure):
         await service.answer(codec.Pre(".", "login", "ann@example.test"))
-    counts = {(k, r): metric(service, "vmaild_auth_requests_total", kind=k, result=r)
-              for k in ("pre", "auth", "bad") for r in ("ok", "fail", "tempfail")}
+    counts = {
+        (k, r): metric(service, "vmaild_auth_requests_total", kind=k, result=r)
+        for k in ("pre", "auth", "bad")
+        for r in ("ok", "fail", "tempfail")
+    }
     assert {key: n for key, n in counts.items() if n} == {
-        ("pre", "ok"): 1, ("pre", "fail"): 1, ("pre", "tempfail"): 1,
-        ("auth", "ok"): 1, ("bad", "fail"): 1}
+        ("pre", "ok"): 1,
+        ("pre", "fail"): 1,
+        ("pre", "tempfail"): 1,
+        ("auth", "ok"): 1,
+        ("bad", "fail"): 1,
+    }
     assert metric(service, "vmaild_auth_request_seconds_count", kind="pre") == 3

@@ -30,26 +30,41 @@ def test_the_seed_compatible_settings_parse() -> None:
         "query = SELECT email AS address, password FROM users WHERE email='%s'\n"
         "enumerate_query = SELECT email AS address FROM users\nrehash = no\n"
         "passwd_query = UPDATE users SET password = %(new)s "
-        "WHERE email = %(address)s AND password = %(old)s\n")
+        "WHERE email = %(address)s AND password = %(old)s\n"
+    )
     assert not config.parse(text).auth.rehash
 
 
-@pytest.mark.parametrize(("line", "key", "problem"), [
-    ("password_scheme = rot13", "password_scheme", "must be one of"),
-    ("password_scheme = des_crypt", "password_scheme", "must be one of"),
-    ("password_scheme = bcrypt\npassword_rounds = 40", "password_rounds", "log2"),
-    ("password_rounds = 10", "password_rounds", "1000"),
-    ("rehash_query = UPDATE users SET password = %(new)s WHERE email = %(address)s",
-     "rehash_query", "%(old)s"),
-    ("passwd_query = UPDATE users SET password = %(new)s WHERE email = %(user)s "
-     "AND password = %(old)s", "passwd_query", "unknown parameter"),
-    ("passwd_query = UPDATE users SET password = %(new)s WHERE email = %(address)s "
-     "AND password = %(old)s AND email LIKE '%x'", "passwd_query", "'%%'"),
-    ("fail_delay = 2\nfail_delay_max = 1", "fail_delay_max", "less than"),
-    ("fail_delay_max = 20", "fail_delay_max", "out of range"),
-    ("relay_timeout = 30", "relay_timeout", "out of range"),
-    ("query = SELECT email FROM users", "query", "expansion"),
-])
+@pytest.mark.parametrize(
+    ("line", "key", "problem"),
+    [
+        ("password_scheme = rot13", "password_scheme", "must be one of"),
+        ("password_scheme = des_crypt", "password_scheme", "must be one of"),
+        ("password_scheme = bcrypt\npassword_rounds = 40", "password_rounds", "log2"),
+        ("password_rounds = 10", "password_rounds", "1000"),
+        (
+            "rehash_query = UPDATE users SET password = %(new)s WHERE email = %(address)s",
+            "rehash_query",
+            "%(old)s",
+        ),
+        (
+            "passwd_query = UPDATE users SET password = %(new)s WHERE email = %(user)s "
+            "AND password = %(old)s",
+            "passwd_query",
+            "unknown parameter",
+        ),
+        (
+            "passwd_query = UPDATE users SET password = %(new)s WHERE email = %(address)s "
+            "AND password = %(old)s AND email LIKE '%x'",
+            "passwd_query",
+            "'%%'",
+        ),
+        ("fail_delay = 2\nfail_delay_max = 1", "fail_delay_max", "less than"),
+        ("fail_delay_max = 20", "fail_delay_max", "out of range"),
+        ("relay_timeout = 30", "relay_timeout", "out of range"),
+        ("query = SELECT email FROM users", "query", "expansion"),
+    ],
+)
 def test_mistakes_stop_start_up_naming_the_key(line: str, key: str, problem: str) -> None:
     with pytest.raises(ConfigError) as e:
         config.parse(BASE + line + "\n", "/etc/vmaild/vmaild.conf")
@@ -58,6 +73,7 @@ def test_mistakes_stop_start_up_naming_the_key(line: str, key: str, problem: str
 
 def test_schemes_match_passwords_module() -> None:
     from vmaild import passwords
+
     assert set(NEW_HASH_SCHEMES) <= set(passwords.SCHEMES)
 
 

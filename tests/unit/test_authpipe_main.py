@@ -39,8 +39,10 @@ def sock_path(tmp_path: Path) -> str:
 @pytest.fixture
 def conf(tmp_path: Path, sock_path: str) -> Path:
     path = tmp_path / "vmaild.conf"
-    path.write_text("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n\n"
-                    f"[auth]\nlisten = unix:{sock_path}\nrelay_timeout = 1.5\n")
+    path.write_text(
+        "[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n\n"
+        f"[auth]\nlisten = unix:{sock_path}\nrelay_timeout = 1.5\n"
+    )
     return path
 
 
@@ -53,9 +55,13 @@ def fake(sock_path: str) -> Iterator[FakeVmaild]:
 
 def start_relay(conf: Path) -> subprocess.Popen[bytes]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "VMAILD_CONFIG": str(conf)}
-    return subprocess.Popen([sys.executable, "-m", "vmaild.authpipe_main"], env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vmaild.authpipe_main"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def catches(pid: int, signum: int) -> bool:
@@ -68,6 +74,7 @@ def catches(pid: int, signum: int) -> bool:
 
 
 # -- relaying ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("piece", [0, 1], ids=["whole", "one-byte-pieces"])
 def test_requests_are_relayed_byte_exact(conf: Path, fake: FakeVmaild, piece: int) -> None:
@@ -84,18 +91,22 @@ def test_requests_are_relayed_byte_exact(conf: Path, fake: FakeVmaild, piece: in
     assert read_reply(proc) == ACCOUNT
     proc.stdin.close()  # type: ignore[union-attr]
     assert finish(proc) == (0, b"")
-    assert fake.requests == [request, b"PRE . imap user with spaces@example.test\n",
-                             b"AUTH %d\n" % len(body) + body]
+    assert fake.requests == [
+        request,
+        b"PRE . imap user with spaces@example.test\n",
+        b"AUTH %d\n" % len(body) + body,
+    ]
 
 
 def test_one_connection_serves_every_request(conf: Path, fake: FakeVmaild) -> None:
     fake.answers = [ACCOUNT, b"FAIL\n", b"OK\n", ACCOUNT]
     proc = start_relay(conf)
-    for request, reader in ((auth_bytes("joe@example.test", "s3cret"), None),
-                            (auth_bytes("joe@example.test", "wrong"), None),
-                            (b"PASSWD imap\tjoe@example.test\ts3cret\tnew\n",
-                             codec.ReplyReader(single_line=True)),
-                            (b"PRE . imap joe@example.test\n", None)):
+    for request, reader in (
+        (auth_bytes("joe@example.test", "s3cret"), None),
+        (auth_bytes("joe@example.test", "wrong"), None),
+        (b"PASSWD imap\tjoe@example.test\ts3cret\tnew\n", codec.ReplyReader(single_line=True)),
+        (b"PRE . imap joe@example.test\n", None),
+    ):
         send(proc, request)
         assert read_reply(proc, reader) is not None
     proc.stdin.close()  # type: ignore[union-attr]
@@ -132,8 +143,10 @@ def test_an_older_vmaild_gets_one_connection_per_request(conf: Path, sock_path: 
     finally:
         fake.close()
     assert fake.connections == 3  # the refused RELAY 1, then one per request
-    assert fake.requests == [b"PRE . imap joe@example.test\n",
-                             auth_bytes("joe@example.test", "wrong")]
+    assert fake.requests == [
+        b"PRE . imap joe@example.test\n",
+        auth_bytes("joe@example.test", "wrong"),
+    ]
 
 
 def test_reply_arriving_in_pieces_is_written_once(conf: Path, fake: FakeVmaild) -> None:
@@ -149,8 +162,10 @@ def test_reply_arriving_in_pieces_is_written_once(conf: Path, fake: FakeVmaild) 
 
 
 def test_passwd_and_a_long_enumerate(conf: Path, fake: FakeVmaild) -> None:
-    listing = b"".join(b"user%d@example.test\t5000\t5000\t/home/vmail\n" % i
-                       for i in range(3000)) + b".\n"
+    listing = (
+        b"".join(b"user%d@example.test\t5000\t5000\t/home/vmail\n" % i for i in range(3000))
+        + b".\n"
+    )
     assert len(listing) > 100_000
     fake.answers, fake.pieces = [b"OK\n", listing], 13
     proc = start_relay(conf)
@@ -172,6 +187,7 @@ def test_a_nonsense_request_gets_fail_without_asking_vmaild(conf: Path, fake: Fa
 
 
 # -- ending --------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("pending", [b"", b"AUTH 40\nimap\nlog"], ids=["idle", "mid-request"])
 def test_stdin_eof_exits_zero_at_once(conf: Path, fake: FakeVmaild, pending: bytes) -> None:
@@ -197,10 +213,14 @@ def test_sigterm_exits_zero_at_once(conf: Path, fake: FakeVmaild, busy: bool) ->
     assert time.monotonic() - t0 < 1
 
 
-@pytest.mark.parametrize("answer", [None, b"UID=5000\nGID=5000\n", b"FAIL\nextra", "hang"],
-                         ids=["closed", "partial", "trailing-bytes", "timeout"])
-def test_no_complete_reply_exits_without_writing(conf: Path, fake: FakeVmaild,
-                                                 answer: bytes | str | None) -> None:
+@pytest.mark.parametrize(
+    "answer",
+    [None, b"UID=5000\nGID=5000\n", b"FAIL\nextra", "hang"],
+    ids=["closed", "partial", "trailing-bytes", "timeout"],
+)
+def test_no_complete_reply_exits_without_writing(
+    conf: Path, fake: FakeVmaild, answer: bytes | str | None
+) -> None:
     fake.answers = [answer]
     proc = start_relay(conf)
     send(proc, auth_bytes("joe@example.test", "s3cret"))
@@ -234,12 +254,16 @@ def test_broken_config_exits_without_writing(tmp_path: Path) -> None:
 
 # -- cheap start-up ------------------------------------------------------------------------
 
+
 def test_startup_imports_nothing_heavy(conf: Path) -> None:
-    code = ("import sys; from vmaild import authpipe_main as m; m.read_settings(sys.argv[1]); "
-            "print(' '.join(x for x in ('passlib', 'pymysql', 'prometheus_client', 'asyncio') "
-            "if x in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, str(conf)], capture_output=True,
-                         text=True, check=True).stdout
+    code = (
+        "import sys; from vmaild import authpipe_main as m; m.read_settings(sys.argv[1]); "
+        "print(' '.join(x for x in ('passlib', 'pymysql', 'prometheus_client', 'asyncio') "
+        "if x in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(conf)], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == ""
 
 
@@ -256,17 +280,18 @@ def test_read_settings(tmp_path: Path, conf: Path, sock_path: str) -> None:
 
 # -- encoding ------------------------------------------------------------------------------
 
-_text = st.text(st.characters(min_codepoint=32, exclude_characters="\t\x7f",
-                                 exclude_categories=("Cs",)), min_size=1,
-                max_size=30).filter(lambda s: s.strip() == s)
+_text = st.text(
+    st.characters(min_codepoint=32, exclude_characters="\t\x7f", exclude_categories=("Cs",)),
+    min_size=1,
+    max_size=30,
+).filter(lambda s: s.strip() == s)
 
 
-@given(service=_text.filter(lambda s: " " not in s), user=_text, password=_text,
-       final_lf=st.booleans())
-def test_encode_request_round_trips(service: str, user: str, password: str,
-                                    final_lf: bool) -> None:
-    auth = codec.Auth(service, "login", f"{user}\n{password}{chr(10) if final_lf else ''}"
-                      .encode())
+@given(
+    service=_text.filter(lambda s: " " not in s), user=_text, password=_text, final_lf=st.booleans()
+)
+def test_encode_request_round_trips(service: str, user: str, password: str, final_lf: bool) -> None:
+    auth = codec.Auth(service, "login", f"{user}\n{password}{chr(10) if final_lf else ''}".encode())
     pre = codec.Pre(".", service, user)
     passwd = codec.Passwd(service, user, password, password[::-1])
     for request in (auth, pre, passwd, codec.Enumerate()):

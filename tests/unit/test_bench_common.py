@@ -25,18 +25,24 @@ def test_every_benchmark_has_the_same_shape(name: str) -> None:
     assert (BENCH_DIR / f"bench_{name}.py").exists()
 
 
-def test_outcome_is_printed_and_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_outcome_is_printed_and_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(common, "RESULTS", tmp_path)
 
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--size", type=int, default=3)
 
     def run(args: argparse.Namespace, quick: bool) -> common.Outcome:
-        return common.Outcome({"rps": args.size}, "the table",
-                              targets=[common.Target("fast", True, "3/s"),
-                                       common.Target("small", None, "not measured")],
-                              meta={"extra": 1})
+        return common.Outcome(
+            {"rps": args.size},
+            "the table",
+            targets=[
+                common.Target("fast", True, "3/s"),
+                common.Target("small", None, "not measured"),
+            ],
+            meta={"extra": 1},
+        )
 
     assert common.main("demo", "doc", add_arguments, run, ["--quick", "--size", "3"]) == 0
     out = capsys.readouterr().out

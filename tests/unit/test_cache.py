@@ -40,6 +40,7 @@ def fetcher(values: list[object]):  # type: ignore[no-untyped-def]
         if isinstance(item, Exception):
             raise item
         return item  # type: ignore[return-value]
+
     return fetch, calls
 
 
@@ -90,8 +91,9 @@ def test_stale_negative_serves_an_expired_not_found_while_the_database_fails() -
     """Opt-in per map: an alias map's "not found" keeps Postfix going on to the mailbox
     map through an outage; it is given up after negative_ttl + stale_ttl like any entry."""
     cache, clock = make()
-    cache.configure_map("aliases", TTLs(ttl=60, negative_ttl=10, stale_ttl=3600,
-                                        stale_negative=True))
+    cache.configure_map(
+        "aliases", TTLs(ttl=60, negative_ttl=10, stale_ttl=3600, stale_negative=True)
+    )
     fetch, calls = fetcher([None, Boom("db down")])
     run(cache.get("aliases", "k", fetch))
     clock.now += 11
@@ -104,8 +106,9 @@ def test_stale_negative_serves_an_expired_not_found_while_the_database_fails() -
 
 def test_stale_negative_never_hides_an_answer_the_database_gives() -> None:
     cache, clock = make()
-    cache.configure_map("aliases", TTLs(ttl=60, negative_ttl=10, stale_ttl=3600,
-                                        stale_negative=True))
+    cache.configure_map(
+        "aliases", TTLs(ttl=60, negative_ttl=10, stale_ttl=3600, stale_negative=True)
+    )
     fetch, _ = fetcher([None, "new-alias"])
     run(cache.get("aliases", "k", fetch))
     clock.now += 11
@@ -115,8 +118,9 @@ def test_stale_negative_never_hides_an_answer_the_database_gives() -> None:
 def test_sweep_keeps_not_found_entries_a_stale_negative_map_can_still_serve() -> None:
     cache, clock = make()
     for name, stale_negative in (("aliases", True), ("plain", False)):
-        cache.configure_map(name, TTLs(ttl=5, negative_ttl=10, stale_ttl=3600,
-                                       stale_negative=stale_negative))
+        cache.configure_map(
+            name, TTLs(ttl=5, negative_ttl=10, stale_ttl=3600, stale_negative=stale_negative)
+        )
         cache.store(name, "k", None)
     clock.now += 3607  # past ttl + stale_ttl, within negative_ttl + stale_ttl
     assert cache.sweep() == 1

@@ -20,7 +20,7 @@ def lines(data: bytes, limit: int = 100, pieces: bool = False) -> tuple[list[byt
     was hit."""
     buf = ReceiveBuffer(DecodeError)
     out: list[bytes] = []
-    for chunk in ([data[i : i + 1] for i in range(len(data))] if pieces else [data]):
+    for chunk in [data[i : i + 1] for i in range(len(data))] if pieces else [data]:
         buf.append(chunk)
         try:
             while (line := buf.line(limit, "too long")) is not None:
@@ -31,17 +31,20 @@ def lines(data: bytes, limit: int = 100, pieces: bool = False) -> tuple[list[byt
     return out, False
 
 
-@pytest.mark.parametrize(("data", "limit", "expected"), [
-    (b"", 5, ([], False)),
-    (b"abc", 5, ([], False)),  # no LF yet
-    (b"abc\n", 5, ([b"abc"], False)),
-    (b"a\n\nb\n", 5, ([b"a", b"", b"b"], False)),
-    (b"a\r\n", 5, ([b"a\r"], False)),  # only the LF is taken off
-    (b"abcde\n", 5, ([b"abcde"], False)),  # the LF is not counted
-    (b"abcdef\n", 5, ([], True)),
-    (b"abcdef", 5, ([], True)),  # an incomplete line fails as soon as it is too long
-    (b"ab\nabcdef", 5, ([b"ab"], True)),  # the lines before still come out
-])
+@pytest.mark.parametrize(
+    ("data", "limit", "expected"),
+    [
+        (b"", 5, ([], False)),
+        (b"abc", 5, ([], False)),  # no LF yet
+        (b"abc\n", 5, ([b"abc"], False)),
+        (b"a\n\nb\n", 5, ([b"a", b"", b"b"], False)),
+        (b"a\r\n", 5, ([b"a\r"], False)),  # only the LF is taken off
+        (b"abcde\n", 5, ([b"abcde"], False)),  # the LF is not counted
+        (b"abcdef\n", 5, ([], True)),
+        (b"abcdef", 5, ([], True)),  # an incomplete line fails as soon as it is too long
+        (b"ab\nabcdef", 5, ([b"ab"], True)),  # the lines before still come out
+    ],
+)
 @pytest.mark.parametrize("pieces", [False, True], ids=["whole", "1-byte"])
 def test_line(data: bytes, limit: int, expected: tuple[list[bytes], bool], pieces: bool) -> None:
     assert lines(data, limit, pieces) == expected
@@ -75,14 +78,34 @@ class Codec:
 
 
 CODECS = {
-    "tcp_table": Codec(tcp_table.TcpTableDecoder, tcp_table.TcpTableError,
-                       b"get a\n", b"get " + b"x" * 200 + b"\n", lambda n: b"g" * (n + 1)),
-    "socketmap": Codec(socketmap.SocketmapDecoder, socketmap.NetstringError,
-                       b"3:m a,", b"3:m a;", lambda n: b"9" * (len(str(n)) + 1)),
-    "policy": Codec(policy.PolicyDecoder, policy.PolicyError,
-                    b"a=1\n\n", b"novalue\n\n", lambda n: b"a" * (n + 1)),
-    "authpipe": Codec(authpipe.AuthpipeDecoder, authpipe.AuthpipeError,
-                      b"ENUMERATE\n", b"AUTH x\n", lambda n: b"P" * (n + 1)),
+    "tcp_table": Codec(
+        tcp_table.TcpTableDecoder,
+        tcp_table.TcpTableError,
+        b"get a\n",
+        b"get " + b"x" * 200 + b"\n",
+        lambda n: b"g" * (n + 1),
+    ),
+    "socketmap": Codec(
+        socketmap.SocketmapDecoder,
+        socketmap.NetstringError,
+        b"3:m a,",
+        b"3:m a;",
+        lambda n: b"9" * (len(str(n)) + 1),
+    ),
+    "policy": Codec(
+        policy.PolicyDecoder,
+        policy.PolicyError,
+        b"a=1\n\n",
+        b"novalue\n\n",
+        lambda n: b"a" * (n + 1),
+    ),
+    "authpipe": Codec(
+        authpipe.AuthpipeDecoder,
+        authpipe.AuthpipeError,
+        b"ENUMERATE\n",
+        b"AUTH x\n",
+        lambda n: b"P" * (n + 1),
+    ),
 }
 LIMIT = 100
 codecs = pytest.mark.parametrize("codec", CODECS.values(), ids=CODECS.keys())
@@ -91,7 +114,7 @@ codecs = pytest.mark.parametrize("codec", CODECS.values(), ids=CODECS.keys())
 def feed_all(decoder: StreamDecoder[Any], data: bytes, pieces: bool) -> list[Any]:
     """Feed *data* whole or in 1-byte pieces; the requests, or the error with them."""
     out: list[Any] = []
-    for chunk in ([data[i : i + 1] for i in range(len(data))] if pieces else [data]):
+    for chunk in [data[i : i + 1] for i in range(len(data))] if pieces else [data]:
         try:
             out += decoder.feed(chunk)
         except DecodeError as exc:

@@ -110,17 +110,20 @@ def test_failed_decoder_stays_failed() -> None:
 # -- the listener's fast path -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("data", "request_"), [
-    (request("mailboxes joe@ex.com"), ("mailboxes", "joe@ex.com")),
-    (request("mailboxes a b@ex.com"), ("mailboxes", "a b@ex.com")),   # raw key, spaces kept
-    (request("mailboxes"), None),
-    (request(" joe@ex.com"), None),
-    (b"5:mailboxes joe@ex.com,", None),                               # wrong length
-    (request("mailboxes joe@ex.com")[:-1], None),                     # not whole yet
-    (request("m a") + request("m b"), None),                          # two requests
-    (request("mailboxes é@ex.com"), None),                            # UTF-8: the decoder's job
-    (b"x:abc,", None),
-])
+@pytest.mark.parametrize(
+    ("data", "request_"),
+    [
+        (request("mailboxes joe@ex.com"), ("mailboxes", "joe@ex.com")),
+        (request("mailboxes a b@ex.com"), ("mailboxes", "a b@ex.com")),  # raw key, spaces kept
+        (request("mailboxes"), None),
+        (request(" joe@ex.com"), None),
+        (b"5:mailboxes joe@ex.com,", None),  # wrong length
+        (request("mailboxes joe@ex.com")[:-1], None),  # not whole yet
+        (request("m a") + request("m b"), None),  # two requests
+        (request("mailboxes é@ex.com"), None),  # UTF-8: the decoder's job
+        (b"x:abc,", None),
+    ],
+)
 def test_plain_request(data: bytes, request_: tuple[str, str] | None) -> None:
     assert SocketmapDecoder().plain_request(data) == request_
 

@@ -135,19 +135,22 @@ def test_many_requests_one_chunk() -> None:
 # -- the listener's fast path -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("data", "key"), [
-    (b"get joe@ex.com\n", "joe@ex.com"),
-    (b"get a+b@ex.com\n", "a+b@ex.com"),
-    (b"get 100%25@ex.com\n", None),       # an escape: the decoder's job
-    (b"get a b\n", None),
-    (b"get \n", None),
-    (b"get joe@ex.com\r\n", None),
-    (b"get a\nget b\n", None),            # two requests in one chunk
-    (b"get joe@ex.com", None),            # not a whole line yet
-    (b"put joe@ex.com\n", None),
-    (b"get \xc3\xa9@ex.com\n", None),
-    (b"get " + b"a" * 2000 + b"\n", None),
-])
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (b"get joe@ex.com\n", "joe@ex.com"),
+        (b"get a+b@ex.com\n", "a+b@ex.com"),
+        (b"get 100%25@ex.com\n", None),  # an escape: the decoder's job
+        (b"get a b\n", None),
+        (b"get \n", None),
+        (b"get joe@ex.com\r\n", None),
+        (b"get a\nget b\n", None),  # two requests in one chunk
+        (b"get joe@ex.com", None),  # not a whole line yet
+        (b"put joe@ex.com\n", None),
+        (b"get \xc3\xa9@ex.com\n", None),
+        (b"get " + b"a" * 2000 + b"\n", None),
+    ],
+)
 def test_plain_request(data: bytes, key: str | None) -> None:
     assert TcpTableDecoder().plain_request(data) == key
 

@@ -35,7 +35,10 @@ listen = 127.0.0.1:9125
 def test_design_example_parses() -> None:
     cfg = config.parse(BASE, "vmaild.conf")
     assert [str(h) for h in cfg.database.hosts] == [
-        "127.0.0.1:3306", "db2.example.net:3306", "unix:/run/mysqld/mysqld.sock"]
+        "127.0.0.1:3306",
+        "db2.example.net:3306",
+        "unix:/run/mysqld/mysqld.sock",
+    ]
     assert cfg.database.connect_timeout == 2.0 and cfg.database.pool_size == 8
     assert cfg.maps["aliases"].catchall is True
     assert cfg.maps["aliases"].stale_negative is False  # opt-in
@@ -52,43 +55,73 @@ def test_inline_comments_as_in_design_md() -> None:
 
 
 def test_design_md_full_example_parses() -> None:
-    text = BASE.replace("[metrics]", "[policy]\nlisten = 127.0.0.1:10040\n\n"
-                        "[auth]\nlisten = unix:/run/vmaild/auth.sock\n"
-                        "query = SELECT email FROM users WHERE email='%s'\n\n[metrics]")
+    text = BASE.replace(
+        "[metrics]",
+        "[policy]\nlisten = 127.0.0.1:10040\n\n"
+        "[auth]\nlisten = unix:/run/vmaild/auth.sock\n"
+        "query = SELECT email FROM users WHERE email='%s'\n\n[metrics]",
+    )
     cfg = config.parse(text)
     assert cfg.auth.listen == Listen(path="/run/vmaild/auth.sock")
     assert cfg.policy.listen is not None
 
 
-@pytest.mark.parametrize(("change", "expected"), [
-    (("[database]", "[databse]"), "vmaild.conf: [databse]: unknown section"),
-    (("user = mail_admin", "usr = mail_admin"), "vmaild.conf: [database] usr: unknown key"),
-    (("user = mail_admin\n", ""), "vmaild.conf: [database] user: missing (required)"),
-    (("tcp = 127.0.0.1:10021", "tcp = 127.0.0.1:99999"),
-     "vmaild.conf: [map domains] tcp: bad port '99999' (1-65535)"),
-    (("tcp = 127.0.0.1:10021", "tcp = 10021"),
-     "vmaild.conf: [map domains] tcp: expected host:port or unix:/path, not '10021'"),
-    (("tcp = 127.0.0.1:10021", "tcp = unix:/run/x.sock"),
-     "vmaild.conf: [map domains] tcp: Postfix tcp: tables are TCP only"),
-    (("WHERE domain='%s'", "WHERE domain='example.com'"),
-     "vmaild.conf: [map domains] query: query has no %s, %u or %d expansion for the key"),
-    (("WHERE domain='%s'", "WHERE domain='%x'"),
-     "vmaild.conf: [map domains] query: invalid expansion %x inside a quoted string"),
-    (("catchall = yes", "catchall = maybe"),
-     "vmaild.conf: [map aliases] catchall: expected yes or no, not 'maybe'"),
-    (("catchall = yes", "catchall = yes\nstale_negative = sometimes"),
-     "vmaild.conf: [map aliases] stale_negative: expected yes or no, not 'sometimes'"),
-    (("listen = 127.0.0.1:10020", "listen = 127.0.0.1:10021"),
-     "vmaild.conf: [socketmap] listen: 127.0.0.1:10021 is already used by [map domains] tcp"),
-    (("[map domains]", "[map bad name!]"),
-     "vmaild.conf: [map bad name!]: map name must be 1-64 of A-Z a-z 0-9 _ . -"),
-    (("password = secret", "password = secret\npassword_file = /etc/x"),
-     "vmaild.conf: [database] password_file: set password or password_file, not both"),
-    (("[database]", "[database]\npool_size = 0"),
-     "vmaild.conf: [database] pool_size: 0 is out of range (1..256)"),
-    (("[database]", "[database]\nconnect_timeout = soon"),
-     "vmaild.conf: [database] connect_timeout: not a number: 'soon'"),
-])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("[database]", "[databse]"), "vmaild.conf: [databse]: unknown section"),
+        (("user = mail_admin", "usr = mail_admin"), "vmaild.conf: [database] usr: unknown key"),
+        (("user = mail_admin\n", ""), "vmaild.conf: [database] user: missing (required)"),
+        (
+            ("tcp = 127.0.0.1:10021", "tcp = 127.0.0.1:99999"),
+            "vmaild.conf: [map domains] tcp: bad port '99999' (1-65535)",
+        ),
+        (
+            ("tcp = 127.0.0.1:10021", "tcp = 10021"),
+            "vmaild.conf: [map domains] tcp: expected host:port or unix:/path, not '10021'",
+        ),
+        (
+            ("tcp = 127.0.0.1:10021", "tcp = unix:/run/x.sock"),
+            "vmaild.conf: [map domains] tcp: Postfix tcp: tables are TCP only",
+        ),
+        (
+            ("WHERE domain='%s'", "WHERE domain='example.com'"),
+            "vmaild.conf: [map domains] query: query has no %s, %u or %d expansion for the key",
+        ),
+        (
+            ("WHERE domain='%s'", "WHERE domain='%x'"),
+            "vmaild.conf: [map domains] query: invalid expansion %x inside a quoted string",
+        ),
+        (
+            ("catchall = yes", "catchall = maybe"),
+            "vmaild.conf: [map aliases] catchall: expected yes or no, not 'maybe'",
+        ),
+        (
+            ("catchall = yes", "catchall = yes\nstale_negative = sometimes"),
+            "vmaild.conf: [map aliases] stale_negative: expected yes or no, not 'sometimes'",
+        ),
+        (
+            ("listen = 127.0.0.1:10020", "listen = 127.0.0.1:10021"),
+            "vmaild.conf: [socketmap] listen: 127.0.0.1:10021 is already used by [map domains] tcp",
+        ),
+        (
+            ("[map domains]", "[map bad name!]"),
+            "vmaild.conf: [map bad name!]: map name must be 1-64 of A-Z a-z 0-9 _ . -",
+        ),
+        (
+            ("password = secret", "password = secret\npassword_file = /etc/x"),
+            "vmaild.conf: [database] password_file: set password or password_file, not both",
+        ),
+        (
+            ("[database]", "[database]\npool_size = 0"),
+            "vmaild.conf: [database] pool_size: 0 is out of range (1..256)",
+        ),
+        (
+            ("[database]", "[database]\nconnect_timeout = soon"),
+            "vmaild.conf: [database] connect_timeout: not a number: 'soon'",
+        ),
+    ],
+)
 def test_mistakes_name_file_section_and_key(change: tuple[str, str], expected: str) -> None:
     with pytest.raises(ConfigError) as e:
         config.parse(BASE.replace(*change, 1), "vmaild.conf")
@@ -123,8 +156,9 @@ def test_unreadable_password_file(tmp_path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(ConfigError) as e:
         config.parse(BASE.replace("password = secret", f"password_file = {missing}"), "c")
-    assert str(e.value) == (f"c: [database] password_file: cannot read {missing}: "
-                            "No such file or directory")
+    assert str(e.value) == (
+        f"c: [database] password_file: cannot read {missing}: No such file or directory"
+    )
 
 
 def test_load_unreadable_file(tmp_path) -> None:
@@ -141,19 +175,23 @@ def test_env_var_names_the_default_path(monkeypatch, tmp_path) -> None:
     assert config.default_path() == "/etc/vmaild/vmaild.conf"
 
 
-@pytest.mark.parametrize(("raw", "listen"), [
-    ("127.0.0.1:1", Listen(host="127.0.0.1", port=1)),
-    ("[::1]:10020", Listen(host="::1", port=10020)),
-    ("localhost:65535", Listen(host="localhost", port=65535)),
-    ("unix:/run/vmaild/auth.sock", Listen(path="/run/vmaild/auth.sock")),
-])
+@pytest.mark.parametrize(
+    ("raw", "listen"),
+    [
+        ("127.0.0.1:1", Listen(host="127.0.0.1", port=1)),
+        ("[::1]:10020", Listen(host="::1", port=10020)),
+        ("localhost:65535", Listen(host="localhost", port=65535)),
+        ("unix:/run/vmaild/auth.sock", Listen(path="/run/vmaild/auth.sock")),
+    ],
+)
 def test_parse_listen(raw: str, listen: Listen) -> None:
     assert parse_listen(raw) == listen
     assert str(parse_listen(raw)) == raw
 
 
-@pytest.mark.parametrize("raw", ["", ":1", "host:", "host:0", "host:x", "unix:relative",
-                                 "[::1]10020"])
+@pytest.mark.parametrize(
+    "raw", ["", ":1", "host:", "host:0", "host:x", "unix:relative", "[::1]10020"]
+)
 def test_parse_listen_rejects(raw: str) -> None:
     with pytest.raises(ValueError):
         parse_listen(raw)

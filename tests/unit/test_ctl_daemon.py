@@ -71,8 +71,7 @@ def test_flush_sends_one_line_and_reads_ok(unix_server: Callable[[Handler], List
     assert seen == [b"flush\n"]
 
 
-def test_flush_with_an_odd_answer_is_unreachable(unix_server: Callable[[Handler],
-                                                                       Listen]) -> None:
+def test_flush_with_an_odd_answer_is_unreachable(unix_server: Callable[[Handler], Listen]) -> None:
     listen = unix_server(lambda conn: (recv_until(conn, b"\n"), conn.sendall(b"error no\n")))
     with pytest.raises(daemon.DaemonUnreachable, match="unexpected answer 'error no'"):
         daemon.flush(listen)
@@ -109,8 +108,7 @@ def test_changed_is_silent_without_a_control_socket(tmp_path: Path) -> None:
     assert err.getvalue() == ""
 
 
-def test_changed_pokes_the_daemon(tmp_path: Path,
-                                  unix_server: Callable[[Handler], Listen]) -> None:
+def test_changed_pokes_the_daemon(tmp_path: Path, unix_server: Callable[[Handler], Listen]) -> None:
     seen: list[bytes] = []
 
     def handler(conn: socket.socket) -> None:
@@ -122,23 +120,26 @@ def test_changed_pokes_the_daemon(tmp_path: Path,
     assert seen == [b"flush\n"] and err.getvalue() == ""
 
 
-@pytest.mark.parametrize(("reply", "expected"), [
-    (b"20:OK alice@example.com,", ("OK", "alice@example.com")),
-    (b"9:NOTFOUND ,", ("NOTFOUND", "")),
-    (b"18:TEMP database down,", ("TEMP", "database down")),
-    (b"8:OK a b c,", ("OK", "a b c")),
-])
-def test_socketmap_query(unix_server: Callable[[Handler], Listen], reply: bytes,
-                         expected: tuple[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (b"20:OK alice@example.com,", ("OK", "alice@example.com")),
+        (b"9:NOTFOUND ,", ("NOTFOUND", "")),
+        (b"18:TEMP database down,", ("TEMP", "database down")),
+        (b"8:OK a b c,", ("OK", "a b c")),
+    ],
+)
+def test_socketmap_query(
+    unix_server: Callable[[Handler], Listen], reply: bytes, expected: tuple[str, str]
+) -> None:
     requests: list[bytes] = []
 
     def handler(conn: socket.socket) -> None:
         requests.append(recv_until(conn, b","))
-        for i in range(0, len(reply), 3):   # in pieces
-            conn.sendall(reply[i:i + 3])
+        for i in range(0, len(reply), 3):  # in pieces
+            conn.sendall(reply[i : i + 3])
 
-    assert daemon.socketmap_query(unix_server(handler), "aliases", "Üser@example.com") \
-        == expected
+    assert daemon.socketmap_query(unix_server(handler), "aliases", "Üser@example.com") == expected
     assert requests == [b"25:aliases \xc3\x9cser@example.com,"]
 
 
@@ -152,8 +153,9 @@ def test_socketmap_bad_replies(unix_server: Callable[[Handler], Listen], reply: 
         daemon.socketmap_query(unix_server(handler), "m", "k")
 
 
-def test_lookup_through_a_fake_daemon(tmp_path: Path,
-                                      unix_server: Callable[[Handler], Listen]) -> None:
+def test_lookup_through_a_fake_daemon(
+    tmp_path: Path, unix_server: Callable[[Handler], Listen]
+) -> None:
     from vmaild.ctl.main import main
 
     def handler(conn: socket.socket) -> None:
@@ -162,8 +164,10 @@ def test_lookup_through_a_fake_daemon(tmp_path: Path,
 
     listen = unix_server(handler)
     conf = tmp_path / "c.conf"
-    conf.write_text(f"[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n[socketmap]\n"
-                    f"listen = {listen}\n[map aliases]\nquery = SELECT d FROM f WHERE s='%s'\n")
+    conf.write_text(
+        f"[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n[socketmap]\n"
+        f"listen = {listen}\n[map aliases]\nquery = SELECT d FROM f WHERE s='%s'\n"
+    )
     parse(conf.read_text())
     out, err = io.StringIO(), io.StringIO()
     assert main(["-c", str(conf), "lookup", "aliases", "x@b.com"], stdout=out, stderr=err) == 0
@@ -204,9 +208,12 @@ def test_purge_refuses_paths_outside_the_base(tmp_path: Path) -> None:
     for d in (base, outside / "cur"):
         d.mkdir(parents=True)
     mb = mailbox(base)
-    for tricky in (maildirs.path_for(mb, "x@example.com", "../precious"),
-                   maildirs.path_for(mb, "x@example.com", str(outside)),
-                   base, base / "."):
+    for tricky in (
+        maildirs.path_for(mb, "x@example.com", "../precious"),
+        maildirs.path_for(mb, "x@example.com", str(outside)),
+        base,
+        base / ".",
+    ):
         with pytest.raises(maildirs.Incomplete):
             maildirs.purge(mb, tricky)
     assert (outside / "cur").is_dir()
@@ -224,7 +231,7 @@ def test_purge_refuses_symlinks_and_non_maildirs(tmp_path: Path) -> None:
     with pytest.raises(maildirs.Incomplete, match="does not look like a Maildir"):
         maildirs.purge(mb, base / "example.com" / "notes")
     with pytest.raises(maildirs.Incomplete, match="does not look like a Maildir"):
-        maildirs.purge(mb, base / "example.com")      # a domain directory
+        maildirs.purge(mb, base / "example.com")  # a domain directory
     assert (base / "example.com" / "other" / "cur").is_dir()
     assert not maildirs.remove_if_empty(mb, base / "example.com")
     assert not maildirs.remove_if_empty(mb, base)

@@ -25,27 +25,30 @@ def usage_exit(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [
-    [],
-    ["frobnicate"],
-    ["db"],
-    ["db", "drop"],
-    ["domain", "add"],
-    ["domain", "add", "a.example", "b.example"],
-    ["user", "add"],
-    ["user", "add", "a@example.com", "--password", "secret"],   # never on argv
-    ["user", "add", "a@example.com", "--quota", "lots"],
-    ["user", "add", "a@example.com", "--quota-messages", "-3"],
-    ["user", "quota", "a@example.com"],
-    ["user", "quota", "a@example.com", "1X"],
-    ["user", "password", "a@example.com", "hunter2"],
-    ["alias", "add", "a@example.com"],
-    ["transport", "add", "example.com"],
-    ["sender", "grant", "a@example.com"],
-    ["import-postfix"],
-    ["lookup", "domains"],
-    ["--json"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["db"],
+        ["db", "drop"],
+        ["domain", "add"],
+        ["domain", "add", "a.example", "b.example"],
+        ["user", "add"],
+        ["user", "add", "a@example.com", "--password", "secret"],  # never on argv
+        ["user", "add", "a@example.com", "--quota", "lots"],
+        ["user", "add", "a@example.com", "--quota-messages", "-3"],
+        ["user", "quota", "a@example.com"],
+        ["user", "quota", "a@example.com", "1X"],
+        ["user", "password", "a@example.com", "hunter2"],
+        ["alias", "add", "a@example.com"],
+        ["transport", "add", "example.com"],
+        ["sender", "grant", "a@example.com"],
+        ["import-postfix"],
+        ["lookup", "domains"],
+        ["--json"],
+    ],
+)
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     err = usage_exit(capsys, *argv)
     assert err.startswith("usage: vmailctl")
@@ -62,8 +65,17 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         ctl_main.main(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for command in ("db", "domain", "user", "maildir", "alias", "transport", "sender",
-                    "import-postfix", "lookup"):
+    for command in (
+        "db",
+        "domain",
+        "user",
+        "maildir",
+        "alias",
+        "transport",
+        "sender",
+        "import-postfix",
+        "lookup",
+    ):
         assert command in text
 
 
@@ -78,19 +90,23 @@ def test_global_options_before_or_after_the_command() -> None:
     assert not hasattr(parser.parse_args(["domain", "list"]), "json")
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["domain", "add", "not a.domain"], "bad label"),
-    (["domain", "add", "localhost"], "two labels"),
-    (["user", "add", "nobody"], "is not an address"),
-    (["user", "show", "a@@example.com"], "is not an address"),
-    (["alias", "add", "a@example.com", "b@example.com,bad"], "is not an address"),
-    (["alias", "add", "a@example.com", "a@example.com"], "cannot forward to itself"),
-    (["sender", "grant", "a@example.com", "a@example.com"], "no grant needed"),
-    (["transport", "add", "example.com", "smtp: x"], "spaces"),
-    (["domain", "remove", "example.com", "--purge"], "needs --force"),
-])
-def test_bad_input_is_refused_before_touching_the_database(argv: list[str], message: str,
-                                                           tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["domain", "add", "not a.domain"], "bad label"),
+        (["domain", "add", "localhost"], "two labels"),
+        (["user", "add", "nobody"], "is not an address"),
+        (["user", "show", "a@@example.com"], "is not an address"),
+        (["alias", "add", "a@example.com", "b@example.com,bad"], "is not an address"),
+        (["alias", "add", "a@example.com", "a@example.com"], "cannot forward to itself"),
+        (["sender", "grant", "a@example.com", "a@example.com"], "no grant needed"),
+        (["transport", "add", "example.com", "smtp: x"], "spaces"),
+        (["domain", "remove", "example.com", "--purge"], "needs --force"),
+    ],
+)
+def test_bad_input_is_refused_before_touching_the_database(
+    argv: list[str], message: str, tmp_path: Path
+) -> None:
     # The configuration does not even exist: validation comes first.
     code, out, err = run("-c", str(tmp_path / "absent.conf"), *argv)
     assert code == EXIT_REFUSED
@@ -102,12 +118,15 @@ def test_bad_input_is_refused_before_touching_the_database(argv: list[str], mess
 def test_missing_configuration_is_one_line(tmp_path: Path) -> None:
     code, out, err = run("-c", str(tmp_path / "absent.conf"), "domain", "list")
     assert code == EXIT_REFUSED
-    assert err == f"vmailctl: configuration: {tmp_path / 'absent.conf'}: cannot read: " \
-                  "No such file or directory\n"
+    assert (
+        err == f"vmailctl: configuration: {tmp_path / 'absent.conf'}: cannot read: "
+        "No such file or directory\n"
+    )
 
 
-def test_configuration_from_the_environment(monkeypatch: pytest.MonkeyPatch,
-                                            tmp_path: Path) -> None:
+def test_configuration_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("VMAILD_CONFIG", str(tmp_path / "env.conf"))
     code, _, err = run("domain", "list")
     assert code == EXIT_REFUSED and "env.conf" in err
@@ -119,14 +138,22 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("argv", [["db", "status"], ["domain", "list"],
-                                  ["domain", "add", "example.com"],
-                                  ["lookup", "domains", "example.com", "--direct"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["db", "status"],
+        ["domain", "list"],
+        ["domain", "add", "example.com"],
+        ["lookup", "domains", "example.com", "--direct"],
+    ],
+)
 def test_database_down_is_a_temporary_failure(tmp_path: Path, argv: list[str]) -> None:
     conf = tmp_path / "vmaild.conf"
-    conf.write_text(f"[database]\nhosts = 127.0.0.1:{closed_port()}\nuser = u\npassword = p\n"
-                    f"dbname = d\nconnect_timeout = 1\n"
-                    f"[map domains]\nquery = SELECT domain FROM domains WHERE domain='%s'\n")
+    conf.write_text(
+        f"[database]\nhosts = 127.0.0.1:{closed_port()}\nuser = u\npassword = p\n"
+        f"dbname = d\nconnect_timeout = 1\n"
+        f"[map domains]\nquery = SELECT domain FROM domains WHERE domain='%s'\n"
+    )
     code, out, err = run("-c", str(conf), *argv)
     assert code == EXIT_TEMPFAIL, err
     assert out == ""
@@ -135,17 +162,21 @@ def test_database_down_is_a_temporary_failure(tmp_path: Path, argv: list[str]) -
 
 def test_lookup_of_an_unknown_map_is_refused(tmp_path: Path) -> None:
     conf = tmp_path / "vmaild.conf"
-    conf.write_text("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
-                    "[map domains]\nquery = SELECT domain FROM domains WHERE domain='%s'\n")
+    conf.write_text(
+        "[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
+        "[map domains]\nquery = SELECT domain FROM domains WHERE domain='%s'\n"
+    )
     code, _, err = run("-c", str(conf), "lookup", "nosuchmap", "x")
     assert code == EXIT_REFUSED and "no [map nosuchmap]" in err and "domains" in err
 
 
 def test_lookup_with_the_daemon_down_is_a_temporary_failure(tmp_path: Path) -> None:
     conf = tmp_path / "vmaild.conf"
-    conf.write_text("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
-                    f"[socketmap]\nlisten = 127.0.0.1:{closed_port()}\n"
-                    "[map domains]\nquery = SELECT domain FROM domains WHERE domain='%s'\n")
+    conf.write_text(
+        "[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
+        f"[socketmap]\nlisten = 127.0.0.1:{closed_port()}\n"
+        "[map domains]\nquery = SELECT domain FROM domains WHERE domain='%s'\n"
+    )
     code, out, err = run("-c", str(conf), "lookup", "domains", "example.com")
     assert code == EXIT_TEMPFAIL and out == ""
     assert "vmaild did not answer" in err and "--direct" in err
@@ -161,15 +192,19 @@ class FakeTty(io.StringIO):
 
 def test_password_from_the_first_line_of_stdin() -> None:
     from vmaild.ctl.prompt import read_password
+
     assert read_password(io.StringIO("pw one\r\nsecond\n"), True, "a@x.org") == "pw one"
     assert read_password(io.StringIO("last-no-newline"), True, "a@x.org") == "last-no-newline"
 
 
-@pytest.mark.parametrize(("stdin", "message"), [
-    ("", "no password"), ("\n", "no password"), ("a\x01b\n", "control characters")])
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [("", "no password"), ("\n", "no password"), ("a\x01b\n", "control characters")],
+)
 def test_bad_stdin_passwords(stdin: str, message: str) -> None:
     from vmaild.ctl.errors import Refused
     from vmaild.ctl.prompt import read_password
+
     with pytest.raises(Refused, match=message):
         read_password(io.StringIO(stdin), True, "a@x.org")
 
@@ -177,6 +212,7 @@ def test_bad_stdin_passwords(stdin: str, message: str) -> None:
 def test_password_prompt_asks_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     from vmaild.ctl import prompt
     from vmaild.ctl.errors import Refused
+
     answers = iter(["secret", "secret", "secret", "typo", ""])
     prompts: list[str] = []
 
@@ -200,6 +236,7 @@ def test_hashing_uses_the_configured_scheme() -> None:
 
     from vmaild.ctl.errors import Refused
     from vmaild.ctl.prompt import hashed
+
     assert sha512_crypt.verify("pw", hashed("pw", "sha512_crypt"))
     assert bcrypt.verify("pw", hashed("pw", "bcrypt"))
     with pytest.raises(Refused, match="cannot hash"):

@@ -16,9 +16,15 @@ def test_table_aligns_columns_and_formats_values() -> None:
         {"email": "a@example.com", "active": True, "quota": 500 * 1024**2, "name": "Ann"},
         {"email": "longer.name@example.com", "active": False, "quota": 0, "name": ""},
     ]
-    text = output.table(rows, [Column("email", "ADDRESS"), Column("active", "ACTIVE"),
-                               Column("quota", "QUOTA", sizes.format_size),
-                               Column("name", "NAME")])
+    text = output.table(
+        rows,
+        [
+            Column("email", "ADDRESS"),
+            Column("active", "ACTIVE"),
+            Column("quota", "QUOTA", sizes.format_size),
+            Column("name", "NAME"),
+        ],
+    )
     assert text.splitlines() == [
         "ADDRESS                  ACTIVE  QUOTA  NAME",
         "a@example.com            yes     500M   Ann",
@@ -38,8 +44,14 @@ def test_table_handles_wide_characters_and_missing_keys() -> None:
 
 
 def test_record_aligns_labels() -> None:
-    text = output.record([("address", "a@example.com"), ("quota messages", None),
-                          ("aliases", ["x@example.com", "@example.com"]), ("aliases2", [])])
+    text = output.record(
+        [
+            ("address", "a@example.com"),
+            ("quota messages", None),
+            ("aliases", ["x@example.com", "@example.com"]),
+            ("aliases2", []),
+        ]
+    )
     assert text.splitlines() == [
         "address         a@example.com",
         "quota messages  -",
@@ -65,8 +77,11 @@ def test_context_renders_the_same_data_both_ways() -> None:
     assert json.loads(machines.getvalue()) == rows
     done = io.StringIO()
     Context(None, True, out=done).done("added domain example.com", domain="example.com")
-    assert json.loads(done.getvalue()) == {"result": "ok", "message": "added domain example.com",
-                                           "domain": "example.com"}
+    assert json.loads(done.getvalue()) == {
+        "result": "ok",
+        "message": "added domain example.com",
+        "domain": "example.com",
+    }
 
 
 # -- the schema description ------------------------------------------------------------------
@@ -89,9 +104,15 @@ def test_seed_columns_come_first_in_seed_order() -> None:
 def test_every_daemon_lookup_column_leads_an_index() -> None:
     """The seed's queries look up by domain, email and source; the policy service by
     login and sender; the daemon polls vmaild_changes by id."""
-    lookups = {"domains": "domain", "users": "email", "forwardings": "source",
-               "transport": "domain", "sender_grants": "sender", "send_counters": "login",
-               schema.CHANGES_TABLE: "id"}
+    lookups = {
+        "domains": "domain",
+        "users": "email",
+        "forwardings": "source",
+        "transport": "domain",
+        "sender_grants": "sender",
+        "send_counters": "login",
+        schema.CHANGES_TABLE: "id",
+    }
     for table, column in lookups.items():
         keys = [definition for _, definition in schema.BY_NAME[table].keys]
         assert any(f"({column}" in k for k in keys), (table, column, keys)
@@ -101,6 +122,7 @@ def test_every_daemon_lookup_column_leads_an_index() -> None:
 
 def test_password_column_holds_any_passlib_hash() -> None:
     from passlib.hash import argon2, bcrypt, sha512_crypt
+
     definition = dict(schema.BY_NAME["users"].columns)["password"]
     assert definition.startswith("varchar(255)")
     for h in (sha512_crypt.hash("x"), bcrypt.hash("x"), argon2.hash("x")):

@@ -45,8 +45,10 @@ query = SELECT email FROM users WHERE email='%s'
 hosts = 127.0.0.1
 """,
 }
-MAILBOX_QUERY = ("SELECT CONCAT(SUBSTRING_INDEX(email,'@',-1),'/',SUBSTRING_INDEX(email,'@',1),"
-                 "'/') FROM users WHERE email='%s'")
+MAILBOX_QUERY = (
+    "SELECT CONCAT(SUBSTRING_INDEX(email,'@',-1),'/',SUBSTRING_INDEX(email,'@',1),"
+    "'/') FROM users WHERE email='%s'"
+)
 
 
 @pytest.fixture
@@ -71,21 +73,29 @@ def run(*argv: str) -> tuple[int, str, str]:
 def test_multi_line_query_is_joined_like_postfix() -> None:
     settings = postfix_cf.parse_text(SEED_CF["mysql-virtual_mailboxes.cf"])
     assert settings["query"] == MAILBOX_QUERY
-    assert settings == {"user": "mail_admin", "password": "mail_admin_password",
-                        "dbname": "mail_system", "query": MAILBOX_QUERY, "hosts": "127.0.0.1"}
+    assert settings == {
+        "user": "mail_admin",
+        "password": "mail_admin_password",
+        "dbname": "mail_system",
+        "query": MAILBOX_QUERY,
+        "hosts": "127.0.0.1",
+    }
 
 
 def test_comments_blank_lines_and_overrides() -> None:
-    text = ("# a comment\n\n   # an indented comment\nhosts = a\n"
-            "query = SELECT x\n\tFROM t\n  WHERE k='%s'\nhosts=b c\nuser =\n")
+    text = (
+        "# a comment\n\n   # an indented comment\nhosts = a\n"
+        "query = SELECT x\n\tFROM t\n  WHERE k='%s'\nhosts=b c\nuser =\n"
+    )
     settings = postfix_cf.parse_text(text)
     assert settings["query"] == "SELECT x FROM t WHERE k='%s'"
     assert settings["hosts"] == "b c"
     assert settings["user"] == ""
 
 
-@pytest.mark.parametrize("text", ["  leading = continuation\n", "no equals sign\n",
-                                  "bad name = x\n", "= value\n"])
+@pytest.mark.parametrize(
+    "text", ["  leading = continuation\n", "no equals sign\n", "bad name = x\n", "= value\n"]
+)
 def test_syntax_errors_name_the_line(text: str) -> None:
     with pytest.raises(postfix_cf.CfError, match=r"<string>:1:"):
         postfix_cf.parse_text(text)
@@ -93,8 +103,10 @@ def test_syntax_errors_name_the_line(text: str) -> None:
 
 def test_legacy_settings_build_a_query(tmp_path: Path) -> None:
     p = tmp_path / "old.cf"
-    p.write_text("hosts = db\nuser = u\ndbname = d\ntable = users\nselect_field = email\n"
-                 "where_field = email\nadditional_conditions = and active = '1'\n")
+    p.write_text(
+        "hosts = db\nuser = u\ndbname = d\ntable = users\nselect_field = email\n"
+        "where_field = email\nadditional_conditions = and active = '1'\n"
+    )
     table = postfix_cf.load(str(p))
     assert table.query == "SELECT email FROM users WHERE email='%s' and active = '1'"
     assert any("legacy" in w for w in table.warnings)
@@ -102,18 +114,23 @@ def test_legacy_settings_build_a_query(tmp_path: Path) -> None:
 
 def test_unsupported_and_unknown_settings_warn(tmp_path: Path) -> None:
     p = tmp_path / "x.cf"
-    p.write_text("hosts = db\nuser = u\ndbname = d\nquery = SELECT 1 WHERE a='%s'\n"
-                 "result_format = %s\ndomain = example.com\nfrobnicate = 1\n")
+    p.write_text(
+        "hosts = db\nuser = u\ndbname = d\nquery = SELECT 1 WHERE a='%s'\n"
+        "result_format = %s\ndomain = example.com\nfrobnicate = 1\n"
+    )
     warnings = postfix_cf.load(str(p)).warnings
     assert any("domain is not supported" in w for w in warnings)
     assert any("unknown setting frobnicate" in w for w in warnings)
     assert not any("result_format" in w for w in warnings)  # '%s' is the default
 
 
-@pytest.mark.parametrize(("text", "problem"), [
-    ("hosts = h\nuser = u\ndbname = d\n", "no query"),
-    ("user = u\ndbname = d\nquery = SELECT 1 WHERE a='%s'\n", "no hosts"),
-])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("hosts = h\nuser = u\ndbname = d\n", "no query"),
+        ("user = u\ndbname = d\nquery = SELECT 1 WHERE a='%s'\n", "no hosts"),
+    ],
+)
 def test_incomplete_files_refused(tmp_path: Path, text: str, problem: str) -> None:
     p = tmp_path / "x.cf"
     p.write_text(text)
@@ -121,14 +138,17 @@ def test_incomplete_files_refused(tmp_path: Path, text: str, problem: str) -> No
         postfix_cf.load(str(p))
 
 
-@pytest.mark.parametrize(("path", "name"), [
-    ("/etc/postfix/mysql-virtual_domains.cf", "domains"),
-    ("mysql-virtual_email2email.cf", "email2email"),
-    ("mysql-virtual-forwardings.cf", "forwardings"),
-    ("mysql_relay.cf", "relay"),
-    ("virtual alias.cf", "virtual_alias"),
-    ("plain", "plain"),
-])
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/etc/postfix/mysql-virtual_domains.cf", "domains"),
+        ("mysql-virtual_email2email.cf", "email2email"),
+        ("mysql-virtual-forwardings.cf", "forwardings"),
+        ("mysql_relay.cf", "relay"),
+        ("virtual alias.cf", "virtual_alias"),
+        ("plain", "plain"),
+    ],
+)
 def test_map_names(path: str, name: str) -> None:
     assert postfix_cf.map_name(path) == name
 
@@ -162,7 +182,7 @@ def test_import_seed_files_gives_a_config_vmaild_accepts(seed_files: list[str]) 
 
 
 def test_alias_maps_keep_the_seed_order_whatever_the_file_order(seed_files: list[str]) -> None:
-    ordered = sorted(seed_files)   # what a shell glob gives: email2email before forwardings
+    ordered = sorted(seed_files)  # what a shell glob gives: email2email before forwardings
     code, out, _ = run("import-postfix", "--postfix-only", *ordered)
     assert code == 0
     lines = [line for line in out.splitlines() if not line.startswith("#")]
@@ -188,14 +208,19 @@ def test_import_json(seed_files: list[str]) -> None:
     assert code == 0
     doc = json.loads(out)
     vconfig.parse(doc["config"])
-    assert [m["name"] for m in doc["maps"]] == ["domains", "mailboxes", "forwardings",
-                                                "email2email"]
+    assert [m["name"] for m in doc["maps"]] == [
+        "domains",
+        "mailboxes",
+        "forwardings",
+        "email2email",
+    ]
     assert "virtual_alias_domains =" in doc["main_cf"]
     assert any("virtual(8)" in n for n in doc["notes"])
 
 
-def test_files_that_disagree_on_the_database_are_refused(seed_files: list[str],
-                                                         tmp_path: Path) -> None:
+def test_files_that_disagree_on_the_database_are_refused(
+    seed_files: list[str], tmp_path: Path
+) -> None:
     other = tmp_path / "mysql-virtual_other.cf"
     other.write_text(SEED_CF["mysql-virtual_domains.cf"].replace("mail_system", "elsewhere"))
     code, out, err = run("import-postfix", *seed_files, str(other))
@@ -205,8 +230,9 @@ def test_files_that_disagree_on_the_database_are_refused(seed_files: list[str],
     assert err.count("\n") == 1
 
 
-def test_password_disagreement_does_not_print_passwords(seed_files: list[str],
-                                                        tmp_path: Path) -> None:
+def test_password_disagreement_does_not_print_passwords(
+    seed_files: list[str], tmp_path: Path
+) -> None:
     other = tmp_path / "mysql-virtual_other.cf"
     other.write_text(SEED_CF["mysql-virtual_domains.cf"].replace("mail_admin_password", "zzz"))
     code, _, err = run("import-postfix", seed_files[0], str(other))
@@ -218,8 +244,10 @@ def test_hosts_written_differently_still_agree(tmp_path: Path) -> None:
     paths = []
     for i, hosts in enumerate(["db1 db2", "db1,db2", " db1  db2"]):
         p = tmp_path / f"mysql-virtual_m{i}.cf"
-        p.write_text(f"hosts = {hosts}\nuser = u\npassword = p\ndbname = d\n"
-                     f"query = SELECT x FROM t WHERE k='%s'\n")
+        p.write_text(
+            f"hosts = {hosts}\nuser = u\npassword = p\ndbname = d\n"
+            f"query = SELECT x FROM t WHERE k='%s'\n"
+        )
         paths.append(str(p))
     code, out, err = run("import-postfix", *paths)
     assert code == 0, err
@@ -242,13 +270,15 @@ def test_duplicate_map_names_are_refused(tmp_path: Path) -> None:
     b.mkdir()
     for d in (a, b):
         (d / "mysql-virtual_domains.cf").write_text(SEED_CF["mysql-virtual_domains.cf"])
-    code, _, err = run("import-postfix", str(a / "mysql-virtual_domains.cf"),
-                       str(b / "mysql-virtual_domains.cf"))
+    code, _, err = run(
+        "import-postfix", str(a / "mysql-virtual_domains.cf"), str(b / "mysql-virtual_domains.cf")
+    )
     assert code == 1 and "[map domains]" in err
 
 
-def test_import_needs_no_configuration(seed_files: list[str], monkeypatch: pytest.MonkeyPatch,
-                                       tmp_path: Path) -> None:
+def test_import_needs_no_configuration(
+    seed_files: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("VMAILD_CONFIG", str(tmp_path / "does-not-exist.conf"))
     code, _, err = run("import-postfix", *seed_files)
     assert code == 0, err

@@ -82,7 +82,8 @@ def run(scenario: Callable[[Daemon], Awaitable[None]], *, interval: float = INTE
         app.runtime.db = changes  # type: ignore[assignment]
         server = await start_listener(
             Listen(host="127.0.0.1", port=0),
-            lambda: ControlProtocol(app.listener_context, app.control_flush))
+            lambda: ControlProtocol(app.listener_context, app.control_flush),
+        )
         poller = asyncio.create_task(app._poll_changes())
         try:
             await scenario(Daemon(app, changes, server.sockets[0].getsockname()[1]))
@@ -93,6 +94,7 @@ def run(scenario: Callable[[Daemon], Awaitable[None]], *, interval: float = INTE
                 if conn.transport is not None:
                     conn.transport.close()
             real_db.close()
+
     asyncio.run(asyncio.wait_for(main(), 20))
 
 
@@ -100,13 +102,14 @@ def test_a_change_vmailctl_had_flushed_is_not_flushed_again() -> None:
     async def scenario(d: Daemon) -> None:
         await d.polls(2)
         d.warm("before")
-        d.changes.version = 2                        # vmailctl commits: the triggers bump
-        assert await d.vmailctl_flush() == "ok 1"    # then pokes the control socket
+        d.changes.version = 2  # vmailctl commits: the triggers bump
+        assert await d.vmailctl_flush() == "ok 1"  # then pokes the control socket
         assert d.flushes("control") == 1
         flushed = d.total_flushes()  # the poller may have seen the bump before the poke
         d.warm("after")
         await d.polls(5)
         assert d.total_flushes() == flushed and d.cached("after")
+
     run(scenario)
 
 
@@ -117,9 +120,10 @@ def test_a_change_after_the_control_flush_is_flushed() -> None:
         await d.vmailctl_flush()
         change_flushes = d.flushes("change")
         d.warm("after")
-        d.changes.version = 3                        # SQL typed by hand, no poke
+        d.changes.version = 3  # SQL typed by hand, no poke
         await d.polls(2)
         assert d.flushes("change") == change_flushes + 1 and not d.cached("after")
+
     run(scenario)
 
 
@@ -133,12 +137,14 @@ def test_a_change_nobody_notified_is_flushed_once() -> None:
         d.warm("after")
         await d.polls(3)
         assert d.flushes("change") == 1 and d.cached("after")
+
     run(scenario)
 
 
 def test_a_control_flush_that_cannot_read_the_counter_flushes_and_the_poller_too() -> None:
     """The database is down (or the read too slow): the flush happens all the same, and the
     poller, left with its old baseline, flushes once more when it sees the change."""
+
     async def scenario(d: Daemon) -> None:
         await d.polls(2)
         d.changes.version, d.changes.down = 2, True
@@ -147,37 +153,42 @@ def test_a_control_flush_that_cannot_read_the_counter_flushes_and_the_poller_too
         d.changes.down = False
         await d.polls(2)
         assert (d.flushes("control"), d.flushes("change")) == (1, 1)
+
     run(scenario)
 
 
 def test_a_control_flush_does_not_wait_long_for_the_counter(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(daemon, "CONTROL_VERSION_SECONDS", 0.05)
 
     async def scenario(d: Daemon) -> None:
         await d.polls(2)
         d.changes.version = 2
-        d.changes.hold_next = asyncio.Event()        # the control flush's read hangs
+        d.changes.hold_next = asyncio.Event()  # the control flush's read hangs
         d.warm("before")
         assert await asyncio.wait_for(d.vmailctl_flush(), 2) == "ok 1"
         await d.polls(2)
         assert (d.flushes("control"), d.flushes("change")) == (1, 1)
+
     run(scenario, interval=0.3)
 
 
 def test_a_poll_under_way_during_a_control_flush_is_set_aside() -> None:
     """The poll read the counter before vmailctl's change and answers after its flush:
     compared with the flush's baseline it would look like one more change (two, even)."""
+
     async def scenario(d: Daemon) -> None:
         await d.polls(2)
         release = d.changes.hold_next = asyncio.Event()
-        await d.polls(1)                             # the poll has read version 1
+        await d.polls(1)  # the poll has read version 1
         d.changes.version = 2
         assert await d.vmailctl_flush() == "ok 0"
         d.warm("after")
         release.set()
         await d.polls(4)
         assert (d.flushes("control"), d.flushes("change")) == (1, 0) and d.cached("after")
+
     run(scenario)
 
 
@@ -186,4 +197,5 @@ def test_with_polling_off_a_control_flush_just_flushes() -> None:
         d.warm("before")
         assert await d.vmailctl_flush() == "ok 1"
         assert d.changes.reads == 0 and not d.cached("before")
+
     run(scenario, interval=0)

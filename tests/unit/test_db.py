@@ -53,6 +53,7 @@ def database(monkeypatch: pytest.MonkeyPatch) -> Any:
 def failing(error: Exception) -> Any:
     def fn(raw: Any) -> Any:
         raise error
+
     return fn
 
 
@@ -60,29 +61,36 @@ def sample(metrics: Metrics, name: str) -> float | None:
     return metrics.registry.get_sample_value(name, {"host": HOST})
 
 
-@pytest.mark.parametrize("error", [
-    pymysql.err.OperationalError(1054, "Unknown column 'u.maildir' in 'SELECT'"),
-    pymysql.err.ProgrammingError(1146, "Table 'd.sender_grants' doesn't exist"),
-    pymysql.err.OperationalError(1142, "SELECT command denied to user 'u'@'h' for table 'x'"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        pymysql.err.OperationalError(1054, "Unknown column 'u.maildir' in 'SELECT'"),
+        pymysql.err.ProgrammingError(1146, "Table 'd.sender_grants' doesn't exist"),
+        pymysql.err.OperationalError(1142, "SELECT command denied to user 'u'@'h' for table 'x'"),
+    ],
+)
 def test_a_statement_that_does_not_fit_is_no_outage(database: Any, error: Exception) -> None:
     dbase, metrics, connects = database
     with pytest.raises(db.DatabaseError) as caught:
         dbase.run_sync(failing(error), retry=True)
     assert caught.value.misfit and caught.value.errno == error.args[0]
-    assert sample(metrics, "vmaild_db_up") == 1        # the host answered
+    assert sample(metrics, "vmaild_db_up") == 1  # the host answered
     assert sample(metrics, "vmaild_db_errors_total") == 1  # one failed query, no retry
     assert dbase._down_until == {}
     assert len(connects) == 1 and not connects[0].closed  # pooled again, reused next
     assert dbase.run_sync(lambda raw: raw is connects[0])
 
 
-@pytest.mark.parametrize("error", [
-    pymysql.err.OperationalError(2013, "Lost connection to server during query"),
-    pymysql.err.OperationalError(1969, "Query execution was interrupted (max_statement_time)"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        pymysql.err.OperationalError(2013, "Lost connection to server during query"),
+        pymysql.err.OperationalError(1969, "Query execution was interrupted (max_statement_time)"),
+    ],
+)
 def test_a_lost_connection_or_a_timeout_still_counts_against_the_host(
-        database: Any, error: Exception) -> None:
+    database: Any, error: Exception
+) -> None:
     dbase, metrics, connects = database
     with pytest.raises(db.DatabaseError) as caught:
         dbase.run_sync(failing(error))

@@ -13,8 +13,10 @@ from harness.common.wait import HarnessTimeout
 from harness.postfix.server import Postfix
 from harness.stack.clients import StackClients
 
-SENT = ("Dec  2 12:00:01 mail postfix/pipe[42]: {qid}: to=<{to}>, relay=maildrop, delay=0.1, "
-        "delays=0/0/0/0.1, dsn=2.0.0, status=sent (delivered via maildrop service)\n")
+SENT = (
+    "Dec  2 12:00:01 mail postfix/pipe[42]: {qid}: to=<{to}>, relay=maildrop, delay=0.1, "
+    "delays=0/0/0/0.1, dsn=2.0.0, status=sent (delivered via maildrop service)\n"
+)
 REMOVED = "Dec  2 12:00:01 mail postfix/qmgr[40]: {qid}: removed\n"
 
 
@@ -49,14 +51,19 @@ def later(postfix: Postfix) -> Iterator[list[str]]:
     timer.join()
 
 
-def test_wait_for_delivery_waits_for_a_late_line(clients: StackClients, postfix: Postfix,
-                                                 later: list[str]) -> None:
+def test_wait_for_delivery_waits_for_a_late_line(
+    clients: StackClients, postfix: Postfix, later: list[str]
+) -> None:
     mark = postfix.log_mark()
     later += [SENT.format(qid="AAAA1", to="other@x.test"), SENT.format(qid="BBBB2", to="a@x.test")]
     assert clients.deliveries(mark) == []  # not there yet
     line = clients.wait_for_delivery(mark, queue_id="BBBB2", timeout=5)
-    assert (line.queue_id, line.to, line.relay, line.status) == ("BBBB2", "a@x.test",
-                                                                 "maildrop", "sent")
+    assert (line.queue_id, line.to, line.relay, line.status) == (
+        "BBBB2",
+        "a@x.test",
+        "maildrop",
+        "sent",
+    )
     assert clients.wait_for_delivery(mark, to="other@x.test").queue_id == "AAAA1"
 
 

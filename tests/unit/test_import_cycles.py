@@ -149,8 +149,10 @@ def test_cycle_finder_reports_lazy_cycles() -> None:
 
 def test_no_import_cycles() -> None:
     graph = import_graph()
-    found = [f"{' -> '.join(_one_cycle(graph, set(c)))}  (all of {', '.join(c)})"
-             for c in components(graph)]
+    found = [
+        f"{' -> '.join(_one_cycle(graph, set(c)))}  (all of {', '.join(c)})"
+        for c in components(graph)
+    ]
     assert not found, "import cycles:\n" + "\n".join(found)
 
 
@@ -193,8 +195,9 @@ def test_parsing_the_configuration_does_not_load_the_database_layer() -> None:
         "print(' '.join(sorted(m for m in sys.modules\n"
         "                      if m == 'pymysql' or m.startswith(('pymysql.', 'vmaild.')))))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert "pymysql" not in out
     assert "vmaild.db" not in out
     assert not [m for m in out if m.startswith("pymysql.")]

@@ -11,17 +11,20 @@ from vmaild.failures import TemporaryFailure
 from vmaild.lookup import UnknownMap, join_rows
 
 
-@pytest.mark.parametrize(("rows", "expected"), [
-    ([], None),
-    ([("a@x",)], "a@x"),
-    ([("a@x",), ("b@y",)], "a@x,b@y"),
-    ([("a@x", "b@y")], "a@x,b@y"),
-    ([(None,)], None),
-    ([("",)], None),                 # empty string is "not found", never `200 `
-    ([(None,), ("b",)], "b"),
-    ([(b"bytes",)], "bytes"),
-    ([(5000,)], "5000"),
-])
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([], None),
+        ([("a@x",)], "a@x"),
+        ([("a@x",), ("b@y",)], "a@x,b@y"),
+        ([("a@x", "b@y")], "a@x,b@y"),
+        ([(None,)], None),
+        ([("",)], None),  # empty string is "not found", never `200 `
+        ([(None,), ("b",)], "b"),
+        ([(b"bytes",)], "bytes"),
+        ([(5000,)], "5000"),
+    ],
+)
 def test_join_rows(rows, expected) -> None:  # type: ignore[no-untyped-def]
     assert join_rows(rows) == expected
 
@@ -96,8 +99,10 @@ def test_fast_path_records_metrics() -> None:
 
 
 def test_suppressed_query_is_not_found_without_a_query() -> None:
-    text = ("[database]\nhosts = h\nuser = u\ndbname = d\n"
-            "[map bydomain]\nquery = SELECT x FROM t WHERE d='%d'\n")
+    text = (
+        "[database]\nhosts = h\nuser = u\ndbname = d\n"
+        "[map bydomain]\nquery = SELECT x FROM t WHERE d='%d'\n"
+    )
     lookups, db, _ = make_lookups(text=text)
     assert asyncio.run(lookups.lookup("bydomain", "nodomain")) is None
     assert db.queries == []
@@ -147,13 +152,18 @@ def test_chain_tries_every_table_per_key_form_like_postfix() -> None:
     db = TwoTables()
     lookups = Lookups(cfg, db, Cache(TTLs(60, 10, 3600), 100), Metrics())  # type: ignore[arg-type]
     assert asyncio.run(lookups.lookup("aliases", "joe+x@ex.com")) == "joe@ex.com"
-    assert db.queries == [("forwardings", "joe+x@ex.com"), ("users", "joe+x@ex.com"),
-                          ("forwardings", "joe@ex.com"), ("users", "joe@ex.com")]
+    assert db.queries == [
+        ("forwardings", "joe+x@ex.com"),
+        ("users", "joe+x@ex.com"),
+        ("forwardings", "joe@ex.com"),
+        ("users", "joe@ex.com"),
+    ]
     assert asyncio.run(lookups.lookup("aliases", "nobody@ex.com")) == "catch@ex.com"
 
 
 def test_chain_must_name_another_map() -> None:
     from vmaild import config as config_mod
     from vmaild.values import ConfigError
+
     with pytest.raises(ConfigError, match=r"\[map aliases\] chain: 'nope' is not"):
         config_mod.parse(CHAIN.replace("chain = email2email", "chain = nope"))

@@ -9,8 +9,11 @@ from vmaild.metrics import Metrics
 
 def samples(m: Metrics) -> dict[str, float]:
     text = generate_latest(m.registry).decode()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line and not line.startswith("#")}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 def test_lookup_histogram_and_counter() -> None:
@@ -49,5 +52,7 @@ def test_child_is_remembered_per_metric_and_labels() -> None:
     assert m.child(m.logins, "imap", "ok") is ok
     assert m.child(m.logins, "imap", "fail") is not ok
     ok.inc()
-    assert m.registry.get_sample_value("vmaild_logins_total",
-                                       {"service": "imap", "result": "ok"}) == 1.0
+    assert (
+        m.registry.get_sample_value("vmaild_logins_total", {"service": "imap", "result": "ok"})
+        == 1.0
+    )

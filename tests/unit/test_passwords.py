@@ -59,22 +59,39 @@ def test_the_seed_des_hash_only_reads_eight_characters() -> None:
     assert passwords.identify(stored) == "des_crypt"
 
 
-@pytest.mark.parametrize(("name", "scheme"), [
-    ("des_crypt", "des_crypt"), ("md5_crypt", "md5_crypt"), ("sha256_crypt", "sha256_crypt"),
-    ("sha512_crypt", "sha512_crypt"), ("sha512_crypt_implicit_rounds", "sha512_crypt"),
-    ("bcrypt_2b", "bcrypt"), ("bcrypt_2y", "bcrypt"), ("bcrypt_2a", "bcrypt"),
-    ("argon2id", "argon2"),
-])
+@pytest.mark.parametrize(
+    ("name", "scheme"),
+    [
+        ("des_crypt", "des_crypt"),
+        ("md5_crypt", "md5_crypt"),
+        ("sha256_crypt", "sha256_crypt"),
+        ("sha512_crypt", "sha512_crypt"),
+        ("sha512_crypt_implicit_rounds", "sha512_crypt"),
+        ("bcrypt_2b", "bcrypt"),
+        ("bcrypt_2y", "bcrypt"),
+        ("bcrypt_2a", "bcrypt"),
+        ("argon2id", "argon2"),
+    ],
+)
 def test_identify(name: str, scheme: str) -> None:
     assert passwords.identify(SAMPLES[name]) == scheme
 
 
-@pytest.mark.parametrize(("prefix", "name"), [
-    ("{CRYPT}", "des_crypt"), ("{CRYPT}", "sha512_crypt"), ("{DES-CRYPT}", "des_crypt"),
-    ("{MD5-CRYPT}", "md5_crypt"), ("{SHA256-CRYPT}", "sha256_crypt"),
-    ("{SHA512-CRYPT}", "sha512_crypt"), ("{BLF-CRYPT}", "bcrypt_2y"),
-    ("{BLF-CRYPT}", "bcrypt_2b"), ("{ARGON2ID}", "argon2id"), ("{sha512-crypt}", "sha512_crypt"),
-])
+@pytest.mark.parametrize(
+    ("prefix", "name"),
+    [
+        ("{CRYPT}", "des_crypt"),
+        ("{CRYPT}", "sha512_crypt"),
+        ("{DES-CRYPT}", "des_crypt"),
+        ("{MD5-CRYPT}", "md5_crypt"),
+        ("{SHA256-CRYPT}", "sha256_crypt"),
+        ("{SHA512-CRYPT}", "sha512_crypt"),
+        ("{BLF-CRYPT}", "bcrypt_2y"),
+        ("{BLF-CRYPT}", "bcrypt_2b"),
+        ("{ARGON2ID}", "argon2id"),
+        ("{sha512-crypt}", "sha512_crypt"),
+    ],
+)
 def test_dovecot_prefixes(prefix: str, name: str, backend: bool) -> None:
     stored = prefix + SAMPLES[name]
     assert passwords.verify(password_for(name), stored)
@@ -113,18 +130,21 @@ def test_refused_passwords_never_match(password: str) -> None:
     assert not passwords.verify(password, "{PLAIN}" + password)
 
 
-@pytest.mark.parametrize(("name", "default", "expected"), [
-    ("des_crypt", "sha512_crypt", True),        # deprecated
-    ("md5_crypt", "sha512_crypt", True),        # deprecated
-    ("sha512_crypt", "sha512_crypt", False),
-    ("sha512_crypt_implicit_rounds", "sha512_crypt", False),  # rounds alone do not count
-    ("sha256_crypt", "sha512_crypt", True),     # not the default
-    ("bcrypt_2y", "sha512_crypt", True),
-    ("bcrypt_2y", "bcrypt", False),
-    ("argon2id", "argon2", False),
-    ("argon2id", "sha512_crypt", True),
-    ("sha512_crypt", "argon2", True),
-])
+@pytest.mark.parametrize(
+    ("name", "default", "expected"),
+    [
+        ("des_crypt", "sha512_crypt", True),  # deprecated
+        ("md5_crypt", "sha512_crypt", True),  # deprecated
+        ("sha512_crypt", "sha512_crypt", False),
+        ("sha512_crypt_implicit_rounds", "sha512_crypt", False),  # rounds alone do not count
+        ("sha256_crypt", "sha512_crypt", True),  # not the default
+        ("bcrypt_2y", "sha512_crypt", True),
+        ("bcrypt_2y", "bcrypt", False),
+        ("argon2id", "argon2", False),
+        ("argon2id", "sha512_crypt", True),
+        ("sha512_crypt", "argon2", True),
+    ],
+)
 def test_needs_update(name: str, default: str, expected: bool) -> None:
     assert passwords.needs_update(SAMPLES[name], default) is expected
 
@@ -138,12 +158,19 @@ def test_needs_update_prefixed_and_unreadable() -> None:
     assert not passwords.needs_update("", "sha512_crypt")
 
 
-@pytest.mark.parametrize(("scheme", "rounds", "handler"), [
-    ("sha512_crypt", 1000, sha512_crypt), ("sha256_crypt", 1000, sha256_crypt),
-    ("bcrypt", 4, bcrypt), ("argon2", 1, argon2), ("md5_crypt", 0, md5_crypt),
-])
-def test_hash_password_round_trips(scheme: str, rounds: int, handler: object,
-                                   backend: bool) -> None:
+@pytest.mark.parametrize(
+    ("scheme", "rounds", "handler"),
+    [
+        ("sha512_crypt", 1000, sha512_crypt),
+        ("sha256_crypt", 1000, sha256_crypt),
+        ("bcrypt", 4, bcrypt),
+        ("argon2", 1, argon2),
+        ("md5_crypt", 0, md5_crypt),
+    ],
+)
+def test_hash_password_round_trips(
+    scheme: str, rounds: int, handler: object, backend: bool
+) -> None:
     stored = passwords.hash_password(PW, scheme, rounds)
     assert passwords.identify(stored) == scheme
     assert passwords.verify(PW, stored)
@@ -173,8 +200,7 @@ def test_hash_password_refuses_bad_input() -> None:
 
 def test_context_reads_every_scheme() -> None:
     ctx = passwords.context("sha512_crypt")
-    for name in ("des_crypt", "md5_crypt", "sha256_crypt", "sha512_crypt", "bcrypt_2b",
-                 "argon2id"):
+    for name in ("des_crypt", "md5_crypt", "sha256_crypt", "sha512_crypt", "bcrypt_2b", "argon2id"):
         assert ctx.verify(password_for(name), SAMPLES[name])
     assert ctx.needs_update(SAMPLES["des_crypt"])
 
@@ -182,10 +208,12 @@ def test_context_reads_every_scheme() -> None:
 def test_libcrypt_agrees_with_passlib_on_the_same_salt() -> None:
     if not cryptlib.available():
         pytest.skip("no libxcrypt on this machine")
-    for handler, kw in ((sha512_crypt, {"rounds": 1000, "salt": "saltsaltsaltsalt"}),
-                        (sha256_crypt, {"rounds": 1000, "salt": "saltsalt"}),
-                        (md5_crypt, {"salt": "saltsalt"}),
-                        (des_crypt, {"salt": "xy"})):
+    for handler, kw in (
+        (sha512_crypt, {"rounds": 1000, "salt": "saltsaltsaltsalt"}),
+        (sha256_crypt, {"rounds": 1000, "salt": "saltsalt"}),
+        (md5_crypt, {"salt": "saltsalt"}),
+        (des_crypt, {"salt": "xy"}),
+    ):
         expected = handler.using(**kw).hash(PW)  # type: ignore[attr-defined]
         assert cryptlib.crypt(PW.encode(), expected.encode()) == expected.encode()
     assert cryptlib.crypt(b"a\0b", b"$1$saltsalt") is None

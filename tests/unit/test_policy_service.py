@@ -30,27 +30,35 @@ def db_with_users() -> FakePolicyDB:
             "dave@example.com": User(active=b"\x00"),  # BIT(1) column
         },
         domains={"example.com": 1, "off.example": 0},
-        forwardings={"info@example.com": ("Bob@example.com, alice@example.com", 1),
-                     "old@example.com": ("alice@example.com", 0),
-                     "sales@example.com": ("bob@example.com", 1)},
-        grants={("alice@example.com", "boss@example.org"),
-                ("alice@example.com", "@shared.example")},
+        forwardings={
+            "info@example.com": ("Bob@example.com, alice@example.com", 1),
+            "old@example.com": ("alice@example.com", 0),
+            "sales@example.com": ("bob@example.com", 1),
+        },
+        grants={
+            ("alice@example.com", "boss@example.org"),
+            ("alice@example.com", "@shared.example"),
+        },
     )
 
 
 # --- recipient state -----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("recipient", "expected"), [
-    ("alice@example.com", "DUNNO"),
-    ("ALICE@Example.COM", "DUNNO"),
-    ("bob@example.com", "550 5.2.1 Mailbox disabled"),
-    ("BOB+news@example.com", "550 5.2.1 Mailbox disabled"),   # extension stripped
-    ("carol@off.example", "550 5.2.1 Mailbox disabled"),      # domain inactive
-    ("dave@example.com", "550 5.2.1 Mailbox disabled"),
-    ("nobody@example.com", "DUNNO"),                          # unknown: Postfix's maps decide
-    ("info@example.com", "DUNNO"),                            # an alias is no mailbox
-    ("postmaster", "DUNNO"),                                  # bare name: no query at all
-])
+
+@pytest.mark.parametrize(
+    ("recipient", "expected"),
+    [
+        ("alice@example.com", "DUNNO"),
+        ("ALICE@Example.COM", "DUNNO"),
+        ("bob@example.com", "550 5.2.1 Mailbox disabled"),
+        ("BOB+news@example.com", "550 5.2.1 Mailbox disabled"),  # extension stripped
+        ("carol@off.example", "550 5.2.1 Mailbox disabled"),  # domain inactive
+        ("dave@example.com", "550 5.2.1 Mailbox disabled"),
+        ("nobody@example.com", "DUNNO"),  # unknown: Postfix's maps decide
+        ("info@example.com", "DUNNO"),  # an alias is no mailbox
+        ("postmaster", "DUNNO"),  # bare name: no query at all
+    ],
+)
 def test_recipient_state(recipient: str, expected: str) -> None:
     service, _ = make_service(db_with_users(), "ratelimit_check = no\n")
     assert decide(service, request(recipient=recipient)) == expected
@@ -60,16 +68,19 @@ def test_recipient_state_only_at_rcpt() -> None:
     db = db_with_users()
     service, _ = make_service(db)
     for state in ("CONNECT", "EHLO", "MAIL", "DATA", "END-OF-MESSAGE", "VRFY"):
-        assert decide(service, request(protocol_state=state, recipient="bob@example.com")) \
-            == "DUNNO"
+        assert (
+            decide(service, request(protocol_state=state, recipient="bob@example.com")) == "DUNNO"
+        )
     assert db.queries == []
 
 
 def test_recipient_actions_are_configurable() -> None:
-    service, metrics = make_service(db_with_users(),
-                                    "disabled_action = 450 4.2.1 Try later, mailbox off\n")
-    assert decide(service, request(recipient="bob@example.com")) == \
-        "450 4.2.1 Try later, mailbox off"
+    service, metrics = make_service(
+        db_with_users(), "disabled_action = 450 4.2.1 Try later, mailbox off\n"
+    )
+    assert (
+        decide(service, request(recipient="bob@example.com")) == "450 4.2.1 Try later, mailbox off"
+    )
     assert decisions(metrics) == {("recipient", "450"): 1}
 
 
@@ -80,16 +91,24 @@ def test_recipient_check_off() -> None:
     assert db.queries == []
 
 
-@pytest.mark.parametrize(("extra", "expected", "label"), [
-    ("", "DUNNO", ("recipient_failed", "DUNNO")),
-    ("recipient_fail_action = DEFER_IF_PERMIT Mailbox state unknown\n",
-     "DEFER_IF_PERMIT Mailbox state unknown", ("recipient_failed", "DEFER_IF_PERMIT")),
-    ("recipient_fail_action = 451 4.3.0 Try again later\n", "451 4.3.0 Try again later",
-     ("recipient_failed", "451")),
-    ("recipient_fail_action = close\n", None, ("recipient_failed", "NOREPLY")),
-])
-def test_recipient_database_down(extra: str, expected: str | None,
-                                 label: tuple[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("extra", "expected", "label"),
+    [
+        ("", "DUNNO", ("recipient_failed", "DUNNO")),
+        (
+            "recipient_fail_action = DEFER_IF_PERMIT Mailbox state unknown\n",
+            "DEFER_IF_PERMIT Mailbox state unknown",
+            ("recipient_failed", "DEFER_IF_PERMIT"),
+        ),
+        (
+            "recipient_fail_action = 451 4.3.0 Try again later\n",
+            "451 4.3.0 Try again later",
+            ("recipient_failed", "451"),
+        ),
+        ("recipient_fail_action = close\n", None, ("recipient_failed", "NOREPLY")),
+    ],
+)
+def test_recipient_database_down(extra: str, expected: str | None, label: tuple[str, str]) -> None:
     db = db_with_users()
     db.down = True
     service, metrics = make_service(db, extra)
@@ -98,6 +117,7 @@ def test_recipient_database_down(extra: str, expected: str | None,
 
 
 # --- quota (see test_policy_quota.py for the Maildir side) ---------------------------------
+
 
 def _maildir(tmp_path, name: str, maildirsize: str | None = None, files: int = 0) -> None:  # type: ignore[no-untyped-def]
     d = tmp_path / "example.com" / name
@@ -109,17 +129,25 @@ def _maildir(tmp_path, name: str, maildirsize: str | None = None, files: int = 0
         (d / "cur" / f"17000{i}.M1P1.host,S=100:2,S").write_bytes(b"x" * 100)
 
 
-@pytest.mark.parametrize(("quota_bytes", "quota_messages", "size", "expected"), [
-    (0, 0, 0, "DUNNO"),                        # no quota
-    (10_000, 0, 0, "DUNNO"),                   # 5000 used
-    (10_000, 0, 5000, "DUNNO"),                # exactly fills it
-    (10_000, 0, 5001, "452 4.2.2 Mailbox full"),  # the announced SIZE= does not fit
-    (5000, 0, 0, "452 4.2.2 Mailbox full"),    # full already
-    (0, 4, 0, "DUNNO"),                        # 3 messages + 1
-    (0, 3, 0, "452 4.2.2 Mailbox full"),
-])
-def test_quota_from_maildirsize(tmp_path, quota_bytes: int, quota_messages: int, size: int,  # type: ignore[no-untyped-def]
-                                expected: str) -> None:
+@pytest.mark.parametrize(
+    ("quota_bytes", "quota_messages", "size", "expected"),
+    [
+        (0, 0, 0, "DUNNO"),  # no quota
+        (10_000, 0, 0, "DUNNO"),  # 5000 used
+        (10_000, 0, 5000, "DUNNO"),  # exactly fills it
+        (10_000, 0, 5001, "452 4.2.2 Mailbox full"),  # the announced SIZE= does not fit
+        (5000, 0, 0, "452 4.2.2 Mailbox full"),  # full already
+        (0, 4, 0, "DUNNO"),  # 3 messages + 1
+        (0, 3, 0, "452 4.2.2 Mailbox full"),
+    ],
+)
+def test_quota_from_maildirsize(
+    tmp_path,
+    quota_bytes: int,
+    quota_messages: int,
+    size: int,  # type: ignore[no-untyped-def]
+    expected: str,
+) -> None:
     _maildir(tmp_path, "alice", "10000S\n  3000 2\n  2000 1\n")
     db = db_with_users()
     db.users["alice@example.com"] = User(quota_bytes=quota_bytes, quota_messages=quota_messages)
@@ -179,31 +207,38 @@ def test_disabled_wins_over_quota_and_quota_only_mode(tmp_path) -> None:  # type
 
 # --- sender ownership ----------------------------------------------------------------------
 
-@pytest.mark.parametrize(("sender", "expected"), [
-    ("alice@example.com", "DUNNO"),                 # the login itself (no query)
-    ("Alice@EXAMPLE.com", "DUNNO"),
-    ("alice+lists@example.com", "DUNNO"),           # extension of the login
-    ("", "DUNNO"),                                  # the null sender
-    ("info@example.com", "DUNNO"),                  # alias delivering to alice (among others)
-    ("info+x@example.com", "DUNNO"),                # ... with an extension
-    ("boss@example.org", "DUNNO"),                  # granted address
-    ("anyone@shared.example", "DUNNO"),             # granted @domain
-    ("old@example.com", "553 5.7.1 Sender address not owned by alice@example.com"),  # inactive
-    ("sales@example.com", "553 5.7.1 Sender address not owned by alice@example.com"),
-    ("bob@example.com", "553 5.7.1 Sender address not owned by alice@example.com"),
-    ("boss@other.example.org", "553 5.7.1 Sender address not owned by alice@example.com"),
-])
+
+@pytest.mark.parametrize(
+    ("sender", "expected"),
+    [
+        ("alice@example.com", "DUNNO"),  # the login itself (no query)
+        ("Alice@EXAMPLE.com", "DUNNO"),
+        ("alice+lists@example.com", "DUNNO"),  # extension of the login
+        ("", "DUNNO"),  # the null sender
+        ("info@example.com", "DUNNO"),  # alias delivering to alice (among others)
+        ("info+x@example.com", "DUNNO"),  # ... with an extension
+        ("boss@example.org", "DUNNO"),  # granted address
+        ("anyone@shared.example", "DUNNO"),  # granted @domain
+        ("old@example.com", "553 5.7.1 Sender address not owned by alice@example.com"),  # inactive
+        ("sales@example.com", "553 5.7.1 Sender address not owned by alice@example.com"),
+        ("bob@example.com", "553 5.7.1 Sender address not owned by alice@example.com"),
+        ("boss@other.example.org", "553 5.7.1 Sender address not owned by alice@example.com"),
+    ],
+)
 def test_sender_ownership(sender: str, expected: str) -> None:
     service, _ = make_service(db_with_users(), "ratelimit_check = no\n")
-    assert decide(service, request(sender=sender, recipient="x@remote.example", **AUTH)) \
-        == expected
+    assert decide(service, request(sender=sender, recipient="x@remote.example", **AUTH)) == expected
 
 
 def test_sender_login_case_and_unauthenticated() -> None:
     db = db_with_users()
     service, _ = make_service(db, "ratelimit_check = no\n")
-    assert decide(service, request(sender="bob@example.com", recipient="x@r.example",
-                                   sasl_username="ALICE@example.com")).startswith("553 ")
+    assert decide(
+        service,
+        request(
+            sender="bob@example.com", recipient="x@r.example", sasl_username="ALICE@example.com"
+        ),
+    ).startswith("553 ")
     db.queries.clear()
     # No SASL login: nothing to own, no query.
     assert decide(service, request(sender="bob@example.com", recipient="x@r.example")) == "DUNNO"
@@ -212,35 +247,46 @@ def test_sender_login_case_and_unauthenticated() -> None:
 
 def test_sender_decided_once_per_transaction() -> None:
     db = db_with_users()
-    service, _ = make_service(db, "ratelimit_check = no\nrecipient_check = no\n"
-                                  "quota_check = no\n")
+    service, _ = make_service(db, "ratelimit_check = no\nrecipient_check = no\nquota_check = no\n")
     for rcpt in ("a@r.example", "b@r.example", "c@r.example"):
-        assert decide(service, request(sender="info@example.com", recipient=rcpt, **AUTH)) \
-            == "DUNNO"
+        assert (
+            decide(service, request(sender="info@example.com", recipient=rcpt, **AUTH)) == "DUNNO"
+        )
     assert db.kinds() == ["sender"]
     decide(service, request(sender="info@example.com", instance="other", **AUTH))
     assert db.kinds() == ["sender", "sender"]
 
 
 def test_sender_action_template_cannot_break_the_reply() -> None:
-    service, _ = make_service(db_with_users(), "ratelimit_check = no\nsender_action = "
-                              "553 5.7.1 <{sender}> is not yours, {login}\n")
-    got = decide(service, request(sender="bob@example.com", recipient="x@r.example",
-                                  sasl_username="alice@example.com\r"))
+    service, _ = make_service(
+        db_with_users(),
+        "ratelimit_check = no\nsender_action = 553 5.7.1 <{sender}> is not yours, {login}\n",
+    )
+    got = decide(
+        service,
+        request(
+            sender="bob@example.com", recipient="x@r.example", sasl_username="alice@example.com\r"
+        ),
+    )
     assert got == "553 5.7.1 <bob@example.com> is not yours, alice@example.com"
 
 
-@pytest.mark.parametrize(("extra", "expected"), [
-    ("", "DEFER_IF_PERMIT Sender address check temporarily unavailable"),
-    ("sender_fail_action = DUNNO\n", "DUNNO"),
-    ("sender_fail_action = close\n", None),
-])
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("", "DEFER_IF_PERMIT Sender address check temporarily unavailable"),
+        ("sender_fail_action = DUNNO\n", "DUNNO"),
+        ("sender_fail_action = close\n", None),
+    ],
+)
 def test_sender_database_down(extra: str, expected: str | None) -> None:
     db = db_with_users()
     db.down = True
     service, _ = make_service(db, "ratelimit_check = no\n" + extra)
-    assert decide(service, request(sender="bob@example.com", recipient="x@r.example", **AUTH)) \
+    assert (
+        decide(service, request(sender="bob@example.com", recipient="x@r.example", **AUTH))
         == expected
+    )
 
 
 def test_fail_open_goes_on_with_the_next_check() -> None:
@@ -268,6 +314,7 @@ def test_fail_open_goes_on_with_the_next_check() -> None:
 
 
 # --- time bound, request types, validation -------------------------------------------------
+
 
 def test_slow_database_gets_the_fail_action_in_time() -> None:
     db = db_with_users()
@@ -301,16 +348,19 @@ def test_latency_is_observed() -> None:
     assert samples["vmaild_policy_request_seconds_count"] == 1
 
 
-@pytest.mark.parametrize(("line", "key"), [
-    ("disabled_action = 550", "disabled_action"),                 # all digits: a permit!
-    ("quota_action = 452", "quota_action"),
-    ("sender_action = FROBNICATE", "sender_action"),              # unknown verb: 451 4.3.5
-    ("ratelimit_fail_action = REJECT", "ratelimit_fail_action"),  # a failure never rejects
-    ("sender_fail_action = 554 5.7.1 no", "sender_fail_action"),
-    ("recipient_query = SELECT 1 FROM users WHERE email = %(login)s", "recipient_query"),
-    ("sender_query = SELECT 1 WHERE x = %(sender", "sender_query"),
-    ("ratelimit_count_state = DATA", "ratelimit_count_state"),
-])
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("disabled_action = 550", "disabled_action"),  # all digits: a permit!
+        ("quota_action = 452", "quota_action"),
+        ("sender_action = FROBNICATE", "sender_action"),  # unknown verb: 451 4.3.5
+        ("ratelimit_fail_action = REJECT", "ratelimit_fail_action"),  # a failure never rejects
+        ("sender_fail_action = 554 5.7.1 no", "sender_fail_action"),
+        ("recipient_query = SELECT 1 FROM users WHERE email = %(login)s", "recipient_query"),
+        ("sender_query = SELECT 1 WHERE x = %(sender", "sender_query"),
+        ("ratelimit_count_state = DATA", "ratelimit_count_state"),
+    ],
+)
 def test_bad_settings_are_refused_at_start(line: str, key: str) -> None:
     # A ConfigError naming the file, the section and the key.
     with pytest.raises(ConfigError) as e:

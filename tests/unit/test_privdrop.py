@@ -61,8 +61,14 @@ def start(conf: Path, *prefix: str, code: str | None = None) -> subprocess.Popen
     """The relay as authdaemond starts it (root, no arguments, pipes), or ``code`` instead."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "VMAILD_CONFIG": str(conf)}
     argv = [*prefix, sys.executable] + (["-c", code] if code else ["-m", "vmaild.authpipe_main"])
-    return subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd="/")
+    return subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd="/",
+    )
 
 
 def status(pid: int) -> dict[str, list[str]]:
@@ -73,8 +79,14 @@ def status(pid: int) -> dict[str, list[str]]:
 
 def identity(pid: int) -> tuple[list[str], list[str], list[str], str, int, int]:
     s = status(pid)
-    return (s["Uid"], s["Gid"], s["Groups"], s["NoNewPrivs"][0], int(s["CapEff"][0], 16),
-            int(s["CapPrm"][0], 16))
+    return (
+        s["Uid"],
+        s["Gid"],
+        s["Groups"],
+        s["NoNewPrivs"][0],
+        int(s["CapEff"][0], 16),
+        int(s["CapPrm"][0], 16),
+    )
 
 
 DROPPED = ([str(OWNER)] * 4, [str(OWNER)] * 4, [], "1", 0, 0)
@@ -86,6 +98,7 @@ def stderr_of(proc: subprocess.Popen[bytes]) -> str:
 
 
 # -- the relay as authdaemond runs it --------------------------------------------------------
+
 
 @as_root
 def test_root_relay_runs_as_the_socket_owner(conf: Path, rundir: Path) -> None:
@@ -125,7 +138,8 @@ def test_nothing_is_opened_or_imported_after_the_drop(conf: Path, rundir: Path) 
         "    return result\n"
         "privdrop.drop_privileges = watched\n"
         "atexit.register(lambda: os.write(2, ('after the drop: %r' % seen).encode()))\n"
-        "sys.exit(authpipe_main.main())\n")
+        "sys.exit(authpipe_main.main())\n"
+    )
     own(rundir)
     fake = FakeVmaild(str(rundir / "auth.sock"), [ACCOUNT, b"FAIL\n"])
     own(rundir / "auth.sock", mode=0o660)
@@ -171,10 +185,15 @@ def test_a_relay_not_run_as_root_keeps_its_user(rundir: Path) -> None:
     fake = FakeVmaild(str(rundir / "auth.sock"), [ACCOUNT])
     own(rundir / "auth.sock", mode=0o660)
     try:
-        proc = start(conf, code=("import configparser, os, sys\n"
-                                 "from vmaild import authpipe_main, config\n"
-                                 f"os.setgroups([]); os.setgid({OWNER}); os.setuid({OWNER})\n"
-                                 "sys.exit(authpipe_main.main())\n"))
+        proc = start(
+            conf,
+            code=(
+                "import configparser, os, sys\n"
+                "from vmaild import authpipe_main, config\n"
+                f"os.setgroups([]); os.setgid({OWNER}); os.setuid({OWNER})\n"
+                "sys.exit(authpipe_main.main())\n"
+            ),
+        )
         send(proc, PRE)
         assert read_reply(proc) == ACCOUNT, stderr_of(proc)
         uid, gid, groups, nnp, _eff, _prm = identity(proc.pid)
@@ -191,8 +210,9 @@ def test_vmaild_restarting_drops_to_the_directory_owner(conf: Path, rundir: Path
     temporary failure (no answer at all), as with vmaild down."""
     own(rundir)
     proc = start(conf)
-    wait_until(lambda: identity(proc.pid) == DROPPED, 10,
-               "the relay to switch to the directory's owner")
+    wait_until(
+        lambda: identity(proc.pid) == DROPPED, 10, "the relay to switch to the directory's owner"
+    )
     send(proc, PRE)
     assert read_reply(proc) is None
     assert finish(proc) == (authpipe_main.EX_TEMPFAIL, b"")
@@ -232,6 +252,7 @@ def test_a_refused_drop_is_a_temporary_failure_never_root(conf: Path, rundir: Pa
 
 # -- whom to run as -----------------------------------------------------------------------
 
+
 @as_root
 def test_target_is_the_socket_owner_with_its_primary_group(rundir: Path) -> None:
     path = rundir / "auth.sock"
@@ -243,7 +264,9 @@ def test_target_is_the_socket_owner_with_its_primary_group(rundir: Path) -> None
         assert target.why == f"owner of {path}"
         own(path, 4242, 4343)  # a uid without a passwd entry: the file's group
         assert (privdrop.target_for(str(path)).uid, privdrop.target_for(str(path)).gid) == (
-            4242, 4343)
+            4242,
+            4343,
+        )
 
 
 @as_root
@@ -275,6 +298,7 @@ def test_not_root_changes_nothing(monkeypatch: pytest.MonkeyPatch, rundir: Path)
 def test_a_failing_step_is_a_drop_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(_: object) -> None:
         raise PermissionError(1, "Operation not permitted")
+
     monkeypatch.setattr(os, "setgroups", lambda groups: None)
     monkeypatch.setattr(os, "setgid", lambda gid: None)
     monkeypatch.setattr(os, "setuid", refuse)

@@ -24,9 +24,11 @@ from vmaild.schema_fit import Misfit, SchemaFit
 
 PATH = "/etc/vmaild/vmaild.conf"
 DB = "[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n"
-MAPS = ("[map mailboxes]\nquery = SELECT maildir FROM users WHERE email='%s'\n"
-        "[map aliases]\nquery = SELECT destination FROM forwardings WHERE source='%s' "
-        "AND x LIKE '5%%'\nchain = mailboxes\n")
+MAPS = (
+    "[map mailboxes]\nquery = SELECT maildir FROM users WHERE email='%s'\n"
+    "[map aliases]\nquery = SELECT destination FROM forwardings WHERE source='%s' "
+    "AND x LIKE '5%%'\nchain = mailboxes\n"
+)
 SERVICES = "[auth]\nlisten = unix:/run/a.sock\n[policy]\nlisten = 127.0.0.1:10040\n"
 MISSING_MAILDIR = (1054, "Unknown column 'u.maildir' in 'SELECT'")
 
@@ -40,12 +42,15 @@ def misfit(section: str, key: str, errno: int, message: str) -> Misfit:
 
 
 def gauge(metrics: Metrics, section: str, key: str) -> float | None:
-    return metrics.registry.get_sample_value("vmaild_config_schema_errors",
-                                             {"section": section, "key": key})
+    return metrics.registry.get_sample_value(
+        "vmaild_config_schema_errors", {"section": section, "key": key}
+    )
 
 
-def misfit_error(errno: int = 1054, text: str = "Unknown column 'u.maildir' in 'SELECT'",
-                 ) -> DatabaseError:
+def misfit_error(
+    errno: int = 1054,
+    text: str = "Unknown column 'u.maildir' in 'SELECT'",
+) -> DatabaseError:
     return DatabaseError(f"({errno}) {text}", errno, misfit=True)
 
 
@@ -54,15 +59,22 @@ OUTAGE = DatabaseError("no database host answered: 127.0.0.1:3306: (2003) Can't 
 
 # -- which statements, and how ---------------------------------------------------------------
 
+
 def test_every_configured_statement_is_probed() -> None:
     found = schema_fit.probes(parse(DB + MAPS + SERVICES))
     assert [(p.section, p.key) for p in found] == [
-        ("map mailboxes", "query"), ("map aliases", "query"),
-        ("auth", "query"), ("auth", "enumerate_query"), ("auth", "passwd_query"),
+        ("map mailboxes", "query"),
+        ("map aliases", "query"),
+        ("auth", "query"),
+        ("auth", "enumerate_query"),
+        ("auth", "passwd_query"),
         ("auth", "rehash_query"),
-        ("policy", "sender_query"), ("policy", "recipient_query"),
-        ("policy", "ratelimit_query"), ("policy", "ratelimit_update"),
-        ("policy", "ratelimit_prune")]
+        ("policy", "sender_query"),
+        ("policy", "recipient_query"),
+        ("policy", "ratelimit_query"),
+        ("policy", "ratelimit_update"),
+        ("policy", "ratelimit_prune"),
+    ]
     by_key = {(p.section, p.key): p for p in found}
     aliases = by_key[("map aliases", "query")]
     # As the daemon sends it: the key bound, Postfix's %% a literal (pymysql doubles it).
@@ -76,17 +88,21 @@ def test_every_configured_statement_is_probed() -> None:
 
 
 def test_services_and_checks_that_are_off_are_not_probed() -> None:
-    off = ("[auth]\nlisten = unix:/run/a.sock\nrehash = no\n[policy]\nlisten = 127.0.0.1:1\n"
-           "sender_check = no\nrecipient_check = no\nquota_check = no\nratelimit_messages = 0\n"
-           "ratelimit_recipients = 0\n")
+    off = (
+        "[auth]\nlisten = unix:/run/a.sock\nrehash = no\n[policy]\nlisten = 127.0.0.1:1\n"
+        "sender_check = no\nrecipient_check = no\nquota_check = no\nratelimit_messages = 0\n"
+        "ratelimit_recipients = 0\n"
+    )
     keys = [(p.section, p.key) for p in schema_fit.probes(parse(DB + off))]
     assert keys == [("auth", "query"), ("auth", "enumerate_query"), ("auth", "passwd_query")]
     assert schema_fit.probes(parse(DB)) == []  # no maps, no services: nothing to ask
 
 
 def test_statements_explain_cannot_take_are_left_alone() -> None:
-    cfg = parse(DB + "[map proc]\nquery = CALL lookup('%s')\n"
-                     "[map sub]\nquery = (SELECT a FROM t WHERE k='%s')\n")
+    cfg = parse(
+        DB + "[map proc]\nquery = CALL lookup('%s')\n"
+        "[map sub]\nquery = (SELECT a FROM t WHERE k='%s')\n"
+    )
     assert [p.section for p in schema_fit.probes(cfg)] == ["map sub"]
 
 
@@ -121,13 +137,21 @@ class ProbeConn:
 
 def test_probes_explain_inside_a_transaction_that_is_rolled_back() -> None:
     cfg = parse(DB + SERVICES)
-    conn = ProbeConn({"u.maildir": pymysql.err.OperationalError(*MISSING_MAILDIR),
-                      "sender_grants": pymysql.err.ProgrammingError(
-                          1146, "Table 'd.sender_grants' doesn't exist")})
+    conn = ProbeConn(
+        {
+            "u.maildir": pymysql.err.OperationalError(*MISSING_MAILDIR),
+            "sender_grants": pymysql.err.ProgrammingError(
+                1146, "Table 'd.sender_grants' doesn't exist"
+            ),
+        }
+    )
     found = schema_fit.run_probes(conn, schema_fit.probes(cfg), PATH)
     assert [(m.section, m.key, m.errno) for m in found] == [
-        ("auth", "query", 1054), ("auth", "enumerate_query", 1054),
-        ("policy", "sender_query", 1146), ("policy", "recipient_query", 1054)]
+        ("auth", "query", 1054),
+        ("auth", "enumerate_query", 1054),
+        ("policy", "sender_query", 1146),
+        ("policy", "recipient_query", 1054),
+    ]
     assert found[0].message == MISSING_MAILDIR[1]
     statements = [sql for sql, _ in conn.log]
     # Each probe: a transaction, EXPLAIN, ROLLBACK -- READ ONLY for reads only (MariaDB
@@ -148,45 +172,74 @@ def test_an_outage_during_the_probes_is_raised_not_reported() -> None:
 
 
 def test_a_view_that_cannot_be_explained_is_no_misfit() -> None:
-    conn = ProbeConn({"FROM users": pymysql.err.OperationalError(
-        1345, "EXPLAIN/SHOW can not be issued; lacking privileges for underlying table")})
+    conn = ProbeConn(
+        {
+            "FROM users": pymysql.err.OperationalError(
+                1345, "EXPLAIN/SHOW can not be issued; lacking privileges for underlying table"
+            )
+        }
+    )
     assert schema_fit.run_probes(conn, schema_fit.probes(parse(DB + MAPS)), PATH) == []
 
 
 # -- the line --------------------------------------------------------------------------------
+
 
 def test_the_seed_case_names_the_column_and_both_fixes() -> None:
     line = misfit("auth", "query", *MISSING_MAILDIR).line()
     assert line == (
         f"{PATH}: [auth] query does not fit the database: unknown column 'u.maildir' "
         "(error 1054); fix: run 'vmailctl db migrate', or set [auth] query = "
-        "SELECT email AS address, password FROM users WHERE email='%s'")
+        "SELECT email AS address, password FROM users WHERE email='%s'"
+    )
 
 
-@pytest.mark.parametrize(("m", "says"), [
-    (misfit("policy", "sender_query", 1146, "Table 'mail.sender_grants' doesn't exist"),
-     "no table 'mail.sender_grants' (error 1146); fix: run 'vmailctl db migrate', "
-     "or set [policy] sender_check = no"),
-    # Neither the column nor the table is vmailctl's: only the query can be wrong.
-    (misfit("map aliases", "query", 1054, "Unknown column 'dest' in 'SELECT'"),
-     "unknown column 'dest' (error 1054); fix: correct [map aliases] query"),
-    (misfit("map x", "query", 1146, "Table 'mail.virtual_users' doesn't exist"),
-     "no table 'mail.virtual_users' (error 1146); fix: correct [map x] query"),
-    (misfit("auth", "rehash_query", 1142,
-            "UPDATE command denied to user 'mail'@'localhost' for table `mail`.`users`"),
-     "(1142) UPDATE command denied to user 'mail'@'localhost' for table `mail`.`users`; "
-     "fix: grant the [database] user what the statement needs, or correct [auth] "
-     "rehash_query, or set [auth] rehash = no"),
-    (misfit("map d", "query", 1064, "You have an error in your SQL syntax; ... near 'FRM "
-                                    "domains' at line 1"),
-     "(1064) You have an error in your SQL syntax; ... near 'FRM domains' at line 1; "
-     "fix: correct [map d] query"),
-])
+@pytest.mark.parametrize(
+    ("m", "says"),
+    [
+        (
+            misfit("policy", "sender_query", 1146, "Table 'mail.sender_grants' doesn't exist"),
+            "no table 'mail.sender_grants' (error 1146); fix: run 'vmailctl db migrate', "
+            "or set [policy] sender_check = no",
+        ),
+        # Neither the column nor the table is vmailctl's: only the query can be wrong.
+        (
+            misfit("map aliases", "query", 1054, "Unknown column 'dest' in 'SELECT'"),
+            "unknown column 'dest' (error 1054); fix: correct [map aliases] query",
+        ),
+        (
+            misfit("map x", "query", 1146, "Table 'mail.virtual_users' doesn't exist"),
+            "no table 'mail.virtual_users' (error 1146); fix: correct [map x] query",
+        ),
+        (
+            misfit(
+                "auth",
+                "rehash_query",
+                1142,
+                "UPDATE command denied to user 'mail'@'localhost' for table `mail`.`users`",
+            ),
+            "(1142) UPDATE command denied to user 'mail'@'localhost' for table `mail`.`users`; "
+            "fix: grant the [database] user what the statement needs, or correct [auth] "
+            "rehash_query, or set [auth] rehash = no",
+        ),
+        (
+            misfit(
+                "map d",
+                "query",
+                1064,
+                "You have an error in your SQL syntax; ... near 'FRM domains' at line 1",
+            ),
+            "(1064) You have an error in your SQL syntax; ... near 'FRM domains' at line 1; "
+            "fix: correct [map d] query",
+        ),
+    ],
+)
 def test_lines(m: Misfit, says: str) -> None:
     assert m.line() == f"{PATH}: [{m.section}] {m.key} does not fit the database: {says}"
 
 
 # -- the tracker: once per query and configuration, and the gauge ----------------------------
+
 
 def test_a_request_reports_a_misfit_once(caplog: pytest.LogCaptureFixture) -> None:
     metrics = Metrics()
@@ -197,13 +250,13 @@ def test_a_request_reports_a_misfit_once(caplog: pytest.LogCaptureFixture) -> No
     for _ in range(3):
         assert fit.report("auth", "query", misfit_error())
     assert [r.getMessage() for r in caplog.records] == [
-        misfit("auth", "query", *MISSING_MAILDIR).line()]
+        misfit("auth", "query", *MISSING_MAILDIR).line()
+    ]
     assert caplog.records[0].levelno == logging.ERROR
     assert gauge(metrics, "auth", "query") == 1
 
 
-def test_probe_results_set_every_key_and_clear_when_fixed(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_probe_results_set_every_key_and_clear_when_fixed(caplog: pytest.LogCaptureFixture) -> None:
     metrics = Metrics()
     fit = SchemaFit(parse(DB + MAPS + SERVICES), metrics)
     caplog.set_level(logging.INFO, "vmaild.schema")
@@ -234,16 +287,22 @@ def test_a_reload_replaces_the_series(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_watch_waits_for_the_database_then_rechecks_until_fixed(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(schema_fit, "FIRST_RETRY", 0.0)
     monkeypatch.setattr(schema_fit, "RECHECK", 0.0)
     metrics = Metrics()
     fit = SchemaFit(parse(DB + SERVICES), metrics)
     caplog.set_level(logging.INFO, "vmaild.schema")
-    answers: list[Any] = [OUTAGE, OUTAGE, [misfit("auth", "query", *MISSING_MAILDIR)], [],
-                          # a request meets a misfit later: probed again, until fixed
-                          [misfit("policy", "sender_query", 1146, "Table 'd.x' doesn't exist")],
-                          []]
+    answers: list[Any] = [
+        OUTAGE,
+        OUTAGE,
+        [misfit("auth", "query", *MISSING_MAILDIR)],
+        [],
+        # a request meets a misfit later: probed again, until fixed
+        [misfit("policy", "sender_query", 1146, "Table 'd.x' doesn't exist")],
+        [],
+    ]
     probed = asyncio.Event()
 
     class Unready:
@@ -281,6 +340,7 @@ def test_watch_waits_for_the_database_then_rechecks_until_fixed(
 
 # -- requests that hit a misfit: a temporary failure, one line, no per-request warning -------
 
+
 class MisfitDatabase(fakes.FakeDatabase):
     async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         self.queries.append((sql, tuple(params)))
@@ -307,8 +367,7 @@ def test_lookup_of_a_misfit_map(caplog: pytest.LogCaptureFixture) -> None:
     assert gauge(metrics, "map mailboxes", "query") == 1
 
 
-def test_login_with_a_misfit_account_query(tmp_path: Any,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_login_with_a_misfit_account_query(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     service, db = make_auth_service(tmp_path)
     service.fit = SchemaFit(service.cfg, service.metrics)
 
@@ -323,7 +382,8 @@ def test_login_with_a_misfit_account_query(tmp_path: Any,
         # the query itself does -- not a reason to stop batching.
         return await asyncio.gather(
             *(service.answer(codec.Pre(".", "imap", f"u{i}@example.test")) for i in range(4)),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
 
     results = asyncio.run(logins())
     assert all(isinstance(r, TemporaryFailure) for r in results)
@@ -334,8 +394,9 @@ def test_login_with_a_misfit_account_query(tmp_path: Any,
     assert gauge(service.metrics, "auth", "query") == 1
 
 
-def test_login_with_the_database_down_still_warns(tmp_path: Any,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_login_with_the_database_down_still_warns(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     service, db = make_auth_service(tmp_path)
     service.fit = SchemaFit(service.cfg, service.metrics)
     db.down = True
@@ -359,8 +420,9 @@ def test_policy_check_with_a_misfit_query(caplog: pytest.LogCaptureFixture) -> N
     caplog.set_level(logging.INFO)
     req = request(sasl_username="alice@example.com", sender="boss@example.org")
     for _ in range(3):  # the fail action answers, as for an outage
-        assert decide(service, req) == "DEFER_IF_PERMIT Sender address check temporarily " \
-                                       "unavailable"
+        assert (
+            decide(service, req) == "DEFER_IF_PERMIT Sender address check temporarily unavailable"
+        )
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "[policy] sender_query does not fit" in warnings[0]
     assert gauge(metrics, "policy", "sender_query") == 1
@@ -368,13 +430,15 @@ def test_policy_check_with_a_misfit_query(caplog: pytest.LogCaptureFixture) -> N
 
 # -- vmaild check ------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def cfg() -> config.Config:
     return parse(DB + SERVICES)
 
 
-def test_check_without_the_database(cfg: config.Config, capsys: pytest.CaptureFixture[str],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_without_the_database(
+    cfg: config.Config, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def unreachable(_: config.Config) -> list[Misfit]:
         raise OUTAGE
 
@@ -388,8 +452,9 @@ def test_check_without_the_database(cfg: config.Config, capsys: pytest.CaptureFi
     assert cli.check(cfg, "skip") == 0  # never connects (check_now would raise)
 
 
-def test_check_with_the_database(cfg: config.Config, capsys: pytest.CaptureFixture[str],
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_with_the_database(
+    cfg: config.Config, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     found = [misfit("auth", "query", *MISSING_MAILDIR)]
     monkeypatch.setattr(schema_fit, "check_now", lambda _: found)
     assert cli.check(cfg, "auto") == 1

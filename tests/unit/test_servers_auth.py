@@ -21,8 +21,9 @@ from vmaild.values import Listen
 SHA = sha512_crypt.using(rounds=1000)
 
 
-async def serving(tmp_path: Path, body: Callable[[str, FakeDB, Any], Awaitable[None]],
-                  extra: str = "") -> None:
+async def serving(
+    tmp_path: Path, body: Callable[[str, FakeDB, Any], Awaitable[None]], extra: str = ""
+) -> None:
     service, db = make_service(tmp_path, "rehash = no\n" + extra)
     db.add("joe@example.test", SHA.hash("s3cret"))
     app = FakeApp(auth=service, metrics=service.metrics)
@@ -57,13 +58,16 @@ def auth_bytes(user: str, password: str, service: str = "imap") -> bytes:
 async def test_reply_then_close(tmp_path: Path) -> None:
     async def body(path: str, db: FakeDB, app: Any) -> None:
         reply = await exchange(path, auth_bytes("joe@example.test", "s3cret"))
-        assert reply.startswith(b"UID=5000\n") and reply.endswith(b"ADDRESS=joe@example.test\n"
-                                                                  b"MAILDIR=example.test/joe/\n.\n")
+        assert reply.startswith(b"UID=5000\n") and reply.endswith(
+            b"ADDRESS=joe@example.test\nMAILDIR=example.test/joe/\n.\n"
+        )
         assert await exchange(path, auth_bytes("joe@example.test", "nope")) == b"FAIL\n"
         pre = await exchange(path, b"PRE . login joe@example.test\n")
         assert pre == reply
         assert await exchange(path, b"ENUMERATE\n") == (
-            f"joe@example.test\t5000\t5001\t{tmp_path}/vmail\texample.test/joe/\n.\n".encode())
+            f"joe@example.test\t5000\t5001\t{tmp_path}/vmail\texample.test/joe/\n.\n".encode()
+        )
+
     await serving(tmp_path, body, "fail_delay = 0\n")
 
 
@@ -71,8 +75,9 @@ async def test_reply_then_close(tmp_path: Path) -> None:
 async def test_request_in_one_byte_pieces(tmp_path: Path) -> None:
     async def body(path: str, db: FakeDB, app: Any) -> None:
         data = auth_bytes("joe@example.test", "s3cret")
-        reply = await exchange(path, *(data[i:i + 1] for i in range(len(data))), pause=0.001)
+        reply = await exchange(path, *(data[i : i + 1] for i in range(len(data))), pause=0.001)
         assert reply.endswith(b"\n.\n")
+
     await serving(tmp_path, body)
 
 
@@ -83,6 +88,7 @@ async def test_cyrus_sasl_request_with_its_extra_lf(tmp_path: Path) -> None:
     async def body(path: str, db: FakeDB, app: Any) -> None:
         reply = await exchange(path, auth_bytes("joe@example.test", "s3cret", "smtp") + b"\n")
         assert reply.endswith(b"\n.\n") and len(reply) < 8191
+
     await serving(tmp_path, body)
 
 
@@ -92,6 +98,7 @@ async def test_temporary_failure_closes_without_a_reply(tmp_path: Path) -> None:
         db.down = True
         assert await exchange(path, auth_bytes("joe@example.test", "s3cret")) == b""
         assert await exchange(path, b"PRE . imap joe@example.test\n") == b""
+
     await serving(tmp_path, body)
 
 
@@ -100,8 +107,10 @@ async def test_a_bug_in_the_service_closes_without_a_reply(tmp_path: Path) -> No
     async def body(path: str, db: FakeDB, app: Any) -> None:
         async def broken(request: object) -> bytes:
             raise KeyError("bug")
+
         app.auth.answer = broken
         assert await exchange(path, b"PRE . imap joe@example.test\n") == b""
+
     await serving(tmp_path, body)
 
 
@@ -112,6 +121,7 @@ async def test_garbage(tmp_path: Path) -> None:
         assert await exchange(path, b"HELLO there\n") == b"FAIL\n"
         assert await exchange(path, b"AUTH twelve\n") == b""
         assert await exchange(path, b"PRE " + b"x" * 20000) == b""
+
     await serving(tmp_path, body)
 
 
@@ -120,17 +130,20 @@ async def test_only_the_first_request_is_answered(tmp_path: Path) -> None:
     async def body(path: str, db: FakeDB, app: Any) -> None:
         reply = await exchange(path, b"PRE . imap joe@example.test\nPRE . imap joe@example.test\n")
         assert reply.count(b"\n.\n") == 1
+
     await serving(tmp_path, body)
 
 
 @aio
-async def test_idle_connections_are_dropped(tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_idle_connections_are_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(auth_server, "IDLE_SECONDS", 0.1)
 
     async def body(path: str, db: FakeDB, app: Any) -> None:
         assert await exchange(path, b"PRE . imap jo") == b""
         assert not app.connections
+
     await serving(tmp_path, body)
 
 
@@ -143,10 +156,12 @@ async def test_the_current_runtimes_service_answers(tmp_path: Path) -> None:
         assert (await exchange(path, b"PRE . imap ann@example.test\n")).endswith(b".\n")
         assert await exchange(path, b"PRE . imap joe@example.test\n") == b"FAIL\n"
         other.close()
+
     await serving(tmp_path, body)
 
 
 # -- persistent connections (RELAY 1, what vmaild-authpipe opens) ---------------------------
+
 
 async def read_reply(reader: asyncio.StreamReader, single_line: bool = False) -> bytes:
     """One reply, line by line as 4.4 ends it (no EOF needed, replies may be pipelined);
@@ -161,8 +176,10 @@ async def read_reply(reader: asyncio.StreamReader, single_line: bool = False) ->
             return reply
 
 
-async def relay_connection(path: str, first: bytes = b"",
-                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def relay_connection(
+    path: str,
+    first: bytes = b"",
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A connection opened as vmaild-authpipe opens it: RELAY 1 (``first`` right behind
     it), and its answer checked."""
     reader, writer = await asyncio.open_unix_connection(path)
@@ -173,17 +190,21 @@ async def relay_connection(path: str, first: bytes = b"",
 
 @pytest.mark.parametrize("piece", [0, 1], ids=["whole", "one-byte-pieces"])
 @aio
-async def test_relay_connection_answers_every_request_in_order(tmp_path: Path,
-                                                               piece: int) -> None:
-    requests = [auth_bytes("joe@example.test", "s3cret"), auth_bytes("joe@example.test", "x"),
-                b"PRE . imap joe@example.test\n", b"PRE . imap nobody@example.test\n",
-                b"HELLO\n", b"RELAY 1\n"]
+async def test_relay_connection_answers_every_request_in_order(tmp_path: Path, piece: int) -> None:
+    requests = [
+        auth_bytes("joe@example.test", "s3cret"),
+        auth_bytes("joe@example.test", "x"),
+        b"PRE . imap joe@example.test\n",
+        b"PRE . imap nobody@example.test\n",
+        b"HELLO\n",
+        b"RELAY 1\n",
+    ]
     expected_fail = [False, True, False, True, True, True]  # a second RELAY 1 is nonsense
 
     async def body(path: str, db: FakeDB, app: Any) -> None:
         reader, writer = await asyncio.open_unix_connection(path)
         data = codec.RELAY_HELLO + b"".join(requests)
-        chunks = [data[i:i + 1] for i in range(len(data))] if piece else [data]
+        chunks = [data[i : i + 1] for i in range(len(data))] if piece else [data]
         for chunk in chunks:  # all pipelined: answered strictly in order
             writer.write(chunk)
         await writer.drain()
@@ -193,12 +214,14 @@ async def test_relay_connection_answers_every_request_in_order(tmp_path: Path,
             assert (reply == b"FAIL\n") == failed and reply.endswith(b"\n")
         assert len(app.connections) == 1  # still open
         writer.close()
+
     await serving(tmp_path, body)
 
 
 @aio
 async def test_relay_connection_survives_requests_and_ends_on_a_temporary_failure(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async def body(path: str, db: FakeDB, app: Any) -> None:
         reader, writer = await relay_connection(path)
         for _ in range(3):
@@ -208,18 +231,18 @@ async def test_relay_connection_survives_requests_and_ends_on_a_temporary_failur
         writer.write(b"PRE . imap unknown@example.test\n")
         assert await read_reply(reader) == b""
         writer.close()
+
     await serving(tmp_path, body)
 
 
 @aio
-async def test_relay_connection_with_lost_framing_answers_what_came_first(
-        tmp_path: Path) -> None:
+async def test_relay_connection_with_lost_framing_answers_what_came_first(tmp_path: Path) -> None:
     async def body(path: str, db: FakeDB, app: Any) -> None:
-        reader, writer = await relay_connection(path, b"PRE . imap joe@example.test\n"
-                                                      b"AUTH twelve\n")
+        reader, writer = await relay_connection(path, b"PRE . imap joe@example.test\nAUTH twelve\n")
         assert (await read_reply(reader)).endswith(b"\n.\n")
         assert await asyncio.wait_for(reader.read(), 10) == b""  # then closed
         writer.close()
+
     await serving(tmp_path, body)
 
 
@@ -228,4 +251,5 @@ async def test_relay_hello_after_a_request_is_not_a_relay_connection(tmp_path: P
     async def body(path: str, db: FakeDB, app: Any) -> None:
         reply = await exchange(path, b"PRE . imap joe@example.test\n" + codec.RELAY_HELLO)
         assert reply.endswith(b"\n.\n") and reply.count(b".\n") == 1  # answered, closed
+
     await serving(tmp_path, body)

@@ -20,7 +20,7 @@ def imported_modules(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
+            base = package[: len(package) - node.level + 1] if node.level else []
             module = ".".join([*base, *([node.module] if node.module else [])])
             found.add(module)
             found.update(f"{module}.{alias.name}" for alias in node.names)
@@ -33,5 +33,8 @@ def test_no_listener_imports_the_daemon() -> None:
     for path in modules:
         imports = imported_modules(path)
         assert "vmaild.servers.base" in imports or path.name in {
-            "__init__.py", "base.py", "interfaces.py"}, path.name  # the walk sees imports
+            "__init__.py",
+            "base.py",
+            "interfaces.py",
+        }, path.name  # the walk sees imports
         assert "vmaild.daemon" not in imports, f"{path.name} imports vmaild.daemon"

@@ -18,12 +18,14 @@ from vmaild import config
 from vmaild.servers.base import start_listener
 from vmaild.values import Listen
 
-REQUEST = (b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
-           b"client_address=192.0.2.1\nclient_name=mail.example.net\nclient_port=40512\n"
-           b"helo_name=mail.example.net\nsender=a@example.net\nrecipient=%s\n"
-           b"recipient_count=0\nqueue_id=\ninstance=a5f.5f3b5d41.4a2.0\nsize=0\n"
-           b"sasl_method=\nsasl_username=\nsasl_sender=\nccert_subject=\nencryption_keysize=0\n"
-           b"policy_context=\n\n")
+REQUEST = (
+    b"request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n"
+    b"client_address=192.0.2.1\nclient_name=mail.example.net\nclient_port=40512\n"
+    b"helo_name=mail.example.net\nsender=a@example.net\nrecipient=%s\n"
+    b"recipient_count=0\nqueue_id=\ninstance=a5f.5f3b5d41.4a2.0\nsize=0\n"
+    b"sasl_method=\nsasl_username=\nsasl_sender=\nccert_subject=\nencryption_keysize=0\n"
+    b"policy_context=\n\n"
+)
 
 
 def rcpt(address: bytes) -> bytes:
@@ -46,8 +48,7 @@ class Stub:
 
 def make_app(service: Any, text: str = BASE) -> FakeApp:
     """The policy listener as the daemon builds it for the configuration ``text``."""
-    return FakeApp(policy=service,
-                   policy_max_request=config.parse(text).policy.max_request_bytes)
+    return FakeApp(policy=service, policy_max_request=config.parse(text).policy.max_request_bytes)
 
 
 async def serve(app: FakeApp) -> tuple[asyncio.Server, int]:
@@ -55,8 +56,9 @@ async def serve(app: FakeApp) -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-async def exchange(app: Any, chunks: list[bytes], *, per_byte_delay: bool = False,
-                   half_close: bool = False) -> bytes:
+async def exchange(
+    app: Any, chunks: list[bytes], *, per_byte_delay: bool = False, half_close: bool = False
+) -> bytes:
     """Send chunks (draining after each), then read until EOF or a quiet 0.3 s."""
     server, port = await serve(app)
     try:
@@ -89,8 +91,12 @@ def run(app: Any, chunks: list[bytes], **kw: Any) -> bytes:
 
 
 def protocol_errors(app: Any) -> float:
-    return sum(s.value for m in app.metrics.protocol_errors.collect() for s in m.samples
-               if s.name.endswith("_total"))
+    return sum(
+        s.value
+        for m in app.metrics.protocol_errors.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
 
 
 def real_app() -> Any:
@@ -109,7 +115,7 @@ def test_whole_request_exact_reply_connection_kept() -> None:
 def test_one_byte_pieces() -> None:
     app = real_app()
     data = rcpt(b"off@example.com") + rcpt(b"on@example.com")
-    got = run(app, [data[i:i + 1] for i in range(len(data))], per_byte_delay=True)
+    got = run(app, [data[i : i + 1] for i in range(len(data))], per_byte_delay=True)
     assert got == b"action=550 5.2.1 Mailbox disabled\n\naction=DUNNO\n\n"
 
 
@@ -134,33 +140,37 @@ def test_order_is_kept_when_answers_take_different_times() -> None:
 def test_attributes_any_order_unknown_duplicates_and_equals() -> None:
     stub = Stub()
     app = make_app(stub)
-    data = (b"future_attribute=whatever\nrecipient=first@x\nsender=a=b==c@x\n"
-            b"recipient=second@x\nempty=\nrequest=smtpd_access_policy\n\n")
+    data = (
+        b"future_attribute=whatever\nrecipient=first@x\nsender=a=b==c@x\n"
+        b"recipient=second@x\nempty=\nrequest=smtpd_access_policy\n\n"
+    )
     assert run(app, [data]) == b"action=DUNNO\n\n"
     (req,) = stub.requests
-    assert req.recipient == "first@x"          # the first value wins
-    assert req.sender == "a=b==c@x"            # everything after the first '='
+    assert req.recipient == "first@x"  # the first value wins
+    assert req.sender == "a=b==c@x"  # everything after the first '='
     assert req.get("empty") == ""
     assert req.get("future_attribute") == "whatever"
 
 
 def test_other_request_type_gets_dunno() -> None:
     app = real_app()
-    assert run(app, [b"request=junk_policy\nrecipient=off@example.com\n\n"]) == \
-        b"action=DUNNO\n\n"
+    assert run(app, [b"request=junk_policy\nrecipient=off@example.com\n\n"]) == b"action=DUNNO\n\n"
 
 
-@pytest.mark.parametrize("data", [
-    b"request=smtpd_access_policy\nthis line has no equals sign\n\n",
-    b"request=smtpd_access_policy\n=no name\n\n",
-    b"request=smtpd_access_policy\nsender=a\0b\n\n",
-    b"request=smtpd_access_policy\nsender=\xff\xfe\n\n",
-    b"\n",                                             # an empty request
-    b"GET / HTTP/1.0\r\n\r\n",
-    b"request=smtpd_access_policy\nsender=" + b"x" * 20000 + b"\n\n",   # oversized
-    b"x" * 20000,                                       # oversized, no LF at all
-    b"a=b\n" * 200 + b"\n",                             # too many attributes
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"request=smtpd_access_policy\nthis line has no equals sign\n\n",
+        b"request=smtpd_access_policy\n=no name\n\n",
+        b"request=smtpd_access_policy\nsender=a\0b\n\n",
+        b"request=smtpd_access_policy\nsender=\xff\xfe\n\n",
+        b"\n",  # an empty request
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"request=smtpd_access_policy\nsender=" + b"x" * 20000 + b"\n\n",  # oversized
+        b"x" * 20000,  # oversized, no LF at all
+        b"a=b\n" * 200 + b"\n",  # too many attributes
+    ],
+)
 def test_bad_input_closes_without_reply(data: bytes) -> None:
     app = real_app()
     assert run(app, [data]) == b"<EOF>"
@@ -169,16 +179,25 @@ def test_bad_input_closes_without_reply(data: bytes) -> None:
 
 def test_good_requests_before_garbage_are_answered_first() -> None:
     app = real_app()
-    got = run(app, [rcpt(b"off@example.com") + rcpt(b"on@example.com") + b"garbage\n\n"
-                    + rcpt(b"off@example.com")])
+    got = run(
+        app,
+        [
+            rcpt(b"off@example.com")
+            + rcpt(b"on@example.com")
+            + b"garbage\n\n"
+            + rcpt(b"off@example.com")
+        ],
+    )
     assert got == b"action=550 5.2.1 Mailbox disabled\n\naction=DUNNO\n\n<EOF>"
 
 
 def test_request_size_is_configurable() -> None:
     app = make_app(Stub(), BASE + "max_request_bytes = 1024\n")
     assert run(app, [b"request=smtpd_access_policy\nsender=" + b"x" * 1100 + b"\n\n"]) == b"<EOF>"
-    assert run(app, [b"request=smtpd_access_policy\nsender=" + b"x" * 900 + b"\n\n"]) == \
-        b"action=DUNNO\n\n"
+    assert (
+        run(app, [b"request=smtpd_access_policy\nsender=" + b"x" * 900 + b"\n\n"])
+        == b"action=DUNNO\n\n"
+    )
 
 
 async def _raise(request: Any) -> str:
@@ -201,8 +220,9 @@ def test_internal_error_closes_without_reply(answer: Any) -> None:
 
 def test_eof_mid_request_is_dropped_quietly() -> None:
     app = real_app()
-    got = run(app, [rcpt(b"off@example.com") + b"request=smtpd_access_policy\nsender="],
-              half_close=True)
+    got = run(
+        app, [rcpt(b"off@example.com") + b"request=smtpd_access_policy\nsender="], half_close=True
+    )
     assert got == b"action=550 5.2.1 Mailbox disabled\n\n<EOF>"
     assert protocol_errors(app) == 0
 
@@ -230,6 +250,7 @@ def test_service_is_taken_from_the_current_runtime() -> None:
 
 # -- fuzzing without sockets -----------------------------------------------------------------------
 
+
 class FakeTransport:
     def __init__(self) -> None:
         self.written = b""
@@ -256,11 +277,26 @@ REPLY = re.compile(rb"(action=[^\n\r\0]+\n\n)*")
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.one_of(
-    st.binary(max_size=64),
-    st.sampled_from([b"request=smtpd_access_policy\n", b"recipient=a@b\n", b"\n", b"=",
-                     b"sender=x=y\n", b"\0", b"\xff", b"\r\n"]),
-), max_size=30))
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=64),
+            st.sampled_from(
+                [
+                    b"request=smtpd_access_policy\n",
+                    b"recipient=a@b\n",
+                    b"\n",
+                    b"=",
+                    b"sender=x=y\n",
+                    b"\0",
+                    b"\xff",
+                    b"\r\n",
+                ]
+            ),
+        ),
+        max_size=30,
+    )
+)
 def test_any_input_gets_well_formed_replies_or_a_close(chunks: list[bytes]) -> None:
     async def go() -> FakeTransport:
         app = make_app(Stub())

@@ -35,34 +35,45 @@ def test_every_field_reads_its_own_default(cls: type[Section]) -> None:
         assert convert(hints[f.name], _raw(default), f.metadata) == default, f.name
 
 
-@pytest.mark.parametrize(("hint", "raw", "value"), [
-    (int | None, "", None),
-    (float | None, "", None),
-    (Listen | None, "", None),
-    (str | None, "", ""),  # an empty delimiter switches extension stripping off
-    (str | None, "-+", "-+"),
-    (typing.Optional[int], "7", 7),  # noqa: UP045 - the older spelling of the same hint
-    (tuple[str, ...], "a, b  c,d", ("a", "b", "c", "d")),
-    (tuple[str, ...], "", ()),
-    (tuple[DatabaseHost, ...], "h unix:/s", (DatabaseHost(host="h"), DatabaseHost(socket="/s"))),
-    (Listen | None, "[::1]:25", Listen(host="::1", port=25)),
-    (bool, "On", True),
-    (float, "2", 2.0),
-])
+@pytest.mark.parametrize(
+    ("hint", "raw", "value"),
+    [
+        (int | None, "", None),
+        (float | None, "", None),
+        (Listen | None, "", None),
+        (str | None, "", ""),  # an empty delimiter switches extension stripping off
+        (str | None, "-+", "-+"),
+        (typing.Optional[int], "7", 7),  # noqa: UP045 - the older spelling of the same hint
+        (tuple[str, ...], "a, b  c,d", ("a", "b", "c", "d")),
+        (tuple[str, ...], "", ()),
+        (
+            tuple[DatabaseHost, ...],
+            "h unix:/s",
+            (DatabaseHost(host="h"), DatabaseHost(socket="/s")),
+        ),
+        (Listen | None, "[::1]:25", Listen(host="::1", port=25)),
+        (bool, "On", True),
+        (float, "2", 2.0),
+    ],
+)
 def test_convert_by_type_hint(hint: Any, raw: str, value: Any) -> None:
     assert convert(hint, raw) == value
 
 
-@pytest.mark.parametrize(("hint", "raw", "bounds", "problem"), [
-    (int, "", {}, "not a number: ''"),
-    (int, "1.5", {}, "not a number: '1.5'"),
-    (int, "0", {"min": 1, "max": 256}, "0 is out of range (1..256)"),
-    (float, "-1", {"min": 0, "max": None}, "-1 is out of range (0..any)"),
-    (bool, "", {}, "expected yes or no, not ''"),
-    (Listen | None, "10021", {}, "expected host:port or unix:/path, not '10021'"),
-])
-def test_convert_names_the_problem(hint: Any, raw: str, bounds: dict[str, Any],
-                                   problem: str) -> None:
+@pytest.mark.parametrize(
+    ("hint", "raw", "bounds", "problem"),
+    [
+        (int, "", {}, "not a number: ''"),
+        (int, "1.5", {}, "not a number: '1.5'"),
+        (int, "0", {"min": 1, "max": 256}, "0 is out of range (1..256)"),
+        (float, "-1", {"min": 0, "max": None}, "-1 is out of range (0..any)"),
+        (bool, "", {}, "expected yes or no, not ''"),
+        (Listen | None, "10021", {}, "expected host:port or unix:/path, not '10021'"),
+    ],
+)
+def test_convert_names_the_problem(
+    hint: Any, raw: str, bounds: dict[str, Any], problem: str
+) -> None:
     with pytest.raises(ConfigError) as e:
         convert(hint, raw, bounds)
     assert str(e.value) == problem and e.value.key is None
@@ -85,5 +96,6 @@ def test_config_error_is_completed_where_it_is_known() -> None:
     assert str(keyed) == "target: must be stderr or syslog"
     assert str(keyed.within("F", "log", "level")) == "F: [log] target: must be stderr or syslog"
     assert str(ConfigError("missing section", path="F", section="database")) == (
-        "F: [database]: missing section")
+        "F: [database]: missing section"
+    )
     assert str(ConfigError("cannot read: gone", path="F")) == "F: cannot read: gone"

@@ -55,8 +55,13 @@ class Account:
     def fields(self) -> list[tuple[str, str]]:
         """The authpipe account fields (PROTOCOLS.md 4.4), in authdaemond's order. No
         PASSWD: no Courier module downstream needs the hash, and authtest would print it."""
-        out = [("UID", str(self.uid)), ("GID", str(self.gid)), ("HOME", self.home),
-               ("ADDRESS", self.address), ("MAILDIR", self.maildir)]
+        out = [
+            ("UID", str(self.uid)),
+            ("GID", str(self.gid)),
+            ("HOME", self.home),
+            ("ADDRESS", self.address),
+            ("MAILDIR", self.maildir),
+        ]
         if self.name:
             out.append(("NAME", self.name))
         if self.quota:
@@ -145,15 +150,23 @@ def account_from_row(row: dict[str, Any], cfg: Config) -> Account:
     uid = _number(row["uid"], "uid") if row.get("uid") is not None else box.uid
     gid = _number(row["gid"], "gid") if row.get("gid") is not None else box.gid
     return Account(
-        address=address, password=_text(row.get("password")), home=home, maildir=maildir,
-        uid=uid, gid=gid, quota=quota_text(row), name=_clean(_text(row.get("name")).strip()),
-        options=_clean(_text(row.get("options")).strip()), active=_flag(row.get("active")),
+        address=address,
+        password=_text(row.get("password")),
+        home=home,
+        maildir=maildir,
+        uid=uid,
+        gid=gid,
+        quota=quota_text(row),
+        name=_clean(_text(row.get("name")).strip()),
+        options=_clean(_text(row.get("options")).strip()),
+        active=_flag(row.get("active")),
     )
 
 
 # ``conn`` is a pymysql connection lent by Database.run (typed Any: pymysql has no stubs).
-def _named_rows(conn: Any, sql: str,
-                params: Sequence[Any] | dict[str, Any] | None) -> list[dict[str, Any]]:
+def _named_rows(
+    conn: Any, sql: str, params: Sequence[Any] | dict[str, Any] | None
+) -> list[dict[str, Any]]:
     with conn.cursor() as cur:
         cur.execute(sql, params or None)
         names = [_ALIASES.get(d[0].lower(), d[0].lower()) for d in cur.description or ()]
@@ -182,8 +195,8 @@ class AccountSource:
     # Account jobs running at once; the rest of the pool serves lookups. One is enough when
     # a batch is one statement (a round trip whatever its size), and makes batches larger.
     JOBS_UNION = 1
-    JOBS_EACH = 2     # when each login's query runs on its own: do not serialise them all
-    MAX_BATCH = 32    # logins per job: one slow batch must not hold up too many
+    JOBS_EACH = 2  # when each login's query runs on its own: do not serialise them all
+    MAX_BATCH = 32  # logins per job: one slow batch must not hold up too many
 
     def __init__(self, cfg: Config, db: Database):
         self.cfg = cfg
@@ -211,8 +224,8 @@ class AccountSource:
         return account_from_row(rows[0], self.cfg)
 
     def _start_job(self) -> None:
-        batch = self._waiting[:self.MAX_BATCH]
-        del self._waiting[:self.MAX_BATCH]
+        batch = self._waiting[: self.MAX_BATCH]
+        del self._waiting[: self.MAX_BATCH]
         batch = [(params, future) for params, future in batch if not future.done()]
         if not batch:
             return
@@ -220,8 +233,10 @@ class AccountSource:
         task = asyncio.get_running_loop().create_task(self._run_job(batch))
         task.add_done_callback(_retrieve)
 
-    async def _run_job(self, batch: list[tuple[Any, asyncio.Future[list[dict[str, Any]]]]],
-                       ) -> None:
+    async def _run_job(
+        self,
+        batch: list[tuple[Any, asyncio.Future[list[dict[str, Any]]]]],
+    ) -> None:
         all_params = [params for params, _ in batch]
         try:
             results = await self._rows(all_params)
@@ -249,8 +264,9 @@ class AccountSource:
         if self.union and len(all_params) > 1:
             union_sql, flat = _union(sql, all_params)
             try:
-                rows = await self.db.run(lambda conn: _named_rows(conn, union_sql, flat),
-                                         retry=True)
+                rows = await self.db.run(
+                    lambda conn: _named_rows(conn, union_sql, flat), retry=True
+                )
             except DatabaseError as e:
                 if e.errno not in _UNION_ERRORS:
                     raise
@@ -258,8 +274,7 @@ class AccountSource:
                 # then it fails below as well, and that is not the wrapping's fault.
                 each = await self._each(sql, all_params)
                 # The server would not take the wrapped query: say so once, stop trying.
-                log.warning("[auth] query cannot be batched (%s); running it once per login",
-                            e)
+                log.warning("[auth] query cannot be batched (%s); running it once per login", e)
                 self.union = False
                 return each
             out: list[list[dict[str, Any]]] = [[] for _ in all_params]
@@ -270,7 +285,8 @@ class AccountSource:
 
     async def _each(self, sql: str, all_params: list[Any]) -> list[list[dict[str, Any]]]:
         return await self.db.run(
-            lambda conn: [_named_rows(conn, sql, params) for params in all_params], retry=True)
+            lambda conn: [_named_rows(conn, sql, params) for params in all_params], retry=True
+        )
 
     async def enumerate(self) -> list[Account]:
         sql = self.cfg.auth.enumerate_query
@@ -297,8 +313,11 @@ class AccountSource:
 _BATCH_COLUMN = "vmaild_batch_login"
 # Words after which a query is not wrapped: the optimizer may drop an ORDER BY inside a
 # derived table, and the rest change what "the query's rows" means.
-_NOT_UNIONABLE = re.compile(r"\b(ORDER\s+BY|LIMIT|UNION|INTO|FOR\s+UPDATE|LOCK\s+IN|"
-                            r"PROCEDURE|WITH)\b", re.IGNORECASE)
+_NOT_UNIONABLE = re.compile(
+    r"\b(ORDER\s+BY|LIMIT|UNION|INTO|FOR\s+UPDATE|LOCK\s+IN|"
+    r"PROCEDURE|WITH)\b",
+    re.IGNORECASE,
+)
 # MySQL errors meaning "this query cannot be a derived table" (duplicate column name,
 # syntax, derived table needs an alias, unknown column, ...): fall back, do not fail.
 _UNION_ERRORS = frozenset({1060, 1064, 1248, 1054, 1221, 1222, 1235, 1349})
@@ -313,13 +332,13 @@ def _union(sql: str, all_params: list[Any]) -> tuple[str, list[Any]]:
     """One statement for a batch: the query once per login, each arm a derived table
     tagged with the login's position, so rows map back whatever address they carry."""
     inner = sql.rstrip().rstrip(";")
-    arms = [f"SELECT {i} AS {_BATCH_COLUMN}, q.* FROM ({inner}) AS q"
-            for i in range(len(all_params))]
+    arms = [
+        f"SELECT {i} AS {_BATCH_COLUMN}, q.* FROM ({inner}) AS q" for i in range(len(all_params))
+    ]
     return " UNION ALL ".join(arms), [value for params in all_params for value in params]
 
 
-def _fail(batch: list[tuple[Any, asyncio.Future[list[dict[str, Any]]]]],
-          error: Exception) -> None:
+def _fail(batch: list[tuple[Any, asyncio.Future[list[dict[str, Any]]]]], error: Exception) -> None:
     for _, future in batch:
         if not future.done():  # a waiter whose client left is cancelled already
             future.set_exception(error)

@@ -43,8 +43,14 @@ class _Lib:
             self.crypt_rn = fn
             gen = getattr(lib, "crypt_gensalt_rn", None)
             if gen is not None:
-                gen.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int,
-                                ctypes.c_char_p, ctypes.c_int]
+                gen.argtypes = [
+                    ctypes.c_char_p,
+                    ctypes.c_ulong,
+                    ctypes.c_char_p,
+                    ctypes.c_int,
+                    ctypes.c_char_p,
+                    ctypes.c_int,
+                ]
                 gen.restype = ctypes.c_char_p
                 self.gensalt_rn = gen
             break

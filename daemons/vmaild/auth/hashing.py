@@ -28,8 +28,7 @@ class Hasher:
         self.scheme = scheme
         self.rounds = rounds
         self.metrics = metrics
-        self._pool = ThreadPoolExecutor(max_workers=self.workers,
-                                        thread_name_prefix="vmaild-hash")
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="vmaild-hash")
         self._slots: asyncio.Semaphore | None = None
 
     def _semaphore(self) -> asyncio.Semaphore:
@@ -57,7 +56,8 @@ class Hasher:
         async with self._semaphore():
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._pool, passwords.hash_password, password, self.scheme, self.rounds)
+                self._pool, passwords.hash_password, password, self.scheme, self.rounds
+            )
 
     def close(self) -> None:
         # Work already handed to the pool finishes (its callers are waiting for it); new

@@ -23,8 +23,14 @@ from collections.abc import Callable
 
 
 class FailureLimits:
-    def __init__(self, base: float, cap: float, window: float, max_entries: int,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        base: float,
+        cap: float,
+        window: float,
+        max_entries: int,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.base = base
         self.cap = cap
         self.window = window

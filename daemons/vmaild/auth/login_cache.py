@@ -31,8 +31,7 @@ class BoundedTTL(Generic[V]):
     """An LRU map of at most ``max_entries`` whose entries expire ``ttl`` seconds after
     they were stored."""
 
-    def __init__(self, ttl: float, max_entries: int,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.max_entries = max_entries
         self.clock = clock
@@ -69,8 +68,7 @@ class BoundedTTL(Generic[V]):
 class VerifiedLogins:
     """Logins whose password was verified against a given stored hash."""
 
-    def __init__(self, ttl: float, max_entries: int,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, ttl: float, max_entries: int, clock: Callable[[], float] = time.monotonic):
         self._key = secrets.token_bytes(32)
         self._entries: BoundedTTL[bool] = BoundedTTL(ttl, max_entries, clock)
 
@@ -78,8 +76,9 @@ class VerifiedLogins:
         return len(self._entries)
 
     def digest(self, password: str) -> bytes:
-        return hmac.new(self._key, password.encode("utf-8", "surrogatepass"),
-                        hashlib.sha256).digest()
+        return hmac.new(
+            self._key, password.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).digest()
 
     @staticmethod
     def _slot(address: str, stored_hash: str, digest: bytes) -> tuple[str, str, bytes]:

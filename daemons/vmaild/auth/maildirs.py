@@ -43,14 +43,19 @@ class AccountMaildirs:
         if self._seen.get(path):
             return
         base = os.path.normpath(box.base)
-        if (not os.path.isabs(path) or not os.path.isabs(base)
-                or os.path.commonpath([base, path]) != base or path == base):
+        if (
+            not os.path.isabs(path)
+            or not os.path.isabs(base)
+            or os.path.commonpath([base, path]) != base
+            or path == base
+        ):
             log.debug("not creating %s: outside [mailbox] base %s", path, base)
             return
         loop = asyncio.get_running_loop()
         try:
-            created = await loop.run_in_executor(None, ensure_maildir, path,
-                                                 account.uid, account.gid)
+            created = await loop.run_in_executor(
+                None, ensure_maildir, path, account.uid, account.gid
+            )
         except OSError as e:
             log.error("cannot create Maildir %s for %s: %s", path, account.address, e)
             return

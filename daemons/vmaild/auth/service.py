@@ -40,8 +40,12 @@ from .maildirs import AccountMaildirs
 
 log = logging.getLogger("vmaild.auth")
 # Metric label of each request type (a fixed set, never request data).
-_KINDS: dict[type, str] = {codec.Pre: "pre", codec.Auth: "auth", codec.Passwd: "passwd",
-                           codec.Enumerate: "enumerate"}
+_KINDS: dict[type, str] = {
+    codec.Pre: "pre",
+    codec.Auth: "auth",
+    codec.Passwd: "passwd",
+    codec.Enumerate: "enumerate",
+}
 
 # authtype -> the HMAC's hash (authsaslcram.c).
 _CRAM = {"cram-md5": "md5", "cram-sha1": "sha1", "cram-sha256": "sha256"}
@@ -53,10 +57,16 @@ REPLY_MEMO = 10_000
 
 
 class AuthService:
-    def __init__(self, cfg: Config, db: Database, metrics: Metrics, *,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 fit: SchemaFit | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        db: Database,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        fit: SchemaFit | None = None,
+    ):
         ac = cfg.auth
         self.cfg = cfg
         self.metrics = metrics
@@ -67,9 +77,11 @@ class AuthService:
         # Rows last seen, for outages only: served up to ttl + stale_ttl after fetching.
         c = cfg.cache
         self.rows: BoundedTTL[Account] = BoundedTTL(
-            c.ttl + c.stale_ttl, max(ac.login_cache_size, 1), clock)
-        self.limits = FailureLimits(ac.fail_delay, ac.fail_delay_max, ac.fail_window,
-                                    ac.fail_tracked, clock)
+            c.ttl + c.stale_ttl, max(ac.login_cache_size, 1), clock
+        )
+        self.limits = FailureLimits(
+            ac.fail_delay, ac.fail_delay_max, ac.fail_window, ac.fail_tracked, clock
+        )
         self.rehash_enabled = ac.rehash
         self.maildirs = AccountMaildirs(cfg.mailbox, clock)
         self._sleep = sleep
@@ -130,8 +142,12 @@ class AuthService:
         """Password-less lookup (maildrop -d, authtest without a password)."""
         account, _ = await self._account(req.username)
         if account is None or not account.active:
-            log.info("lookup %s (service %s): %s", _shown(req.username), req.service,
-                     "unknown" if account is None else "disabled")
+            log.info(
+                "lookup %s (service %s): %s",
+                _shown(req.username),
+                req.service,
+                "unknown" if account is None else "disabled",
+            )
             return codec.FAIL
         await self.maildirs.ensure(account)
         return self._reply(account)
@@ -167,8 +183,11 @@ class AuthService:
         if not fresh:
             # The database is down and this password was not verified against the last
             # hash seen: a temporary failure, never a verdict on stale data.
-            log.warning("login %s (service %s): database unavailable and login not cached",
-                        _shown(login), raw_service)
+            log.warning(
+                "login %s (service %s): database unavailable and login not cached",
+                _shown(login),
+                raw_service,
+            )
             raise TemporaryFailure("database unavailable")
         try:
             ok = await self.hasher.verify(password, account.password)
@@ -255,8 +274,7 @@ class AuthService:
             if not self._misfit("enumerate_query", e):
                 log.warning("ENUMERATE: database unavailable: %s", e)
             raise TemporaryFailure(str(e)) from e
-        return codec.reply_enumerate(
-            (a.address, a.uid, a.gid, a.home, a.maildir) for a in accounts)
+        return codec.reply_enumerate((a.address, a.uid, a.gid, a.home, a.maildir) for a in accounts)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -294,9 +312,9 @@ class AuthService:
 
     async def _update(self, key: str, account: Account, new_hash: str) -> int:
         try:
-            return await self.accounts.update_password(getattr(self.cfg.auth, key),
-                                                       account.address, account.password,
-                                                       new_hash)
+            return await self.accounts.update_password(
+                getattr(self.cfg.auth, key), account.address, account.password, new_hash
+            )
         except DatabaseError as e:
             if not self._misfit(key, e):
                 log.warning("password update for %s failed: %s", account.address, e)
@@ -306,16 +324,22 @@ class AuthService:
         self.limits.succeeded(login)
         self.metrics.child(self.metrics.logins, service, "ok").inc()
         if log.isEnabledFor(logging.DEBUG):  # _shown() costs more than the rest of a login
-            log.debug("login %s as %s (service %s): ok (%s)", _shown(login), account.address,
-                      service, how)
+            log.debug(
+                "login %s as %s (service %s): ok (%s)", _shown(login), account.address, service, how
+            )
         await self.maildirs.ensure(account)
         return self._reply(account)
 
     async def _fail(self, service: str, login: str, reason: str) -> bytes:
         self.metrics.child(self.metrics.logins, service, "fail").inc()
         delay = self.limits.failed(login) if login else 0.0
-        log.info("login %s (service %s) failed: %s%s", _shown(login), service, reason,
-                 f"; reply delayed {delay:g}s" if delay else "")
+        log.info(
+            "login %s (service %s) failed: %s%s",
+            _shown(login),
+            service,
+            reason,
+            f"; reply delayed {delay:g}s" if delay else "",
+        )
         await self._delay(delay)
         return codec.FAIL
 
@@ -351,13 +375,17 @@ class AuthService:
         try:
             new_hash = await self.hasher.hash(password)
             changed = await self.accounts.update_password(
-                self.cfg.auth.rehash_query, account.address, account.password, new_hash)
+                self.cfg.auth.rehash_query, account.address, account.password, new_hash
+            )
         except DatabaseError as e:
             if self._misfit("rehash_query", e):
                 self.rehash_enabled = False
             elif e.errno in _SCHEMA_ERRORS:
-                log.warning("rehash off until reload: cannot store new hashes (%s); "
-                            "run 'vmailctl db migrate' or set [auth] rehash = no", e)
+                log.warning(
+                    "rehash off until reload: cannot store new hashes (%s); "
+                    "run 'vmailctl db migrate' or set [auth] rehash = no",
+                    e,
+                )
                 self.rehash_enabled = False
             else:
                 log.warning("rehash for %s failed: %s", account.address, e)
@@ -370,8 +398,9 @@ class AuthService:
             self.metrics.login_rehashes.inc()
             self.verified.add(account.address, new_hash, digest)
             old = passwords.parse(account.password).scheme
-            log.info("rehashed the password of %s: %s -> %s", account.address, old,
-                     self.hasher.scheme)
+            log.info(
+                "rehashed the password of %s: %s -> %s", account.address, old, self.hasher.scheme
+            )
 
 
 def _shown(login: str) -> str:

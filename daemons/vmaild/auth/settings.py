@@ -21,8 +21,9 @@ def check_update_query(sql: str) -> None:
     names = set(_NAMED.findall(sql))
     unknown = names - _UPDATE_PARAMS
     if unknown:
-        raise ValueError(f"unknown parameter %({sorted(unknown)[0]})s "
-                         "(use %(address)s, %(old)s, %(new)s)")
+        raise ValueError(
+            f"unknown parameter %({sorted(unknown)[0]})s (use %(address)s, %(old)s, %(new)s)"
+        )
     missing = _UPDATE_PARAMS - names
     if missing:
         raise ValueError("needs " + ", ".join(f"%({m})s" for m in sorted(missing)))

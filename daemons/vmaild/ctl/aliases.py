@@ -55,20 +55,24 @@ def cmd_add(ctx: Context, args: argparse.Namespace) -> None:
 
     def work(conn: Any) -> None:
         with transaction(conn) as cur:
-            if not cur.execute("SELECT 1 FROM domains WHERE domain = %s LOCK IN SHARE MODE",
-                               (domain,)):
-                raise Refused(f"no domain {domain}: mail for {source} would not be "
-                              f"accepted (add it first: vmailctl domain add {domain})")
+            if not cur.execute(
+                "SELECT 1 FROM domains WHERE domain = %s LOCK IN SHARE MODE", (domain,)
+            ):
+                raise Refused(
+                    f"no domain {domain}: mail for {source} would not be "
+                    f"accepted (add it first: vmailctl domain add {domain})"
+                )
             if cur.execute("SELECT 1 FROM forwardings WHERE source = %s FOR UPDATE", (source,)):
                 raise Refused(f"alias {source} already exists (remove it first)")
-            cur.execute("INSERT INTO forwardings (source, destination) VALUES (%s, %s)",
-                        (source, destination))
+            cur.execute(
+                "INSERT INTO forwardings (source, destination) VALUES (%s, %s)",
+                (source, destination),
+            )
 
     ctx.run(work)
     ctx.changed()
     kind = "catch-all" if source.startswith("@") else "alias"
-    ctx.done(f"added {kind} {source} -> {destination}", source=source,
-             destinations=targets)
+    ctx.done(f"added {kind} {source} -> {destination}", source=source, destinations=targets)
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> None:
@@ -77,9 +81,14 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> None:
     if args.domain:
         sql, params = sql + " WHERE source_domain = %s", (names.domain(args.domain),)
     rows = ctx.run(lambda conn: fetch_all(conn, sql + " ORDER BY source_domain, source", params))
-    ctx.show_table([_public(r) for r in rows], [
-        Column("source", "SOURCE"), Column("active", "ACTIVE"),
-        Column("destinations", "DESTINATION", lambda v: ",".join(v))])
+    ctx.show_table(
+        [_public(r) for r in rows],
+        [
+            Column("source", "SOURCE"),
+            Column("active", "ACTIVE"),
+            Column("destinations", "DESTINATION", lambda v: ",".join(v)),
+        ],
+    )
 
 
 def _get(conn: Any, source: str) -> Row:
@@ -92,12 +101,18 @@ def _get(conn: Any, source: str) -> Row:
 def cmd_show(ctx: Context, args: argparse.Namespace) -> None:
     source = names.pattern(args.source)
     row = _public(ctx.run(lambda conn: _get(conn, source)))
-    ctx.show_record(row, [("source", "source"), ("catchall", "catch-all"),
-                          ("active", "active"), ("destinations", "destinations")])
+    ctx.show_record(
+        row,
+        [
+            ("source", "source"),
+            ("catchall", "catch-all"),
+            ("active", "active"),
+            ("destinations", "destinations"),
+        ],
+    )
 
 
 def cmd_remove(ctx: Context, args: argparse.Namespace) -> None:
     source = names.pattern(args.source)
-    ctx.delete_row("DELETE FROM forwardings WHERE source = %s", (source,),
-                   f"no alias {source}")
+    ctx.delete_row("DELETE FROM forwardings WHERE source = %s", (source,), f"no alias {source}")
     ctx.done(f"removed alias {source}", source=source)

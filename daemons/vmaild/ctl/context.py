@@ -28,9 +28,14 @@ SCHEMA_QUERY_TIMEOUT = 3600.0
 
 
 class Context:
-    def __init__(self, config_path: str | None, as_json: bool,
-                 out: TextIO | None = None, err: TextIO | None = None,
-                 stdin: TextIO | None = None):
+    def __init__(
+        self,
+        config_path: str | None,
+        as_json: bool,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        stdin: TextIO | None = None,
+    ):
         self.config_path = config_path
         self.as_json = as_json
         self.out = out or sys.stdout
@@ -72,6 +77,7 @@ class Context:
     def delete_row(self, sql: str, params: tuple[Any, ...], missing: str) -> None:
         """Run one DELETE in a transaction, refuse with ``missing`` when it matched
         nothing, and tell a running vmaild."""
+
         def work(conn: pymysql.connections.Connection) -> None:
             with transaction(conn) as cur:
                 if not cur.execute(sql, params):
@@ -93,8 +99,7 @@ class Context:
             daemon.flush(listen)
         except daemon.DaemonUnreachable as e:
             interval = self.config.cache.check_interval
-            when = (f"within {interval:g}s" if interval > 0
-                    else "when its cache entries expire")
+            when = f"within {interval:g}s" if interval > 0 else "when its cache entries expire"
             self.warn(f"could not notify vmaild ({e}); it will see the change {when}")
 
     # -- output ----------------------------------------------------------------------------
@@ -109,15 +114,20 @@ class Context:
         else:
             self.print(message)
 
-    def show_table(self, rows: Sequence[Mapping[str, Any]],
-                   columns: Sequence[output.Column]) -> None:
+    def show_table(
+        self, rows: Sequence[Mapping[str, Any]], columns: Sequence[output.Column]
+    ) -> None:
         if self.as_json:
             self.print(output.to_json([dict(r) for r in rows]))
         else:
             self.print(output.table(rows, columns))
 
-    def show_record(self, obj: Mapping[str, Any], labels: Sequence[tuple[str, str]],
-                    formats: Mapping[str, output.Formatter] | None = None) -> None:
+    def show_record(
+        self,
+        obj: Mapping[str, Any],
+        labels: Sequence[tuple[str, str]],
+        formats: Mapping[str, output.Formatter] | None = None,
+    ) -> None:
         """``labels`` maps keys to labels in display order; keys missing from it are
         still in the JSON."""
         if self.as_json:

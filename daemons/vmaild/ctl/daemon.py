@@ -53,8 +53,9 @@ def flush(listen: Listen, timeout: float = TIMEOUT) -> str:
     return line
 
 
-def socketmap_query(listen: Listen, map_name: str, key: str,
-                    timeout: float = TIMEOUT) -> tuple[str, str]:
+def socketmap_query(
+    listen: Listen, map_name: str, key: str, timeout: float = TIMEOUT
+) -> tuple[str, str]:
     """One socketmap request; returns (status, data), e.g. ("OK", "a@b") or ("NOTFOUND", "")."""
     request = encode_netstring(f"{map_name} {key}".encode())
     with _connect(listen, timeout) as sock:
@@ -88,6 +89,6 @@ def _read_netstring(sock: socket.socket) -> bytes:
         if not chunk:
             raise DaemonUnreachable("connection closed in the middle of a reply")
         rest += chunk
-    if rest[length:length + 1] != b",":
+    if rest[length : length + 1] != b",":
         raise DaemonUnreachable("malformed reply (netstring without its comma)")
     return rest[:length]

@@ -12,26 +12,35 @@ from .context import SCHEMA_QUERY_TIMEOUT, Context
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     db = sub.add_parser("db", parents=[common], help="create, upgrade or inspect the schema")
     dbsub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
-    dbsub.add_parser("init", parents=[common],
-                     help="create the latest schema on an empty database").set_defaults(
-        func=cmd_init)
-    dbsub.add_parser("migrate", parents=[common],
-                     help="upgrade the seed's schema in place, keeping every row").set_defaults(
-        func=cmd_migrate)
-    dbsub.add_parser("status", parents=[common],
-                     help="show the schema version found").set_defaults(func=cmd_status)
+    dbsub.add_parser(
+        "init", parents=[common], help="create the latest schema on an empty database"
+    ).set_defaults(func=cmd_init)
+    dbsub.add_parser(
+        "migrate", parents=[common], help="upgrade the seed's schema in place, keeping every row"
+    ).set_defaults(func=cmd_migrate)
+    dbsub.add_parser("status", parents=[common], help="show the schema version found").set_defaults(
+        func=cmd_status
+    )
 
 
 def _schema_work(ctx: Context, fn: Any, verb: str) -> None:
     ctx.query_timeout = SCHEMA_QUERY_TIMEOUT
     before, after = ctx.db.run_sync(fn)
     if before.label == after.label:
-        ctx.done(f"schema already at version {after.label}; nothing to do",
-                 before=before.label, version=after.label, changed=False)
+        ctx.done(
+            f"schema already at version {after.label}; nothing to do",
+            before=before.label,
+            version=after.label,
+            changed=False,
+        )
         return
     ctx.changed()
-    ctx.done(f"schema {verb}: {before.label} -> {after.label}",
-             before=before.label, version=after.label, changed=True)
+    ctx.done(
+        f"schema {verb}: {before.label} -> {after.label}",
+        before=before.label,
+        version=after.label,
+        changed=True,
+    )
 
 
 def cmd_init(ctx: Context, args: argparse.Namespace) -> None:
@@ -44,9 +53,17 @@ def cmd_migrate(ctx: Context, args: argparse.Namespace) -> None:
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
     info = ctx.db.run_sync(schema_state.report)
-    labels = [("version", "schema"), ("latest", "latest"), ("advice", "status"),
-              ("triggers", "triggers"), ("changes", "change counter"),
-              ("changed_at", "last change"), ("tables", "tables")]
-    ctx.show_record(info, [(k, v) for k, v in labels if k in info],
-                    {"tables": lambda ts: " ".join(ts) if ts else "-"})
-
+    labels = [
+        ("version", "schema"),
+        ("latest", "latest"),
+        ("advice", "status"),
+        ("triggers", "triggers"),
+        ("changes", "change counter"),
+        ("changed_at", "last change"),
+        ("tables", "tables"),
+    ]
+    ctx.show_record(
+        info,
+        [(k, v) for k, v in labels if k in info],
+        {"tables": lambda ts: " ".join(ts) if ts else "-"},
+    )

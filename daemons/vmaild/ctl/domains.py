@@ -34,10 +34,14 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     s.set_defaults(func=cmd_show)
     r = ds.add_parser("remove", parents=[common], help="remove a domain")
     r.add_argument("domain")
-    r.add_argument("--force", action="store_true",
-                   help="also remove its users, aliases, transport and their sender grants")
-    r.add_argument("--purge", action="store_true",
-                   help="with --force, also delete the users' Maildirs")
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="also remove its users, aliases, transport and their sender grants",
+    )
+    r.add_argument(
+        "--purge", action="store_true", help="with --force, also delete the users' Maildirs"
+    )
     r.set_defaults(func=cmd_remove)
     for verb, active in (("enable", True), ("disable", False)):
         e = ds.add_parser(verb, parents=[common], help=f"{verb} a domain")
@@ -63,8 +67,10 @@ def cmd_add(ctx: Context, args: argparse.Namespace) -> None:
             cur.execute("SELECT domain FROM domains WHERE domain = %s FOR UPDATE", (domain,))
             if cur.fetchone():
                 raise Refused(f"domain {domain} already exists")
-            cur.execute("INSERT INTO domains (domain, description) VALUES (%s, %s)",
-                        (domain, args.description))
+            cur.execute(
+                "INSERT INTO domains (domain, description) VALUES (%s, %s)",
+                (domain, args.description),
+            )
 
     ctx.run(work)
     ctx.changed()
@@ -75,10 +81,17 @@ def cmd_add(ctx: Context, args: argparse.Namespace) -> None:
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> None:
     rows = ctx.run(lambda conn: fetch_all(conn, LIST_SQL + " ORDER BY d.domain"))
-    ctx.show_table([_public(r) for r in rows], [
-        Column("domain", "DOMAIN"), Column("active", "ACTIVE"), Column("users", "USERS"),
-        Column("aliases", "ALIASES"), Column("transport", "TRANSPORT"),
-        Column("description", "DESCRIPTION")])
+    ctx.show_table(
+        [_public(r) for r in rows],
+        [
+            Column("domain", "DOMAIN"),
+            Column("active", "ACTIVE"),
+            Column("users", "USERS"),
+            Column("aliases", "ALIASES"),
+            Column("transport", "TRANSPORT"),
+            Column("description", "DESCRIPTION"),
+        ],
+    )
 
 
 def _get(conn: Any, domain: str) -> Row:
@@ -93,10 +106,20 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> None:
     row = _public(ctx.run(lambda conn: _get(conn, domain)))
     row["unicode"] = names.unicode_domain(row["domain"])
     row["directory"] = str(Path(ctx.config.mailbox.base) / row["domain"])
-    ctx.show_record(row, [("domain", "domain"), ("unicode", "unicode"), ("active", "active"),
-                          ("description", "description"), ("users", "users"),
-                          ("aliases", "aliases"), ("transport", "transport"),
-                          ("directory", "directory"), ("created_at", "created")])
+    ctx.show_record(
+        row,
+        [
+            ("domain", "domain"),
+            ("unicode", "unicode"),
+            ("active", "active"),
+            ("description", "description"),
+            ("users", "users"),
+            ("aliases", "aliases"),
+            ("transport", "transport"),
+            ("directory", "directory"),
+            ("created_at", "created"),
+        ],
+    )
 
 
 def cmd_set_active(ctx: Context, args: argparse.Namespace) -> None:
@@ -106,8 +129,11 @@ def cmd_set_active(ctx: Context, args: argparse.Namespace) -> None:
         with transaction(conn) as cur:
             if not cur.execute("SELECT 1 FROM domains WHERE domain = %s", (domain,)):
                 raise Refused(f"no domain {domain}")
-            return int(cur.execute("UPDATE domains SET active = %s WHERE domain = %s",
-                                   (int(args.active), domain)))
+            return int(
+                cur.execute(
+                    "UPDATE domains SET active = %s WHERE domain = %s", (int(args.active), domain)
+                )
+            )
 
     changed = ctx.run(work)
     state = "enabled" if args.active else "disabled"
@@ -136,19 +162,28 @@ def cmd_remove(ctx: Context, args: argparse.Namespace) -> None:
         with transaction(conn) as cur:
             if not cur.execute("SELECT 1 FROM domains WHERE domain = %s FOR UPDATE", (domain,)):
                 raise Refused(f"no domain {domain}")
-            cur.execute("SELECT email, maildir FROM users WHERE email_domain = %s "
-                        "ORDER BY email FOR UPDATE", (domain,))
+            cur.execute(
+                "SELECT email, maildir FROM users WHERE email_domain = %s "
+                "ORDER BY email FOR UPDATE",
+                (domain,),
+            )
             users = list(cur.fetchall())
-            cur.execute("SELECT COUNT(*) AS n FROM forwardings WHERE source_domain = %s",
-                        (domain,))
+            cur.execute("SELECT COUNT(*) AS n FROM forwardings WHERE source_domain = %s", (domain,))
             aliases = int(cur.fetchone()["n"])
             if (users or aliases) and not args.force:
-                raise Refused(f"domain {domain} has {_describe_contents(len(users), aliases)} "
-                              f"(use --force)")
-            cur.execute("DELETE FROM sender_grants WHERE login IN "
-                        "(SELECT email FROM users WHERE email_domain = %s)", (domain,))
-            cur.execute("DELETE FROM send_counters WHERE login IN "
-                        "(SELECT email FROM users WHERE email_domain = %s)", (domain,))
+                raise Refused(
+                    f"domain {domain} has {_describe_contents(len(users), aliases)} (use --force)"
+                )
+            cur.execute(
+                "DELETE FROM sender_grants WHERE login IN "
+                "(SELECT email FROM users WHERE email_domain = %s)",
+                (domain,),
+            )
+            cur.execute(
+                "DELETE FROM send_counters WHERE login IN "
+                "(SELECT email FROM users WHERE email_domain = %s)",
+                (domain,),
+            )
             cur.execute("DELETE FROM users WHERE email_domain = %s", (domain,))
             cur.execute("DELETE FROM forwardings WHERE source_domain = %s", (domain,))
             cur.execute("DELETE FROM transport WHERE domain = %s", (domain,))
@@ -164,12 +199,17 @@ def cmd_remove(ctx: Context, args: argparse.Namespace) -> None:
         for user in users:
             try:
                 purged += maildirs.purge(
-                    mailbox, maildirs.path_for(mailbox, user["email"], user["maildir"]))
+                    mailbox, maildirs.path_for(mailbox, user["email"], user["maildir"])
+                )
             except maildirs.Incomplete as e:
                 problems.append(str(e))
         maildirs.remove_if_empty(mailbox, Path(mailbox.base) / domain)
         if problems:
             raise maildirs.Incomplete(f"removed domain {domain}, but " + "; ".join(problems))
     kept = "" if args.purge or not users else " (Maildirs kept)"
-    ctx.done(f"removed domain {domain} with {len(users)} users{kept}", domain=domain,
-             users_removed=len(users), maildirs_removed=purged)
+    ctx.done(
+        f"removed domain {domain} with {len(users)} users{kept}",
+        domain=domain,
+        users_removed=len(users),
+        maildirs_removed=purged,
+    )

@@ -31,7 +31,7 @@ class Map:
     name: str
     table: postfix_cf.MysqlTable
     port: int
-    parameter: str | None    # the main.cf parameter it belongs in, if known
+    parameter: str | None  # the main.cf parameter it belongs in, if known
     catchall: bool
     chain: tuple[str, ...] = ()  # maps tried per key form after this one (see below)
 
@@ -42,17 +42,29 @@ class Map:
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("import-postfix", parents=[common],
-                       help="turn Postfix mysql: .cf files into a vmaild.conf")
+    p = sub.add_parser(
+        "import-postfix", parents=[common], help="turn Postfix mysql: .cf files into a vmaild.conf"
+    )
     p.add_argument("files", nargs="+", metavar="FILE.cf")
-    p.add_argument("--socketmap", action="store_true",
-                   help="serve every map on one socketmap listener instead of tcp: ports")
-    p.add_argument("--first-port", type=int, default=FIRST_PORT, metavar="PORT",
-                   help=f"first tcp: port, one per file in order (default {FIRST_PORT})")
-    p.add_argument("--socketmap-listen", default=SOCKETMAP_LISTEN, metavar="HOST:PORT",
-                   help=f"socketmap listener with --socketmap (default {SOCKETMAP_LISTEN})")
-    p.add_argument("--postfix-only", action="store_true",
-                   help="print only the main.cf lines")
+    p.add_argument(
+        "--socketmap",
+        action="store_true",
+        help="serve every map on one socketmap listener instead of tcp: ports",
+    )
+    p.add_argument(
+        "--first-port",
+        type=int,
+        default=FIRST_PORT,
+        metavar="PORT",
+        help=f"first tcp: port, one per file in order (default {FIRST_PORT})",
+    )
+    p.add_argument(
+        "--socketmap-listen",
+        default=SOCKETMAP_LISTEN,
+        metavar="HOST:PORT",
+        help=f"socketmap listener with --socketmap (default {SOCKETMAP_LISTEN})",
+    )
+    p.add_argument("--postfix-only", action="store_true", help="print only the main.cf lines")
     p.set_defaults(func=cmd_import)
 
 
@@ -82,8 +94,10 @@ def build_maps(tables: list[postfix_cf.MysqlTable], first_port: int) -> list[Map
             raise Refused(f"{table.path} and {seen[name]} would both be [map {name}]")
         seen[name] = table.path
         if _INLINE_COMMENT.search(table.query):
-            raise Refused(f"{table.path}: the query contains ' ;' or ' #', which "
-                          f"vmaild.conf would read as a comment")
+            raise Refused(
+                f"{table.path}: the query contains ' ;' or ' #', which "
+                f"vmaild.conf would read as a comment"
+            )
         try:
             expansions.compile_query(table.query)
         except expansions.QueryError as e:
@@ -109,16 +123,20 @@ def check_database(tables: list[postfix_cf.MysqlTable]) -> dict[str, str]:
         for key in postfix_cf.DATABASE_KEYS:
             if theirs[key] != db[key]:
                 shown = "" if key == "password" else f" ({db[key]!r} vs {theirs[key]!r})"
-                raise Refused(f"{first.path} and {other.path} disagree on the database: "
-                              f"{key} differs{shown}")
+                raise Refused(
+                    f"{first.path} and {other.path} disagree on the database: {key} differs{shown}"
+                )
     if _INLINE_COMMENT.search(db["password"]) or db["password"] != db["password"].strip():
-        raise Refused("the database password has spaces before ';' or '#' or around it; "
-                      "put it in a file and use [database] password_file")
+        raise Refused(
+            "the database password has spaces before ';' or '#' or around it; "
+            "put it in a file and use [database] password_file"
+        )
     return db
 
 
-def config_text(db: dict[str, str], maps: list[Map], sources: list[str],
-                socketmap: str | None) -> str:
+def config_text(
+    db: dict[str, str], maps: list[Map], sources: list[str], socketmap: str | None
+) -> str:
     lines = ["# vmaild.conf written by 'vmailctl import-postfix' from:"]
     lines += [f"#   {path}" for path in sources]
     lines += ["", "[database]", f"hosts = {db['hosts']}", f"user = {db['user']}"]
@@ -154,8 +172,12 @@ def postfix_lines(maps: list[Map], socketmap: str | None) -> list[str]:
     if "virtual_alias_maps" in by_parameter:
         # Otherwise Postfix also queries the alias maps with bare domain names.
         lines.append("virtual_alias_domains =")
-    for parameter in ("virtual_mailbox_domains", "virtual_alias_maps",
-                      "virtual_mailbox_maps", "transport_maps"):
+    for parameter in (
+        "virtual_mailbox_domains",
+        "virtual_alias_maps",
+        "virtual_mailbox_maps",
+        "transport_maps",
+    ):
         group = sorted(by_parameter.get(parameter, []), key=lambda m: classify(m.name)[2])
         chained = {name for m in group for name in m.chain}
         group = [m for m in group if m.name not in chained]  # answered through the chain
@@ -163,23 +185,28 @@ def postfix_lines(maps: list[Map], socketmap: str | None) -> list[str]:
             refs = ", ".join(m.reference(socketmap) for m in group)
             lines.append(f"{parameter} = {refs}")
     for m in others:
-        lines.append(f"# [map {m.name}]: use {m.reference(socketmap)} where main.cf "
-                     f"has mysql:{m.table.path}")
+        lines.append(
+            f"# [map {m.name}]: use {m.reference(socketmap)} where main.cf has mysql:{m.table.path}"
+        )
     return lines
 
 
 def notes(maps: list[Map]) -> list[str]:
     result = []
     if any(m.parameter == "virtual_mailbox_maps" for m in maps):
-        result.append("virtual(8) refuses tcp: and socketmap: tables for "
-                      "virtual_mailbox_maps: deliver through maildrop (virtual_transport = "
-                      "maildrop) as vmaild's postfix/ snippets do, or mail is deferred (4.3.5)")
+        result.append(
+            "virtual(8) refuses tcp: and socketmap: tables for "
+            "virtual_mailbox_maps: deliver through maildrop (virtual_transport = "
+            "maildrop) as vmaild's postfix/ snippets do, or mail is deferred (4.3.5)"
+        )
     for m in maps:
         if m.chain:
-            result.append(f"[map {m.name}] chains {', '.join(m.chain)}: for each key form "
-                          f"(full address, without extension, @domain) both are asked, in "
-                          f"that order, as Postfix does across virtual_alias_maps, so a "
-                          f"catch-all never takes mail for an existing mailbox")
+            result.append(
+                f"[map {m.name}] chains {', '.join(m.chain)}: for each key form "
+                f"(full address, without extension, @domain) both are asked, in "
+                f"that order, as Postfix does across virtual_alias_maps, so a "
+                f"catch-all never takes mail for an existing mailbox"
+            )
     return result
 
 
@@ -205,20 +232,35 @@ def cmd_import(ctx: Context, args: argparse.Namespace) -> None:
     main_cf = postfix_lines(maps, socketmap)
     remarks = notes(maps)
     if ctx.as_json:
-        ctx.print(to_json({
-            "config": config, "main_cf": main_cf, "notes": remarks,
-            "maps": [{"name": m.name, "file": m.table.path, "parameter": m.parameter,
-                      "catchall": m.catchall,
-                      "reference": m.reference(socketmap)} for m in maps]}))
+        ctx.print(
+            to_json(
+                {
+                    "config": config,
+                    "main_cf": main_cf,
+                    "notes": remarks,
+                    "maps": [
+                        {
+                            "name": m.name,
+                            "file": m.table.path,
+                            "parameter": m.parameter,
+                            "catchall": m.catchall,
+                            "reference": m.reference(socketmap),
+                        }
+                        for m in maps
+                    ],
+                }
+            )
+        )
     elif args.postfix_only:
-        notes_text = [line for n in remarks
-                      for line in textwrap.wrap(n, 88, initial_indent="# ",
-                                                subsequent_indent="#   ")]
+        notes_text = [
+            line
+            for n in remarks
+            for line in textwrap.wrap(n, 88, initial_indent="# ", subsequent_indent="#   ")
+        ]
         ctx.print("\n".join([*notes_text, *main_cf]))
     else:
         block = ["", "# Postfix main.cf: replace the mysql: references with", "#"]
         block += [f"#   {line}" for line in main_cf]
         for note in remarks:
-            block += textwrap.wrap(note, 88, initial_indent="# Note: ",
-                                   subsequent_indent="#   ")
+            block += textwrap.wrap(note, 88, initial_indent="# Note: ", subsequent_indent="#   ")
         ctx.print(config + "\n".join(block))

@@ -29,8 +29,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("lookup", parents=[common], help="look KEY up in MAP, like postmap -q")
     p.add_argument("map", metavar="MAP", help="a [map NAME] of the configuration")
     p.add_argument("key", metavar="KEY")
-    p.add_argument("--direct", action="store_true",
-                   help="query the database directly instead of asking the running vmaild")
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="query the database directly instead of asking the running vmaild",
+    )
     p.set_defaults(func=cmd_lookup)
 
 
@@ -73,8 +76,9 @@ def cmd_lookup(ctx: Context, args: argparse.Namespace) -> int:
     else:
         value = lookup_direct(config, args.map, args.key)
     if ctx.as_json:
-        ctx.print(to_json({"map": args.map, "key": args.key, "found": value is not None,
-                           "value": value}))
+        ctx.print(
+            to_json({"map": args.map, "key": args.key, "found": value is not None, "value": value})
+        )
     elif value is not None:
         ctx.print(value)
     return EXIT_OK if value is not None else EXIT_REFUSED

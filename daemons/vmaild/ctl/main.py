@@ -38,15 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
     # The global options are accepted before and after the command; SUPPRESS keeps a
     # sub-command's default from overwriting what was given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", default=argparse.SUPPRESS, metavar="CONFIG",
-                        help="configuration file (default: $VMAILD_CONFIG or "
-                             "/etc/vmaild/vmaild.conf)")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print JSON for scripts instead of tables")
+    common.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="CONFIG",
+        help="configuration file (default: $VMAILD_CONFIG or /etc/vmaild/vmaild.conf)",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print JSON for scripts instead of tables",
+    )
     parser = argparse.ArgumentParser(
-        prog=PROG, parents=[common],
+        prog=PROG,
+        parents=[common],
         description="Administer vmaild's database: schema, domains, users, aliases, "
-                    "transports and sender grants.")
+        "transports and sender grants.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (dbcmd, domains, users, aliases, routing, importcf, lookupcmd):
@@ -54,16 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None,
-         stderr: TextIO | None = None, stdin: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    stdin: TextIO | None = None,
+) -> int:
     # The shared modules log for the daemon; here every failure is reported once, as
     # the one line below, so their records must not reach Python's last-resort handler.
     logger = logging.getLogger("vmaild")
     if not logger.handlers:
         logger.addHandler(logging.NullHandler())
     args = build_parser().parse_args(argv)
-    ctx = Context(getattr(args, "config", None), getattr(args, "json", False),
-                  out=stdout, err=stderr, stdin=stdin)
+    ctx = Context(
+        getattr(args, "config", None),
+        getattr(args, "json", False),
+        out=stdout,
+        err=stderr,
+        stdin=stdin,
+    )
     try:
         code = args.func(ctx, args)
         return EXIT_OK if code is None else int(code)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 
-MAX_LOCAL = 64          # RFC 5321 4.5.3.1.1 (octets)
-MAX_DOMAIN = 253        # without the trailing dot
-MAX_ADDRESS = 255       # the width of every address column
+MAX_LOCAL = 64  # RFC 5321 4.5.3.1.1 (octets)
+MAX_DOMAIN = 253  # without the trailing dot
+MAX_ADDRESS = 255  # the width of every address column
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _FORBIDDEN_LOCAL = set(' ,/\\"<>()[];:@') | {chr(c) for c in range(32)} | {"\x7f"}
 
@@ -37,8 +37,10 @@ def domain(text: str) -> str:
         try:
             name = name.encode("idna").decode("ascii")
         except UnicodeError as e:
-            raise InvalidName(f"{raw!r} is not a valid internationalised domain "
-                              f"(cannot convert it to A-labels: {e})") from None
+            raise InvalidName(
+                f"{raw!r} is not a valid internationalised domain "
+                f"(cannot convert it to A-labels: {e})"
+            ) from None
     if len(name) > MAX_DOMAIN:
         raise InvalidName(f"domain {raw!r} is longer than {MAX_DOMAIN} characters")
     labels = name.split(".")
@@ -46,8 +48,10 @@ def domain(text: str) -> str:
         raise InvalidName(f"domain {raw!r} needs at least two labels (like example.com)")
     for label in labels:
         if not _LABEL.match(label):
-            raise InvalidName(f"domain {raw!r}: bad label {label!r} (letters, digits and "
-                              f"inner hyphens, 1-63 characters)")
+            raise InvalidName(
+                f"domain {raw!r}: bad label {label!r} (letters, digits and "
+                f"inner hyphens, 1-63 characters)"
+            )
         if label.startswith("xn--"):
             _check_a_label(raw, label)
     if labels[-1].isdigit():

@@ -18,11 +18,31 @@ from ..config import MAP_NAME
 DATABASE_KEYS = ("hosts", "user", "password", "dbname")
 LEGACY_KEYS = ("table", "select_field", "where_field", "additional_conditions")
 # Known settings that vmaild does not reproduce: worth a warning, not a refusal.
-UNSUPPORTED = ("result_format", "domain", "expansion_limit", "option_file", "option_group",
-               "tls_cert_file", "tls_key_file", "tls_CAfile", "tls_CApath", "tls_ciphers",
-               "tls_verify_cert", "require_result_set", "idle_interval", "retry_interval")
-_PREFIXES = ("mysql-virtual_", "mysql-virtual-", "mysql_virtual_", "mysql-", "mysql_",
-             "virtual_", "virtual-")
+UNSUPPORTED = (
+    "result_format",
+    "domain",
+    "expansion_limit",
+    "option_file",
+    "option_group",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_CAfile",
+    "tls_CApath",
+    "tls_ciphers",
+    "tls_verify_cert",
+    "require_result_set",
+    "idle_interval",
+    "retry_interval",
+)
+_PREFIXES = (
+    "mysql-virtual_",
+    "mysql-virtual-",
+    "mysql_virtual_",
+    "mysql-",
+    "mysql_",
+    "virtual_",
+    "virtual-",
+)
 
 
 class CfError(ValueError):
@@ -79,8 +99,9 @@ def load(path: str) -> MysqlTable:
         if legacy is None:
             raise CfError(f"{path}: no query (and no table/select_field/where_field)")
         settings["query"] = legacy
-        table.warnings.append(f"{path}: built the query from the legacy table/select_field/"
-                              f"where_field settings")
+        table.warnings.append(
+            f"{path}: built the query from the legacy table/select_field/where_field settings"
+        )
     for key in ("hosts", "user", "dbname"):
         if not settings.get(key):
             raise CfError(f"{path}: no {key} setting")
@@ -106,7 +127,7 @@ def map_name(path: str) -> str:
         stem = stem[:-3]
     for prefix in _PREFIXES:
         if stem.startswith(prefix) and len(stem) > len(prefix):
-            stem = stem[len(prefix):]
+            stem = stem[len(prefix) :]
             break
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)[:64]
     if not MAP_NAME.match(name):

@@ -23,15 +23,18 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     a.add_argument("transport", help="as in transport(5), e.g. smtp:[relay.example.net]:25")
     a.set_defaults(func=cmd_transport_add)
     ts.add_parser("list", parents=[common], help="list transports").set_defaults(
-        func=cmd_transport_list)
+        func=cmd_transport_list
+    )
     r = ts.add_parser("remove", parents=[common], help="remove a domain's transport")
     r.add_argument("domain")
     r.set_defaults(func=cmd_transport_remove)
 
     s = sub.add_parser("sender", parents=[common], help="who may send as whom")
     ss = s.add_subparsers(dest="sender_command", metavar="ACTION", required=True)
-    for verb, func, text in (("grant", cmd_grant, "let LOGIN send as SENDER"),
-                             ("revoke", cmd_revoke, "take a grant back")):
+    for verb, func, text in (
+        ("grant", cmd_grant, "let LOGIN send as SENDER"),
+        ("revoke", cmd_revoke, "take a grant back"),
+    ):
         g = ss.add_parser(verb, parents=[common], help=text)
         g.add_argument("login", help="an account (user@domain)")
         g.add_argument("sender", help="an address, or @domain for a whole domain")
@@ -60,8 +63,9 @@ def cmd_transport_add(ctx: Context, args: argparse.Namespace) -> None:
         with transaction(conn) as cur:
             if cur.execute("SELECT 1 FROM transport WHERE domain = %s FOR UPDATE", (domain,)):
                 raise Refused(f"domain {domain} already has a transport (remove it first)")
-            cur.execute("INSERT INTO transport (domain, transport) VALUES (%s, %s)",
-                        (domain, value))
+            cur.execute(
+                "INSERT INTO transport (domain, transport) VALUES (%s, %s)", (domain, value)
+            )
 
     ctx.run(work)
     ctx.changed()
@@ -69,15 +73,17 @@ def cmd_transport_add(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def cmd_transport_list(ctx: Context, args: argparse.Namespace) -> None:
-    rows = ctx.run(lambda conn: fetch_all(
-        conn, "SELECT domain, transport FROM transport ORDER BY domain"))
+    rows = ctx.run(
+        lambda conn: fetch_all(conn, "SELECT domain, transport FROM transport ORDER BY domain")
+    )
     ctx.show_table(rows, [Column("domain", "DOMAIN"), Column("transport", "TRANSPORT")])
 
 
 def cmd_transport_remove(ctx: Context, args: argparse.Namespace) -> None:
     domain = names.domain(args.domain)
-    ctx.delete_row("DELETE FROM transport WHERE domain = %s", (domain,),
-                   f"no transport for {domain}")
+    ctx.delete_row(
+        "DELETE FROM transport WHERE domain = %s", (domain,), f"no transport for {domain}"
+    )
     ctx.done(f"removed transport of {domain}", domain=domain)
 
 
@@ -89,14 +95,15 @@ def cmd_grant(ctx: Context, args: argparse.Namespace) -> None:
 
     def work(conn: Any) -> None:
         with transaction(conn) as cur:
-            if not cur.execute("SELECT 1 FROM users WHERE email = %s LOCK IN SHARE MODE",
-                               (login,)):
+            if not cur.execute("SELECT 1 FROM users WHERE email = %s LOCK IN SHARE MODE", (login,)):
                 raise Refused(f"no user {login}")
-            if cur.execute("SELECT 1 FROM sender_grants WHERE login = %s AND sender = %s",
-                           (login, sender)):
+            if cur.execute(
+                "SELECT 1 FROM sender_grants WHERE login = %s AND sender = %s", (login, sender)
+            ):
                 raise Refused(f"{login} may already send as {sender}")
-            cur.execute("INSERT INTO sender_grants (login, sender) VALUES (%s, %s)",
-                        (login, sender))
+            cur.execute(
+                "INSERT INTO sender_grants (login, sender) VALUES (%s, %s)", (login, sender)
+            )
 
     ctx.run(work)
     ctx.changed()
@@ -106,8 +113,11 @@ def cmd_grant(ctx: Context, args: argparse.Namespace) -> None:
 def cmd_revoke(ctx: Context, args: argparse.Namespace) -> None:
     login = names.address(args.login)
     sender = names.pattern(args.sender)
-    ctx.delete_row("DELETE FROM sender_grants WHERE login = %s AND sender = %s",
-                   (login, sender), f"{login} has no grant for {sender}")
+    ctx.delete_row(
+        "DELETE FROM sender_grants WHERE login = %s AND sender = %s",
+        (login, sender),
+        f"{login} has no grant for {sender}",
+    )
     ctx.done(f"{login} may no longer send as {sender}", login=login, sender=sender)
 
 

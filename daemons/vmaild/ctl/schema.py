@@ -31,9 +31,9 @@ BUMP = f"UPDATE {CHANGES_TABLE} SET version = version + 1 WHERE id = 1"
 @dataclass(frozen=True)
 class Table:
     name: str
-    columns: tuple[tuple[str, str], ...]   # (column, definition without the name)
-    keys: tuple[tuple[str, str], ...]      # (index name, definition); "PRIMARY" for the PK
-    watched: bool = False                  # bumps vmaild_changes on every change
+    columns: tuple[tuple[str, str], ...]  # (column, definition without the name)
+    keys: tuple[tuple[str, str], ...]  # (index name, definition); "PRIMARY" for the PK
+    watched: bool = False  # bumps vmaild_changes on every change
     # Columns whose change alone must not bump vmaild_changes (see TRIGGERS below).
     quiet_columns: tuple[str, ...] = ()
 
@@ -45,62 +45,95 @@ ADDRESS = "varchar(255) NOT NULL"
 FLAG = "tinyint(1) NOT NULL DEFAULT 1"
 
 TABLES: tuple[Table, ...] = (
-    Table("domains", (
-        ("domain", ADDRESS),
-        ("active", FLAG),
-        ("description", "varchar(255) NOT NULL DEFAULT ''"),
-        ("created_at", "timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP"),
-    ), (("PRIMARY", "PRIMARY KEY (domain)"),), watched=True),
-    Table("users", (
-        ("email", ADDRESS),
-        # Wide enough for any passlib hash (argon2 ~100, sha512_crypt 106 characters).
-        ("password", "varchar(255) NOT NULL"),
-        ("name", "varchar(255) NOT NULL DEFAULT ''"),
-        ("quota_bytes", "bigint unsigned NOT NULL DEFAULT 0"),      # 0 = no quota
-        ("quota_messages", "int unsigned NOT NULL DEFAULT 0"),      # 0 = no limit
-        ("active", FLAG),
-        # NULL = the seed's layout '<domain>/<user>/' under [mailbox] base.
-        ("maildir", "varchar(255) NULL DEFAULT NULL"),
-        ("created_at", "timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP"),
-        ("password_changed_at", "timestamp NULL DEFAULT NULL"),
-        # For per-domain listings and 'domain remove' without scanning every user.
-        ("email_domain", "varchar(255) AS (SUBSTRING_INDEX(email, '@', -1)) VIRTUAL"),
-    ), (("PRIMARY", "PRIMARY KEY (email)"), ("email_domain", "KEY email_domain (email_domain)")),
+    Table(
+        "domains",
+        (
+            ("domain", ADDRESS),
+            ("active", FLAG),
+            ("description", "varchar(255) NOT NULL DEFAULT ''"),
+            ("created_at", "timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP"),
+        ),
+        (("PRIMARY", "PRIMARY KEY (domain)"),),
+        watched=True,
+    ),
+    Table(
+        "users",
+        (
+            ("email", ADDRESS),
+            # Wide enough for any passlib hash (argon2 ~100, sha512_crypt 106 characters).
+            ("password", "varchar(255) NOT NULL"),
+            ("name", "varchar(255) NOT NULL DEFAULT ''"),
+            ("quota_bytes", "bigint unsigned NOT NULL DEFAULT 0"),  # 0 = no quota
+            ("quota_messages", "int unsigned NOT NULL DEFAULT 0"),  # 0 = no limit
+            ("active", FLAG),
+            # NULL = the seed's layout '<domain>/<user>/' under [mailbox] base.
+            ("maildir", "varchar(255) NULL DEFAULT NULL"),
+            ("created_at", "timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP"),
+            ("password_changed_at", "timestamp NULL DEFAULT NULL"),
+            # For per-domain listings and 'domain remove' without scanning every user.
+            ("email_domain", "varchar(255) AS (SUBSTRING_INDEX(email, '@', -1)) VIRTUAL"),
+        ),
+        (("PRIMARY", "PRIMARY KEY (email)"), ("email_domain", "KEY email_domain (email_domain)")),
         watched=True,
         # The auth service rehashes passwords on login; that must not flush every cache.
         # (vmailctl's own password changes bump the version explicitly.)
-        quiet_columns=("password", "password_changed_at")),
-    Table("forwardings", (
-        ("source", ADDRESS),           # an address, or '@domain' for a catch-all
-        ("destination", "text NOT NULL"),   # comma-separated, as in the seed
-        ("active", FLAG),
-        ("source_domain", "varchar(255) AS (SUBSTRING_INDEX(source, '@', -1)) VIRTUAL"),
-    ), (("PRIMARY", "PRIMARY KEY (source)"),
-        ("source_domain", "KEY source_domain (source_domain)")), watched=True),
-    Table("transport", (
-        ("domain", ADDRESS),
-        ("transport", "varchar(128) NOT NULL DEFAULT ''"),
-    ), (("domain", "UNIQUE KEY domain (domain)"),), watched=True),
-    Table("sender_grants", (
-        ("login", ADDRESS),            # an authenticated user ...
-        ("sender", ADDRESS),           # ... may send as this address or '@domain'
-    ), (("PRIMARY", "PRIMARY KEY (login, sender)"), ("sender", "KEY sender (sender)")),
-        watched=True),
-    Table("send_counters", (
-        ("login", ADDRESS),
-        ("bucket", "int unsigned NOT NULL"),          # floor(unix_time / 60)
-        ("messages", "int unsigned NOT NULL DEFAULT 0"),
-        ("recipients", "int unsigned NOT NULL DEFAULT 0"),
-    ), (("PRIMARY", "PRIMARY KEY (login, bucket)"),)),
-    Table(CHANGES_TABLE, (
-        ("id", "tinyint unsigned NOT NULL"),
-        ("version", "bigint unsigned NOT NULL DEFAULT 0"),
-        ("changed_at", "timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) "
-                       "ON UPDATE CURRENT_TIMESTAMP(6)"),
-    ), (("PRIMARY", "PRIMARY KEY (id)"),)),
-    Table(SCHEMA_TABLE, (
-        ("version", "int NOT NULL"),
-    ), (("PRIMARY", "PRIMARY KEY (version)"),)),
+        quiet_columns=("password", "password_changed_at"),
+    ),
+    Table(
+        "forwardings",
+        (
+            ("source", ADDRESS),  # an address, or '@domain' for a catch-all
+            ("destination", "text NOT NULL"),  # comma-separated, as in the seed
+            ("active", FLAG),
+            ("source_domain", "varchar(255) AS (SUBSTRING_INDEX(source, '@', -1)) VIRTUAL"),
+        ),
+        (
+            ("PRIMARY", "PRIMARY KEY (source)"),
+            ("source_domain", "KEY source_domain (source_domain)"),
+        ),
+        watched=True,
+    ),
+    Table(
+        "transport",
+        (
+            ("domain", ADDRESS),
+            ("transport", "varchar(128) NOT NULL DEFAULT ''"),
+        ),
+        (("domain", "UNIQUE KEY domain (domain)"),),
+        watched=True,
+    ),
+    Table(
+        "sender_grants",
+        (
+            ("login", ADDRESS),  # an authenticated user ...
+            ("sender", ADDRESS),  # ... may send as this address or '@domain'
+        ),
+        (("PRIMARY", "PRIMARY KEY (login, sender)"), ("sender", "KEY sender (sender)")),
+        watched=True,
+    ),
+    Table(
+        "send_counters",
+        (
+            ("login", ADDRESS),
+            ("bucket", "int unsigned NOT NULL"),  # floor(unix_time / 60)
+            ("messages", "int unsigned NOT NULL DEFAULT 0"),
+            ("recipients", "int unsigned NOT NULL DEFAULT 0"),
+        ),
+        (("PRIMARY", "PRIMARY KEY (login, bucket)"),),
+    ),
+    Table(
+        CHANGES_TABLE,
+        (
+            ("id", "tinyint unsigned NOT NULL"),
+            ("version", "bigint unsigned NOT NULL DEFAULT 0"),
+            (
+                "changed_at",
+                "timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)",
+            ),
+        ),
+        (("PRIMARY", "PRIMARY KEY (id)"),),
+    ),
+    Table(SCHEMA_TABLE, (("version", "int NOT NULL"),), (("PRIMARY", "PRIMARY KEY (version)"),)),
 )
 
 BY_NAME = {t.name: t for t in TABLES}
@@ -121,20 +154,24 @@ def create_table(t: Table) -> str:
 class Trigger:
     name: str
     table: str
-    event: str   # INSERT | UPDATE | DELETE
+    event: str  # INSERT | UPDATE | DELETE
     body: str
 
     def create(self) -> str:
-        return (f"CREATE TRIGGER `{self.name}` AFTER {self.event} ON `{self.table}` "
-                f"FOR EACH ROW {self.body}")
+        return (
+            f"CREATE TRIGGER `{self.name}` AFTER {self.event} ON `{self.table}` "
+            f"FOR EACH ROW {self.body}"
+        )
 
 
 def triggers_for(t: Table, columns: list[str]) -> list[Trigger]:
     """The three triggers of a watched table. ``columns`` are the table's real columns
     (a migrated table may carry columns of its own); an UPDATE that changes only
     ``quiet_columns`` does not bump."""
-    result = [Trigger(f"vmaild_{t.name}_{suffix}", t.name, event, BUMP)
-              for suffix, event in (("ins", "INSERT"), ("del", "DELETE"))]
+    result = [
+        Trigger(f"vmaild_{t.name}_{suffix}", t.name, event, BUMP)
+        for suffix, event in (("ins", "INSERT"), ("del", "DELETE"))
+    ]
     loud = [c for c in columns if c not in t.quiet_columns]
     if t.quiet_columns and loud:
         same = " AND ".join(f"OLD.`{c}` <=> NEW.`{c}`" for c in loud)

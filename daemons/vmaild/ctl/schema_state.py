@@ -23,7 +23,7 @@ LOCK_TIMEOUT = 30
 
 @dataclass
 class State:
-    kind: str                      # empty | seed | partial | vmaild | unknown
+    kind: str  # empty | seed | partial | vmaild | unknown
     version: int | None = None
     tables: list[str] = field(default_factory=list)
     problem: str = ""
@@ -59,15 +59,22 @@ class State:
 
 
 def _columns(conn: Conn, table: str) -> list[str]:
-    rows = fetch_all(conn, "SELECT column_name AS c FROM information_schema.columns "
-                           "WHERE table_schema = DATABASE() AND table_name = %s "
-                           "ORDER BY ordinal_position", (table,))
+    rows = fetch_all(
+        conn,
+        "SELECT column_name AS c FROM information_schema.columns "
+        "WHERE table_schema = DATABASE() AND table_name = %s "
+        "ORDER BY ordinal_position",
+        (table,),
+    )
     return [r["c"] for r in rows]
 
 
 def _tables(conn: Conn) -> list[str]:
-    rows = fetch_all(conn, "SELECT table_name AS t FROM information_schema.tables "
-                           "WHERE table_schema = DATABASE() ORDER BY table_name")
+    rows = fetch_all(
+        conn,
+        "SELECT table_name AS t FROM information_schema.tables "
+        "WHERE table_schema = DATABASE() ORDER BY table_name",
+    )
     return [r["t"] for r in rows]
 
 
@@ -79,17 +86,22 @@ def detect(conn: Conn) -> State:
         row = fetch_one(conn, f"SELECT MAX(version) AS v FROM {schema.SCHEMA_TABLE}")
         if row is None or row["v"] is None:
             # vmaild_schema is written last: an init or migration stopped half-way.
-            return State("partial", tables=tables,
-                         problem="an init or migration did not finish")
+            return State("partial", tables=tables, problem="an init or migration did not finish")
         return State("vmaild", int(row["v"]), tables)
     for table, needed in schema.SEED_REQUIRED.items():
         if table not in tables:
-            return State("unknown", tables=tables,
-                         problem=f"neither empty nor the seed's schema (no {table} table)")
+            return State(
+                "unknown",
+                tables=tables,
+                problem=f"neither empty nor the seed's schema (no {table} table)",
+            )
         missing = [c for c in needed if c not in _columns(conn, table)]
         if missing:
-            return State("unknown", tables=tables,
-                         problem=f"table {table} has no {', '.join(missing)} column")
+            return State(
+                "unknown",
+                tables=tables,
+                problem=f"table {table} has no {', '.join(missing)} column",
+            )
     return State("seed", schema.SEED_VERSION, tables)
 
 
@@ -109,15 +121,23 @@ def _execute(conn: Conn, sql: str) -> None:
 
 
 def _table_info(conn: Conn, table: str) -> dict[str, str]:
-    row = fetch_one(conn, "SELECT engine AS engine, row_format AS row_format, "
-                          "table_collation AS collation FROM information_schema.tables "
-                          "WHERE table_schema = DATABASE() AND table_name = %s", (table,))
+    row = fetch_one(
+        conn,
+        "SELECT engine AS engine, row_format AS row_format, "
+        "table_collation AS collation FROM information_schema.tables "
+        "WHERE table_schema = DATABASE() AND table_name = %s",
+        (table,),
+    )
     return {k: str(v or "") for k, v in (row or {}).items()}
 
 
 def _key_names(conn: Conn, table: str) -> set[str]:
-    rows = fetch_all(conn, "SELECT DISTINCT index_name AS k FROM information_schema.statistics "
-                           "WHERE table_schema = DATABASE() AND table_name = %s", (table,))
+    rows = fetch_all(
+        conn,
+        "SELECT DISTINCT index_name AS k FROM information_schema.statistics "
+        "WHERE table_schema = DATABASE() AND table_name = %s",
+        (table,),
+    )
     return {r["k"] for r in rows}
 
 
@@ -135,8 +155,11 @@ def _upgrade_table(conn: Conn, t: schema.Table) -> None:
         # These cannot index a varchar(255) in utf8mb4 (767-byte key prefix limit).
         _execute(conn, f"ALTER TABLE `{t.name}` ROW_FORMAT=DYNAMIC")
     if info.get("collation") != schema.COLLATION:
-        _execute(conn, f"ALTER TABLE `{t.name}` CONVERT TO CHARACTER SET {schema.CHARSET} "
-                       f"COLLATE {schema.COLLATION}")
+        _execute(
+            conn,
+            f"ALTER TABLE `{t.name}` CONVERT TO CHARACTER SET {schema.CHARSET} "
+            f"COLLATE {schema.COLLATION}",
+        )
     existing = _columns(conn, t.name)
     changes, previous = [], None
     for name, definition in t.columns:
@@ -186,12 +209,16 @@ def _errno(e: BaseException) -> int | None:
 def _trigger_problem(e: pymysql.err.Error) -> str:
     errno = _errno(e)
     if errno == 1419:
-        return ("creating triggers needs SUPER while binary logging is on: set "
-                "log_bin_trust_function_creators = 1 in the server's configuration "
-                "(or run this once as an administrator), then run the command again")
+        return (
+            "creating triggers needs SUPER while binary logging is on: set "
+            "log_bin_trust_function_creators = 1 in the server's configuration "
+            "(or run this once as an administrator), then run the command again"
+        )
     if errno in (1142, 1227):
-        return ("the database user may not create triggers: GRANT TRIGGER (or ALL) on "
-                "the database, then run the command again")
+        return (
+            "the database user may not create triggers: GRANT TRIGGER (or ALL) on "
+            "the database, then run the command again"
+        )
     return f"cannot create trigger: {e.args[-1]}"
 
 
@@ -203,8 +230,9 @@ def _set_version(conn: Conn, version: int) -> None:
 
 
 def _locked(conn: Conn, work: str) -> None:
-    row = fetch_one(conn, "SELECT GET_LOCK(CONCAT('vmaild_schema:', DATABASE()), %s) AS got",
-                    (LOCK_TIMEOUT,))
+    row = fetch_one(
+        conn, "SELECT GET_LOCK(CONCAT('vmaild_schema:', DATABASE()), %s) AS got", (LOCK_TIMEOUT,)
+    )
     if not row or row["got"] != 1:
         raise Refused(f"another vmailctl is changing the schema; {work} not started")
 
@@ -215,13 +243,14 @@ def _unlock(conn: Conn) -> None:
 
 def _apply_latest(conn: Conn) -> None:
     try:
-        _execute(conn, f"ALTER DATABASE CHARACTER SET {schema.CHARSET} "
-                       f"COLLATE {schema.COLLATION}")
+        _execute(conn, f"ALTER DATABASE CHARACTER SET {schema.CHARSET} COLLATE {schema.COLLATION}")
         _ensure_tables(conn)
         _ensure_triggers(conn)
     except pymysql.err.IntegrityError as e:
-        raise Refused("converting to utf8mb4 would make two keys equal "
-                      f"({e.args[-1]}); fix those rows and run the command again") from e
+        raise Refused(
+            "converting to utf8mb4 would make two keys equal "
+            f"({e.args[-1]}); fix those rows and run the command again"
+        ) from e
     _set_version(conn, schema.LATEST)
 
 
@@ -235,8 +264,10 @@ def init(conn: Conn) -> tuple[State, State]:
         if before.kind == "seed":
             raise Refused("database has the seed's tables: use 'vmailctl db migrate'")
         if before.kind not in ("empty", "partial"):
-            raise Refused(f"database is not empty (schema {before.label}: "
-                          f"{before.advice()}); init only creates a new schema")
+            raise Refused(
+                f"database is not empty (schema {before.label}: "
+                f"{before.advice()}); init only creates a new schema"
+            )
         _apply_latest(conn)
         return before, detect(conn)
     finally:
@@ -264,18 +295,25 @@ def report(conn: Conn) -> dict[str, object]:
     """What ``db status`` shows."""
     state = detect(conn)
     result: dict[str, object] = {
-        "version": state.label, "kind": state.kind,
-        "number": state.version, "latest": schema.LATEST, "advice": state.advice(),
+        "version": state.label,
+        "kind": state.kind,
+        "number": state.version,
+        "latest": schema.LATEST,
+        "advice": state.advice(),
         "tables": state.tables,
     }
     if state.kind == "vmaild":
-        rows = fetch_all(conn, "SELECT trigger_name AS t FROM information_schema.triggers "
-                               "WHERE trigger_schema = DATABASE() AND trigger_name LIKE "
-                               "'vmaild\\_%'")
+        rows = fetch_all(
+            conn,
+            "SELECT trigger_name AS t FROM information_schema.triggers "
+            "WHERE trigger_schema = DATABASE() AND trigger_name LIKE "
+            "'vmaild\\_%'",
+        )
         expected = sum(3 for _ in schema.watched_tables())
         result["triggers"] = f"{len(rows)} of {expected}"
-        row = fetch_one(conn, f"SELECT version, changed_at FROM {schema.CHANGES_TABLE} "
-                              "WHERE id = 1")
+        row = fetch_one(
+            conn, f"SELECT version, changed_at FROM {schema.CHANGES_TABLE} WHERE id = 1"
+        )
         result["changes"] = row["version"] if row else None
         result["changed_at"] = row["changed_at"] if row else None
     return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-MAX_BYTES = 2**64 - 1   # bigint unsigned
+MAX_BYTES = 2**64 - 1  # bigint unsigned
 MAX_MESSAGES = 2**32 - 1  # int unsigned
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?$")
 _UNLIMITED = {"none", "unlimited", "no"}
@@ -23,8 +23,10 @@ def parse_size(text: str) -> int:
         return 0
     m = _SIZE.match(raw)
     if m is None:
-        raise ValueError(f"not a size: {text!r} (use bytes or a number with K, M, G or T, "
-                         f"like 500M; 0 for no quota)")
+        raise ValueError(
+            f"not a size: {text!r} (use bytes or a number with K, M, G or T, "
+            f"like 500M; 0 for no quota)"
+        )
     number, unit = m.groups()
     if "." in number:
         value = int(float(number) * UNITS[unit])

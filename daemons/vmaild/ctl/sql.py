@@ -26,14 +26,16 @@ def transaction(conn: pymysql.connections.Connection) -> Iterator[pymysql.cursor
         raise
 
 
-def fetch_all(conn: pymysql.connections.Connection, sql: str,
-              params: Sequence[Any] = ()) -> list[Row]:
+def fetch_all(
+    conn: pymysql.connections.Connection, sql: str, params: Sequence[Any] = ()
+) -> list[Row]:
     with conn.cursor(pymysql.cursors.DictCursor) as cur:
         cur.execute(sql, tuple(params) or None)
         return list(cur.fetchall())
 
 
-def fetch_one(conn: pymysql.connections.Connection, sql: str,
-              params: Sequence[Any] = ()) -> Row | None:
+def fetch_one(
+    conn: pymysql.connections.Connection, sql: str, params: Sequence[Any] = ()
+) -> Row | None:
     rows = fetch_all(conn, sql, params)
     return rows[0] if rows else None

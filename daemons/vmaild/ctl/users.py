@@ -15,8 +15,10 @@ from .output import Column
 from .schema import BUMP
 from .sql import Row, fetch_all, fetch_one, transaction
 
-USER_COLUMNS = ("email, name, quota_bytes, quota_messages, active, maildir, created_at, "
-                "password_changed_at, password")
+USER_COLUMNS = (
+    "email, name, quota_bytes, quota_messages, active, maildir, created_at, "
+    "password_changed_at, password"
+)
 
 
 @functools.cache
@@ -25,13 +27,14 @@ def _identifier() -> Any:
     first use because loading the hash handlers costs every other command time."""
     from passlib.context import CryptContext  # type: ignore[import-untyped]  # no stubs
 
-    return CryptContext(schemes=["argon2", "bcrypt", "sha512_crypt", "sha256_crypt",
-                                 "md5_crypt", "des_crypt"])
+    return CryptContext(
+        schemes=["argon2", "bcrypt", "sha512_crypt", "sha256_crypt", "md5_crypt", "des_crypt"]
+    )
 
 
 def scheme_of(stored: str) -> str:
     if stored.startswith("{") and "}" in stored:
-        return stored[1:stored.index("}")].lower()  # Dovecot-style {SCHEME}
+        return stored[1 : stored.index("}")].lower()  # Dovecot-style {SCHEME}
     try:
         return _identifier().identify(stored, required=False) or "unknown"
     except ValueError:
@@ -40,11 +43,13 @@ def scheme_of(stored: str) -> str:
 
 def _argument(parse: Callable[[str], int]) -> Callable[[str], int]:
     """argparse shows an ArgumentTypeError's own message (a ValueError's is lost)."""
+
     def convert(text: str) -> int:
         try:
             return parse(text)
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
+
     convert.__name__ = parse.__name__
     return convert
 
@@ -60,23 +65,36 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     a = us.add_parser("add", parents=[common], help="add an account and create its Maildir")
     a.add_argument("address")
     a.add_argument("--name", default="", help="display name")
-    a.add_argument("--quota", type=SIZE, default=0, metavar="SIZE",
-                   help="storage quota such as 500M or 2G; 0 for none (default)")
-    a.add_argument("--quota-messages", type=COUNT, default=0, metavar="N",
-                   help="message-count quota; 0 for none (default)")
-    a.add_argument("--password-stdin", action="store_true",
-                   help="read the password from the first line of standard input")
+    a.add_argument(
+        "--quota",
+        type=SIZE,
+        default=0,
+        metavar="SIZE",
+        help="storage quota such as 500M or 2G; 0 for none (default)",
+    )
+    a.add_argument(
+        "--quota-messages",
+        type=COUNT,
+        default=0,
+        metavar="N",
+        help="message-count quota; 0 for none (default)",
+    )
+    a.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
     a.set_defaults(func=cmd_add)
 
     ls = us.add_parser("list", parents=[common], help="list accounts")
     ls.add_argument("domain", nargs="?")
     ls.set_defaults(func=cmd_list)
 
-    for verb, func, help_text in (("show", cmd_show, "show one account"),
-                                  ("enable", cmd_set_active, "let an account log in and "
-                                                             "receive mail"),
-                                  ("disable", cmd_set_active, "stop an account's logins "
-                                                              "and mail")):
+    for verb, func, help_text in (
+        ("show", cmd_show, "show one account"),
+        ("enable", cmd_set_active, "let an account log in and receive mail"),
+        ("disable", cmd_set_active, "stop an account's logins and mail"),
+    ):
         c = us.add_parser(verb, parents=[common], help=help_text)
         c.add_argument("address")
         c.set_defaults(func=func, active=verb == "enable")
@@ -88,15 +106,19 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
     pw = us.add_parser("password", parents=[common], help="set a new password")
     pw.add_argument("address")
-    pw.add_argument("--password-stdin", action="store_true",
-                    help="read the password from the first line of standard input")
+    pw.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
     pw.set_defaults(func=cmd_password)
 
     q = us.add_parser("quota", parents=[common], help="set the storage quota")
     q.add_argument("address")
     q.add_argument("size", type=SIZE, metavar="SIZE", help="such as 500M; 0 = none")
-    q.add_argument("--messages", type=COUNT, default=None, metavar="N",
-                   help="message-count quota; 0 = none")
+    q.add_argument(
+        "--messages", type=COUNT, default=None, metavar="N", help="message-count quota; 0 = none"
+    )
     q.set_defaults(func=cmd_quota)
 
     m = sub.add_parser("maildir", parents=[common], help="Maildirs")
@@ -107,8 +129,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _get(conn: Any, email: str, lock: bool = False) -> Row:
-    row = fetch_one(conn, f"SELECT {USER_COLUMNS} FROM users WHERE email = %s"
-                          + (" FOR UPDATE" if lock else ""), (email,))
+    row = fetch_one(
+        conn,
+        f"SELECT {USER_COLUMNS} FROM users WHERE email = %s" + (" FOR UPDATE" if lock else ""),
+        (email,),
+    )
     if row is None:
         raise Refused(f"no user {email}")
     return row
@@ -135,9 +160,11 @@ def cmd_add(ctx: Context, args: argparse.Namespace) -> None:
     def work(conn: Any) -> bool:
         with transaction(conn) as cur:
             _check_new(cur.connection, email, domain, lock=True)
-            cur.execute("INSERT INTO users (email, password, name, quota_bytes, quota_messages, "
-                        "password_changed_at) VALUES (%s, %s, %s, %s, %s, NOW())",
-                        (email, hashed, args.name, args.quota, args.quota_messages))
+            cur.execute(
+                "INSERT INTO users (email, password, name, quota_bytes, quota_messages, "
+                "password_changed_at) VALUES (%s, %s, %s, %s, %s, NOW())",
+                (email, hashed, args.name, args.quota, args.quota_messages),
+            )
             return bool(cur.execute("SELECT 1 FROM forwardings WHERE source = %s", (email,)))
 
     shadowed = ctx.run(work)
@@ -165,11 +192,17 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> None:
         sql += " WHERE email_domain = %s"
         params = (domain,)
     rows = ctx.run(lambda conn: fetch_all(conn, sql + " ORDER BY email", params))
-    ctx.show_table([_public(r) for r in rows], [
-        Column("email", "ADDRESS"), Column("active", "ACTIVE"),
-        Column("quota_bytes", "QUOTA", sizes.format_size),
-        Column("quota_messages", "MESSAGES", sizes.format_count),
-        Column("password_scheme", "HASH"), Column("name", "NAME")])
+    ctx.show_table(
+        [_public(r) for r in rows],
+        [
+            Column("email", "ADDRESS"),
+            Column("active", "ACTIVE"),
+            Column("quota_bytes", "QUOTA", sizes.format_size),
+            Column("quota_messages", "MESSAGES", sizes.format_count),
+            Column("password_scheme", "HASH"),
+            Column("name", "NAME"),
+        ],
+    )
 
 
 def cmd_show(ctx: Context, args: argparse.Namespace) -> None:
@@ -178,18 +211,32 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> None:
     def work(conn: Any) -> Row:
         row = _public(_get(conn, email))
         stored = row["email"]
-        dom = fetch_one(conn, "SELECT active FROM domains WHERE domain = %s",
-                        (names.domain_of(stored),))
+        dom = fetch_one(
+            conn, "SELECT active FROM domains WHERE domain = %s", (names.domain_of(stored),)
+        )
         row["domain_active"] = bool(dom and dom["active"])
-        row["sender_grants"] = [r["sender"] for r in fetch_all(
-            conn, "SELECT sender FROM sender_grants WHERE login = %s ORDER BY sender", (stored,))]
-        row["aliases"] = [r["source"] for r in fetch_all(
-            conn, "SELECT source FROM forwardings WHERE "
-                  "FIND_IN_SET(%s, REPLACE(destination, ' ', '')) ORDER BY source", (stored,))]
-        sent = fetch_one(conn, "SELECT COALESCE(SUM(messages), 0) AS m, "
-                               "COALESCE(SUM(recipients), 0) AS r FROM send_counters "
-                               "WHERE login = %s AND bucket >= FLOOR(UNIX_TIMESTAMP() / 60) - 59",
-                         (stored,)) or {"m": 0, "r": 0}
+        row["sender_grants"] = [
+            r["sender"]
+            for r in fetch_all(
+                conn, "SELECT sender FROM sender_grants WHERE login = %s ORDER BY sender", (stored,)
+            )
+        ]
+        row["aliases"] = [
+            r["source"]
+            for r in fetch_all(
+                conn,
+                "SELECT source FROM forwardings WHERE "
+                "FIND_IN_SET(%s, REPLACE(destination, ' ', '')) ORDER BY source",
+                (stored,),
+            )
+        ]
+        sent = fetch_one(
+            conn,
+            "SELECT COALESCE(SUM(messages), 0) AS m, "
+            "COALESCE(SUM(recipients), 0) AS r FROM send_counters "
+            "WHERE login = %s AND bucket >= FLOOR(UNIX_TIMESTAMP() / 60) - 59",
+            (stored,),
+        ) or {"m": 0, "r": 0}
         row["sent_last_hour"] = {"messages": int(sent["m"]), "recipients": int(sent["r"])}
         return row
 
@@ -198,17 +245,32 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> None:
     row["maildir_path"] = str(path)
     row["maildir_exists"] = os.path.isdir(path / "cur")
     sent = row["sent_last_hour"]
-    ctx.show_record(row, [
-        ("email", "address"), ("name", "name"), ("active", "active"),
-        ("domain_active", "domain active"), ("quota_bytes", "quota"),
-        ("quota_messages", "quota messages"), ("maildir_path", "maildir"),
-        ("maildir_exists", "maildir exists"), ("password_scheme", "password hash"),
-        ("password_changed_at", "password changed"), ("created_at", "created"),
-        ("aliases", "aliases to it"), ("sender_grants", "may send as"),
-        ("sent_last_hour", "sent last hour")],
-        {"quota_bytes": sizes.format_size, "quota_messages": sizes.format_count,
-         "sent_last_hour": lambda _: f"{sent['messages']} messages, "
-                                     f"{sent['recipients']} recipients"})
+    ctx.show_record(
+        row,
+        [
+            ("email", "address"),
+            ("name", "name"),
+            ("active", "active"),
+            ("domain_active", "domain active"),
+            ("quota_bytes", "quota"),
+            ("quota_messages", "quota messages"),
+            ("maildir_path", "maildir"),
+            ("maildir_exists", "maildir exists"),
+            ("password_scheme", "password hash"),
+            ("password_changed_at", "password changed"),
+            ("created_at", "created"),
+            ("aliases", "aliases to it"),
+            ("sender_grants", "may send as"),
+            ("sent_last_hour", "sent last hour"),
+        ],
+        {
+            "quota_bytes": sizes.format_size,
+            "quota_messages": sizes.format_count,
+            "sent_last_hour": lambda _: (
+                f"{sent['messages']} messages, {sent['recipients']} recipients"
+            ),
+        },
+    )
 
 
 def cmd_set_active(ctx: Context, args: argparse.Namespace) -> None:
@@ -222,12 +284,14 @@ def cmd_set_active(ctx: Context, args: argparse.Namespace) -> None:
         ctx.done(f"user {email} was already {state}", address=email, active=args.active)
 
 
-def _update(conn: Any, email: str, assignments: str, params: tuple[Any, ...],
-            bump: bool = False) -> int:
+def _update(
+    conn: Any, email: str, assignments: str, params: tuple[Any, ...], bump: bool = False
+) -> int:
     with transaction(conn) as cur:
         _get(cur.connection, email, lock=True)
-        changed = int(cur.execute(f"UPDATE users SET {assignments} WHERE email = %s",
-                                  (*params, email)))
+        changed = int(
+            cur.execute(f"UPDATE users SET {assignments} WHERE email = %s", (*params, email))
+        )
         if bump:
             cur.execute(BUMP)
         return changed
@@ -241,10 +305,13 @@ def cmd_quota(ctx: Context, args: argparse.Namespace) -> None:
         params.append(args.messages)
     if ctx.run(lambda conn: _update(conn, email, assignments, tuple(params))):
         ctx.changed()
-    messages = "" if args.messages is None else \
-        f", {sizes.format_count(args.messages)} messages"
-    ctx.done(f"quota of {email}: {sizes.format_size(args.size)}{messages}", address=email,
-             quota_bytes=args.size, quota_messages=args.messages)
+    messages = "" if args.messages is None else f", {sizes.format_count(args.messages)} messages"
+    ctx.done(
+        f"quota of {email}: {sizes.format_size(args.size)}{messages}",
+        address=email,
+        quota_bytes=args.size,
+        quota_messages=args.messages,
+    )
 
 
 def cmd_password(ctx: Context, args: argparse.Namespace) -> None:
@@ -254,8 +321,11 @@ def cmd_password(ctx: Context, args: argparse.Namespace) -> None:
     hashed = prompt.hashed(password, ctx.config.auth.password_scheme)
     # The users trigger ignores password-only updates (the auth service rehashes on
     # login); an admin's change must still evict cached logins at once, so bump here.
-    ctx.run(lambda conn: _update(conn, email, "password = %s, password_changed_at = NOW()",
-                                 (hashed,), bump=True))
+    ctx.run(
+        lambda conn: _update(
+            conn, email, "password = %s, password_changed_at = NOW()", (hashed,), bump=True
+        )
+    )
     ctx.changed()
     ctx.done(f"password of {email} changed", address=email)
 
@@ -270,9 +340,11 @@ def cmd_remove(ctx: Context, args: argparse.Namespace) -> None:
             cur.execute("DELETE FROM sender_grants WHERE login = %s", (stored,))
             cur.execute("DELETE FROM send_counters WHERE login = %s", (stored,))
             cur.execute("DELETE FROM users WHERE email = %s", (stored,))
-            cur.execute("SELECT source FROM forwardings WHERE "
-                        "FIND_IN_SET(%s, REPLACE(destination, ' ', '')) ORDER BY source",
-                        (stored,))
+            cur.execute(
+                "SELECT source FROM forwardings WHERE "
+                "FIND_IN_SET(%s, REPLACE(destination, ' ', '')) ORDER BY source",
+                (stored,),
+            )
             return row, [r["source"] for r in cur.fetchall()]
 
     row, aliases = ctx.run(work)
@@ -285,8 +357,9 @@ def cmd_remove(ctx: Context, args: argparse.Namespace) -> None:
         what = f"Maildir {path} deleted" if removed else f"no Maildir at {path}"
     else:
         removed, what = False, f"Maildir {path} kept"
-    ctx.done(f"removed user {email} ({what})", address=email, maildir=str(path),
-             maildir_removed=removed)
+    ctx.done(
+        f"removed user {email} ({what})", address=email, maildir=str(path), maildir_removed=removed
+    )
 
 
 def cmd_maildir_create(ctx: Context, args: argparse.Namespace) -> None:
@@ -294,5 +367,9 @@ def cmd_maildir_create(ctx: Context, args: argparse.Namespace) -> None:
     row = ctx.run(lambda conn: _get(conn, email))
     path = maildirs.path_for(ctx.config.mailbox, row["email"], row["maildir"])
     created = maildirs.create(ctx.config.mailbox, path)
-    ctx.done(f"{'created' if created else 'already complete:'} Maildir {path}",
-             address=row["email"], maildir=str(path), created=created)
+    ctx.done(
+        f"{'created' if created else 'already complete:'} Maildir {path}",
+        address=row["email"],
+        maildir=str(path),
+        created=created,
+    )

@@ -17,10 +17,24 @@ _CODE = re.compile(r"^[45]\d\d\s+\S")
 # Verbs that take optional text or none (access(5), SMTPD_POLICY_README). OK and RELAY are
 # left out on purpose: vmaild never permits, so wherever the snippet puts it, an answer of
 # ours cannot turn Postfix into an open relay (PROTOCOLS.md P-P3).
-_VERBS = frozenset({
-    "DUNNO", "REJECT", "DEFER", "DEFER_IF_REJECT", "DEFER_IF_PERMIT",
-    "HOLD", "DISCARD", "INFO", "WARN", "HANGUP", "FILTER", "REDIRECT", "BCC", "PREPEND",
-})
+_VERBS = frozenset(
+    {
+        "DUNNO",
+        "REJECT",
+        "DEFER",
+        "DEFER_IF_REJECT",
+        "DEFER_IF_PERMIT",
+        "HOLD",
+        "DISCARD",
+        "INFO",
+        "WARN",
+        "HANGUP",
+        "FILTER",
+        "REDIRECT",
+        "BCC",
+        "PREPEND",
+    }
+)
 # A database error must never become a reject (DESIGN.md): what a fail action may say.
 _FAIL_VERBS = frozenset({"DUNNO", "DEFER", "DEFER_IF_PERMIT", "DEFER_IF_REJECT", "INFO", "WARN"})
 
@@ -56,8 +70,9 @@ def check_action(action: str, *, fail: bool = False) -> str:
     if v not in _VERBS:
         raise ValueError(f"{action!r}: unknown verb {v!r} (Postfix answers 451 4.3.5)")
     if fail and v not in _FAIL_VERBS:
-        raise ValueError(f"{action!r}: a fail action must be DUNNO, a DEFER form, "
-                         "a 4NN code or 'close'")
+        raise ValueError(
+            f"{action!r}: a fail action must be DUNNO, a DEFER form, a 4NN code or 'close'"
+        )
     return action
 
 
@@ -71,6 +86,7 @@ def fill(template: str, **values: str) -> str:
     One pass, not ``str.format``: request data never reaches a format string and is never
     expanded again, and control characters are dropped so a value cannot break the reply.
     """
+
     def sub(m: re.Match[str]) -> str:
         value = values.get(m.group(1))
         return m.group(0) if value is None else _UNSAFE.sub("", value)

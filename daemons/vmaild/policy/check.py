@@ -16,8 +16,14 @@ class CheckFailed(Exception):
     ``key`` names the ``[policy]`` query whose ``error`` it was (see schema_fit.py).
     """
 
-    def __init__(self, message: str, label: str | None = None, *, key: str | None = None,
-                 error: DatabaseError | None = None):
+    def __init__(
+        self,
+        message: str,
+        label: str | None = None,
+        *,
+        key: str | None = None,
+        error: DatabaseError | None = None,
+    ):
         super().__init__(message)
         self.label = label
         self.key = key

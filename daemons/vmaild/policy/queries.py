@@ -33,11 +33,13 @@ def compile_named(sql: str, allowed: frozenset[str] | set[str]) -> NamedQuery:
     names: list[str] = []
     pos = 0
     for m in _PLACEHOLDER.finditer(sql):
-        out.append(_escape(sql[pos:m.start()]))
+        out.append(_escape(sql[pos : m.start()]))
         name = m.group(1) or m.group(2) or m.group(3)
         if name not in allowed:
-            raise ValueError(f"unknown parameter %({name})s (known: "
-                             f"{', '.join('%(' + a + ')s' for a in sorted(allowed))})")
+            raise ValueError(
+                f"unknown parameter %({name})s (known: "
+                f"{', '.join('%(' + a + ')s' for a in sorted(allowed))})"
+            )
         out.append("%s")
         names.append(name)
         pos = m.end()

@@ -68,7 +68,7 @@ def _size_from_name(name: str) -> int | None:
     if i < 0:
         return None
     digits = []
-    for ch in name[i + 3:]:
+    for ch in name[i + 3 :]:
         if not ch.isdigit():
             break
         digits.append(ch)
@@ -83,8 +83,13 @@ def count_maildir(path: str, max_files: int) -> Usage:
     folders = [path]
     try:
         with os.scandir(path) as it:
-            folders += [e.path for e in it if e.name.startswith(".") and e.name not in (".", "..")
-                        and e.is_dir(follow_symlinks=False)]
+            folders += [
+                e.path
+                for e in it
+                if e.name.startswith(".")
+                and e.name not in (".", "..")
+                and e.is_dir(follow_symlinks=False)
+            ]
     except FileNotFoundError:
         return Usage(0, 0, counted=True)
     total = count = 0
@@ -132,13 +137,17 @@ class UsageReader:
     Its own small thread pool keeps slow disks from taking the database's workers.
     """
 
-    def __init__(self, max_files: int, count_ttl: float, workers: int = 2,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        max_files: int,
+        count_ttl: float,
+        workers: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.max_files = max_files
         self.count_ttl = count_ttl
         self.clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=workers,
-                                            thread_name_prefix="vmaild-quota")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vmaild-quota")
         self._counted: dict[str, tuple[float, Usage]] = {}
 
     async def usage(self, path: str) -> Usage:

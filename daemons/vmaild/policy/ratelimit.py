@@ -54,8 +54,9 @@ def bucket_of(t: float) -> int:
     return math.floor(t / BUCKET_SECONDS)
 
 
-def window_totals(rows: Iterable[tuple[object, ...]], now: float,
-                  window: float) -> tuple[float, float]:
+def window_totals(
+    rows: Iterable[tuple[object, ...]], now: float, window: float
+) -> tuple[float, float]:
     """(messages, recipients) in the ``window`` seconds before ``now``.
 
     Rows are ``(bucket, messages, recipients)``. A bucket older than the window counts for
@@ -81,16 +82,21 @@ def window_totals(rows: Iterable[tuple[object, ...]], now: float,
 class _Transaction:
     """One mail transaction (Postfix's ``instance``) of one login, as this vmaild saw it."""
 
-    messages: float        # the window's totals when the transaction began
+    messages: float  # the window's totals when the transaction began
     recipients: float
-    accepted: int = 0      # RCPTs let through so far
+    accepted: int = 0  # RCPTs let through so far
 
 
 class RateLimitCheck:
     name = "ratelimit"
 
-    def __init__(self, pc: PolicyConfig, db: object, clock: Callable[[], float] = time.time,
-                 fit: SchemaFit | None = None):
+    def __init__(
+        self,
+        pc: PolicyConfig,
+        db: object,
+        clock: Callable[[], float] = time.time,
+        fit: SchemaFit | None = None,
+    ):
         self.db = db
         self.fit = fit  # reports a query that does not fit the schema, once
         self.clock = clock  # wall clock: buckets are shared between hosts
@@ -148,9 +154,15 @@ class RateLimitCheck:
         over_m = self.max_messages > 0 and messages > self.max_messages
         over_r = self.max_recipients > 0 and recipients > self.max_recipients
         if over_m or over_r:
-            log.info("policy: %s over its sending limit (%.0f/%d messages, %.0f/%d recipients "
-                     "per %ds)", login, messages, self.max_messages, recipients,
-                     self.max_recipients, self.window)
+            log.info(
+                "policy: %s over its sending limit (%.0f/%d messages, %.0f/%d recipients per %ds)",
+                login,
+                messages,
+                self.max_messages,
+                recipients,
+                self.max_recipients,
+                self.window,
+            )
         return over_m or over_r
 
     def _remember(self, key: tuple[str, str], txn: _Transaction) -> None:
@@ -169,8 +181,14 @@ class RateLimitCheck:
         return window_totals(rows, now, self.window)
 
     async def _count(self, login: str, now: float, messages: int, recipients: int) -> None:
-        params = self.update.bind({"login": login, "bucket": bucket_of(now),
-                                   "messages": messages, "recipients": recipients})
+        params = self.update.bind(
+            {
+                "login": login,
+                "bucket": bucket_of(now),
+                "messages": messages,
+                "recipients": recipients,
+            }
+        )
         try:
             await self.db.execute(self.update.sql, params)  # type: ignore[attr-defined]
         except DatabaseError as e:
@@ -188,8 +206,10 @@ class RateLimitCheck:
 
     async def _prune(self, before: int) -> None:
         try:
-            n = await self.db.execute(self.prune.sql,  # type: ignore[attr-defined]
-                                      self.prune.bind({"before": before}))
+            n = await self.db.execute(  # type: ignore[attr-defined]
+                self.prune.sql,
+                self.prune.bind({"before": before}),
+            )
         except DatabaseError as e:
             if not (self.fit is not None and self.fit.report("policy", "ratelimit_prune", e)):
                 log.warning("policy: pruning old send_counters rows failed: %s", e)

@@ -31,8 +31,14 @@ class RecipientCheck:
 
     name = "recipient"
 
-    def __init__(self, pc: PolicyConfig, mailbox: MailboxConfig, delimiter: str, db: object,
-                 reader: UsageReader | None):
+    def __init__(
+        self,
+        pc: PolicyConfig,
+        mailbox: MailboxConfig,
+        delimiter: str,
+        db: object,
+        reader: UsageReader | None,
+    ):
         self.db = db
         self.query = compile_named(pc.recipient_query, PARAMS)
         self.delimiter = delimiter
@@ -52,8 +58,9 @@ class RecipientCheck:
         if row is None:
             return Result(self.name)  # not a mailbox: Postfix's maps decide (DUNNO)
         found, cols = row
-        if self.state_check and (not flag(cols[0] if cols else None)
-                                 or not flag(cols[1] if len(cols) > 1 else None)):
+        if self.state_check and (
+            not flag(cols[0] if cols else None) or not flag(cols[1] if len(cols) > 1 else None)
+        ):
             return Result(self.name, self.disabled_action)
         quota_bytes = number(cols[2]) if len(cols) > 2 else 0
         quota_messages = number(cols[3]) if len(cols) > 3 else 0
@@ -65,13 +72,20 @@ class RecipientCheck:
         except OSError as e:
             raise CheckFailed(f"cannot read the usage of {maildir}: {e}", "quota") from e
         size = request.size  # MAIL FROM SIZE=, 0 when the client did not say (3.1)
-        over_bytes = quota_bytes > 0 and (usage.bytes + size > quota_bytes
-                                          or usage.bytes >= quota_bytes)
+        over_bytes = quota_bytes > 0 and (
+            usage.bytes + size > quota_bytes or usage.bytes >= quota_bytes
+        )
         over_count = quota_messages > 0 and usage.messages + 1 > quota_messages
         if over_bytes or over_count:
-            log.info("policy: %s is over quota (%d of %d bytes, %d of %d messages, "
-                     "message size %d)", found, usage.bytes, quota_bytes, usage.messages,
-                     quota_messages, size)
+            log.info(
+                "policy: %s is over quota (%d of %d bytes, %d of %d messages, message size %d)",
+                found,
+                usage.bytes,
+                quota_bytes,
+                usage.messages,
+                quota_messages,
+                size,
+            )
             return Result("quota", self.quota_action)
         return Result(self.name)
 

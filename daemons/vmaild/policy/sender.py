@@ -69,11 +69,18 @@ class SenderCheck:
             local, at, domain = candidate.rpartition("@")
             if not at:
                 local, domain = candidate, ""
-            values = {"login": login, "sender": candidate, "local": local, "domain": domain,
-                      "at_domain": "@" + domain if domain else ""}
+            values = {
+                "login": login,
+                "sender": candidate,
+                "local": local,
+                "domain": domain,
+                "at_domain": "@" + domain if domain else "",
+            }
             try:
-                rows = await self.db.fetch(self.query.sql,  # type: ignore[attr-defined]
-                                           self.query.bind(values))
+                rows = await self.db.fetch(  # type: ignore[attr-defined]
+                    self.query.sql,
+                    self.query.bind(values),
+                )
             except DatabaseError as e:
                 raise CheckFailed(str(e), key="sender_query", error=e) from e
             if rows:

@@ -50,14 +50,24 @@ class Check(Protocol):
 class PolicyService:
     """Built from the configuration by ``Runtime.build``; rebuilt on every reload."""
 
-    def __init__(self, cfg: Config, db: Any, metrics: Metrics, *,
-                 clock: Callable[[], float] = time.time, fit: SchemaFit | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        db: Any,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+        fit: SchemaFit | None = None,
+    ):
         pc = cfg.policy
         self.metrics = metrics
         self.fit = fit  # reports a query that does not fit the schema, once
         self.timeout = pc.request_timeout
-        delimiter = (cfg.lookup.recipient_delimiter if pc.recipient_delimiter is None
-                     else pc.recipient_delimiter)
+        delimiter = (
+            cfg.lookup.recipient_delimiter
+            if pc.recipient_delimiter is None
+            else pc.recipient_delimiter
+        )
         self.reader: UsageReader | None = None
         self.ratelimit: RateLimitCheck | None = None
         self.checks: list[Check] = []
@@ -78,8 +88,9 @@ class PolicyService:
         try:
             if request.request != REQUEST_TYPE:
                 # 3.1: "Answer any other request= value with a logged warning and DUNNO."
-                log.warning("policy: unknown request type %r, answering DUNNO",
-                            request.request[:64])
+                log.warning(
+                    "policy: unknown request type %r, answering DUNNO", request.request[:64]
+                )
                 self._count("request", DUNNO)
                 return DUNNO
             current: list[Check | None] = [None]
@@ -112,16 +123,26 @@ class PolicyService:
                 return action
             self._count(result.label, result.action or DUNNO)
             if result.action is not None:
-                log.info("policy: %s: %s (sender=<%s> recipient=<%s> login=%s client=%s)",
-                         result.label, result.action, request.sender, request.recipient,
-                         request.sasl_username or "-", request.client_address)
+                log.info(
+                    "policy: %s: %s (sender=<%s> recipient=<%s> login=%s client=%s)",
+                    result.label,
+                    result.action,
+                    request.sender,
+                    request.recipient,
+                    request.sasl_username or "-",
+                    request.client_address,
+                )
                 return result.action
         return DUNNO
 
     def _misfit(self, e: CheckFailed) -> bool:
         """True if a [policy] query does not fit the schema (schema_fit logs that once)."""
-        return (self.fit is not None and e.key is not None and e.error is not None
-                and self.fit.report("policy", e.key, e.error))
+        return (
+            self.fit is not None
+            and e.key is not None
+            and e.error is not None
+            and self.fit.report("policy", e.key, e.error)
+        )
 
     def _failed(self, check: Check, label: str | None) -> str | None:
         action = check.fail_action

@@ -94,8 +94,9 @@ class SequentialProtocol(asyncio.Protocol):
                 self.protocol_error(str(e) or type(e).__name__)
                 return
             self.metrics.protocol_errors.labels(self.listener).inc()
-            log.warning("%s: closing connection after %d requests: %s",
-                        self.listener, len(decoded), e)
+            log.warning(
+                "%s: closing connection after %d requests: %s", self.listener, len(decoded), e
+            )
             self.queue.extend(decoded)
             self.closing = True
         if self.task is None:
@@ -175,8 +176,9 @@ class SequentialProtocol(asyncio.Protocol):
         return self.task is not None
 
 
-async def start_listener(listen: Listen, factory: Callable[[], asyncio.Protocol],
-                         mode: int = 0o660) -> asyncio.Server:
+async def start_listener(
+    listen: Listen, factory: Callable[[], asyncio.Protocol], mode: int = 0o660
+) -> asyncio.Server:
     """Bind ``listen`` (TCP, or a unix socket with ``mode``) and serve ``factory``."""
     loop = asyncio.get_running_loop()
     if listen.path is not None:
@@ -186,8 +188,9 @@ async def start_listener(listen: Listen, factory: Callable[[], asyncio.Protocol]
         os.chmod(listen.path, mode)
         return server
     assert listen.port is not None
-    return await loop.create_server(factory, host=listen.host, port=listen.port,
-                                    reuse_address=True, backlog=1024)
+    return await loop.create_server(
+        factory, host=listen.host, port=listen.port, reuse_address=True, backlog=1024
+    )
 
 
 def _remove_stale_socket(path: str) -> None:

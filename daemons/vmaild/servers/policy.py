@@ -33,8 +33,12 @@ class _Broken:
 class PolicyProtocol(SequentialProtocol):
     listener = "policy"
 
-    def __init__(self, ctx: ListenerContext, service: Callable[[], PolicyDecider],
-                 max_request: int = DEFAULT_MAX_REQUEST):
+    def __init__(
+        self,
+        ctx: ListenerContext,
+        service: Callable[[], PolicyDecider],
+        max_request: int = DEFAULT_MAX_REQUEST,
+    ):
         super().__init__(ctx)
         self.service = service  # called per request: SIGHUP swaps the service
         self.decoder = PolicyDecoder(max_request=max_request)

@@ -34,8 +34,9 @@ class SocketmapProtocol(SequentialProtocol):
             request = self.decoder.plain_request(data)
             if request is not None:
                 lookups = self.lookups()
-                hit, value = (lookups.cached(*request) if request[0] in lookups.maps
-                              else (False, None))
+                hit, value = (
+                    lookups.cached(*request) if request[0] in lookups.maps else (False, None)
+                )
                 if hit:
                     assert self.transport is not None
                     self.transport.write(_NOT_FOUND if value is None else found_reply(value))
