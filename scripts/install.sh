@@ -59,6 +59,8 @@ want_restart() {
 
 # Any failing command names the step it ended; a re-run continues where it stopped.
 on_error() {
+  # A failure inside $(...) fails its caller too: report once, from the top level.
+  ((BASH_SUBSHELL == 0)) || return 0
   printf 'install: error: step "%s" failed (exit %s at line %s: %s); fix the cause and run\n' \
     "$step" "$1" "$2" "$3" >&2
   printf 'install: "make install" again: the steps already done are skipped\n' >&2

@@ -150,7 +150,7 @@ class Tally:
 
     def line(self, phase: str) -> str:
         return (
-            f"{phase}: sent {self.sent}, deferred {self.deferred}, bounced/rejected "
+            f"{phase}: sent {self.sent}, deferred (4xx tries) {self.deferred}, bounced/rejected "
             f"{self.rejected}, delivered {self.delivered}, lost {len(self.lost)}, "
             f"duplicated {len(self.duplicated)}"
         )
