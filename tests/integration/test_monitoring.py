@@ -347,16 +347,24 @@ def test_every_dashboard_expression_returns_data(own_mariadb: MariaDB) -> None:
             except HarnessTimeout:
                 pytest.fail("no data:\n" + "\n".join(without_data(prom)), pytrace=False)
 
-            def outage_alerts() -> bool:
-                traffic_without_database(clients)
-                active = {
+            def active_alerts() -> set[str]:
+                return {
                     a["labels"]["alertname"]
                     for a in prom.api("alerts")["alerts"]
                     if a["state"] in ("pending", "firing")
                 }
-                return OUTAGE_ALERTS <= active
 
-            wait_until(outage_alerts, 30, f"alerts {sorted(OUTAGE_ALERTS)}", interval=0.5)
+            def outage_alerts() -> bool:
+                traffic_without_database(clients)
+                return OUTAGE_ALERTS <= active_alerts()
+
+            try:
+                wait_until(outage_alerts, 30, "the outage's alerts", interval=0.5)
+            except HarnessTimeout:
+                pytest.fail(
+                    f"alerts {sorted(OUTAGE_ALERTS)} expected, active: {sorted(active_alerts())}",
+                    pytrace=False,
+                )
             # Every rule evaluates on vmaild's real series without an error.
             rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
             assert sorted(r["name"] for r in rules) == sorted(rule_names())
