@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the real mail stack the integration tests, benchmarks and demo run
 # against: MariaDB, Postfix (+mysql maps), Courier authlib/IMAP/POP3, maildrop,
-# Cyrus SASL, swaks. For a fresh Debian 12 machine, as root; idempotent.
+# Cyrus SASL, swaks; Prometheus (promtool and a server for tests/integration/test_monitoring.py,
+# which runs its own on a free port). For a fresh Debian 12 machine, as root; idempotent.
 #
 # * apt runs only when a package is missing (a dpkg-query check), so a
 #   second `make test` spends well under a second here.
@@ -22,6 +23,7 @@ PACKAGES=(
   swaks python3-venv openssl
   gcc libc6-dev
   systemd
+  prometheus
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -53,6 +55,9 @@ system_daemon_pids() {
   done
   pgrep -x courierlogger || true
   pgrep -x saslauthd || true
+  # The packaged Prometheus runs as user prometheus (port 9090); the monitoring test runs
+  # its own as root on a free port.
+  pgrep -x -u prometheus prometheus 2>/dev/null || true
 }
 
 install_packages() {

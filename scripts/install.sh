@@ -187,6 +187,9 @@ install_package() {
              courier/README.md scripts/vmaild.conf.example; do
     install_file "$SRC/$doc" "$DOCDIR/${doc//\//-}" 0644 quiet
   done
+  for doc in "$SRC"/monitoring/*; do  # Grafana dashboard, Prometheus rules and their tests
+    install_file "$doc" "$DOCDIR/monitoring/${doc##*/}" 0644 quiet
+  done
   ok "documentation in $DOCDIR"
 }
 

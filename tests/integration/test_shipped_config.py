@@ -268,6 +268,10 @@ def test_install_twice_then_local_edits(tmp_root: Path) -> None:
     assert os.readlink(r / "usr/local/bin/vmailctl") == "/opt/vmaild/bin/vmailctl"
     assert os.readlink(r / "etc/courier/authProg") == "/usr/local/bin/vmaild-authpipe"
     assert os.access(r / "usr/local/lib/vmaild/vmaild-maildrop", os.X_OK)
+    monitoring = shipped.ROOT / "monitoring"  # installed as documentation, byte for byte
+    for doc in monitoring.iterdir():
+        installed = r / "usr/local/share/doc/vmaild/monitoring" / doc.name
+        assert installed.read_bytes() == doc.read_bytes(), installed
     conf = r / "etc/vmaild/vmaild.conf"
     assert conf.read_text() == shipped.VMAILD_CONF_EXAMPLE.read_text()
     assert oct(conf.stat().st_mode & 0o777) == "0o640" and conf.stat().st_gid == 5000

@@ -1,0 +1,1 @@
+"""A private Prometheus server and promtool (``server``)."""
