@@ -16,8 +16,9 @@
 #     SASL's smtpd.conf) like dpkg conffiles: installed when absent, updated when you did
 #     not edit them, and when you did and the shipped version changed, yours stays and the
 #     new one is written next to it as FILE.new, with a notice;
-#  4. /home/vmail (vmail, 0750) and a self-signed certificate in /etc/vmaild/tls (the seed's
-#     openssl step), never replaced once there;
+#  4. /home/vmail (vmail, 0750), /var/spool/postfix/vmaild (2750 vmail:postfix: vmaild's
+#     socketmap and policy sockets, for Postfix only) and a self-signed certificate in
+#     /etc/vmaild/tls (the seed's openssl step), never replaced once there;
 #  5. Courier: /etc/courier/authProg -> vmaild-authpipe, and the settings of
 #     courier/*.vmaild set line by line in authdaemonrc, imapd, imapd-ssl, pop3d,
 #     pop3d-ssl; Postfix: main.cf settings of postfix/main.cf.vmaild and main.cf.policy
@@ -44,6 +45,7 @@ ETC=/etc/vmaild
 TLS=$ETC/tls
 STATE=/var/lib/vmaild/install     # pristine copies of installed conffiles
 MAILHOME=/home/vmail
+SOCKETDIR=/var/spool/postfix/vmaild   # vmaild.conf.example [socketmap], [policy]; vmaild.tmpfiles
 VMAIL_ID=5000
 
 changes=0
@@ -295,6 +297,27 @@ ensure_mailhome() {
   fi
 }
 
+ensure_socketdir() {
+  step="$SOCKETDIR"
+  local dir=$ROOT$SOCKETDIR want="2750 $VMAIL_ID:postfix" have
+  if [[ ! -d $(dirname "$dir") || -z $(passwd_field group postfix 1) ]]; then
+    log "$SOCKETDIR: skipped (Postfix not installed)"
+    return
+  fi
+  # As vmaild.tmpfiles says (also applied at every boot): vmaild creates its sockets in
+  # it, the setgid bit gives them group postfix; nobody else may even look in.
+  mkdir -p "$dir"
+  have="$(stat -c %a "$dir") $(stat -c %u "$dir"):$(stat -c %G "$dir" 2>/dev/null || true)"
+  if [[ $have == "$want" ]]; then
+    ok "$SOCKETDIR"
+  else
+    chown "$VMAIL_ID:postfix" "$dir"
+    chmod 2750 "$dir"
+    changed "$SOCKETDIR" "vmail:postfix, 2750"
+    want_restart vmaild
+  fi
+}
+
 mail_hostname() {
   if [[ -n ${VMAILD_HOSTNAME:-} ]]; then
     printf '%s\n' "$VMAILD_HOSTNAME"
@@ -520,6 +543,7 @@ ensure_accounts
 install_package
 install_conffiles
 ensure_mailhome
+ensure_socketdir
 ensure_certificate
 configure_courier
 configure_postfix
