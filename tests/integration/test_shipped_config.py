@@ -504,3 +504,35 @@ def test_wrapper_defers_when_vmaild_is_unreachable_or_misconfigured(
     # Relative to what? pipe(8)'s working directory is not the wrapper's business.
     assert wrapper(fake_maildrop(67), "socketmap:unix:vmaild/socketmap:mailboxes").returncode == 75
     assert wrapper(fake_maildrop(0), "mysql:/etc/postfix/x.cf").returncode == 75
+
+
+def test_install_points_postfix_where_a_kept_vmaild_conf_listens(tmp_root: Path) -> None:
+    """An upgrade from before vmaild served the maps and the policy on unix sockets: the
+    admin's vmaild.conf (kept, the new one lands as .new) still listens on 127.0.0.1:10020
+    and :10040, so main.cf and master.cf must name those, not sockets nobody serves."""
+    need("postconf", "openssl", "systemd-tmpfiles", "useradd")
+    staging_root(tmp_root)
+    conf = tmp_root / "etc/vmaild/vmaild.conf"
+    conf.parent.mkdir(parents=True)
+    old = shipped.VMAILD_CONF_EXAMPLE.read_text()
+    for section, address in (("socketmap", "127.0.0.1:10020"), ("policy", "127.0.0.1:10040")):
+        old = old.replace(
+            f"listen = unix:/var/spool/postfix/vmaild/{section}", f"listen = {address}"
+        )
+    conf.write_text(old.replace("mail_admin_password", "s3cret"))
+    lines = install(tmp_root)
+    assert any("vmaild.conf: NOTICE" in line for line in lines), lines
+    assert conf.read_text() == old.replace("mail_admin_password", "s3cret")
+    etc = tmp_root / "etc/postfix"
+    shown = postconf_n(etc).stdout
+    assert "virtual_mailbox_maps = socketmap:inet:127.0.0.1:10020:mailboxes" in shown
+    assert "check_policy_service { inet:127.0.0.1:10040, timeout=5s, default_action=DUNNO }" in (
+        shown
+    )
+    assert "unix:vmaild" not in shown
+    master = run(["postconf", "-c", str(etc), "-M", "maildrop/unix", "submission/inet"]).stdout
+    assert "vmaild-maildrop socketmap:inet:127.0.0.1:10020:mailboxes " in master
+    assert "inet:127.0.0.1:10040, timeout=5s, default_action=DEFER_IF_PERMIT" in master
+    assert "unix:vmaild/" not in master and "postfix/vmaild/" not in master
+    # Run again: the same, nothing to change.
+    assert changes(install(tmp_root)) == []
