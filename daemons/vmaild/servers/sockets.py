@@ -39,7 +39,8 @@ def bind_unix(path: str, mode: int) -> socket.socket:
     ensure_directory(directory)
     check_directory(directory)
     _check_stale_socket(path)
-    private = tempfile.mkdtemp(prefix=".vmaild-bind-", dir=directory)  # 0700
+    # 0700; a short name: the temporary path must fit sun_path (108 bytes) too.
+    private = tempfile.mkdtemp(prefix=".vmaild-", dir=directory)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         temporary = os.path.join(private, "s")
