@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import stat
@@ -14,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from vmaild import safedirs
+from tests.unit.fakes import CONFIG
+from vmaild import config, daemon, safedirs
 from vmaild.servers.base import start_listener
 from vmaild.values import Listen
 
@@ -162,3 +164,20 @@ def test_stale_socket_replaced_live_one_and_files_refused(tmp_path: Path) -> Non
     path.write_text("not a socket")
     with pytest.raises(OSError, match="exists and is not a socket"):
         listen_at(path)
+
+
+def test_serve_refuses_an_unsafe_directory_in_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`vmaild serve` stops (exit 1) before READY with one line naming the directory."""
+    directory = tmp_path / "run"
+    directory.mkdir()
+    directory.chmod(0o777)
+    cfg = config.parse(CONFIG + f"\n[control]\nlisten = unix:{directory / 'control.sock'}\n")
+    with caplog.at_level(logging.ERROR, logger="vmaild"):
+        assert asyncio.run(asyncio.wait_for(daemon.serve(cfg), 10)) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        f"cannot listen: unsafe socket directory {directory}: world-writable (mode 0777) "
+        "without the sticky bit"
+    ]
+    assert list(directory.iterdir()) == []
