@@ -78,8 +78,8 @@ def run_demo(demo: Demo, s: MailStack) -> None:
         ),
         "vmaild": lambda: (
             f"vmailctl db migrate ({last_line(s.migrate_output)}); vmaild as "
-            f"{s.vmaild_user or 'root'}: socketmap :{s.ports['socketmap']}, policy "
-            f":{s.ports['policy']}, auth {s.rundir / 'auth.sock'}, metrics "
+            f"{s.vmaild_user or 'root'}: socketmap {s.sockets['socketmap']}, policy "
+            f"{s.sockets['policy']}, auth {s.rundir / 'auth.sock'}, metrics "
             f":{s.ports['metrics']}"
         ),
         "courier": lambda: (
@@ -108,7 +108,7 @@ def run_demo(demo: Demo, s: MailStack) -> None:
     for note in s.notes:
         print(f"  note  {note}", flush=True)
     assert s.postfix is not None
-    socketmap = f"socketmap:inet:127.0.0.1:{s.ports['socketmap']}"
+    socketmap = f"socketmap:unix:{s.sockets['socketmap']}"
 
     # -- the tutorial's section 8, with vmailctl ----------------------------------------
     demo.step(

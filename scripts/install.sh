@@ -16,12 +16,15 @@
 #     SASL's smtpd.conf) like dpkg conffiles: installed when absent, updated when you did
 #     not edit them, and when you did and the shipped version changed, yours stays and the
 #     new one is written next to it as FILE.new, with a notice;
-#  4. /home/vmail (vmail, 0750) and a self-signed certificate in /etc/vmaild/tls (the seed's
-#     openssl step), never replaced once there;
+#  4. /home/vmail (vmail, 0750), /var/spool/postfix/vmaild (2750 vmail:postfix: vmaild's
+#     socketmap and policy sockets, for Postfix only) and a self-signed certificate in
+#     /etc/vmaild/tls (the seed's openssl step), never replaced once there;
 #  5. Courier: /etc/courier/authProg -> vmaild-authpipe, and the settings of
 #     courier/*.vmaild set line by line in authdaemonrc, imapd, imapd-ssl, pop3d,
 #     pop3d-ssl; Postfix: main.cf settings of postfix/main.cf.vmaild and main.cf.policy
-#     with `postconf -e`, master.cf entries of postfix/master.cf.vmaild with `postconf -M`.
+#     with `postconf -e`, master.cf entries of postfix/master.cf.vmaild with `postconf -M`,
+#     their vmaild sockets replaced by the [socketmap]/[policy] addresses of an installed
+#     vmaild.conf that listens elsewhere (one kept from an older version: TCP ports).
 #     Each file is copied to FILE.vmaild-backup before vmaild first changes it;
 #  6. systemd: daemon-reload and the tmpfiles entry applied (authdaemond's socket
 #     directory gets an ACL entry for vmail, systemd/vmaild.tmpfiles). Services are not
@@ -44,6 +47,7 @@ ETC=/etc/vmaild
 TLS=$ETC/tls
 STATE=/var/lib/vmaild/install     # pristine copies of installed conffiles
 MAILHOME=/home/vmail
+SOCKETDIR=/var/spool/postfix/vmaild   # vmaild.conf.example [socketmap], [policy]; vmaild.tmpfiles
 VMAIL_ID=5000
 
 changes=0
@@ -300,6 +304,27 @@ ensure_mailhome() {
   fi
 }
 
+ensure_socketdir() {
+  step="$SOCKETDIR"
+  local dir=$ROOT$SOCKETDIR want="2750 $VMAIL_ID:postfix" have
+  if [[ ! -d $(dirname "$dir") || -z $(passwd_field group postfix 1) ]]; then
+    log "$SOCKETDIR: skipped (Postfix not installed)"
+    return
+  fi
+  # As vmaild.tmpfiles says (also applied at every boot): vmaild creates its sockets in
+  # it, the setgid bit gives them group postfix; nobody else may even look in.
+  mkdir -p "$dir"
+  have="$(stat -c %a "$dir") $(stat -c %u "$dir"):$(stat -c %G "$dir" 2>/dev/null || true)"
+  if [[ $have == "$want" ]]; then
+    ok "$SOCKETDIR"
+  else
+    chown "$VMAIL_ID:postfix" "$dir"
+    chmod 2750 "$dir"
+    changed "$SOCKETDIR" "vmail:postfix, 2750"
+    want_restart vmaild
+  fi
+}
+
 mail_hostname() {
   if [[ -n ${VMAILD_HOSTNAME:-} ]]; then
     printf '%s\n' "$VMAILD_HOSTNAME"
@@ -414,6 +439,43 @@ snippet_settings() {  # main.cf snippet -> "name=value" lines (continuations joi
   ' "$@" | sed -E 's/^([A-Za-z0-9_]+)[ \t]*=[ \t]*/\1=/'
 }
 
+ini_value() {  # ini_value FILE SECTION KEY: a value of vmaild.conf, without its "; comment"
+  awk -v want="[$2]" -v key="$3" '
+    /^[ \t]*\[/ { section = $0; gsub(/^[ \t]+|[ \t]*([;#].*)?$/, "", section); next }
+    section == want && $0 ~ "^[ \t]*" key "[ \t]*=" {
+      v = substr($0, index($0, "=") + 1); sub(/[ \t]+[;#].*$/, "", v)
+      gsub(/^[ \t]+|[ \t]+$/, "", v); print v; exit
+    }' "$1"
+}
+
+# Postfix must ask vmaild where it listens. The snippets name the shipped sockets; a
+# vmaild.conf with other [socketmap]/[policy] addresses (yours, or one kept from before
+# vmaild served them on unix sockets: 127.0.0.1:10020 and :10040) gets those instead, so
+# an upgrade never points Postfix at a socket nobody listens on. Prints sed arguments.
+postfix_endpoints() {
+  local conf=$ROOT$ETC/vmaild.conf section listen shipped prefix rel abs
+  [[ -f $conf ]] || return 0
+  for section in socketmap policy; do
+    listen=$(ini_value "$conf" "$section" listen)
+    shipped=unix:$SOCKETDIR/$section
+    if [[ -z $listen || $listen == "$shipped" ]]; then continue; fi
+    if [[ $listen == unix:/var/spool/postfix/* ]]; then
+      rel=unix:${listen#unix:/var/spool/postfix/} abs=$listen
+    elif [[ $listen == unix:* ]]; then
+      rel=$listen abs=$listen
+      log "Postfix: NOTICE: [$section] listen = $listen is outside /var/spool/postfix:" \
+          "chrooted Postfix daemons cannot reach it" >&2
+    else
+      rel=inet:$listen abs=inet:$listen
+    fi
+    prefix=""
+    if [[ $section == socketmap ]]; then prefix=socketmap:; fi
+    # main.cf names the socket relative to the queue directory, master.cf's wrapper not.
+    printf '%s\n' -e "s|${prefix}unix:vmaild/$section|$prefix$rel|g" \
+      -e "s|$prefix$shipped|$prefix$abs|g"
+  done
+}
+
 configure_postfix() {
   step="Postfix"
   local dir=$ROOT/etc/postfix
@@ -427,7 +489,9 @@ configure_postfix() {
   # entry, which bounces what authdaemond cannot find. Then main.cf, and one more reload.
   local running=""
   if [[ -z $ROOT ]] && postfix status >/dev/null 2>&1; then running=yes; fi
-  local pc=(postconf -c "$dir") line name value key
+  local pc=(postconf -c "$dir") line name value key endpoints=()
+  mapfile -t endpoints < <(postfix_endpoints)
+  endpoints=(-e '' "${endpoints[@]}")
   local -A services=()
   while IFS= read -r line; do
     services[$(awk '{ print $1 "/" $2 }' <<<"$line")]=$(tr -s ' \t' ' ' <<<"$line")
@@ -438,7 +502,7 @@ configure_postfix() {
     if [[ ${services[$key]:-} != "$(tr -s ' \t' ' ' <<<"$line")" ]]; then
       entries+=("$key=$line")
     fi
-  done < <(snippet_settings_master "$SRC/postfix/master.cf.vmaild")
+  done < <(snippet_settings_master "$SRC/postfix/master.cf.vmaild" | sed "${endpoints[@]}")
   if ((${#entries[@]})); then
     backup_once "$dir/master.cf"
     "${pc[@]}" -M "${entries[@]}"
@@ -461,7 +525,8 @@ configure_postfix() {
     if [[ ! -v current[$name] || ${current[$name]} != "$value" ]]; then
       edits+=("$name=$value")
     fi
-  done < <(snippet_settings "$SRC/postfix/main.cf.vmaild" "$SRC/postfix/main.cf.policy")
+  done < <(snippet_settings "$SRC/postfix/main.cf.vmaild" "$SRC/postfix/main.cf.policy" \
+             | sed "${endpoints[@]}")
   # Removed (main.cf.vmaild-backup keeps them):
   # * the seed's virtual_create_maildirsize / virtual_maildir_extended belong to the
   #   unofficial VDA patch: "unused parameter" on a stock Postfix (main.cf.policy);
@@ -525,6 +590,7 @@ ensure_accounts
 install_package
 install_conffiles
 ensure_mailhome
+ensure_socketdir
 ensure_certificate
 configure_courier
 configure_postfix

@@ -21,9 +21,13 @@ request:
   setuid, which as root set the real, effective and saved ids, so root cannot come back
   (checked). Nothing is imported or opened afterwards: the interpreter's own files may be
   out of the new account's reach (a Python under /root), so ctypes comes first.
-* **When anything fails** (no socket and no directory, a step refused): :class:`DropError`.
-  The relay then exits without writing and authdaemond reports a *temporary* failure, exactly
-  as when vmaild is down; it never goes on serving as root, and never answers "wrong password".
+* **Where**: the socket's directory, and every one above it, must be writable only by root
+  or that owner (or sticky): anyone else who can write there could have replaced the
+  socket with their own and would be sent every password (safedirs.py).
+* **When anything fails** (no socket and no directory, an unsafe directory, a step
+  refused): :class:`DropError`. The relay then exits without writing and authdaemond
+  reports a *temporary* failure, exactly as when vmaild is down; it never goes on serving
+  as root, and never answers "wrong password".
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import os
 import pwd
 import stat
 from dataclasses import dataclass
+
+from .safedirs import check_directory
 
 PR_SET_NO_NEW_PRIVS = 38  # linux/prctl.h
 NOBODY = 65534  # the overflow uid/gid, when there is no passwd entry "nobody"
@@ -58,23 +64,32 @@ def target_for(address: str | tuple[str, int]) -> Target:
             return Target(entry.pw_uid, entry.pw_gid, "nobody, for a TCP [auth] listen")
         except KeyError:
             return Target(NOBODY, NOBODY, "uid 65534, for a TCP [auth] listen")
+    directory = os.path.dirname(address)
+    target: Target | None = None
     try:
         st = os.stat(address)
         if stat.S_ISSOCK(st.st_mode):
-            return _account(st, f"owner of {address}")
+            target = _account(st, f"owner of {address}")
     except FileNotFoundError:
         pass
     except OSError as e:
         raise DropError(f"cannot tell whom to run as: {address}: {e.strerror}") from None
-    directory = os.path.dirname(address)
+    if target is None:
+        try:
+            st = os.stat(directory)
+        except OSError as e:
+            raise DropError(
+                f"cannot tell whom to run as: no socket {address}, and {directory}: "
+                f"{e.strerror} (vmaild not running?)"
+            ) from None
+        target = _account(st, f"owner of {directory} ({address} is not there yet)")
+    # Whoever can write to the directory could have put their socket there (and would get
+    # the passwords): only root and the account vmaild runs as may.
     try:
-        st = os.stat(directory)
+        check_directory(directory, owner=target.uid)
     except OSError as e:
-        raise DropError(
-            f"cannot tell whom to run as: no socket {address}, and {directory}: "
-            f"{e.strerror} (vmaild not running?)"
-        ) from None
-    return _account(st, f"owner of {directory} ({address} is not there yet)")
+        raise DropError(f"refusing to relay to {address}: {e}") from None
+    return target
 
 
 def _account(st: os.stat_result, why: str) -> Target:

@@ -31,6 +31,7 @@ class StackConfig:
     mariadb: MariaDB
     db: seed.SeedDatabase
     ports: dict[str, int]
+    sockets: dict[str, Path]
     rundir: Path
     base: Path
     tls_dir: Path
@@ -51,8 +52,8 @@ class StackConfig:
             connect_timeout="1",
             retry_interval="1",
         )
-        cp["socketmap"]["listen"] = f"127.0.0.1:{self.ports['socketmap']}"
-        cp["policy"]["listen"] = f"127.0.0.1:{self.ports['policy']}"
+        cp["socketmap"]["listen"] = f"unix:{self.sockets['socketmap']}"
+        cp["policy"]["listen"] = f"unix:{self.sockets['policy']}"
         cp["metrics"]["listen"] = f"127.0.0.1:{self.ports['metrics']}"
         cp["auth"]["listen"] = f"unix:{self.rundir / 'auth.sock'}"
         cp["auth"]["password_rounds"] = str(TEST_PASSWORD_ROUNDS)
@@ -68,10 +69,12 @@ class StackConfig:
     def replacements(self) -> dict[str, str]:
         """Production addresses and paths in the shipped files -> the sandbox's."""
         example = shipped.vmaild_example()
-        reps = {
-            example[section]["listen"]: f"127.0.0.1:{self.ports[section]}"
-            for section in ("socketmap", "policy", "metrics")
-        }
+        reps = {example["metrics"]["listen"]: f"127.0.0.1:{self.ports['metrics']}"}
+        # Absolute socket paths (the maildrop wrapper's map in master.cf); main.cf's are
+        # relative to the queue directory and so already the private instance's.
+        for section in ("socketmap", "policy"):
+            production = example[section]["listen"].removeprefix("unix:")
+            reps[production] = str(self.sockets[section])
         tls = shipped.INSTALLED_TLS_DIR
         reps[f"{tls}/mail.key"] = str(self.tls_dir / "mail.key")
         reps[f"{tls}/mail.crt"] = str(self.tls_dir / "mail.crt")

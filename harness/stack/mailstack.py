@@ -96,9 +96,12 @@ class MailStack(StackConfig, StackClients, Service):
         self.base = self.sandbox / "vmail"  # [mailbox] base, the seed's /home/vmail
         self.rundir = self.sandbox / "run"  # RuntimeDirectory=vmaild
         self.tls_dir = self.sandbox / "tls"
-        self.ports = {
-            name: free_port() for name in ("socketmap", "policy", "metrics", "submission")
-        }
+        self.ports = {name: free_port() for name in ("metrics", "submission")}
+        # vmaild's sockets for Postfix, in the private Postfix's queue directory as in
+        # production (/var/spool/postfix/vmaild): main.cf names them relative to it.
+        self.postfix_dir = self.sandbox / "postfix"
+        self.socket_dir = self.postfix_dir / "spool" / "vmaild"
+        self.sockets = {name: self.socket_dir / name for name in ("socketmap", "policy")}
         self.mariadb = MariaDB(self.sandbox / "mariadb")
         self.db = seed.SeedDatabase(self.mariadb)
         self.vmaild: Vmaild | None = None
@@ -157,6 +160,13 @@ class MailStack(StackConfig, StackClients, Service):
             path.mkdir(exist_ok=True)
             os.chown(path, VMAIL_UID, VMAIL_GID)
             os.chmod(path, mode)
+        # systemd/vmaild.tmpfiles: 2750 vmail:postfix (the queue directory above it is
+        # root's, 0755, as Postfix makes it).
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.postfix_dir, 0o755)
+        os.chmod(self.socket_dir.parent, 0o755)
+        shutil.chown(self.socket_dir, VMAIL_UID, "postfix")
+        os.chmod(self.socket_dir, 0o2750)
         self.config_path.parent.mkdir(exist_ok=True)
         self.config_path.write_text(self.vmaild_config())
         os.chmod(self.config_path, 0o644)
@@ -170,6 +180,9 @@ class MailStack(StackConfig, StackClients, Service):
                 "readable by it?)"
             )
             self.vmaild_user = ""
+            # vmaild refuses socket directories owned by another user than itself or root.
+            for path in (self.rundir, self.socket_dir):
+                os.chown(path, 0, -1)
         if self.vmaild_user:
             self.vmaild = VmaildAsUser(
                 self.config_path.read_text(), self.config_path.parent, user=self.vmaild_user
@@ -200,7 +213,7 @@ class MailStack(StackConfig, StackClients, Service):
         self.postfix = StackPostfix(
             self.postfix_main_cf(),
             self.postfix_master_cf(),
-            basedir=self.sandbox / "postfix",
+            basedir=self.postfix_dir,
             myhostname=HOSTNAME,
         )
         self.postfix.write_config_file("sasl/smtpd.conf", shipped.SASL_CONF.read_text())

@@ -10,19 +10,28 @@ IMAP, as in the tutorial's last section.
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from harness.common.ports import free_port
+from harness.common.procs import pids_with_cwd_under, run
+from harness.common.wait import wait_until
 from harness.courier.server import Courier
 from harness.mariadb.server import MariaDB
+from harness.postfix.config import cool_down
 from harness.postfix.server import Postfix
 from harness.stack.mailstack import MailStack
 from harness.stack.seed import SEED_USERS
 from tests.integration.conftest import CourierSession, require
+from vmaild import config as config_mod
+from vmaild.values import Listen
 
 SENDER = "friend@example.net"  # mail "from the internet": unauthenticated, not ours
 
@@ -264,14 +273,14 @@ def test_submission_delivers_and_checks_the_sender(stack: MailStack) -> None:
 
 def test_submission_defers_while_the_policy_service_cannot_be_asked(stack: MailStack) -> None:
     """The submission service's default_action=DEFER_IF_PERMIT: with the policy service
-    unreachable (pointed at a closed port in master.cf here), a logged-in client's mail
+    unreachable (pointed at a missing socket in master.cf here), a logged-in client's mail
     is deferred (450), never sent with its sender unchecked."""
     assert stack.postfix is not None
     master_cf = stack.postfix.config_dir / "master.cf"
     shipped = master_cf.read_text()
-    policy = f"inet:127.0.0.1:{stack.ports['policy']},"
+    policy = "unix:vmaild/policy,"
     assert shipped.count(policy) == 1  # the submission entry's; port 25's is in main.cf
-    master_cf.write_text(shipped.replace(policy, f"inet:127.0.0.1:{free_port()},"))
+    master_cf.write_text(shipped.replace(policy, "unix:vmaild/nowhere,"))
     stack.postfix.reload()
     try:
         result = stack.submit(
@@ -294,6 +303,94 @@ def test_metrics_show_the_lookups_and_logins(stack: MailStack) -> None:
     assert 'vmaild_logins_total{result="ok",service="smtp"}' in metrics
     assert 'vmaild_logins_total{result="ok",service="pop3"}' in metrics
     assert "vmaild_policy_decisions_total{" in metrics
+
+
+# -- who can reach vmaild's sockets ----------------------------------------------------------
+
+
+def connects_as(user: str, listen: Listen) -> bool:
+    """Can ``user``, with its groups (Postfix's daemons get their user's groups), connect?"""
+    target = repr(listen.path) if listen.path else repr((listen.host, listen.port))
+    family = "AF_UNIX" if listen.path else "AF_INET"
+    code = (
+        "import socket\n"
+        "try:\n"
+        f"    socket.socket(socket.{family}).connect({target})\n"
+        "except OSError as e:\n"
+        "    print('refused', e.errno)\n"
+        "else:\n"
+        "    print('connected')\n"
+    )
+    gid = pwd.getpwnam(user).pw_gid
+    result = run(
+        ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", "/usr/bin/python3"],
+        input=code,
+        cwd="/",
+    )
+    assert result.stdout.split()[0] in ("connected", "refused"), result
+    return result.stdout.strip() == "connected"
+
+
+def test_only_postfix_reaches_the_policy_and_socketmap_listeners(stack: MailStack) -> None:
+    """Any local account could send the policy service a request in anybody's name (one
+    END-OF-MESSAGE with recipient_count=500 blocked that login's mail for an hour) and
+    look anything up. The shipped configuration serves both on unix sockets that only
+    Postfix (group postfix), vmail (the maildrop wrapper) and root can connect to."""
+    cfg = config_mod.load(str(stack.config_path))
+    for listen in (cfg.policy.listen, cfg.socketmap.listen):
+        assert listen is not None
+        assert not connects_as("nobody", listen), listen
+        assert connects_as("postfix", listen), listen
+        assert connects_as("vmail", listen), listen
+        assert listen.path is not None
+        st = os.stat(listen.path)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, grp.getgrgid(st.st_gid).gr_name) == (
+            0o660,
+            5000,
+            "postfix",
+        )
+
+
+def test_chrooted_postfix_daemons_reach_the_sockets(stack: MailStack) -> None:
+    """Debian's master.cf chroots cleanup (virtual_alias_maps), trivial-rewrite
+    (virtual_mailbox_domains) and smtpd: main.cf names the sockets relative to the queue
+    directory, which is a chrooted daemon's / and every daemon's working directory."""
+    pf = stack.postfix
+    assert pf is not None
+    services = ["cleanup/unix", "rewrite/unix", f"127.0.0.1:{pf.smtp_port}/inet"]
+
+    def chroot(flag: str) -> None:
+        run(["postconf", "-c", str(pf.config_dir), "-F", *(f"{s}/chroot={flag}" for s in services)])
+        cool_down(pf.config_dir / "master.cf")
+        pf.reload()
+
+    decisions = policy_decisions(stack)
+    chroot("y")
+    try:
+        t = tag()
+        assert stack.send(SENDER, "team@example.test", f"chroot {t}") == {}
+        for user in ("alice@example.test", "bob@example.test"):
+            stack.wait_for_messages(user, 1)
+            wait_until(lambda u=user: stack.count_tagged(u, t) == 1, 30, f"{user} got it")
+        result = stack.submit(SENDER, "nobody@raecoo.com", "x")
+        assert result.code == 550 and "5.1.1" in result.text, result  # an answer, not 451
+        roots = {
+            os.readlink(f"/proc/{pid}/root")
+            for pid in pids_with_cwd_under(pf.queue_dir)
+            if Path(f"/proc/{pid}/comm").read_text().strip() in ("cleanup", "trivial-rewrite")
+        }
+        assert roots == {str(pf.queue_dir)}, roots  # they did run chrooted
+        assert policy_decisions(stack) > decisions  # smtpd asked the policy service
+    finally:
+        chroot("n")
+
+
+def policy_decisions(stack: MailStack) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in stack.metrics().splitlines()
+        if line.startswith("vmaild_policy_decisions_total{")
+    )
 
 
 # -- the running configuration ---------------------------------------------------------------

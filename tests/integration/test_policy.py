@@ -57,7 +57,9 @@ GRANTS = [("alice@example.test", "boss@example.org"), ("alice@example.test", "@s
 
 def snippet_settings(port: int) -> dict[str, str]:
     """postfix/main.cf.policy as main.cf settings, pointed at ``port``: logical lines
-    (a line starting with whitespace continues the previous one, postconf(5))."""
+    (a line starting with whitespace continues the previous one, postconf(5)). The shipped
+    unix socket is replaced by TCP here, so the inet form stays tested (the e2e tests run
+    the shipped unix form)."""
     settings: dict[str, str] = {}
     name = None
     for line in SNIPPET.read_text().splitlines():
@@ -70,7 +72,7 @@ def snippet_settings(port: int) -> dict[str, str]:
         name = name.strip()
         settings[name] = value.strip()
     return {
-        k: v.replace("inet:127.0.0.1:10040", f"inet:127.0.0.1:{port}") for k, v in settings.items()
+        k: v.replace("unix:vmaild/policy", f"inet:127.0.0.1:{port}") for k, v in settings.items()
     }
 
 

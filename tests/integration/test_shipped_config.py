@@ -9,6 +9,7 @@ Staging roots stand in for / (``ROOT=... scripts/install.sh``, ``systemd-tmpfile
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import socket
@@ -200,6 +201,17 @@ def test_tmpfiles_gives_vmail_the_authdaemond_directory_only(tmp_root: Path) -> 
 
     assert readable_by("vmail")
     assert not readable_by("nobody")
+    # The directory of vmaild's socketmap and policy sockets, inside Postfix's queue.
+    sockets = (tmp_root / "var/spool/postfix/vmaild").stat()
+    assert (
+        sockets.st_uid,
+        grp.getgrgid(sockets.st_gid).gr_name,
+        oct(sockets.st_mode & 0o7777),
+    ) == (
+        5000,
+        "postfix",
+        "0o2750",
+    )
 
 
 def test_sysusers_creates_the_seed_accounts(tmp_root: Path) -> None:
@@ -241,6 +253,7 @@ def staging_root(root: Path) -> None:
         + "\n"
     )
     (root / "run" / "courier" / "authdaemon").mkdir(parents=True)
+    (root / "var" / "spool" / "postfix").mkdir(parents=True)
 
 
 def install(root: Path) -> list[str]:
@@ -289,6 +302,18 @@ def test_install_twice_then_local_edits(tmp_root: Path) -> None:
         5000,
         "0o750",
     )
+    # vmaild's sockets for Postfix: vmail creates them, the setgid bit makes them postfix's.
+    sockets = (r / "var/spool/postfix/vmaild").stat()
+    assert (
+        sockets.st_uid,
+        grp.getgrgid(sockets.st_gid).gr_name,
+        oct(sockets.st_mode & 0o7777),
+    ) == (
+        5000,
+        "postfix",
+        "0o2750",
+    )
+    assert "install: /var/spool/postfix/vmaild: changed (vmail:postfix, 2750)" in first
     tls = r / "etc/vmaild/tls"
     assert (
         "CN = mail.example.test"
@@ -352,11 +377,16 @@ def test_install_twice_then_local_edits(tmp_root: Path) -> None:
 class FakeVmaild:
     """A one-answer tcp_table or socketmap server, enough for the wrapper's one question."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, path: Path | None = None) -> None:
         self.answer = answer
         self.requests: list[bytes] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
+        if path is None:
+            self.sock = socket.create_server(("127.0.0.1", 0))
+            self.port = self.sock.getsockname()[1]
+        else:  # a unix socket, like the shipped [socketmap] listen
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.bind(str(path))
+            self.sock.listen()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -443,10 +473,70 @@ def test_wrapper_bounces_only_when_vmaild_agrees(
     assert server.requests == [expected]
 
 
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [
+        (b"9:NOTFOUND ,", 67),
+        (b"22:OK example.test/u ser/,", 75),
+        (b"12:TEMP db down,", 75),
+        (b"", 75),
+    ],
+)
+def test_wrapper_asks_a_unix_socketmap_through_postmap(
+    fake_maildrop: Callable[[int], Path], tmp_root: Path, answer: bytes, status: int
+) -> None:
+    """The shipped map (master.cf.vmaild) is a unix socket, which bash cannot open: the
+    wrapper asks through Postfix's own client, and only its silent "not found" counts."""
+    need("postmap")
+    server = FakeVmaild(answer, tmp_root / "socketmap")
+    try:
+        result = wrapper(fake_maildrop(67), f"socketmap:unix:{tmp_root}/socketmap:mailboxes")
+    finally:
+        server.close()
+    assert result.returncode == status, result.stderr
+    # Postfix's client asks again once when the connection closes without an answer.
+    assert set(server.requests) == {b"30:mailboxes u ser%x@example.test,"}
+
+
 def test_wrapper_defers_when_vmaild_is_unreachable_or_misconfigured(
-    fake_maildrop: Callable[[int], Path],
+    fake_maildrop: Callable[[int], Path], tmp_root: Path
 ) -> None:
     with socket.create_server(("127.0.0.1", 0)) as s:
         port = s.getsockname()[1]  # closed again below: nobody listens there
     assert wrapper(fake_maildrop(67), f"tcp:127.0.0.1:{port}").returncode == 75
+    assert wrapper(fake_maildrop(67), f"socketmap:unix:{tmp_root}/none:mailboxes").returncode == 75
+    # Relative to what? pipe(8)'s working directory is not the wrapper's business.
+    assert wrapper(fake_maildrop(67), "socketmap:unix:vmaild/socketmap:mailboxes").returncode == 75
     assert wrapper(fake_maildrop(0), "mysql:/etc/postfix/x.cf").returncode == 75
+
+
+def test_install_points_postfix_where_a_kept_vmaild_conf_listens(tmp_root: Path) -> None:
+    """An upgrade from before vmaild served the maps and the policy on unix sockets: the
+    admin's vmaild.conf (kept, the new one lands as .new) still listens on 127.0.0.1:10020
+    and :10040, so main.cf and master.cf must name those, not sockets nobody serves."""
+    need("postconf", "openssl", "systemd-tmpfiles", "useradd")
+    staging_root(tmp_root)
+    conf = tmp_root / "etc/vmaild/vmaild.conf"
+    conf.parent.mkdir(parents=True)
+    old = shipped.VMAILD_CONF_EXAMPLE.read_text()
+    for section, address in (("socketmap", "127.0.0.1:10020"), ("policy", "127.0.0.1:10040")):
+        old = old.replace(
+            f"listen = unix:/var/spool/postfix/vmaild/{section}", f"listen = {address}"
+        )
+    conf.write_text(old.replace("mail_admin_password", "s3cret"))
+    lines = install(tmp_root)
+    assert any("vmaild.conf: NOTICE" in line for line in lines), lines
+    assert conf.read_text() == old.replace("mail_admin_password", "s3cret")
+    etc = tmp_root / "etc/postfix"
+    shown = postconf_n(etc).stdout
+    assert "virtual_mailbox_maps = socketmap:inet:127.0.0.1:10020:mailboxes" in shown
+    assert "check_policy_service { inet:127.0.0.1:10040, timeout=5s, default_action=DUNNO }" in (
+        shown
+    )
+    assert "unix:vmaild" not in shown
+    master = run(["postconf", "-c", str(etc), "-M", "maildrop/unix", "submission/inet"]).stdout
+    assert "vmaild-maildrop socketmap:inet:127.0.0.1:10020:mailboxes " in master
+    assert "inet:127.0.0.1:10040, timeout=5s, default_action=DEFER_IF_PERMIT" in master
+    assert "unix:vmaild/" not in master and "postfix/vmaild/" not in master
+    # Run again: the same, nothing to change.
+    assert changes(install(tmp_root)) == []

@@ -304,3 +304,26 @@ def test_a_failing_step_is_a_drop_error(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(os, "setuid", refuse)
     with pytest.raises(privdrop.DropError, match=r"uid 5000 gid 5000 \(test\): Operation not"):
         privdrop.drop_to(privdrop.Target(5000, 5000, "test"))
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770])
+def test_a_socket_in_a_directory_others_can_write_is_refused(rundir: Path, mode: int) -> None:
+    """Anyone who can write to the directory could have replaced vmaild's socket with their
+    own, and the relay would send them every password."""
+    path = rundir / "auth.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        os.chmod(rundir, mode)
+        with pytest.raises(privdrop.DropError, match=f"refusing to relay to {path}: unsafe"):
+            privdrop.target_for(str(path))
+
+
+@as_root
+def test_a_socket_in_a_directory_of_a_third_user_is_refused(rundir: Path) -> None:
+    path = rundir / "auth.sock"
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(path))
+        own(path, OWNER, OWNER)
+        own(rundir, 4242, 4242)
+        with pytest.raises(privdrop.DropError, match="owned by uid 4242"):
+            privdrop.target_for(str(path))

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
-import os
-import socket
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..metrics import Metrics
 from ..values import Listen
+from .sockets import bind_unix
 
 log = logging.getLogger("vmaild.server")
 
@@ -179,35 +176,19 @@ class SequentialProtocol(asyncio.Protocol):
 async def start_listener(
     listen: Listen, factory: Callable[[], asyncio.Protocol], mode: int = 0o660
 ) -> asyncio.Server:
-    """Bind ``listen`` (TCP, or a unix socket with ``mode``) and serve ``factory``."""
+    """Bind ``listen`` (TCP, or a unix socket with ``mode``) and serve ``factory``.
+
+    A unix socket appears with its final mode, in a directory nobody else can write to
+    (sockets.py); an unsafe directory raises OSError with one line."""
     loop = asyncio.get_running_loop()
     if listen.path is not None:
-        _remove_stale_socket(listen.path)
-        os.makedirs(os.path.dirname(listen.path) or "/", exist_ok=True)
-        server = await loop.create_unix_server(factory, path=listen.path, backlog=1024)
-        os.chmod(listen.path, mode)
-        return server
+        sock = bind_unix(listen.path, mode)
+        try:
+            return await loop.create_unix_server(factory, sock=sock, backlog=1024)
+        except BaseException:
+            sock.close()
+            raise
     assert listen.port is not None
     return await loop.create_server(
         factory, host=listen.host, port=listen.port, reuse_address=True, backlog=1024
     )
-
-
-def _remove_stale_socket(path: str) -> None:
-    """A socket file left by a crash blocks bind(); remove it unless something answers."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(f"{path} exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    else:
-        raise OSError(f"{path} is in use by another process")
-    finally:
-        probe.close()
