@@ -19,6 +19,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import cast
 
 log = logging.getLogger("vmaild")
 
@@ -62,10 +63,10 @@ class _Scrape(asyncio.Protocol):
         self.answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = cast(asyncio.Transport, transport)
         loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.endpoint.timeout, transport.abort)
+        self.timer = loop.call_later(self.endpoint.timeout, self.transport.abort)
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None

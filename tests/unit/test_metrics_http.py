@@ -6,11 +6,24 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import pytest
+import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.common.ports import free_port
 from vmaild.metrics import Metrics
 from vmaild.metrics_http import MetricsEndpoint
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """vmaild runs on uvloop when it can (cli.py), whose transports differ in details."""
+    global RUN
+    RUN = uvloop.run if request.param == "uvloop" else asyncio.run
+    return str(request.param)
+
+
+RUN: Callable[..., object] = asyncio.run
 
 
 def serve(
@@ -29,7 +42,7 @@ def serve(
         finally:
             endpoint.close()
 
-    asyncio.run(asyncio.wait_for(main(), 20))
+    RUN(asyncio.wait_for(main(), 20))
     return endpoint
 
 
