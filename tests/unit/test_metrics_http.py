@@ -24,12 +24,14 @@ def loop_kind(request: pytest.FixtureRequest) -> str:
 
 
 RUN: Callable[..., object] = asyncio.run
+METRICS = Metrics()
 
 
 def serve(
     scenario: Callable[[MetricsEndpoint, int], Awaitable[None]], **kw: float
 ) -> MetricsEndpoint:
-    metrics = Metrics()
+    global METRICS
+    metrics = METRICS = Metrics()
     metrics.lookup_stats.observe("mailboxes", "hit", 0.00003)
     metrics.db_up.labels("127.0.0.1:3306").set(1)
     endpoint = MetricsEndpoint(metrics.render, **kw)  # type: ignore[arg-type]
@@ -92,13 +94,26 @@ def test_other_requests() -> None:
     serve(scenario)
 
 
-def test_many_scrapes_render_once_per_max_age() -> None:
+def test_many_scrapes_share_few_renderings() -> None:
     async def scenario(endpoint: MetricsEndpoint, port: int) -> None:
         bodies = await asyncio.gather(*(request(port, GET) for _ in range(50)))
-        assert len({body for _, body in bodies}) == 1
-        assert endpoint.cache.renders == 1
+        assert all(head.startswith(b"HTTP/1.0 200 OK") for head, _ in bodies)
+        assert endpoint.rendering.renders <= 2  # the first at once, the others shared
 
-    serve(scenario, max_age=60)
+    serve(scenario, interval=0.3)
+
+
+def test_a_scrape_never_gets_figures_older_than_itself() -> None:
+    async def scenario(endpoint: MetricsEndpoint, port: int) -> None:
+        _, before = await request(port, GET)
+        assert b'vmaild_db_up{host="127.0.0.1:3306"} 1.0' in before
+        METRICS.db_up.labels("127.0.0.1:3306").set(0)
+        started = asyncio.get_running_loop().time()
+        _, after = await request(port, GET)
+        assert b'vmaild_db_up{host="127.0.0.1:3306"} 0.0' in after
+        assert asyncio.get_running_loop().time() - started >= 0.2  # waited for its slot
+
+    serve(scenario, interval=0.3)
 
 
 def test_no_more_than_max_clients_at_once_and_idle_ones_time_out() -> None:
