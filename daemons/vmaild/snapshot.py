@@ -46,7 +46,12 @@ Exported = dict[str, list[tuple[str, tuple[str | None, float]]]]
 
 
 class Ignored(Exception):
-    """The snapshot cannot be used; the message says why, for the one log line."""
+    """The snapshot cannot be used; the message says why, for the one log line.
+    ``expected``: what follows a configuration change or a long stop, not a fault."""
+
+    def __init__(self, reason: str, expected: bool = False):
+        super().__init__(reason)
+        self.expected = expected
 
 
 @dataclass(frozen=True)

@@ -61,17 +61,19 @@ class CacheKeeper:
             now = time.time()
             keep = max((cache.ttls(name).keep_for() for name in known_maps), default=0.0)
             if snap.config != snapshot.fingerprint(cfg):
-                raise snapshot.Ignored("written for another configuration")
+                raise snapshot.Ignored("written for another configuration", expected=True)
             if now - snap.written >= keep:
                 raise snapshot.Ignored(
                     f"too old (written {now - snap.written:.0f} s ago; entries are of use "
-                    f"for {keep:.0f} s at most: ttl + stale_ttl)"
+                    f"for {keep:.0f} s at most: ttl + stale_ttl)",
+                    expected=True,
                 )
         except FileNotFoundError:
             log.info("no cache snapshot at %s: starting with an empty cache", self.path)
             return None
         except snapshot.Ignored as e:
-            log.warning("cache snapshot %s ignored: %s", self.path, e)
+            level = logging.INFO if e.expected else logging.WARNING
+            log.log(level, "cache snapshot %s ignored: %s", self.path, e)
             return None
         except OSError as e:
             log.warning("cache snapshot %s ignored: %s", self.path, e.strerror or e)

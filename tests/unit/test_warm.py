@@ -145,6 +145,9 @@ def test_what_cannot_be_used_is_ignored_with_one_line(
     assert restore(keeper, after, text) is None
     assert len(after.cache) == 0
     assert len(caplog.records) == 1 and line in caplog.records[0].getMessage()
+    # a fault is a warning; what follows a configuration change or a long stop is not
+    warning = spoil == "damaged"
+    assert (caplog.records[0].levelno == logging.WARNING) == warning
 
 
 def test_a_flush_removes_the_snapshot_and_drops_a_write_in_progress(
