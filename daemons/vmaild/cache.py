@@ -126,11 +126,11 @@ class Cache:
         self._size -= dropped
         return dropped
 
-    def export(self) -> dict[str, list[tuple[str, tuple[str | None, float]]]]:
-        """Every entry, per map and oldest first, as ``(key, (value, fetched_at))`` on
-        ``clock``: a copy made without Python code per entry, that another thread may read
-        while the loop goes on changing the cache."""
-        return {name: list(entries.items()) for name, entries in self._maps.items() if entries}
+    def export(self) -> dict[str, dict[str, tuple[str | None, float]]]:
+        """Every entry, per map and oldest first, ``key -> (value, fetched_at)`` on
+        ``clock``: copies (dict.copy, ~25 ms per million entries, no Python code per entry)
+        that another thread may read while the loop goes on changing the cache."""
+        return {name: entries.copy() for name, entries in self._maps.items() if entries}
 
     def restore(self, map_name: str, key: str, value: str | None, fetched_at: float) -> None:
         """Put back an entry fetched at ``fetched_at`` (on ``clock``), keeping its age: TTLs,

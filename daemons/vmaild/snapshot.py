@@ -26,6 +26,7 @@ by someone else (not owned by this user, or writable by others: its answers rout
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import stat
@@ -41,8 +42,8 @@ MAGIC = "vmaild-cache-snapshot"
 VERSION = 1
 CHUNK = 5000  # entries per line: one json.dumps call each, so the GIL is let go between them
 
-# (key, (value, fetched_at)) as Cache.export gives them, per map
-Exported = dict[str, list[tuple[str, tuple[str | None, float]]]]
+# key -> (value, fetched_at) per map, as Cache.export gives them
+Exported = dict[str, dict[str, tuple[str | None, float]]]
 
 
 class Ignored(Exception):
@@ -109,11 +110,14 @@ def encode(
     digest.update(line)
     yield line
     for name, entries in exported.items():
-        for start in range(0, len(entries), CHUNK):
+        items = iter(entries.items())
+        while True:
             rows = [
                 [key, value, round(at + wall_offset, 1)]
-                for key, (value, at) in entries[start : start + CHUNK]
+                for key, (value, at) in itertools.islice(items, CHUNK)
             ]
+            if not rows:
+                break
             count += len(rows)
             line = _line([name, rows])
             digest.update(line)
