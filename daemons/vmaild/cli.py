@@ -13,6 +13,7 @@ import logging
 import logging.handlers
 import os
 import sys
+from collections.abc import Callable
 
 from . import __version__
 from . import config as config_mod
@@ -66,6 +67,7 @@ def check(cfg: config_mod.Config, db: str = "auto") -> int:
     """``vmaild check``: the file is valid (it was loaded); then, unless ``db`` is "skip",
     the probes of schema_fit.py, which print the same lines ``vmaild serve`` logs."""
     summary = f"{len(cfg.maps)} maps"
+    warn_exposed_password(cfg, lambda line: print(f"vmaild: warning: {line}", file=sys.stderr))
     if db == "skip":
         print(f"{cfg.path}: ok ({summary}); queries not checked against the database")
         return 0
@@ -145,8 +147,19 @@ def setup_logging(cfg: LogConfig, detached: bool = False) -> None:
     root.setLevel(cfg.level.upper())
 
 
+def warn_exposed_password(cfg: config_mod.Config, say: Callable[[str], object]) -> None:
+    """One line when others can read the file holding the database password."""
+    from .secret_files import exposure
+
+    line = exposure(cfg)
+    if line is not None:
+        say(line)
+
+
 def run_loop(cfg: config_mod.Config) -> int:
     from .daemon import serve
+
+    warn_exposed_password(cfg, log.warning)
 
     try:
         import uvloop  # optional: roughly halves the per-request cost of the event loop

@@ -25,9 +25,11 @@ from .config import Config
 from .db import Database, DatabaseError
 from .lookup import Lookups
 from .metrics import Metrics
+from .metrics_http import MetricsEndpoint
 from .schema_fit import SchemaFit
 from .servers.base import ListenerContext, SequentialProtocol, start_listener
 from .values import ConfigError, Listen
+from .warm import CacheKeeper
 
 if TYPE_CHECKING:
     from .auth.service import AuthService
@@ -90,7 +92,7 @@ class App:
         self.listener_context = ListenerContext(self.metrics, self.connections)
         self.listeners: dict[str, tuple[Listen, asyncio.Server]] = {}
         self.stopping = asyncio.Event()
-        self._metrics_server: Any = None
+        self._metrics_server: MetricsEndpoint | None = None
         self._metrics_listen: Listen | None = None
         self._tasks: list[asyncio.Task[None]] = []
         # The change poller's baseline: the counter as read before the latest flush (None:
@@ -98,6 +100,8 @@ class App:
         self._version: Any = None
         self._flushes = 0
         self._fit_task: asyncio.Task[None] | None = None
+        # [cache] snapshot: read at start (a reload keeps the running one)
+        self.keeper = CacheKeeper.for_config(cfg)
 
     @property
     def config(self) -> Config:
@@ -108,6 +112,8 @@ class App:
         self.runtime.cache.flush()
         self._flushes += 1
         self.metrics.cache_flushes.labels(reason).inc()
+        if self.keeper is not None:
+            self.keeper.invalidate()
         log.info("cache flushed (%s): %d entries dropped", reason, dropped)
         return dropped
 
@@ -181,27 +187,34 @@ class App:
                 server = await start_listener(listen, factory)
                 self.listeners[name] = (listen, server)
                 log.info("listening: %s on %s", name, listen)
-        self._sync_metrics_endpoint(cfg)
+        await self._sync_metrics_endpoint(cfg)
 
-    def _sync_metrics_endpoint(self, cfg: Config) -> None:
+    async def _sync_metrics_endpoint(self, cfg: Config) -> None:
         listen = cfg.metrics.listen
         if listen == self._metrics_listen:
             return
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+            self._metrics_server.close()
             self._metrics_server = None
         if listen is not None:
             if listen.is_unix:
                 raise OSError("[metrics] listen must be host:port")
             assert listen.host is not None and listen.port is not None
-            self._metrics_server = self.metrics.serve(listen.host, listen.port)
+            endpoint = MetricsEndpoint(self.metrics.render)
+            await endpoint.start(listen.host, listen.port)
+            self._metrics_server = endpoint
             log.info("listening: metrics on %s", listen)
         self._metrics_listen = listen
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        rt = self.runtime
+        if self.keeper is not None:
+            # The change counter the restored answers are consistent with becomes the
+            # poller's baseline: a change made while vmaild was stopped flushes them.
+            self._version = self.keeper.restore(rt.cache, rt.config, set(rt.lookups.maps))
+            self._tasks.append(asyncio.create_task(self.keeper.run(self._cache_state)))
         await self.sync_listeners(self.config)
         self._tasks.append(asyncio.create_task(self._sweep_loop()))
         self._tasks.append(asyncio.create_task(self._poll_changes()))
@@ -238,6 +251,8 @@ class App:
             sd_notify("READY=1")
             return False
         old.fit.active = False  # its requests in flight no longer touch the gauge
+        if self.keeper is not None:
+            self.keeper.invalidate()  # the cache starts empty: so does the next start
         self._check_schema()
         await asyncio.get_running_loop().run_in_executor(None, old.close)
         self._version = None
@@ -269,9 +284,14 @@ class App:
                     os.unlink(listen.path)
         self.listeners.clear()
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+            self._metrics_server.close()
+        if self.keeper is not None:
+            await self.keeper.save(*self._cache_state())
         await loop.run_in_executor(None, self.runtime.close)
+
+    def _cache_state(self) -> tuple[Cache, Config, Any]:
+        """What a snapshot is made of: the cache, its configuration, the poller's baseline."""
+        return self.runtime.cache, self.runtime.config, self._version
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -17,7 +17,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -210,7 +210,6 @@ class Metrics:
     def service_label(service: str) -> str:
         return service if service in AUTH_SERVICES else "other"
 
-    def serve(self, host: str, port: int) -> object:
-        """Start the /metrics HTTP endpoint in its own thread (never on the event loop)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return server
+    def render(self) -> bytes:
+        """The Prometheus text format of every metric (metrics_http.py serves it)."""
+        return generate_latest(self.registry)

@@ -80,6 +80,15 @@ class CacheConfig(Section):
     # row; the daemon polls it and flushes the cache when it moves. 0 switches polling off.
     check_interval: float = _num(1.0, 0, 3600)
     version_query: str = "SELECT version FROM vmaild_changes WHERE id = 1"
+    # Warm restarts (warm.py): the lookup cache is kept in this file, written every
+    # snapshot_interval seconds (0: only at stop) and at stop, and restored at start. The
+    # default is in the shipped unit's StateDirectory=vmaild; empty switches it off.
+    snapshot: str = "/var/lib/vmaild/cache.snapshot"
+    snapshot_interval: float = _num(60.0, 0, 86400)
+
+    def check(self) -> None:
+        if self.snapshot and not self.snapshot.startswith("/"):
+            raise ConfigError("must be an absolute path (or empty: off)", key="snapshot")
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,12 @@ def config_text(
     catchall_maps: tuple[str, ...] = ("forwardings",),
     chains: dict[str, str] | None = None,
     map_options: dict[str, str] | None = None,
+    snapshot: str = "",
 ) -> str:
     """A vmaild.conf for the seed's four maps against a private MariaDB.
-    ``map_options``: more ``key = value`` lines for a map's section, by map name."""
+    ``map_options``: more ``key = value`` lines for a map's section, by map name.
+    ``snapshot``: ``[cache] snapshot``; off by default, so that no two test daemons share
+    the default path's file."""
     lines = [
         "[database]",
         f"hosts = 127.0.0.1:{db_port}",
@@ -57,7 +60,7 @@ def config_text(
         "retry_interval = 1",
         "",
     ]
-    lines += ["[cache]", cache.strip(), ""] if cache.strip() else []
+    lines += ["[cache]", f"snapshot = {snapshot}", cache.strip(), ""]
     for name, query in (queries or SEED_QUERIES).items():
         lines += [f"[map {name}]", f"query = {query}"]
         if ports and name in ports:

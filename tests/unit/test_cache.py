@@ -278,3 +278,22 @@ def test_a_fetch_in_flight_across_a_flush_answers_but_is_not_stored() -> None:
     assert run(scenario()) == (("old", Outcome.MISS), ("new", Outcome.MISS))
     assert cache.peek("m", "k") == ("new", 0.0)
     assert cache._inflight == {}
+
+
+def test_export_and_restore_keep_ages_and_order() -> None:
+    cache, clock = make(max_entries=2)
+    cache.store("m", "old", "1")
+    clock.now += 5
+    cache.store("m", "new", None)
+    exported = cache.export()
+    assert list(exported["m"]) == ["old", "new"]  # oldest first
+    cache.store("m", "later", "3")  # the copy does not change with the cache
+    assert list(exported["m"]) == ["old", "new"]
+
+    again, clock2 = make(max_entries=2)
+    clock2.now = clock.now  # the same clock: ages carry over as they are
+    for key, (value, at) in exported["m"].items():
+        again.restore("m", key, value, at)
+    assert again.peek("m", "old") == ("1", 5) and again.peek("m", "new") == (None, 0)
+    again.store("m", "third", "3")  # the oldest restored entry is the one evicted
+    assert again.peek("m", "old") is None and again.peek("m", "new") is not None
