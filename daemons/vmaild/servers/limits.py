@@ -24,15 +24,17 @@ import resource
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..logsafe import Throttle
 from ..metrics import Metrics
+from ..sections import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ListenerSection
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger("vmaild.server")
 
-DEFAULT_MAX_CONNECTIONS = 1000
-DEFAULT_IDLE_TIMEOUT = 3600.0
 # Descriptors kept free for everything that is not a client connection: listening
 # sockets, the database pool, the metrics endpoint, Maildir and log files.
 RESERVED_DESCRIPTORS = 64
@@ -141,6 +143,23 @@ class ConnectionLimits:
         if connections:
             self._schedule(connections)
         return closed
+
+
+def limits_of(cfg: Config) -> dict[str, Limits]:
+    """Each configured listener's limits, under the name the daemon gives the listener
+    (also its metric label): ``tcp:NAME``, ``socketmap``, ``policy``, ``auth``, ``control``."""
+    sections: dict[str, ListenerSection | None] = {
+        f"tcp:{name}": m if m.tcp is not None else None for name, m in cfg.maps.items()
+    }
+    sections["socketmap"] = cfg.socketmap if cfg.socketmap.listen is not None else None
+    sections["policy"] = cfg.policy if cfg.policy.listen is not None else None
+    sections["auth"] = cfg.auth if cfg.auth.listen is not None else None
+    sections["control"] = cfg.control if cfg.control.listen is not None else None
+    return {
+        name: Limits(section.max_connections, section.idle_timeout)
+        for name, section in sections.items()
+        if section is not None
+    }
 
 
 def fit_descriptor_limit(connections: int) -> str | None:
