@@ -299,6 +299,7 @@ class SequentialProtocol(asyncio.Protocol):
             log.exception("%s: internal error", self.listener)
             reply = None
         self.task = None
+        self.last_active = time.monotonic()  # idle from the reply on, not from the request
         if transport.is_closing():
             return
         if reply is None:
