@@ -28,6 +28,7 @@ from .metrics import Metrics
 from .metrics_http import MetricsEndpoint
 from .schema_fit import SchemaFit
 from .servers.base import ListenerContext, SequentialProtocol, start_listener
+from .servers.limits import fit_descriptor_limit, limits_of
 from .values import ConfigError, Listen
 from .warm import CacheKeeper
 
@@ -175,6 +176,7 @@ class App:
 
     async def sync_listeners(self, cfg: Config) -> None:
         """Open what the config asks for, close what it no longer names, keep the rest."""
+        self._apply_limits(cfg)
         wanted = self.wanted_listeners(cfg)
         for name in list(self.listeners):
             listen, server = self.listeners[name]
@@ -188,6 +190,15 @@ class App:
                 self.listeners[name] = (listen, server)
                 log.info("listening: %s on %s", name, listen)
         await self._sync_metrics_endpoint(cfg)
+
+    def _apply_limits(self, cfg: Config) -> None:
+        """Caps and idle timeouts (servers/limits.py): open listeners take them at once;
+        the descriptor limit is raised to fit the caps, or a warning says it does not."""
+        limits = limits_of(cfg)
+        self.listener_context.limits.configure(limits)
+        warning = fit_descriptor_limit(sum(x.max_connections for x in limits.values()))
+        if warning:
+            log.warning("%s", warning)
 
     async def _sync_metrics_endpoint(self, cfg: Config) -> None:
         listen = cfg.metrics.listen

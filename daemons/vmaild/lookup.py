@@ -16,6 +16,7 @@ from .cache import Cache, Outcome, TTLs
 from .config import Config
 from .db import Database, DatabaseError
 from .failures import TemporaryFailure
+from .logsafe import shown
 from .metrics import Metrics
 from .sections import MapConfig
 
@@ -110,7 +111,7 @@ class Lookups:
                 logging.DEBUG if e.misfit and self.fit is not None else logging.WARNING,
                 "map %s: lookup failed: %s",
                 map_name,
-                e,
+                shown(str(e), 500),
             )
             raise TemporaryFailure(str(e)) from e
         self._observe(map_name, outcome, started)

@@ -128,6 +128,12 @@ class Metrics:
         self.connections = Gauge(
             "vmaild_connections", "Open client connections", ["listener"], registry=r
         )
+        self.connections_refused = Counter(
+            "vmaild_connections_refused",
+            "New connections closed at once: the listener's max_connections was reached",
+            ["listener"],
+            registry=r,
+        )
         self.protocol_errors = Counter(
             "vmaild_protocol_errors",
             "Malformed or oversized requests, by listener",

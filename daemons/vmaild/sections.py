@@ -49,6 +49,22 @@ def _num(default: Any, lo: float, hi: float | None = None) -> Any:
     return field(default=default, metadata={"min": lo, "max": hi})
 
 
+# Every listening section has these two keys (servers/limits.py says why these defaults
+# never cut a live Postfix client: PROTOCOLS.md 1.4, 2.4, 3.3).
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_IDLE_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class ListenerSection(Section):
+    """The keys of every section that opens a listener: a cap on its open connections
+    (one over it is closed at once, counted and logged) and how long a connection may
+    stay silent, with no request in progress, before it is closed (0: never)."""
+
+    max_connections: int = _num(DEFAULT_MAX_CONNECTIONS, 1, 1_000_000)
+    idle_timeout: float = _num(DEFAULT_IDLE_TIMEOUT, 0, 7 * 86400)
+
+
 @dataclass(frozen=True)
 class DatabaseConfig(Section):
     hosts: tuple[DatabaseHost, ...] = ()
@@ -97,7 +113,9 @@ class LookupConfig(Section):
 
 
 @dataclass(frozen=True)
-class MapConfig(Section):
+class MapConfig(ListenerSection):
+    """``[map NAME]``; ``max_connections`` and ``idle_timeout`` apply to its ``tcp`` listener."""
+
     name: str = ""
     query: str = ""
     tcp: Listen | None = None
@@ -129,12 +147,12 @@ class MapConfig(Section):
 
 
 @dataclass(frozen=True)
-class SocketmapConfig(Section):
+class SocketmapConfig(ListenerSection):
     listen: Listen | None = None
 
 
 @dataclass(frozen=True)
-class PolicyConfig(Section):
+class PolicyConfig(ListenerSection):
     """``[policy]``: the Postfix access-policy service (vmaild/policy/, README "Policy").
 
     Queries take named parameters (``%(address)s``...); actions are Postfix access(5)
@@ -225,7 +243,7 @@ class MailboxConfig(Section):
 
 
 @dataclass(frozen=True)
-class AuthConfig(Section):
+class AuthConfig(ListenerSection):
     """``[auth]``: logins for Courier's authdaemond (through vmaild-authpipe) and, through it,
     Cyrus SASL (vmaild/auth/, PROTOCOLS.md sections 4 and 5, courier/README.md).
 
@@ -318,7 +336,7 @@ class MetricsConfig(Section):
 
 
 @dataclass(frozen=True)
-class ControlConfig(Section):
+class ControlConfig(ListenerSection):
     """A unix socket vmailctl uses to flush the cache the moment it changes something."""
 
     listen: Listen | None = None

@@ -29,6 +29,7 @@ from ..codec import authpipe as codec
 from ..config import Config
 from ..db import Database, DatabaseError
 from ..failures import TemporaryFailure
+from ..logsafe import shown
 from ..memo import ReplyMemo
 from ..metrics import Metrics
 from ..schema_fit import SchemaFit
@@ -52,6 +53,7 @@ _CRAM = {"cram-md5": "md5", "cram-sha1": "sha1", "cram-sha256": "sha256"}
 # MySQL errors that mean "this schema cannot store a new hash": the seed's varchar(20)
 # (1406 data too long), a missing column or table (1054, 1146), no UPDATE grant (1142).
 _SCHEMA_ERRORS = frozenset({1406, 1054, 1146, 1142, 1265})
+_UNKNOWN_PASSWD = "unknown or disabled account"
 # Encoded account replies kept (cleared when full).
 REPLY_MEMO = 10_000
 
@@ -95,7 +97,8 @@ class AuthService:
     def answer_now(self, request: codec.Decoded) -> bytes | None:
         """Replies that need no waiting (a malformed request gets FAIL, 4.4)."""
         if isinstance(request, codec.BadRequest):
-            log.warning("auth: bad request: %s", request.reason)
+            # Logged by the listener, once per connection (servers/base.py): a client
+            # sending bad lines must not get one log line each.
             self._count("bad", "fail", 0.0)
             return codec.FAIL
         return None
@@ -145,7 +148,7 @@ class AuthService:
             log.info(
                 "lookup %s (service %s): %s",
                 _shown(req.username),
-                req.service,
+                shown(req.service),
                 "unknown" if account is None else "disabled",
             )
             return codec.FAIL
@@ -174,7 +177,7 @@ class AuthService:
     async def _login(self, service: str, raw_service: str, login: str, password: str) -> bytes:
         account, fresh = await self._account(login)
         if account is None:
-            return await self._fail(service, login, "unknown account")
+            return await self._fail(service, login, "unknown account", known=False)
         if not account.active:
             return await self._fail(service, login, "account disabled")
         digest = self.verified.digest(password)
@@ -186,7 +189,7 @@ class AuthService:
             log.warning(
                 "login %s (service %s): database unavailable and login not cached",
                 _shown(login),
-                raw_service,
+                shown(raw_service),
             )
             raise TemporaryFailure("database unavailable")
         try:
@@ -212,7 +215,9 @@ class AuthService:
             return await self._fail(service, "", "malformed CRAM response")
         account, fresh = await self._account(login)
         if account is None or not account.active:
-            return await self._fail(service, login, "unknown or disabled account")
+            return await self._fail(
+                service, login, "unknown or disabled account", known=account is not None
+            )
         if not fresh:
             raise TemporaryFailure("database unavailable")
         secret = passwords.clear_text(account.password)
@@ -239,7 +244,7 @@ class AuthService:
         for _attempt in range(2):
             account, fresh = await self._account(login)
             if account is None or not account.active:
-                return await self._passwd_fail(login, "unknown or disabled account")
+                return await self._passwd_fail(login, _UNKNOWN_PASSWD)
             if not fresh:
                 raise TemporaryFailure("database unavailable")
             if not await self._verify_or_tempfail(req.old, account.password):
@@ -256,12 +261,14 @@ class AuthService:
         self.limits.succeeded(login)
         self.rows.put(login.lower(), replace(account, password=new_hash))
         self.verified.add(account.address, new_hash, self.verified.digest(new))
-        log.info("password changed for %s (service %s)", account.address, req.service)
+        log.info("password changed for %s (service %s)", account.address, shown(req.service))
         return codec.OK
 
     async def _passwd_fail(self, login: str, reason: str) -> bytes:
         delay = self.limits.failed(login)
-        log.info("password change for %s refused: %s", _shown(login), reason)
+        # An unknown name may be a mistyped password: withheld (see _fail).
+        name = _withheld(login) if reason == _UNKNOWN_PASSWD else _shown(login)
+        log.info("password change for %s refused: %s", name, reason)
         await self._delay(delay)
         return codec.FAIL
 
@@ -288,7 +295,7 @@ class AuthService:
             stale = self.rows.get(key)
             if stale is None:
                 if not self._misfit("query", e):
-                    log.warning("account %s: database unavailable: %s", _shown(login), e)
+                    log.warning("account %s: database unavailable: %s", _withheld(login), e)
                 raise TemporaryFailure(str(e)) from e
             return stale, False
         except AccountError as e:
@@ -330,16 +337,21 @@ class AuthService:
         await self.maildirs.ensure(account)
         return self._reply(account)
 
-    async def _fail(self, service: str, login: str, reason: str) -> bytes:
+    async def _fail(self, service: str, login: str, reason: str, known: bool = True) -> bytes:
+        """FAIL, counted, logged and delayed by the failure limit. A login name that
+        matches no account (*known* false) is logged only at debug: it may well be a
+        password typed into the user name field, which must not land in the mail log."""
         self.metrics.child(self.metrics.logins, service, "fail").inc()
         delay = self.limits.failed(login) if login else 0.0
         log.info(
             "login %s (service %s) failed: %s%s",
-            _shown(login),
+            _shown(login) if known else _withheld(login),
             service,
             reason,
             f"; reply delayed {delay:g}s" if delay else "",
         )
+        if not known and log.isEnabledFor(logging.DEBUG):
+            log.debug("the login name that matched no account: '%s'", _shown(login))
         await self._delay(delay)
         return codec.FAIL
 
@@ -405,5 +417,10 @@ class AuthService:
 
 def _shown(login: str) -> str:
     """A login name for a log line: bounded, printable (it comes from the client)."""
-    text = login[:100].encode("unicode_escape").decode("ascii")
-    return text if text else "(none)"
+    return shown(login, 100) if login else "(none)"
+
+
+def _withheld(login: str) -> str:
+    """A login name not (yet) matched to an account, for a line above debug: not shown,
+    since it may be a password typed into the name field. Debug lines show it."""
+    return "(a name matching no account)" if login else "(none)"

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from ..codec.policy import PolicyRequest
 from ..db import DatabaseError
+from ..logsafe import shown
 from ..sections import PolicyConfig
 from .actions import check_action
 from .check import CheckFailed, Result, number
@@ -156,7 +157,7 @@ class RateLimitCheck:
         if over_m or over_r:
             log.info(
                 "policy: %s over its sending limit (%.0f/%d messages, %.0f/%d recipients per %ds)",
-                login,
+                shown(login),
                 messages,
                 self.max_messages,
                 recipients,

@@ -13,6 +13,7 @@ import os
 from ..addresses import strip_extension
 from ..codec.policy import PolicyRequest
 from ..db import DatabaseError
+from ..logsafe import shown
 from ..sections import MailboxConfig, PolicyConfig
 from .actions import check_action
 from .check import CheckFailed, Result, flag, number, text
@@ -79,7 +80,7 @@ class RecipientCheck:
         if over_bytes or over_count:
             log.info(
                 "policy: %s is over quota (%d of %d bytes, %d of %d messages, message size %d)",
-                found,
+                shown(found),
                 usage.bytes,
                 quota_bytes,
                 usage.messages,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..codec.policy import PolicyRequest
 from ..config import Config
+from ..logsafe import shown
 from ..metrics import Metrics
 from .actions import CLOSE, verb
 from .check import CheckFailed, Result
@@ -89,7 +90,7 @@ class PolicyService:
             if request.request != REQUEST_TYPE:
                 # 3.1: "Answer any other request= value with a logged warning and DUNNO."
                 log.warning(
-                    "policy: unknown request type %r, answering DUNNO", request.request[:64]
+                    "policy: unknown request type '%s', answering DUNNO", shown(request.request, 64)
                 )
                 self._count("request", DUNNO)
                 return DUNNO
@@ -116,7 +117,9 @@ class PolicyService:
                 result = await check.run(request)
             except CheckFailed as e:
                 if not self._misfit(e):
-                    log.warning("policy: %s check failed: %s", e.label or check.name, e)
+                    log.warning(
+                        "policy: %s check failed: %s", e.label or check.name, shown(str(e), 500)
+                    )
                 action = self._failed(check, e.label)
                 if action == DUNNO:
                     continue  # fail open: the other checks may still have something to say
@@ -126,11 +129,11 @@ class PolicyService:
                 log.info(
                     "policy: %s: %s (sender=<%s> recipient=<%s> login=%s client=%s)",
                     result.label,
-                    result.action,
-                    request.sender,
-                    request.recipient,
-                    request.sasl_username or "-",
-                    request.client_address,
+                    shown(result.action),
+                    shown(request.sender),
+                    shown(request.recipient),
+                    shown(request.sasl_username or "-"),
+                    shown(request.client_address),
                 )
                 return result.action
         return DUNNO

@@ -91,7 +91,11 @@ class AuthProtocol(SequentialProtocol):
         return requests[:1]
 
     def answer_now(self, request: Any) -> bytes | None:
-        if isinstance(request, codec.RelayHello):
+        if isinstance(request, codec.BadRequest):
+            # Logged here, once per connection then counted (base.py); the service
+            # counts it in vmaild_auth_requests_total and answers FAIL (4.4).
+            self.bad_request(request.reason)
+        elif isinstance(request, codec.RelayHello):
             # Only as a connection's first request (decode() made it persistent); later,
             # it is a request that makes no sense (4.4).
             if self._hello_answered:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..codec.policy import DEFAULT_MAX_REQUEST, PolicyDecoder, PolicyError, reply_action
+from ..logsafe import shown
 from .base import ListenerContext, SequentialProtocol
 from .interfaces import PolicyDecider
 
@@ -55,8 +56,8 @@ class PolicyProtocol(SequentialProtocol):
 
     async def answer(self, request: Any) -> bytes | None:
         if isinstance(request, _Broken):
-            self.metrics.protocol_errors.labels(self.listener).inc()
-            log.warning("policy: closing connection without reply: %s", request.reason)
+            self.metrics.child(self.metrics.protocol_errors, self.listener).inc()
+            self.problem("closing connection without reply: %s", shown(request.reason))
             return None
         action = await self.service().decide(request)
         if action is None:
@@ -64,5 +65,5 @@ class PolicyProtocol(SequentialProtocol):
         try:
             return reply_action(action)
         except ValueError as e:  # never send an action Postfix would misread (P-P2)
-            log.error("policy: refusing to send action %r: %s", action, e)
+            log.error("policy: refusing to send action '%s': %s", shown(action), shown(str(e)))
             return None

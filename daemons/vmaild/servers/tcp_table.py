@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 from ..codec import tcp_table as codec
@@ -33,12 +34,14 @@ class TcpTableProtocol(SequentialProtocol):
     def data_received(self, data: bytes) -> None:
         # The fast path: one plain request, nothing pending, a fresh cache entry. Anything
         # else (escapes, several lines, a miss) goes through the decoder and the queue.
-        if self.task is None and not self.queue:
+        # (A scheduled turn always leaves something in the queue or pending.)
+        if self.task is None and not self.queue and not self.pending:
             key = self.decoder.plain_request(data)
             if key is not None:
                 hit, value = self.lookups().cached(self.map_name, key)
                 if hit:
                     assert self.transport is not None
+                    self.last_active = monotonic()
                     self.transport.write(_NOT_FOUND if value is None else found_reply(value))
                     return
         super().data_received(data)
@@ -59,8 +62,7 @@ class TcpTableProtocol(SequentialProtocol):
                 return None
             return found_reply(value) if value is not None else _NOT_FOUND
         if isinstance(request, codec.BadRequest):
-            self.metrics.protocol_errors.labels(self.listener).inc()
-            log.warning("%s: bad request: %s", self.listener, request.reason)
+            self.bad_request(request.reason)
             return codec.reply_temporary(request.reason)
         # TcpTableError, an overlong line: it cannot be resynchronised. Postfix treats 400
         # as a temporary error and closes the connection itself.
