@@ -105,10 +105,21 @@ def settle(host: Host, load: SmtpLoad, phase: str) -> Tally:
     line = result.line(phase) + f"; Postfix status=bounced (this boot) {bounced.stdout.strip()}"
     REPORT.append(line)
     print(line)
-    assert result.clean, (
-        f"{line}\nlost {result.lost[:5]} dup {result.duplicated[:5]} "
-        f"rejected {list(ledger.rejected.items())[:5]}"
-    )
+    if not result.clean:
+        seqs = sorted({seq for _, seq in result.duplicated + result.lost})[:5]
+        ids = "|".join(f"{seq}@load.test" for seq in seqs) or "-"
+        queue = host.sh(
+            f"journalctl -b --no-pager -o cat | grep -E '{ids}' | grep -oE '^[0-9A-F]{{8,}}'"
+            " | sort -u | paste -sd'|' || true"
+        ).stdout.strip()
+        trail = host.sh(
+            f"journalctl -b --no-pager -o short-precise | grep -E '{queue or ids}' | tail -40 "
+            "|| true"
+        ).stdout
+        raise AssertionError(
+            f"{line}\nlost {result.lost[:5]} dup {result.duplicated[:5]} "
+            f"rejected {list(ledger.rejected.items())[:5]}\nPostfix on those messages:\n{trail}"
+        )
     assert bounced.stdout.strip() == "0", line
     return result
 
