@@ -24,7 +24,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from harness.common.ports import free_port
 from harness.vmaild.server import Vmaild
 
 from .bench_lookup import work_root
-from .lookup.common import DBNAME, DOMAIN, MAP, address
+from .lookup.common import DBNAME, DOMAIN, MAP, address, postmap_pass
 from .lookup.servers import create_slap_user, seed_users, start_mariadb, vmaild_config
 
 NAME = "restart"
@@ -47,26 +46,6 @@ log = logger(NAME)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, help="warm / restarted rounds (default 5, quick 2)")
-
-
-def postmap_pass(table: str, keyfile: Path, expected: dict[str, str]) -> float:
-    """Seconds for one ``postmap -q -`` pass over every key; every answer must be right."""
-    with open(keyfile, "rb") as keys:
-        started = time.perf_counter()
-        p = subprocess.run(
-            ["postmap", "-q", "-", table],
-            stdin=keys,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        seconds = time.perf_counter() - started
-    got = dict(line.split(None, 1) for line in p.stdout.splitlines() if line.strip())
-    wrong = [k for k, v in expected.items() if got.get(k, "").strip() != v]
-    if wrong:
-        raise RuntimeError(f"postmap: {len(wrong)} of {len(expected)} keys wrong: {p.stderr[:300]}")
-    return seconds
 
 
 def measure(tmp: Path, rounds: int) -> dict[str, Any]:

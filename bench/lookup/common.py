@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import re
 import resource
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +87,28 @@ def proc_status_kb(pid: int, field: str) -> int:
 def metric(text: str, name: str) -> float | None:
     m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", text, re.M)
     return float(m.group(1)) if m else None
+
+
+def postmap_pass(table: str, keyfile: Path, expected: dict[str, str]) -> float:
+    """Seconds for one ``postmap -q -`` pass over every key in ``keyfile``; the answers must
+    be exactly ``expected`` (key -> value), else RuntimeError."""
+    with open(keyfile, "rb") as keys:
+        started = time.perf_counter()
+        p = subprocess.run(
+            ["postmap", "-q", "-", table],
+            stdin=keys,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        seconds = time.perf_counter() - started
+    got = dict(line.split(None, 1) for line in p.stdout.splitlines() if line.strip())
+    got = {k: v.strip() for k, v in got.items()}
+    if got != expected:
+        wrong = len([k for k in expected if got.get(k) != expected[k]])
+        raise RuntimeError(
+            f"postmap {table}: {wrong} of {len(expected)} keys wrong "
+            f"(exit {p.returncode}): {p.stderr.strip()[:500]}"
+        )
+    return seconds
