@@ -102,6 +102,19 @@ class Vmaild:
         self.proc: subprocess.Popen[bytes] | None = None
         self._notify: socket.socket | None = None
 
+    def migrate(self) -> None:
+        """``vmailctl db migrate`` on this instance's database (its config file); a failure
+        raises with vmailctl's message."""
+        vmailctl = Path(sys.executable).parent / "vmailctl"
+        done = subprocess.run(
+            [str(vmailctl), "-c", str(self.config_path), "db", "migrate"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"vmailctl db migrate: exit {done.returncode}: {done.stderr}")
+
     # -- process control ---------------------------------------------------------------------
 
     def start(self, timeout: float = 15.0) -> Vmaild:

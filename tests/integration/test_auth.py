@@ -38,7 +38,6 @@ from vmaild import passwords
 
 BIN = Path(sys.executable).parent
 AUTHPIPE = BIN / "vmaild-authpipe"
-VMAILCTL = BIN / "vmailctl"
 ROUNDS = 5000
 
 
@@ -108,13 +107,7 @@ def auth_stack(courier: CourierSession, extra_auth: str = "") -> Iterator[Stack]
             ),
         )
         vmaild = Vmaild(conf, tmp / "vmaild")
-        migrate = subprocess.run(
-            [str(VMAILCTL), "-c", str(vmaild.config_path), "db", "migrate"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert migrate.returncode == 0, migrate.stderr
+        vmaild.migrate()
         vmaild.start()
         c = courier(AUTHPIPE, auth_env={"VMAILD_CONFIG": str(vmaild.config_path)})
         yield Stack(db, seed, vmaild, c, base, sock, ports, metrics_port, dict(SEED_USERS))

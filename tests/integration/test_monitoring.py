@@ -18,8 +18,6 @@ import math
 import re
 import shutil
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,6 @@ MONITORING = ROOT / "monitoring"
 RULES = MONITORING / "vmaild.rules.yml"
 RULES_TEST = MONITORING / "vmaild.rules.test.yml"
 DASHBOARD = MONITORING / "vmaild-dashboard.json"
-VMAILCTL = Path(sys.executable).parent / "vmailctl"
 
 #: Grafana's variables as the test sets them: every instance of job "vmaild", and a rate
 #: window long enough to span the whole test (a few seconds of traffic, scraped every 1 s).
@@ -308,13 +305,7 @@ def test_every_dashboard_expression_returns_data(own_mariadb: MariaDB) -> None:
     ports = {"socketmap": free_port(), "policy": free_port(), "metrics": free_port()}
     config = vmaild_config(db, base, ports)
     vmaild = Vmaild(config, base / "vmaild")
-    migrate = subprocess.run(
-        [str(VMAILCTL), "-c", str(vmaild.config_path), "db", "migrate"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert migrate.returncode == 0, migrate.stderr
+    vmaild.migrate()
     clients = Clients(
         ports["socketmap"], ports["policy"], base / "auth.sock", base / "control.sock"
     )

@@ -119,13 +119,7 @@ def test_default_auth_query_on_the_seed_tables(seed_db: SeedDatabase, tmp_path: 
         host = f'vmaild_db_up{{host="127.0.0.1:{seed_db.mariadb.port}"}}'
         assert metric(v, mp, host) == "1.0"
 
-        migrate = subprocess.run(
-            [str(BIN / "vmailctl"), "-c", str(v.config_path), "db", "migrate"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert migrate.returncode == 0, migrate.stderr
+        v.migrate()
         r = vmaild_check(v.config_path)
         assert r.returncode == 0 and "queries fit the database" in r.stdout, r
         v.reload()

@@ -202,16 +202,7 @@ def test_tmpfiles_gives_vmail_the_authdaemond_directory_only(tmp_root: Path) -> 
     assert readable_by("vmail")
     assert not readable_by("nobody")
     # The directory of vmaild's socketmap and policy sockets, inside Postfix's queue.
-    sockets = (tmp_root / "var/spool/postfix/vmaild").stat()
-    assert (
-        sockets.st_uid,
-        grp.getgrgid(sockets.st_gid).gr_name,
-        oct(sockets.st_mode & 0o7777),
-    ) == (
-        5000,
-        "postfix",
-        "0o2750",
-    )
+    assert_postfix_socket_dir(tmp_root)
 
 
 def test_sysusers_creates_the_seed_accounts(tmp_root: Path) -> None:
@@ -303,16 +294,7 @@ def test_install_twice_then_local_edits(tmp_root: Path) -> None:
         "0o750",
     )
     # vmaild's sockets for Postfix: vmail creates them, the setgid bit makes them postfix's.
-    sockets = (r / "var/spool/postfix/vmaild").stat()
-    assert (
-        sockets.st_uid,
-        grp.getgrgid(sockets.st_gid).gr_name,
-        oct(sockets.st_mode & 0o7777),
-    ) == (
-        5000,
-        "postfix",
-        "0o2750",
-    )
+    assert_postfix_socket_dir(r)
     assert "install: /var/spool/postfix/vmaild: changed (vmail:postfix, 2750)" in first
     tls = r / "etc/vmaild/tls"
     assert (
@@ -540,3 +522,14 @@ def test_install_points_postfix_where_a_kept_vmaild_conf_listens(tmp_root: Path)
     assert "unix:vmaild/" not in master and "postfix/vmaild/" not in master
     # Run again: the same, nothing to change.
     assert changes(install(tmp_root)) == []
+
+
+def assert_postfix_socket_dir(root: Path) -> None:
+    """vmaild's socketmap and policy sockets live in Postfix's queue directory, in a
+    directory vmail creates and the setgid bit hands to group postfix: 2750 vmail:postfix."""
+    st = (root / "var/spool/postfix/vmaild").stat()
+    assert (st.st_uid, grp.getgrgid(st.st_gid).gr_name, oct(st.st_mode & 0o7777)) == (
+        5000,
+        "postfix",
+        "0o2750",
+    )
