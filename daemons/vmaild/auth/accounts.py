@@ -70,6 +70,11 @@ class Account:
             out.append(("OPTIONS", self.options))
         return out
 
+    def access_for(self, service: str) -> str:
+        """How ``service`` may be used: "on", "off", or "app" (app passwords only).
+        Every service is "on" until the account query returns access columns."""
+        return "on"
+
     def maildir_path(self) -> str:
         """The Maildir as a path: MAILDIR is relative to HOME unless absolute (4.4)."""
         return os.path.normpath(os.path.join(self.home, self.maildir))

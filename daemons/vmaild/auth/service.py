@@ -34,6 +34,7 @@ from ..memo import ReplyMemo
 from ..metrics import Metrics
 from ..schema_fit import SchemaFit
 from .accounts import Account, AccountError, AccountSource
+from .contract import LoginRequest, LoginResult, Outcome
 from .hashing import Hasher
 from .limits import FailureLimits
 from .login_cache import BoundedTTL, VerifiedLogins
@@ -138,6 +139,20 @@ class AuthService:
         hashing already under way finishes, new hashing is refused, and a request still
         in flight on this runtime gets a temporary failure."""
         self.hasher.close()
+
+    async def login(self, req: LoginRequest) -> LoginResult:
+        """One login attempt from any front door (contract.py).
+
+        A first adapter over the authpipe path's own logic; the login core replaces it."""
+        service = self.metrics.service_label(req.service)
+        try:
+            reply = await self._login(service, req.service, req.login, req.password)
+        except TemporaryFailure:
+            self.metrics.child(self.metrics.logins, service, "tempfail").inc()
+            return LoginResult(Outcome.TEMPFAIL)
+        if reply == codec.FAIL:
+            return LoginResult(Outcome.FAIL)
+        return LoginResult(Outcome.OK, account=self.rows.get(req.login.lower()))
 
     # -- PRE -------------------------------------------------------------------------------
 

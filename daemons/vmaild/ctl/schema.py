@@ -6,7 +6,9 @@ same definitions. Columns are listed seed columns first, then additions in the o
 they are appended, which keeps the column order identical on both paths.
 
 Versions: 1 is the seed's four tables exactly as the tutorial creates them (there is no
-version row then); 2 is this file. The version is recorded in ``vmaild_schema``.
+version row then); 2 added vmaild's own tables; 3 (this file) adds the login tables
+(access switches, app passwords, login history, shared login failures). The version is
+recorded in ``vmaild_schema``.
 
 Cache invalidation: triggers on every table the daemon reads bump the single row of
 ``vmaild_changes``; vmaild polls it (``[cache] version_query``) and flushes when it moves,
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-LATEST = 2
+LATEST = 3
 SEED_VERSION = 1
 CHARSET = "utf8mb4"
 COLLATION = "utf8mb4_unicode_ci"
