@@ -19,7 +19,7 @@ PACKAGES=(
   postfix postfix-mysql
   courier-authdaemon courier-authlib courier-authlib-pipe courier-authlib-mysql
   courier-imap courier-pop maildrop
-  libsasl2-modules sasl2-bin
+  libsasl2-modules sasl2-bin libpam-mysql
   swaks python3-venv openssl
   gcc libc6-dev
   systemd

@@ -1,0 +1,1 @@
+"""saslauthd with pam_mysql: the seed tutorial SMTP AUTH path, for comparisons."""
