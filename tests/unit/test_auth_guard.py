@@ -35,7 +35,7 @@ async def fail(guard: Guard, times: int, key: str = ALICE, client: object = A) -
 
 @aio
 async def test_the_pair_blocks_first_and_only_that_login_from_that_address() -> None:
-    guard, _, clock, m = make_guard()
+    guard, _, clock, m = make_guard("fail_window = 3600\n")
     assert await fail(guard, 4) == [0, 0.5, 1, 2]
     assert await guard.refusal(ALICE, A) is None
     await fail(guard, 1)  # the 5th: block_pair_after

@@ -17,9 +17,10 @@ The rule both apply to each subject a failure is counted under:
 In the database one failure is one transaction: one multi-row ``INSERT ... ON DUPLICATE KEY
 UPDATE`` (each row's increment is atomic, so failures arriving at once from several hosts
 are all counted) and one ``SELECT`` of the same rows, which still holds the values this
-very upsert left (its row locks last until the commit). So exactly one failure sees the
-block it started (``blocked_until`` equal to the value it proposed), and only that host
-logs the block. A deadlock between two such transactions is retried.
+very upsert left (its row locks last until the commit). The upsert copies
+``blocked_until`` to ``blocked_before`` before changing it, so exactly one failure sees a
+block start (the two differ), even when failures on several hosts share a millisecond,
+and only that host logs the block. A deadlock between two such transactions is retried.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class DbStore:
         cut_ms = now_ms - _ms(self.rules.window)
         upsert, params = self._upsert(subjects, now_ms, until_ms, cut_ms)
         select = " UNION ALL ".join(
-            f"SELECT {i}, failures, last_at, blocked_until FROM {TABLE} "
+            f"SELECT {i}, failures, last_at, blocked_until, blocked_before FROM {TABLE} "
             "WHERE kind = %s AND subject = %s"
             for i in range(len(subjects))
         )
@@ -173,8 +174,8 @@ class DbStore:
 
         rows = await self.db.run(work)
         out = {}
-        for i, n, last, until in rows:
-            out[subjects[int(i)]] = (Tally(int(n), last / 1000, until / 1000), until == until_ms)
+        for i, n, last, until, before in rows:
+            out[subjects[int(i)]] = (Tally(int(n), last / 1000, until / 1000), until != before)
         return out
 
     def _upsert(
@@ -182,8 +183,9 @@ class DbStore:
     ) -> tuple[str, list[Any]]:
         """The one statement counting a failure under every subject. Assignments run left
         to right and later ones see earlier results (MySQL and MariaDB alike), so
-        ``first_at`` and ``failures`` read the old ``last_at``, ``blocked_until`` the new
-        ``failures``, and ``last_at`` is set last."""
+        ``first_at`` and ``failures`` read the old ``last_at``, ``blocked_before`` keeps
+        the old ``blocked_until``, which then reads the new ``failures``, and ``last_at``
+        is set last."""
         values: list[str] = []
         params: list[Any] = []
         for s in subjects:
@@ -198,6 +200,7 @@ class DbStore:
             f"VALUES {', '.join(values)} ON DUPLICATE KEY UPDATE "
             "first_at = IF(last_at <= %s OR failures = 0, VALUES(first_at), first_at), "
             "failures = IF(last_at <= %s OR failures = 0, 1, failures + 1), "
+            "blocked_before = blocked_until, "
             f"blocked_until = IF(blocked_until <= %s AND ({threshold_sql}) > 0 "
             f"AND failures >= ({threshold_sql}), %s, blocked_until), "
             "last_at = VALUES(last_at)"

@@ -137,6 +137,9 @@ TABLES: tuple[Table, ...] = (
             ("first_at", "bigint NOT NULL DEFAULT 0"),
             ("last_at", "bigint NOT NULL DEFAULT 0"),
             ("blocked_until", "bigint NOT NULL DEFAULT 0"),
+            # blocked_until before the latest failure: how that failure's host tells
+            # whether it started the block (and so logs it), even at the same millisecond.
+            ("blocked_before", "bigint NOT NULL DEFAULT 0"),
         ),
         (("PRIMARY", "PRIMARY KEY (kind, subject)"), ("last_at", "KEY last_at (last_at)")),
     ),
