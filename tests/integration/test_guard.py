@@ -63,9 +63,7 @@ def shared(mariadb: MariaDB) -> Iterator[tuple[MariaDB, str, Callable[[str], con
         mariadb.drop_database(name)
 
 
-def run(
-    cfg: config.Config, body: Callable[[Host, Host, Clock], Coroutine[Any, Any, None]]
-) -> None:
+def run(cfg: config.Config, body: Callable[[Host, Host, Clock], Coroutine[Any, Any, None]]) -> None:
     clock = Clock()
     one, two = Host(cfg, clock), Host(cfg, clock)
     try:

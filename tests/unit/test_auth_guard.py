@@ -8,13 +8,14 @@ import re
 
 import pytest
 
+from vmaild import config
 from vmaild.auth.guard import BLOCK_CACHE_SECONDS, Guard
 from vmaild.auth.guard_rules import PAIR, Subject
 from vmaild.auth.guard_store import MemoryStore
 from vmaild.metrics import Metrics
 
 from .fakes_auth import aio
-from .fakes_guard import FakeClock, FakeStore, down, make_guard
+from .fakes_guard import BASE, FakeClock, down, make_guard
 
 ALICE = "alice@example.org"
 A = ipaddress.ip_address("203.0.113.7")
@@ -179,11 +180,7 @@ async def test_success_clears_a_pair_another_host_recorded() -> None:
     assert len(store.clears) == 1
 
 
-def guard_cfg():  # type: ignore[no-untyped-def]
-    from vmaild import config
-
-    from .fakes_guard import BASE
-
+def guard_cfg() -> config.Config:
     return config.parse(BASE)
 
 
@@ -261,9 +258,7 @@ async def test_log_lines(caplog: pytest.LogCaptureFixture) -> None:
         ("198.51.100.9", "-", "2", "0.5"),
         ("198.51.100.9", "-", "3", "1"),
     ]
-    assert "login failed from a trusted network: client=127.0.0.1 service=imap" in "\n".join(
-        lines
-    )
+    assert "login failed from a trusted network: client=127.0.0.1 service=imap" in "\n".join(lines)
     blocks = [line for line in lines if line.startswith("login blocked:")]
     assert blocks == [
         f"login blocked: kind=pair client=203.0.113.7 login={ALICE} failures=2 for=900s",
