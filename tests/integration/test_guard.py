@@ -246,3 +246,23 @@ def test_the_database_and_the_fallback_count_alike(shared: Any) -> None:
     run(c, body)
     assert results[0] == results[1]
     assert results[0][4] == "pair" and results[0][7] == "login" and results[0][8] is None
+
+
+def test_rows_whose_window_and_block_are_over_are_pruned(shared: Any) -> None:
+    mariadb, name, cfg = shared
+    now_ms = int(Clock.now * 1000)
+    old = now_ms - 901_000  # the window (900 s) is over
+    mariadb.query(
+        "INSERT INTO login_failures (kind, subject, failures, last_at, blocked_until) VALUES "
+        "('address', 'gone', 3, %s, 0), ('login', 'still-blocked', 60, %s, %s), "
+        "('login', 'recent', 1, %s, 0)",
+        (old, old, now_ms + 1000, now_ms - 1000),
+        database=name,
+    )
+
+    async def body(one: Host, two: Host, clock: Clock) -> None:
+        await one.guard.failed(ALICE, None)
+
+    run(cfg(), body)
+    left = sorted(s for (s,) in mariadb.query("SELECT subject FROM login_failures", database=name))
+    assert left == [ALICE, "recent", "still-blocked"]

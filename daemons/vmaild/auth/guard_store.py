@@ -39,9 +39,10 @@ TABLE = "login_failures"
 # Lock wait timeout, deadlock: the transaction was rolled back and may simply run again.
 _RETRY_ERRNOS = frozenset({1205, 1213})
 _ATTEMPTS = 3
-# Rows whose window and block are both over are deleted this often, at most, per host.
-PRUNE_SECONDS = 300.0
-PRUNE_ROWS = 1000
+# Rows whose window and block are both over are deleted after a failure, at most this
+# often per host and this many at a time (the last_at index finds them).
+PRUNE_SECONDS = 60.0
+PRUNE_ROWS = 5000
 
 
 class Store(Protocol):
