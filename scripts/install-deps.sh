@@ -2,7 +2,9 @@
 # Install the real mail stack the integration tests, benchmarks and demo run
 # against: MariaDB, Postfix (+mysql maps), Courier authlib/IMAP/POP3, maildrop,
 # Cyrus SASL, swaks; Prometheus (promtool and a server for tests/integration/test_monitoring.py,
-# which runs its own on a free port). For a fresh Debian 12 machine, as root; idempotent.
+# which runs its own on a free port); fail2ban for fail2ban-regex (tests/integration/test_guard_fail2ban.py
+# checks the shipped filter against vmaild's own log lines; no fail2ban server is started).
+# For a fresh Debian 12 machine, as root; idempotent.
 #
 # * apt runs only when a package is missing (a dpkg-query check), so a
 #   second `make test` spends well under a second here.
@@ -24,6 +26,7 @@ PACKAGES=(
   gcc libc6-dev
   systemd
   prometheus
+  fail2ban
 )
 
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -58,6 +61,8 @@ system_daemon_pids() {
   # The packaged Prometheus runs as user prometheus (port 9090); the monitoring test runs
   # its own as root on a free port.
   pgrep -x -u prometheus prometheus 2>/dev/null || true
+  # The packaged fail2ban server (the tests only run fail2ban-regex, which needs none).
+  pgrep -f '^/usr/bin/python3 /usr/bin/fail2ban-server' 2>/dev/null || true
 }
 
 install_packages() {

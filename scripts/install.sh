@@ -13,7 +13,8 @@
 #     vmaild, vmailctl, vmaild-authpipe linked into /usr/local/bin; the maildrop wrapper in
 #     /usr/local/lib/vmaild; README and snippets in /usr/local/share/doc/vmaild;
 #  3. configuration files (vmaild.conf, the systemd unit, tmpfiles.d, sysusers.d, Cyrus
-#     SASL's smtpd.conf) like dpkg conffiles: installed when absent, updated when you did
+#     SASL's smtpd.conf, fail2ban's filter.d/vmaild.conf where fail2ban is installed)
+#     like dpkg conffiles: installed when absent, updated when you did
 #     not edit them, and when you did and the shipped version changed, yours stays and the
 #     new one is written next to it as FILE.new, with a notice;
 #  4. /home/vmail (vmail, 0750), /var/spool/postfix/vmaild (2750 vmail:postfix: vmaild's
@@ -188,7 +189,8 @@ install_package() {
   install_file "$SRC/postfix/vmaild-maildrop" "$LIBDIR/vmaild-maildrop" 0755
   local doc
   for doc in README.md postfix/main.cf.vmaild postfix/main.cf.policy postfix/master.cf.vmaild \
-             courier/README.md scripts/vmaild.conf.example; do
+             courier/README.md scripts/vmaild.conf.example fail2ban/filter.d/vmaild.conf \
+             fail2ban/jail.d/vmaild.conf.example; do
     install_file "$SRC/$doc" "$DOCDIR/${doc//\//-}" 0644 quiet
   done
   for doc in "$SRC"/monitoring/*; do  # Grafana dashboard, Prometheus rules and their tests
@@ -275,6 +277,12 @@ install_conffiles() {
   conffile "$SRC/systemd/vmaild.service" /etc/systemd/system/vmaild.service 0644 root:root vmaild
   conffile "$SRC/systemd/vmaild.tmpfiles" /etc/tmpfiles.d/vmaild.conf 0644 root:root
   conffile "$SRC/systemd/vmaild.sysusers" /etc/sysusers.d/vmaild.conf 0644 root:root
+  if [[ -d $ROOT/etc/fail2ban/filter.d ]]; then
+    # The filter only: a jail using it is the admin's choice (fail2ban/jail.d/vmaild.conf.example
+    # in the documentation directory).
+    conffile "$SRC/fail2ban/filter.d/vmaild.conf" /etc/fail2ban/filter.d/vmaild.conf 0644 \
+      root:root
+  fi
   if [[ -d $ROOT/etc/postfix ]]; then
     # The seed's saslauthd socket is inside smtpd's chroot, which master.cf.vmaild leaves:
     # keeping its smtpd.conf would answer 454 to every SMTP AUTH.

@@ -185,6 +185,37 @@ class Metrics:
         self.login_limited = Counter(
             "vmaild_login_failures_limited", "Replies delayed by the failure limit", registry=r
         )
+        # The brute-force guard (auth/guard.py). kind: address, login, pair; refusals
+        # also "early" (a door that cannot wait came back within the delay).
+        self.guard_failures = Counter(
+            "vmaild_login_guard_failures",
+            "Failed logins counted by the brute-force guard, by kind (address, login, pair)",
+            ["kind"],
+            registry=r,
+        )
+        self.guard_delays = Counter(
+            "vmaild_login_guard_delays",
+            "Failed logins answered after a delay (front doors that can wait)",
+            registry=r,
+        )
+        self.guard_blocks = Counter(
+            "vmaild_login_guard_blocks",
+            "Blocks started by this host, by kind (address, login, pair)",
+            ["kind"],
+            registry=r,
+        )
+        self.guard_refusals = Counter(
+            "vmaild_login_guard_refusals",
+            "Login attempts refused before any hashing, by kind (address, login, pair, early)",
+            ["kind"],
+            registry=r,
+        )
+        self.guard_local = Gauge(
+            "vmaild_login_guard_local",
+            "1 while failed logins are counted in this process only "
+            "(the database or its login_failures table does not answer)",
+            registry=r,
+        )
         # Policy
         self.policy_decisions = Counter(
             "vmaild_policy_decisions",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from . import expansions
-from .auth.settings import NEW_HASH_SCHEMES, check_update_query
+from .auth.settings import NEW_HASH_SCHEMES, check_network, check_update_query
 from .policy.actions import check_action, fill
 from .policy.queries import compile_named
 from .policy.settings import COUNT_STATES, QUERY_PARAMS
@@ -300,6 +300,23 @@ class AuthConfig(ListenerSection):
     fail_delay_max: float = _num(3.0, 0, 8)
     fail_window: float = _num(900.0, 0)
     fail_tracked: int = _num(100_000, 1)
+    # -- Brute-force defence (auth/guard.py; README "Brute-force defence") ----------------
+    # Failures are counted per client address prefix (where the front door knows the
+    # address: SASL), per login, and per (login, address prefix) pair, in the database's
+    # login_failures table shared by every vmaild host (in this process while it does not
+    # answer). The fail_* keys above give the delay: from the fail_delay_after-th failure
+    # within fail_window, fail_delay doubling up to fail_delay_max. From the n-th failure
+    # of a kind, that kind blocks for block_time seconds: 0 switches a kind's block off.
+    fail_delay_after: int = _num(2, 1, 1000)
+    block_pair_after: int = _num(5, 0, 1_000_000)
+    block_address_after: int = _num(20, 0, 1_000_000)
+    block_login_after: int = _num(50, 0, 1_000_000)
+    block_time: float = _num(900.0, 1, 7 * 86400)
+    # Address prefixes counted as one client.
+    ipv4_prefix: int = _num(32, 8, 32)
+    ipv6_prefix: int = _num(64, 16, 128)
+    # Never counted nor refused by address (still counted by login): webmail on localhost.
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # vmaild-authpipe gives up on an answer after this long (authdaemond waits 30 s).
     relay_timeout: float = _num(25.0, 1, 29)
 
@@ -315,6 +332,8 @@ class AuthConfig(ListenerSection):
                 raise ConfigError("must not be less than fail_delay", key="fail_delay_max")
         if self.query:
             _checked("query", expansions.compile_query, self.query)
+        for net in self.trusted_networks:
+            _checked("trusted_networks", check_network, net)
 
     def _check_hashing(self) -> None:
         scheme, rounds = self.password_scheme, self.password_rounds

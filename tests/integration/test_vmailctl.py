@@ -189,6 +189,7 @@ def test_init_on_an_empty_database(make_ctl: Callable[..., Ctl]) -> None:
         "transport",
         "sender_grants",
         "send_counters",
+        "login_failures",
         "vmaild_changes",
         "vmaild_schema",
     }

@@ -78,8 +78,9 @@ class LoginGuard(Protocol):
     login), else the login as typed, lower-cased."""
 
     async def refusal(self, key: str, client: Client | None) -> str | None:
-        """Before any hashing: None to go on, or the kind of block ("address" or
-        "login") that refuses this attempt. A refusal is answered like a wrong password."""
+        """Before any hashing: None to go on, or the kind of block ("address", "login",
+        "pair", or "early": a door that cannot wait came back within the delay) that
+        refuses this attempt. A refusal is answered like a wrong password."""
         ...
 
     async def failed(self, key: str, client: Client | None) -> float:

@@ -7,6 +7,7 @@ of passlib.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 #: Schemes new hashes may be made in (passlib handler names; "argon2" is argon2id).
@@ -30,3 +31,12 @@ def check_update_query(sql: str) -> None:
     rest = _NAMED.sub("", sql).replace("%%", "")
     if "%" in rest:
         raise ValueError("a literal '%' must be written '%%'")
+
+
+def check_network(text: str) -> None:
+    """An address or network (``192.0.2.0/24``, ``2001:db8::/32``, ``::1``); host bits
+    set are an error, since they usually mean a typo in the prefix length."""
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        raise ValueError(f"not a network: {text!r} ({e})") from None

@@ -123,6 +123,26 @@ TABLES: tuple[Table, ...] = (
         ),
         (("PRIMARY", "PRIMARY KEY (login, bucket)"),),
     ),
+    # Failed logins counted by the brute-force guard (auth/guard_store.py), shared by every
+    # vmaild host on this database. kind: 'address' (subject: a client prefix such as
+    # '203.0.113.7/32'), 'login' (the account's address, or the typed name lower-cased) or
+    # 'pair' ('<prefix> <login>'). Times are milliseconds since the epoch (UTC):
+    # FROM_UNIXTIME(blocked_until / 1000) reads one. Not watched: no cache depends on it.
+    Table(
+        "login_failures",
+        (
+            ("kind", "varchar(16) NOT NULL"),
+            ("subject", ADDRESS),
+            ("failures", "int unsigned NOT NULL DEFAULT 0"),
+            ("first_at", "bigint NOT NULL DEFAULT 0"),
+            ("last_at", "bigint NOT NULL DEFAULT 0"),
+            ("blocked_until", "bigint NOT NULL DEFAULT 0"),
+            # blocked_until before the latest failure: how that failure's host tells
+            # whether it started the block (and so logs it), even at the same millisecond.
+            ("blocked_before", "bigint NOT NULL DEFAULT 0"),
+        ),
+        (("PRIMARY", "PRIMARY KEY (kind, subject)"), ("last_at", "KEY last_at (last_at)")),
+    ),
     Table(
         CHANGES_TABLE,
         (
