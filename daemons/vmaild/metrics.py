@@ -185,6 +185,12 @@ class Metrics:
         self.login_limited = Counter(
             "vmaild_login_failures_limited", "Replies delayed by the failure limit", registry=r
         )
+        self.app_password_checks = Counter(
+            "vmaild_app_password_checks",
+            "App password lookups by result (ok: a valid app password matched, fail)",
+            ["result"],
+            registry=r,
+        )
         # Policy
         self.policy_decisions = Counter(
             "vmaild_policy_decisions",
