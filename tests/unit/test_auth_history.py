@@ -179,3 +179,17 @@ def test_the_interval_is_configured() -> None:
     assert cfg().auth.history_interval == 60.0
     with pytest.raises(config.ConfigError):
         cfg("history_interval = 0\n")
+
+
+@aio
+async def test_start_and_close_end_the_loop_and_flush() -> None:
+    db, clock = FakeDB(), Clock()
+    history = h.LoginHistory(cfg(), db, clock)  # type: ignore[arg-type]
+    task = history.start()
+    assert history.start() is task
+    history.record("alice@example.test", "imap", IP)
+    await asyncio.sleep(0)
+    assert db.runs == 0  # the real interval (60 s) has not passed
+    await history.close()
+    assert task.done() and db.runs == 1
+    assert db.rows()[0][:2] == ("alice@example.test", "imap")

@@ -8,9 +8,10 @@ many logins an account makes, it costs at most one row write per service and int
 each host.
 
 Bounded: at most ``[auth] history_pending`` entries wait; past that the least recently
-recorded are dropped (counted, and logged once a minute at most). A database that cannot
-answer keeps the entries pending (newer logins replace them) for the next round, and is
-logged once until a write works again. :meth:`close` writes what is pending at stop.
+recorded are dropped (counted; logged at the first and at every 10,000th). A database
+that cannot answer keeps the entries pending (newer logins replace them) for the next
+round, and is logged once until a write works again. :meth:`start` runs the loop in a
+task; :meth:`close` ends it and writes what is pending.
 
 Several hosts share the table: the upsert keeps the newer of the stored and the written
 time (``GREATEST``), so a host that writes late never moves a login back in time.
@@ -19,6 +20,7 @@ time (``GREATEST``), so a host that writes late never moves a login back in time
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -66,6 +68,7 @@ class LoginHistory:
         self._pending: OrderedDict[Key, Entry] = OrderedDict()
         self._lock = asyncio.Lock()
         self._closed = False
+        self._task: asyncio.Task[None] | None = None
         self._failing = False  # the last write failed (logged once)
         self.dropped = 0  # entries dropped because too many were pending
         self.writes = 0  # statements written (for tests and debugging)
@@ -96,6 +99,12 @@ class LoginHistory:
                     self.max_pending,
                     self.dropped,
                 )
+
+    def start(self) -> asyncio.Task[None]:
+        """Run :meth:`run` in a task of its own (:meth:`close` ends it)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run())
+        return self._task
 
     async def run(self) -> None:
         """Write pending entries every ``interval`` seconds until closed or cancelled."""
@@ -138,8 +147,15 @@ class LoginHistory:
             return True
 
     async def close(self) -> None:
-        """Stop the loop and write what is pending (one try)."""
+        """Stop the loop (the task :meth:`start` made) and write what is pending (one
+        try). A flush under way is finished, not cut off."""
         self._closed = True
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            async with self._lock:  # let a running flush end; the loop then sleeps
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.flush()
 
 
