@@ -311,6 +311,17 @@ def test_user_set_and_show(ctl: Ctl) -> None:
     assert ctl.query("SELECT COUNT(*) FROM login_history") == [(0,)]
 
 
+def test_domain_remove_force_takes_the_login_rows_along(ctl: Ctl) -> None:
+    ctl.ok("domain", "add", "other.example")
+    ctl.add_user("carol@other.example")
+    for user in ("alice@example.com", "carol@other.example"):
+        ctl.ok("app-password", "add", user, "--name", "phone")
+        ctl.query("INSERT INTO login_history (email, service) VALUES (%s, 'imap')", (user,))
+    ctl.ok("domain", "remove", "example.com", "--force")
+    assert ctl.query("SELECT email FROM app_passwords") == [("carol@other.example",)]
+    assert ctl.query("SELECT email FROM login_history") == [("carol@other.example",)]
+
+
 # -- the daemon's side ------------------------------------------------------------------------
 
 

@@ -50,6 +50,8 @@ QUERY = (
     "AND (expires_at IS NULL OR expires_at > NOW())"
 )
 TOUCH = "UPDATE app_passwords SET last_used_at = NOW() WHERE id = %s"
+# For the core: ask the database only when a password has an app password's shape.
+looks_like_app_password = app_secrets.looks_like_app_password
 
 
 class AppPasswords:
