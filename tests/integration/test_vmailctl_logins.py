@@ -23,7 +23,7 @@ from vmaild.db import Database
 from vmaild.metrics import Metrics
 
 pytestmark = pytest.mark.integration
-__all__ = ["make_ctl"]  # the fixture, used here under its own name
+__all__ = ["make_ctl"]  # test_vmailctl's fixture: imported so that pytest finds it here
 
 ip = ipaddress.ip_address
 SECRET = re.compile(r"^    ([a-z2-7]{5}(?:-[a-z2-7]{5}){3})$", re.MULTILINE)

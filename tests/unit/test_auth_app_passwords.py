@@ -111,10 +111,6 @@ def make(*rows: Row) -> tuple[ap.AppPasswords, FakeAppDB, Clock, Metrics]:
     return ap.AppPasswords(CFG, db, metrics, clock), db, clock, metrics  # type: ignore[arg-type]
 
 
-async def settle(checker: ap.AppPasswords) -> None:
-    await checker.close()
-
-
 @aio
 async def test_a_valid_app_password_matches_with_one_query() -> None:
     checker, db, _, metrics = make(Row(1, "alice@example.test", SECRET))
@@ -123,7 +119,7 @@ async def test_a_valid_app_password_matches_with_one_query() -> None:
     assert len(db.queries) == 2
     assert db.queries[0][1] == ("alice@example.test", "imap")
     assert metrics.app_password_checks.labels("ok")._value.get() == 2
-    await settle(checker)
+    await checker.close()
 
 
 @aio
@@ -150,7 +146,7 @@ async def test_services_and_expiry_are_the_query_s() -> None:
     assert not await checker.matches(ALICE, "imap", None, SECRET)
     assert not await checker.matches(ALICE, "pop3", None, SECRET)
     assert not await checker.matches(ALICE, "smtp", None, OTHER)
-    await settle(checker)
+    await checker.close()
 
 
 @pytest.mark.parametrize(
@@ -172,7 +168,7 @@ def test_networks(networks: str | None, client: Any, ok: bool) -> None:
     async def run() -> None:
         checker, _, _, _ = make(Row(1, "alice@example.test", SECRET, networks=networks))
         assert await checker.matches(ALICE, "smtp", client, SECRET) is ok
-        await settle(checker)
+        await checker.close()
 
     asyncio.run(run())
 
@@ -191,7 +187,7 @@ async def test_every_row_is_compared(monkeypatch: pytest.MonkeyPatch) -> None:
     checker, _, _, _ = make(*rows)
     assert await checker.matches(ALICE, "imap", None, rows[0].secret)
     assert len(calls) == 4  # the match came first; the rest were compared all the same
-    await settle(checker)
+    await checker.close()
 
 
 @aio
@@ -199,15 +195,15 @@ async def test_last_used_is_bumped_at_most_once_a_minute_in_the_background() -> 
     checker, db, clock, _ = make(Row(7, "alice@example.test", SECRET))
     for _ in range(50):
         assert await checker.matches(ALICE, "imap", None, SECRET)
-    await settle(checker)
+    await checker.close()
     assert db.touches == [7]
     clock.now += 59
     assert await checker.matches(ALICE, "imap", None, SECRET)
-    await settle(checker)
+    await checker.close()
     assert db.touches == [7]
     clock.now += 2
     assert await checker.matches(ALICE, "imap", None, SECRET)
-    await settle(checker)
+    await checker.close()
     assert db.touches == [7, 7]
 
 
@@ -218,7 +214,7 @@ async def test_a_failing_touch_never_fails_the_login(caplog: pytest.LogCaptureFi
     for _ in range(3):
         assert await checker.matches(ALICE, "imap", None, SECRET)
         clock.now += 61
-        await settle(checker)
+        await checker.close()
     assert db.touches == []
     # Logged once a minute at most: the clock moved 61 s between tries.
     assert len([r for r in caplog.records if "last-used" in r.getMessage()]) == 3
