@@ -5,6 +5,7 @@ background, database errors propagated."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from tests.unit.fakes_auth import aio
 from vmaild import config
 from vmaild.auth import app_passwords as ap
-from vmaild.auth import app_secrets
+from vmaild.auth import app_secrets, contract
 from vmaild.auth.accounts import Account
 from vmaild.db import DatabaseError
 from vmaild.metrics import Metrics
@@ -232,3 +233,8 @@ async def test_a_database_error_propagates() -> None:
 def test_looks_like_app_password_is_exposed() -> None:
     assert ap.AppPasswords.looks_like_app_password(SECRET)
     assert not ap.AppPasswords.looks_like_app_password("hunter2")
+
+
+def test_implements_the_contract() -> None:
+    theirs = inspect.signature(contract.AppPasswordChecker.matches)
+    assert inspect.signature(ap.AppPasswords.matches) == theirs

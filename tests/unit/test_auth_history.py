@@ -5,6 +5,7 @@ run() paces flushes by the interval; close() flushes."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from tests.unit.fakes_auth import aio
 from vmaild import config
+from vmaild.auth import contract
 from vmaild.auth import history as h
 from vmaild.db import DatabaseError
 
@@ -193,3 +195,8 @@ async def test_start_and_close_end_the_loop_and_flush() -> None:
     await history.close()
     assert task.done() and db.runs == 1
     assert db.rows()[0][:2] == ("alice@example.test", "imap")
+
+
+def test_implements_the_contract() -> None:
+    theirs = inspect.signature(contract.LoginRecorder.record)
+    assert inspect.signature(h.LoginHistory.record) == theirs
