@@ -216,6 +216,12 @@ class Metrics:
             "(the database or its login_failures table does not answer)",
             registry=r,
         )
+        self.app_password_checks = Counter(
+            "vmaild_app_password_checks",
+            "App password lookups by result (ok: a valid app password matched, fail)",
+            ["result"],
+            registry=r,
+        )
         # Policy
         self.policy_decisions = Counter(
             "vmaild_policy_decisions",

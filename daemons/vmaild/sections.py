@@ -249,7 +249,8 @@ class AuthConfig(ListenerSection):
 
     ``query`` takes Postfix expansions (%s %u %d) of the login name; its columns are read
     by name: address, password, maildir, name, active, quota (maildir++ text) or
-    quota_bytes/quota_messages, options, and home/uid/gid, which default to ``[mailbox]``.
+    quota_bytes/quota_messages, options, imap_access/pop3_access/smtp_access (on, off,
+    app; absent: on), and home/uid/gid, which default to ``[mailbox]``.
     The defaults fit ``vmailctl db migrate``'s schema; for an unmigrated seed database use
     ``query = SELECT email AS address, password FROM users WHERE email='%s'``,
     ``enumerate_query = SELECT email AS address FROM users``, ``rehash = no`` (the seed's
@@ -262,7 +263,8 @@ class AuthConfig(ListenerSection):
     listen: Listen | None = None
     query: str = (
         "SELECT u.email AS address, u.password, u.maildir, u.name, u.quota_bytes, "
-        "u.quota_messages, u.active AND COALESCE(d.active, 1) AS active FROM users u "
+        "u.quota_messages, u.active AND COALESCE(d.active, 1) AS active, "
+        "u.imap_access, u.pop3_access, u.smtp_access FROM users u "
         "LEFT JOIN domains d ON d.domain = SUBSTRING_INDEX(u.email, '@', -1) "
         "WHERE u.email = '%s'"
     )
@@ -319,6 +321,11 @@ class AuthConfig(ListenerSection):
     trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     # vmaild-authpipe gives up on an answer after this long (authdaemond waits 30 s).
     relay_timeout: float = _num(25.0, 1, 29)
+    # The login history (auth/history.py): the last login per account and service is
+    # written in one batch every history_interval seconds (so at most one write per
+    # account and service per interval); at most history_pending logins wait for it.
+    history_interval: float = _num(60.0, 1, 86400)
+    history_pending: int = _num(100_000, 1)
 
     def check(self) -> None:
         # Without a listener the section is unused: only its login query is judged.

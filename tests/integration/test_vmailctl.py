@@ -178,9 +178,9 @@ def test_init_on_an_empty_database(make_ctl: Callable[..., Ctl]) -> None:
     c.refused("db", "migrate", match="database is empty: use 'vmailctl db init'")
     c.refused("domain", "list", match="database schema is empty: run 'vmailctl db init'")
     r = c.ok("db", "init")
-    assert r.out == "schema created: empty -> 2\n"
+    assert r.out == "schema created: empty -> 3\n"
     status = c.ok("--json", "db", "status").json()
-    assert status["version"] == "2" and status["advice"] == "up to date"
+    assert status["version"] == "3" and status["advice"] == "up to date"
     assert status["triggers"] == "15 of 15"
     assert set(status["tables"]) == {
         "domains",
@@ -190,13 +190,15 @@ def test_init_on_an_empty_database(make_ctl: Callable[..., Ctl]) -> None:
         "sender_grants",
         "send_counters",
         "login_failures",
+        "app_passwords",
+        "login_history",
         "vmaild_changes",
         "vmaild_schema",
     }
-    assert c.query("SELECT version FROM vmaild_schema") == [(2,)]
+    assert c.query("SELECT version FROM vmaild_schema") == [(3,)]
     assert c.query("SELECT id, version FROM vmaild_changes") == [(1, 0)]
-    assert c.ok("db", "init").out == "schema already at version 2; nothing to do\n"
-    assert c.ok("db", "migrate").out == "schema already at version 2; nothing to do\n"
+    assert c.ok("db", "init").out == "schema already at version 3; nothing to do\n"
+    assert c.ok("db", "migrate").out == "schema already at version 3; nothing to do\n"
 
 
 def test_tables_are_utf8mb4_innodb_with_the_designed_columns(ctl: Ctl) -> None:
@@ -240,8 +242,8 @@ def test_migrate_the_seed_keeps_every_row_and_hash(make_ctl: Callable[..., Ctl])
     c.refused("user", "list", match="database schema is seed (1): run 'vmailctl db migrate'")
 
     r = c.ok("db", "migrate")
-    assert r.out == "schema migrated: seed (1) -> 2\n"
-    assert c.ok("--json", "db", "status").json()["version"] == "2"
+    assert r.out == "schema migrated: seed (1) -> 3\n"
+    assert c.ok("--json", "db", "status").json()["version"] == "3"
 
     assert dict(c.query("SELECT email, HEX(password) FROM users")) == hashes_before
     for email, password in seed.SEED_USERS.items():
@@ -276,7 +278,7 @@ def test_migrate_the_seed_keeps_every_row_and_hash(make_ctl: Callable[..., Ctl])
 def test_migrate_twice_changes_nothing(migrated: Ctl) -> None:
     before = dump(migrated)
     r = migrated.ok("db", "migrate")
-    assert r.out == "schema already at version 2; nothing to do\n"
+    assert r.out == "schema already at version 3; nothing to do\n"
     assert dump(migrated) == before
 
 
@@ -385,7 +387,7 @@ def test_binary_logging_needs_trust_for_trigger_creators(service_tmp: Path) -> N
         assert status["version"] == "incomplete" and "run 'vmailctl db migrate'" in status["advice"]
         c.refused("domain", "list", match="database schema is incomplete")
         server.query("SET GLOBAL log_bin_trust_function_creators = 1")
-        assert c.ok("db", "init").out == "schema created: incomplete -> 2\n"
+        assert c.ok("db", "init").out == "schema created: incomplete -> 3\n"
         assert c.ok("--json", "db", "status").json()["triggers"] == "15 of 15"
 
 

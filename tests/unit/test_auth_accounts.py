@@ -270,3 +270,43 @@ async def test_a_fetch_whose_client_left_is_dropped_from_its_batch() -> None:
     assert all(await asyncio.gather(*running, kept))
     assert "gone@example.test" not in str(db.statements)
     assert db.jobs == accounts.max_jobs + 1
+
+
+# -- per-protocol access -------------------------------------------------------------------
+
+
+def test_access_switches_default_to_on() -> None:
+    a = account_from_row({"address": "a@x", "password": "p"}, CFG)
+    assert [a.access_for(s) for s in ("imap", "pop3", "smtp", "courier")] == ["on"] * 4
+    a = account_from_row(
+        {"address": "a@x", "imap_access": None, "pop3_access": None, "smtp_access": None}, CFG
+    )
+    assert a.access_for("imap") == a.access_for("smtp") == "on"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("on", "on"),
+        ("off", "off"),
+        ("app", "app"),
+        (" APP ", "app"),
+        (b"off", "off"),
+        ("maybe", "off"),
+        ("", "off"),
+    ],
+)
+def test_access_switch_values(value: Any, expected: str) -> None:
+    row = {"address": "a@x", "imap_access": "on", "pop3_access": value, "smtp_access": "app"}
+    a = account_from_row(row, CFG)
+    assert (a.access_for("imap"), a.access_for("pop3"), a.access_for("smtp")) == (
+        "on",
+        expected,
+        "app",
+    )
+    assert a.access_for("webmail") == "on"  # no switch for it
+
+
+def test_the_default_query_returns_the_switches() -> None:
+    for column in ("imap_access", "pop3_access", "smtp_access"):
+        assert f"u.{column}" in CFG.auth.query

@@ -10,6 +10,9 @@ can reorder them or add its own. Known names:
   quota                maildir++ text such as '1000000S,1000C'; or quota_bytes and
                        quota_messages as numbers (0 or NULL: no limit)
   name, options        NAME and OPTIONS; active: 0 disables the account (NULL: active)
+  imap_access, pop3_access, smtp_access
+                       'on', 'off', or 'app' (only app passwords) per service; a
+                       missing column or NULL is 'on', anything else 'off' (logged once)
 
 Values that authdaemond would misread (a line break in NAME, a uid of 0) are dropped or
 make the account unusable, with a log line; they never reach the reply.
@@ -51,6 +54,9 @@ class Account:
     name: str = ""
     options: str = ""
     active: bool = True
+    imap_access: str = "on"
+    pop3_access: str = "on"
+    smtp_access: str = "on"
 
     def fields(self) -> list[tuple[str, str]]:
         """The authpipe account fields (PROTOCOLS.md 4.4), in authdaemond's order. No
@@ -72,7 +78,13 @@ class Account:
 
     def access_for(self, service: str) -> str:
         """How ``service`` may be used: "on", "off", or "app" (app passwords only).
-        Every service is "on" until the account query returns access columns."""
+        A service without a switch (not imap, pop3 or smtp) is "on"."""
+        if service == "imap":
+            return self.imap_access
+        if service == "pop3":
+            return self.pop3_access
+        if service == "smtp":
+            return self.smtp_access
         return "on"
 
     def maildir_path(self) -> str:
@@ -96,6 +108,24 @@ def _flag(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() not in ("0", "n", "no", "false", "off", "")
     return bool(value)
+
+
+ACCESS_VALUES = ("on", "off", "app")
+_bad_access_logged: set[str] = set()
+
+
+def _access(value: Any, column: str) -> str:
+    """An access switch: NULL (or no such column) is "on"; an unknown value is "off", so
+    a typo in hand-typed SQL never opens a service (logged once per value)."""
+    if value is None:
+        return "on"
+    text = _text(value).strip().lower()
+    if text in ACCESS_VALUES:
+        return text
+    if text not in _bad_access_logged and len(_bad_access_logged) < 100:
+        _bad_access_logged.add(text)
+        log.warning("%s %r is not on, off or app: treated as off", column, text[:20])
+    return "off"
 
 
 def _clean(value: str) -> str:
@@ -165,6 +195,9 @@ def account_from_row(row: dict[str, Any], cfg: Config) -> Account:
         name=_clean(_text(row.get("name")).strip()),
         options=_clean(_text(row.get("options")).strip()),
         active=_flag(row.get("active")),
+        imap_access=_access(row.get("imap_access"), "imap_access"),
+        pop3_access=_access(row.get("pop3_access"), "pop3_access"),
+        smtp_access=_access(row.get("smtp_access"), "smtp_access"),
     )
 
 

@@ -184,6 +184,12 @@ def cmd_remove(ctx: Context, args: argparse.Namespace) -> None:
                 "(SELECT email FROM users WHERE email_domain = %s)",
                 (domain,),
             )
+            for table in ("app_passwords", "login_history"):
+                cur.execute(
+                    f"DELETE FROM {table} WHERE email IN "
+                    "(SELECT email FROM users WHERE email_domain = %s)",
+                    (domain,),
+                )
             cur.execute("DELETE FROM users WHERE email_domain = %s", (domain,))
             cur.execute("DELETE FROM forwardings WHERE source_domain = %s", (domain,))
             cur.execute("DELETE FROM transport WHERE domain = %s", (domain,))

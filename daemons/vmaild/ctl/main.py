@@ -16,7 +16,7 @@ from typing import TextIO
 from .. import __version__
 from ..db import DatabaseError
 from ..values import ConfigError
-from . import aliases, dbcmd, domains, importcf, lookupcmd, names, routing, users
+from . import aliases, app_passwords, dbcmd, domains, importcf, lookupcmd, names, routing, users
 from .context import Context
 from .errors import EXIT_OK, EXIT_REFUSED, EXIT_TEMPFAIL, Refused, TempFail
 
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (dbcmd, domains, users, aliases, routing, importcf, lookupcmd):
+    for module in (dbcmd, domains, users, app_passwords, aliases, routing, importcf, lookupcmd):
         module.register(sub, common)
     return parser
 

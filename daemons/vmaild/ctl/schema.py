@@ -45,6 +45,7 @@ class Table:
 
 ADDRESS = "varchar(255) NOT NULL"
 FLAG = "tinyint(1) NOT NULL DEFAULT 1"
+ACCESS = "enum('on','off','app') NOT NULL DEFAULT 'on'"
 
 TABLES: tuple[Table, ...] = (
     Table(
@@ -74,6 +75,11 @@ TABLES: tuple[Table, ...] = (
             ("password_changed_at", "timestamp NULL DEFAULT NULL"),
             # For per-domain listings and 'domain remove' without scanning every user.
             ("email_domain", "varchar(255) AS (SUBSTRING_INDEX(email, '@', -1)) VIRTUAL"),
+            # Per-protocol access (auth/accounts.py): 'on', 'off', or 'app' (app passwords
+            # only). Read with the account row on every login, so a change counts at once.
+            ("imap_access", ACCESS),
+            ("pop3_access", ACCESS),
+            ("smtp_access", ACCESS),
         ),
         (("PRIMARY", "PRIMARY KEY (email)"), ("email_domain", "KEY email_domain (email_domain)")),
         watched=True,
@@ -142,6 +148,38 @@ TABLES: tuple[Table, ...] = (
             ("blocked_before", "bigint NOT NULL DEFAULT 0"),
         ),
         (("PRIMARY", "PRIMARY KEY (kind, subject)"), ("last_at", "KEY last_at (last_at)")),
+    ),
+    # App passwords (auth/app_passwords.py, vmailctl app-password). Not watched: a login
+    # reads them every time (no cache to flush), so a revocation counts at the next login,
+    # and the daemon's last_used_at updates must not flush every cache.
+    Table(
+        "app_passwords",
+        (
+            ("id", "bigint unsigned NOT NULL AUTO_INCREMENT"),
+            ("email", ADDRESS),
+            ("name", "varchar(64) NOT NULL"),
+            # SHA-256 hex of the generated secret (auth/app_secrets.py says why no salt).
+            ("secret_hash", "char(64) NOT NULL"),
+            ("services", "set('imap','pop3','smtp') NOT NULL DEFAULT 'imap,pop3,smtp'"),
+            ("networks", "varchar(1024) NULL DEFAULT NULL"),  # comma-separated CIDRs; NULL: any
+            ("expires_at", "timestamp NULL DEFAULT NULL"),  # NULL: never
+            ("created_at", "timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP"),
+            ("last_used_at", "timestamp NULL DEFAULT NULL"),
+        ),
+        # (email, name) also serves the login's "WHERE email = ?" as its leftmost prefix.
+        (("PRIMARY", "PRIMARY KEY (id)"), ("email_name", "UNIQUE KEY email_name (email, name)")),
+    ),
+    # The last successful login per account and service (auth/history.py), written in
+    # batches at most once a minute. Not watched: nothing is cached from it.
+    Table(
+        "login_history",
+        (
+            ("email", ADDRESS),
+            ("service", "varchar(32) NOT NULL"),
+            ("last_at", "timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP"),
+            ("last_address", "varchar(45) NULL DEFAULT NULL"),  # where the front door knew it
+        ),
+        (("PRIMARY", "PRIMARY KEY (email, service)"),),
     ),
     Table(
         CHANGES_TABLE,

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from . import maildirs, names, prompt, sizes
+from . import access, maildirs, names, prompt, sizes
 from .context import Context
 from .errors import Refused
 from .output import Column
@@ -120,6 +120,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
         "--messages", type=COUNT, default=None, metavar="N", help="message-count quota; 0 = none"
     )
     q.set_defaults(func=cmd_quota)
+    access.register(us, common)
 
     m = sub.add_parser("maildir", parents=[common], help="Maildirs")
     ms = m.add_subparsers(dest="maildir_command", metavar="ACTION", required=True)
@@ -238,6 +239,7 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> None:
             (stored,),
         ) or {"m": 0, "r": 0}
         row["sent_last_hour"] = {"messages": int(sent["m"]), "recipients": int(sent["r"])}
+        row.update(access.details(conn, stored))
         return row
 
     row = ctx.run(work)
@@ -245,6 +247,7 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> None:
     row["maildir_path"] = str(path)
     row["maildir_exists"] = os.path.isdir(path / "cur")
     sent = row["sent_last_hour"]
+    logins = access.flatten(row)  # text lines; the JSON keeps the structure
     ctx.show_record(
         row,
         [
@@ -262,8 +265,10 @@ def cmd_show(ctx: Context, args: argparse.Namespace) -> None:
             ("aliases", "aliases to it"),
             ("sender_grants", "may send as"),
             ("sent_last_hour", "sent last hour"),
+            *access.labels(row),
         ],
         {
+            **access.formats(logins),
             "quota_bytes": sizes.format_size,
             "quota_messages": sizes.format_count,
             "sent_last_hour": lambda _: (
@@ -339,6 +344,8 @@ def cmd_remove(ctx: Context, args: argparse.Namespace) -> None:
             stored = row["email"]
             cur.execute("DELETE FROM sender_grants WHERE login = %s", (stored,))
             cur.execute("DELETE FROM send_counters WHERE login = %s", (stored,))
+            cur.execute("DELETE FROM app_passwords WHERE email = %s", (stored,))
+            cur.execute("DELETE FROM login_history WHERE email = %s", (stored,))
             cur.execute("DELETE FROM users WHERE email = %s", (stored,))
             cur.execute(
                 "SELECT source FROM forwardings WHERE "
