@@ -185,6 +185,12 @@ class Metrics:
         self.login_limited = Counter(
             "vmaild_login_failures_limited", "Replies delayed by the failure limit", registry=r
         )
+        self.sasl_requests = Counter(
+            "vmaild_sasl_requests",
+            "Dovecot SASL (Postfix smtpd) logins by mechanism and result (ok, fail, tempfail)",
+            ["mechanism", "result"],
+            registry=r,
+        )
         # Policy
         self.policy_decisions = Counter(
             "vmaild_policy_decisions",
