@@ -48,8 +48,8 @@ VERSION = (1, 2)
 USERNAME_PROMPT = base64.b64encode(b"Username:").decode()
 PASSWORD_PROMPT = base64.b64encode(b"Password:").decode()
 # Every FAIL carries a reason: Postfix shows it to the SMTP client ("535 5.7.8 Error:
-# authentication failed: <reason>"), and Postfix before 3.10 reused the last challenge
-# ("UGFzc3dvcmQ6") as the reason when none came (6.3).
+# authentication failed: <reason>"), and Postfix before 3.7.11/3.8.6/3.9 reused the last
+# challenge ("UGFzc3dvcmQ6") as the reason when none came (6.3).
 REASON_FAILED = "authentication failure"
 _MAX_ID = 2**32 - 1  # Postfix prints ids with %u and reads them back with strtoul()
 _ID_DIGITS = len(str(_MAX_ID))
