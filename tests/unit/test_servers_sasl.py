@@ -20,6 +20,7 @@ from vmaild.auth.contract import LoginRequest, LoginResult, Outcome
 from vmaild.metrics import Metrics
 from vmaild.servers import sasl as sasl_server
 from vmaild.servers.base import start_listener
+from vmaild.servers.limits import Limits
 from vmaild.values import Listen
 
 HELLO = b"VERSION\t1\t0\nCPID\t4242\n"
@@ -304,3 +305,23 @@ async def test_with_the_login_service(tmp_path: Path) -> None:
     finally:
         server.close()
         service.close()
+
+
+@aio
+async def test_idle_sweep_spares_a_request_waiting_for_the_client(tmp_path: Path) -> None:
+    async def body(connect: Callable[[], Awaitable[Client]], app: FakeApp) -> None:
+        waiting, idle = await connect(), await connect()
+        waiting.send(HELLO + b"AUTH\t1\tLOGIN\tservice=smtp\n")
+        assert await waiting.line() == b"CONT\t1\tVXNlcm5hbWU6\n"
+        idle.send(HELLO)
+        app.ctx.limits.configure({"sasl": Limits(idle_timeout=0.001)})
+        while app.ctx.limits.sweep(app.connections) == 0:  # idle's HELLO must age first
+            await asyncio.sleep(0.001)
+        assert await asyncio.wait_for(idle.reader.read(), 10) == b""
+        assert app.ctx.limits.sweep(app.connections) == 0  # still in progress
+        waiting.send(b"CONT\t1\t" + base64.b64encode(b"a@x") + b"\n")
+        assert await waiting.line() == b"CONT\t1\tUGFzc3dvcmQ6\n"
+        waiting.send(b"CONT\t1\t" + base64.b64encode(b"ok") + b"\n")
+        assert await waiting.line() == b"OK\t1\tuser=a@x\n"
+
+    await serving(tmp_path, body)

@@ -91,6 +91,14 @@ class SaslProtocol(SequentialProtocol):
     def busy(self) -> bool:
         return bool(self._logins)
 
+    def close_if_idle(self, idle_since: float) -> bool:
+        # A request waiting for the client's CONT is in progress too: its SMTP client may
+        # take up to smtpd_timeout (300 s) to answer the challenge. One Postfix abandoned
+        # ends with its smtpd process (max_idle), which closes the connection.
+        if not self.server.idle:
+            return False
+        return super().close_if_idle(idle_since)
+
     # -- one turn: decode at most TURN_BYTES, start the logins, send the replies -------------
 
     def _run_queue(self) -> None:
