@@ -79,7 +79,8 @@ def run_demo(demo: Demo, s: MailStack) -> None:
         "vmaild": lambda: (
             f"vmailctl db migrate ({last_line(s.migrate_output)}); vmaild as "
             f"{s.vmaild_user or 'root'}: socketmap {s.sockets['socketmap']}, policy "
-            f"{s.sockets['policy']}, auth {s.rundir / 'auth.sock'}, metrics "
+            f"{s.sockets['policy']}, SMTP AUTH {s.sockets['sasl']}, auth "
+            f"{s.rundir / 'auth.sock'}, metrics "
             f":{s.ports['metrics']}"
         ),
         "courier": lambda: (

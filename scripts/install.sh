@@ -18,14 +18,17 @@
 #     not edit them, and when you did and the shipped version changed, yours stays and the
 #     new one is written next to it as FILE.new, with a notice;
 #  4. /home/vmail (vmail, 0750), /var/spool/postfix/vmaild (2750 vmail:postfix: vmaild's
-#     socketmap and policy sockets, for Postfix only) and a self-signed certificate in
+#     socketmap, policy and SMTP AUTH sockets, for Postfix only) and a self-signed certificate in
 #     /etc/vmaild/tls (the seed's openssl step), never replaced once there;
 #  5. Courier: /etc/courier/authProg -> vmaild-authpipe, and the settings of
 #     courier/*.vmaild set line by line in authdaemonrc, imapd, imapd-ssl, pop3d,
 #     pop3d-ssl; Postfix: main.cf settings of postfix/main.cf.vmaild and main.cf.policy
 #     with `postconf -e`, master.cf entries of postfix/master.cf.vmaild with `postconf -M`,
-#     their vmaild sockets replaced by the [socketmap]/[policy] addresses of an installed
-#     vmaild.conf that listens elsewhere (one kept from an older version: TCP ports).
+#     their vmaild sockets replaced by the [socketmap]/[policy]/[sasl] addresses of an
+#     installed vmaild.conf that listens elsewhere (one kept from an older version: TCP
+#     ports). SMTP AUTH goes to vmaild's [sasl] socket (smtpd_sasl_type = dovecot); a kept
+#     vmaild.conf from before [sasl] gets the section once, and one without it keeps
+#     Postfix on Cyrus SASL -> authdaemond (postfix/sasl/smtpd.conf).
 #     Each file is copied to FILE.vmaild-backup before vmaild first changes it;
 #  6. systemd: daemon-reload and the tmpfiles entry applied (authdaemond's socket
 #     directory gets an ACL entry for vmail, systemd/vmaild.tmpfiles). Services are not
@@ -48,7 +51,7 @@ ETC=/etc/vmaild
 TLS=$ETC/tls
 STATE=/var/lib/vmaild/install     # pristine copies of installed conffiles
 MAILHOME=/home/vmail
-SOCKETDIR=/var/spool/postfix/vmaild   # vmaild.conf.example [socketmap], [policy]; vmaild.tmpfiles
+SOCKETDIR=/var/spool/postfix/vmaild   # vmaild.conf.example [socketmap], [policy], [sasl]; vmaild.tmpfiles
 VMAIL_ID=5000
 
 changes=0
@@ -274,6 +277,7 @@ install_conffiles() {
   if [[ -z $(passwd_field group vmail 1) ]]; then vgroup=root; fi
   # The database password is in it: vmaild (vmail) and vmaild-authpipe (root) read it.
   conffile "$SRC/scripts/vmaild.conf.example" $ETC/vmaild.conf 0640 "root:$vgroup" vmaild
+  ensure_sasl_section
   conffile "$SRC/systemd/vmaild.service" /etc/systemd/system/vmaild.service 0644 root:root vmaild
   conffile "$SRC/systemd/vmaild.tmpfiles" /etc/tmpfiles.d/vmaild.conf 0644 root:root
   conffile "$SRC/systemd/vmaild.sysusers" /etc/sysusers.d/vmaild.conf 0644 root:root
@@ -289,6 +293,30 @@ install_conffiles() {
     conffile "$SRC/postfix/sasl/smtpd.conf" /etc/postfix/sasl/smtpd.conf 0644 root:root postfix \
       takeover
   fi
+}
+
+# An upgrade from before vmaild served SMTP AUTH itself: the admin's vmaild.conf is kept
+# (the new one lands as .new), so the [sasl] section main.cf.vmaild's smtpd_sasl_path needs
+# is added to it. Once only (the marker): an admin who removes it later keeps Postfix on
+# Cyrus SASL (postfix_endpoints).
+ensure_sasl_section() {
+  local conf=$ROOT$ETC/vmaild.conf marker=$ROOT$STATE/sasl-section
+  [[ -f $conf ]] || return 0
+  if grep -Eq '^[[:space:]]*\[sasl\]' "$conf"; then
+    [[ -e $marker ]] || : >"$marker"
+    return
+  fi
+  if [[ -e $marker ]]; then
+    ok "$ETC/vmaild.conf" "no [sasl]: SMTP AUTH stays on Cyrus SASL"
+    return
+  fi
+  backup_once "$conf"
+  printf '\n%s\n%s\n%s\n' \
+    "# SMTP AUTH: Postfix's smtpd_sasl_path = vmaild/auth (added by make install)" \
+    "[sasl]" "listen = unix:$SOCKETDIR/auth" >>"$conf"
+  : >"$marker"
+  changed "$ETC/vmaild.conf" "[sasl] added: Postfix asks vmaild for SMTP AUTH"
+  want_restart vmaild
 }
 
 # ----------------------------------------------------------------- home, certificate
@@ -482,6 +510,49 @@ postfix_endpoints() {
     printf '%s\n' -e "s|${prefix}unix:vmaild/$section|$prefix$rel|g" \
       -e "s|$prefix$shipped|$prefix$abs|g"
   done
+  sasl_endpoint "$conf"
+}
+
+# SMTP AUTH (main.cf: smtpd_sasl_type, smtpd_sasl_path = vmaild/auth): where [sasl] listens,
+# relative to the queue directory when it is inside it. Cyrus SASL -> authdaemond instead
+# when vmaild.conf has no [sasl] listen, or when a running vmaild does not serve it yet (an
+# upgrade before its restart): pointed at a socket nobody serves, smtpd would end every
+# session that gets to AUTH ("no SASL authentication mechanisms", PROTOCOLS.md P-D1).
+sasl_endpoint() {
+  local listen path
+  listen=$(ini_value "$1" sasl listen)
+  if [[ -n $listen && -z $ROOT ]] && systemctl is-active --quiet vmaild 2>/dev/null \
+       && ! sasl_answers "$listen"; then
+    log "Postfix: NOTICE: SMTP AUTH stays on Cyrus SASL for now: the running vmaild does" \
+        "not serve [sasl] $listen yet; after 'systemctl restart vmaild', run 'make install'" \
+        "again to switch Postfix to it" >&2
+    listen=""
+  fi
+  if [[ -z $listen ]]; then
+    printf '%s\n' -e 's|^smtpd_sasl_type=dovecot$|smtpd_sasl_type=cyrus|' \
+      -e 's|^smtpd_sasl_path=vmaild/auth$|smtpd_sasl_path=smtpd|'
+    return
+  fi
+  if [[ $listen == "unix:$SOCKETDIR/auth" ]]; then return; fi
+  if [[ $listen == unix:/var/spool/postfix/* ]]; then
+    path=${listen#unix:/var/spool/postfix/}
+  elif [[ $listen == unix:* ]]; then
+    path=${listen#unix:}   # absolute: smtpd is not chrooted (master.cf.vmaild)
+  else
+    path=inet:$listen
+  fi
+  printf '%s\n' -e "s|^smtpd_sasl_path=vmaild/auth\$|smtpd_sasl_path=$path|"
+}
+
+sasl_answers() {  # sasl_answers LISTEN: something listens there now
+  local listen=$1 host port
+  if [[ $listen == unix:* ]]; then
+    [[ -S ${listen#unix:} ]]
+    return
+  fi
+  host=${listen%:*} port=${listen##*:}
+  host=${host#[} host=${host%]}
+  (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
 }
 
 configure_postfix() {

@@ -32,6 +32,7 @@ from .sections import (
     MapConfig,
     MetricsConfig,
     PolicyConfig,
+    SaslConfig,
     Section,
     SocketmapConfig,
 )
@@ -52,6 +53,7 @@ class Config:
     socketmap: SocketmapConfig = SocketmapConfig()
     policy: PolicyConfig = PolicyConfig()
     auth: AuthConfig = AuthConfig()
+    sasl: SaslConfig = SaslConfig()
     metrics: MetricsConfig = MetricsConfig()
     control: ControlConfig = ControlConfig()
     mailbox: MailboxConfig = MailboxConfig()
@@ -70,6 +72,7 @@ SECTIONS: dict[str, type[Section]] = {
     "socketmap": SocketmapConfig,
     "policy": PolicyConfig,
     "auth": AuthConfig,
+    "sasl": SaslConfig,
     "metrics": MetricsConfig,
     "control": ControlConfig,
     "mailbox": MailboxConfig,
@@ -136,6 +139,7 @@ def parse(text: str, path: str = "<string>") -> Config:
         raise ConfigError("missing section", path=path, section="database")
     sections["database"] = _read_password_file(sections["database"], path)
     _check_listeners(path, maps, sections)
+    _check_sasl(path, sections)
     return Config(path=path, maps=maps, **sections)
 
 
@@ -185,7 +189,7 @@ def _check_listeners(path: str, maps: dict[str, MapConfig], sections: dict[str, 
     places = [(f"map {n}", "tcp", m.tcp) for n, m in maps.items()]
     places += [
         (s, "listen", getattr(sections.get(s), "listen", None))
-        for s in ("socketmap", "policy", "auth", "metrics", "control")
+        for s in ("socketmap", "policy", "auth", "sasl", "metrics", "control")
     ]
     for section, key, listen in places:
         if listen is None:
@@ -198,3 +202,14 @@ def _check_listeners(path: str, maps: dict[str, MapConfig], sections: dict[str, 
                 key=key,
             )
         seen[str(listen)] = f"[{section}] {key}"
+
+
+def _check_sasl(path: str, sections: dict[str, Any]) -> None:
+    """[sasl] logs in with [auth]'s settings: judge them even without [auth] listen."""
+    sasl, auth = sections.get("sasl"), sections.get("auth", AuthConfig())
+    if sasl is None or sasl.listen is None or auth.listen is not None:
+        return
+    try:
+        auth.check_login_settings()
+    except ConfigError as e:
+        raise e.within(path, "auth") from None

@@ -52,7 +52,7 @@ class Runtime:
     cache: Cache
     lookups: Lookups
     fit: SchemaFit
-    auth: AuthService | None = None  # built only with [auth] listen
+    auth: AuthService | None = None  # built only with [auth] or [sasl] listen
     policy: PolicyService | None = None  # built only with [policy] listen
 
     @classmethod
@@ -64,7 +64,7 @@ class Runtime:
         rt = cls(cfg, db, cache, Lookups(cfg, db, cache, metrics, fit=fit), fit)
         # The auth and policy services live in their own packages and are only imported
         # when configured.
-        if cfg.auth.listen is not None:
+        if cfg.auth.listen is not None or cfg.sasl.listen is not None:
             from .auth.service import AuthService
 
             rt.auth = AuthService(cfg, db, metrics, fit=fit)
@@ -161,6 +161,14 @@ class App:
             wanted["auth"] = (
                 cfg.auth.listen,
                 functools.partial(AuthProtocol, ctx, self.current_auth),
+            )
+        if cfg.sasl.listen is not None:
+            from .servers.sasl import SaslProtocol
+
+            # The mechanisms are read per connection, so a reload applies to new ones.
+            wanted["sasl"] = (
+                cfg.sasl.listen,
+                lambda: SaslProtocol(ctx, self.current_auth, self.config.sasl.mechanisms),
             )
         if cfg.policy.listen is not None:
             from .servers.policy import PolicyProtocol

@@ -222,6 +222,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.sasl_requests = Counter(
+            "vmaild_sasl_requests",
+            "Dovecot SASL (Postfix smtpd) logins by mechanism and result (ok, fail, tempfail)",
+            ["mechanism", "result"],
+            registry=r,
+        )
         # Policy
         self.policy_decisions = Counter(
             "vmaild_policy_decisions",

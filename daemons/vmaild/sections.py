@@ -13,6 +13,7 @@ layer, so vmailctl and vmaild-authpipe can read the file without loading it.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -328,19 +329,24 @@ class AuthConfig(ListenerSection):
     history_pending: int = _num(100_000, 1)
 
     def check(self) -> None:
-        # Without a listener the section is unused: only its login query is judged.
+        # Without a listener the section is unused: only its login query is judged (and
+        # the login settings, when [sasl] logs in with them: config.py asks then).
         if self.listen is not None:
-            self._check_hashing()
+            self.check_login_settings()
             if not self.enumerate_query.strip():
                 raise ConfigError("missing", key="enumerate_query")
             for key in ("passwd_query", "rehash_query"):
                 _checked(key, check_update_query, getattr(self, key))
-            if self.fail_delay_max < self.fail_delay:
-                raise ConfigError("must not be less than fail_delay", key="fail_delay_max")
         if self.query:
             _checked("query", expansions.compile_query, self.query)
         for net in self.trusted_networks:
             _checked("trusted_networks", check_network, net)
+
+    def check_login_settings(self) -> None:
+        """What every login needs, whichever front door it came through."""
+        self._check_hashing()
+        if self.fail_delay_max < self.fail_delay:
+            raise ConfigError("must not be less than fail_delay", key="fail_delay_max")
 
     def _check_hashing(self) -> None:
         scheme, rounds = self.password_scheme, self.password_rounds
@@ -354,6 +360,47 @@ class AuthConfig(ListenerSection):
             raise ConfigError("argon2 takes a time cost, 1..100", key="password_rounds")
         if scheme.startswith("sha") and rounds and not 1000 <= rounds <= 999_999_999:
             raise ConfigError("sha-crypt takes 1000..999999999 rounds", key="password_rounds")
+
+
+#: The SASL mechanisms vmaild can serve: both send the password itself, which is all a
+#: stored hash can be checked against (PROTOCOLS.md 6.4).
+SASL_MECHANISMS = ("PLAIN", "LOGIN")
+
+
+@dataclass(frozen=True)
+class SaslConfig(ListenerSection):
+    """``[sasl]``: Postfix's ``smtpd_sasl_type = dovecot`` (servers/sasl.py, PROTOCOLS.md
+    section 6), logging in with ``[auth]``'s query, hashes, cache and failure limits.
+
+    ``listen`` is a unix socket (shipped: /var/spool/postfix/vmaild/auth, which smtpd
+    reaches as ``smtpd_sasl_path = vmaild/auth``, chrooted or not) or a loopback address:
+    the protocol has no client authentication, so whoever connects may try passwords.
+    """
+
+    listen: Listen | None = None
+    mechanisms: tuple[str, ...] = SASL_MECHANISMS
+
+    def check(self) -> None:
+        if self.listen is not None and not self.listen.is_unix:
+            host = self.listen.host or ""
+            if not _is_loopback(host):
+                raise ConfigError(
+                    f"{host} is not a loopback address: use a unix socket, or 127.0.0.1 "
+                    "(anyone who reaches the port could try passwords)",
+                    key="listen",
+                )
+        names = [m.upper() for m in self.mechanisms]
+        if not names or any(m not in SASL_MECHANISMS for m in names):
+            raise ConfigError(f"must be some of {' '.join(SASL_MECHANISMS)}", key="mechanisms")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class StackConfig:
         )
         cp["socketmap"]["listen"] = f"unix:{self.sockets['socketmap']}"
         cp["policy"]["listen"] = f"unix:{self.sockets['policy']}"
+        cp["sasl"]["listen"] = f"unix:{self.sockets['sasl']}"
         cp["metrics"]["listen"] = f"127.0.0.1:{self.ports['metrics']}"
         cp["auth"]["listen"] = f"unix:{self.rundir / 'auth.sock'}"
         cp["auth"]["password_rounds"] = str(TEST_PASSWORD_ROUNDS)

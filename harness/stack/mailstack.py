@@ -10,9 +10,9 @@ the demo and the delivery benchmark:
   sandbox), running as the mail owner ``vmail`` like systemd/vmaild.service does;
 * Courier's authdaemond running vmaild-authpipe as /etc/courier/authProg, imapd and pop3d
   (STARTTLS) and their SSL variants, with the settings of courier/*.vmaild;
-* a private Postfix with postfix/main.cf.vmaild, main.cf.policy, master.cf.vmaild (the
-  maildrop service running postfix/vmaild-maildrop), postfix/sasl/smtpd.conf, and a
-  generated certificate for STARTTLS;
+* a private Postfix with postfix/main.cf.vmaild (SMTP AUTH on vmaild's [sasl] socket),
+  main.cf.policy, master.cf.vmaild (the maildrop service running postfix/vmaild-maildrop),
+  postfix/sasl/smtpd.conf (the Cyrus alternative), and a generated certificate for STARTTLS;
 * the ACL entry of systemd/vmaild.tmpfiles that lets maildrop (as vmail) reach
   authdaemond's socket.
 
@@ -102,6 +102,7 @@ class MailStack(StackConfig, StackClients, Service):
         self.postfix_dir = self.sandbox / "postfix"
         self.socket_dir = self.postfix_dir / "spool" / "vmaild"
         self.sockets = {name: self.socket_dir / name for name in ("socketmap", "policy")}
+        self.sockets["sasl"] = self.socket_dir / "auth"  # main.cf: smtpd_sasl_path = vmaild/auth
         self.mariadb = MariaDB(self.sandbox / "mariadb")
         self.db = seed.SeedDatabase(self.mariadb)
         self.vmaild: Vmaild | None = None

@@ -533,3 +533,71 @@ def assert_postfix_socket_dir(root: Path) -> None:
         "postfix",
         "0o2750",
     )
+
+
+def without_sasl(text: str) -> str:
+    """vmaild.conf as shipped before vmaild served SMTP AUTH: no [sasl] section."""
+    start = text.index("# SMTP AUTH: Postfix's smtpd asks vmaild directly")
+    end = text.index("\n[mailbox]")
+    return text[:start] + text[end + 1 :]
+
+
+def test_install_upgrades_smtp_auth_to_vmaild(tmp_root: Path) -> None:
+    """A host installed before [sasl] existed: Postfix on Cyrus SASL, the admin's
+    vmaild.conf kept. The upgrade adds [sasl] to that file (once) and switches Postfix to
+    it; an admin who removes [sasl] again keeps Postfix on Cyrus SASL for good."""
+    need("postconf", "openssl", "systemd-tmpfiles", "useradd")
+    staging_root(tmp_root)
+    etc = tmp_root / "etc/postfix"
+    run(["postconf", "-c", str(etc), "-e", "smtpd_sasl_type=cyrus", "smtpd_sasl_path=smtpd"])
+    conf = tmp_root / "etc/vmaild/vmaild.conf"
+    conf.parent.mkdir(parents=True)
+    old = without_sasl(shipped.VMAILD_CONF_EXAMPLE.read_text()).replace(
+        "mail_admin_password", "s3cret"
+    )
+    assert "\n[sasl]" not in old
+    conf.write_text(old)
+    lines = install(tmp_root)
+    added = "changed ([sasl] added: Postfix asks vmaild for SMTP AUTH)"
+    assert f"install: /etc/vmaild/vmaild.conf: {added}" in lines
+    text = conf.read_text()
+    assert text.startswith(old) and text.endswith(
+        "\n[sasl]\nlisten = unix:/var/spool/postfix/vmaild/auth\n"
+    )
+    assert (tmp_root / "etc/vmaild/vmaild.conf.vmaild-backup").read_text() == old
+    shown = postconf_n(etc).stdout
+    assert "smtpd_sasl_type = dovecot\n" in shown and "smtpd_sasl_path = vmaild/auth\n" in shown
+    # vmaild reads the result: [sasl] listens where Postfix looks.
+    cfg = run([str(VENV_VMAILD), "check", "--no-db", "-c", str(conf)], check=False)
+    assert cfg.returncode == 0, cfg.stderr
+    assert changes(install(tmp_root)) == []
+
+    # The admin goes back to Cyrus SASL: [sasl] removed; make install leaves it so.
+    conf.write_text(old)
+    lines = install(tmp_root)
+    assert "install: /etc/vmaild/vmaild.conf: ok (no [sasl]: SMTP AUTH stays on Cyrus SASL)" in (
+        lines
+    )
+    assert conf.read_text() == old
+    shown = postconf_n(etc).stdout
+    assert "smtpd_sasl_type = cyrus\n" in shown and "smtpd_sasl_path = smtpd\n" in shown
+
+
+def test_install_names_a_sasl_socket_elsewhere(tmp_root: Path) -> None:
+    need("postconf", "openssl", "systemd-tmpfiles", "useradd")
+    staging_root(tmp_root)
+    conf = tmp_root / "etc/vmaild/vmaild.conf"
+    conf.parent.mkdir(parents=True)
+    etc = tmp_root / "etc/postfix"
+    shipped_text = shipped.VMAILD_CONF_EXAMPLE.read_text()
+    for listen, path in (
+        ("unix:/var/spool/postfix/private/vmaild-auth", "private/vmaild-auth"),
+        ("127.0.0.1:12345", "inet:127.0.0.1:12345"),
+    ):
+        conf.write_text(
+            shipped_text.replace(
+                "listen = unix:/var/spool/postfix/vmaild/auth", f"listen = {listen}"
+            )
+        )
+        install(tmp_root)
+        assert f"smtpd_sasl_path = {path}\n" in postconf_n(etc).stdout

@@ -15,8 +15,9 @@ from vmaild.metrics import Metrics
 from vmaild.servers.auth import AuthProtocol
 from vmaild.servers.base import ListenerContext, SequentialProtocol
 from vmaild.servers.control import ControlProtocol
-from vmaild.servers.interfaces import AuthAnswerer, MapLookups, PolicyDecider
+from vmaild.servers.interfaces import AuthAnswerer, Authenticator, MapLookups, PolicyDecider
 from vmaild.servers.policy import PolicyProtocol
+from vmaild.servers.sasl import SaslProtocol
 from vmaild.servers.socketmap import SocketmapProtocol
 from vmaild.servers.tcp_table import TcpTableProtocol
 
@@ -83,10 +84,12 @@ class FakeApp:
         policy: PolicyDecider | None = None,
         metrics: Metrics | None = None,
         policy_max_request: int = DEFAULT_MAX_POLICY_REQUEST,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.ctx = ListenerContext(metrics or Metrics())
         self.lookups = lookups
         self.auth = auth
+        self.authenticator = authenticator
         self.policy = policy
         self.policy_max_request = policy_max_request
 
@@ -105,6 +108,9 @@ class FakeApp:
 
     def current_auth(self) -> AuthAnswerer:
         return _given(self.auth, "auth")
+
+    def current_authenticator(self) -> Authenticator:
+        return _given(self.authenticator, "authenticator")
 
     def current_policy(self) -> PolicyDecider:
         return _given(self.policy, "policy")
@@ -128,6 +134,9 @@ class FakeApp:
 
     def auth_listener(self) -> AuthProtocol:
         return AuthProtocol(self.ctx, self.current_auth)
+
+    def sasl_listener(self) -> SaslProtocol:
+        return SaslProtocol(self.ctx, self.current_authenticator)
 
     def policy_listener(self) -> PolicyProtocol:
         return PolicyProtocol(self.ctx, self.current_policy, self.policy_max_request)

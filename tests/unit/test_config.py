@@ -195,3 +195,53 @@ def test_parse_listen(raw: str, listen: Listen) -> None:
 def test_parse_listen_rejects(raw: str) -> None:
     with pytest.raises(ValueError):
         parse_listen(raw)
+
+
+# -- [sasl] ----------------------------------------------------------------------------------
+
+
+def test_sasl_section() -> None:
+    cfg = config.parse(BASE)
+    assert cfg.sasl.listen is None and cfg.sasl.mechanisms == ("PLAIN", "LOGIN")
+    cfg = config.parse(BASE + "[sasl]\nlisten = unix:/var/spool/postfix/vmaild/auth\n")
+    assert cfg.sasl.listen == Listen(path="/var/spool/postfix/vmaild/auth")
+    for listen in ("127.0.0.1:12345", "[::1]:12345", "localhost:12345", "127.0.0.2:1"):
+        assert config.parse(BASE + f"[sasl]\nlisten = {listen}\n").sasl.listen is not None
+    cfg = config.parse(BASE + "[sasl]\nlisten = 127.0.0.1:1\nmechanisms = plain\n")
+    assert cfg.sasl.mechanisms == ("plain",)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[sasl]\nlisten = 192.0.2.1:12345\n",
+            "x.conf: [sasl] listen: 192.0.2.1 is not a loopback address: use a unix socket, or "
+            "127.0.0.1 (anyone who reaches the port could try passwords)",
+        ),
+        ("[sasl]\nlisten = 0.0.0.0:1\n", "x.conf: [sasl] listen: 0.0.0.0 is not a loopback"),
+        ("[sasl]\nmechanisms = PLAIN CRAM-MD5\n", "x.conf: [sasl] mechanisms: must be some of"),
+        ("[sasl]\nmechanisms =\n", "x.conf: [sasl] mechanisms: must be some of PLAIN LOGIN"),
+        (
+            "[sasl]\nlisten = 127.0.0.1:9125\n",
+            "x.conf: [metrics] listen: 127.0.0.1:9125 is already used by [sasl] listen",
+        ),
+        # [sasl] logs in with [auth]'s settings: judged even without [auth] listen.
+        (
+            "[sasl]\nlisten = unix:/run/x/auth\n[auth]\npassword_scheme = md5_crypt\n",
+            "x.conf: [auth] password_scheme: must be one of",
+        ),
+        (
+            "[sasl]\nlisten = unix:/run/x/auth\n[auth]\nfail_delay = 2\nfail_delay_max = 1\n",
+            "x.conf: [auth] fail_delay_max: must not be less than fail_delay",
+        ),
+    ],
+)
+def test_sasl_mistakes(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.parse(BASE + text, "x.conf")
+    assert str(e.value).startswith(expected)
+
+
+def test_auth_login_settings_unjudged_without_a_front_door() -> None:
+    config.parse(BASE + "[auth]\npassword_scheme = md5_crypt\n")

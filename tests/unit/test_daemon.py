@@ -199,3 +199,29 @@ def test_with_polling_off_a_control_flush_just_flushes() -> None:
         assert d.changes.reads == 0 and not d.cached("before")
 
     run(scenario, interval=0)
+
+
+def test_sasl_listener_and_the_login_service_it_needs(tmp_path: Any) -> None:
+    """[sasl] listen alone builds the login service and the listener, fed by the getter
+    (a reload swaps the service under open connections)."""
+    from vmaild.servers.sasl import SaslProtocol
+
+    sock = tmp_path / "auth"
+    text = CONFIG + f"\n[sasl]\nlisten = unix:{sock}\nmechanisms = PLAIN\n"
+    app = App(config.parse(text))
+    try:
+        assert app.runtime.auth is not None and app.current_auth() is app.runtime.auth
+        listen, factory = app.wanted_listeners(app.config)["sasl"]
+        assert listen == Listen(path=str(sock))
+        protocol = factory()
+        assert isinstance(protocol, SaslProtocol)
+        assert protocol.server.mechanisms == ("PLAIN",)
+        assert "auth" not in app.wanted_listeners(app.config)
+    finally:
+        app.runtime.close()
+    # Neither [auth] nor [sasl] listen: no login service at all.
+    app = App(config.parse(CONFIG))
+    try:
+        assert app.runtime.auth is None and "sasl" not in app.wanted_listeners(app.config)
+    finally:
+        app.runtime.close()

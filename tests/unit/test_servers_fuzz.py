@@ -1,4 +1,4 @@
-"""Every listener a running vmaild has (tcp:, socketmap, policy, auth, control), over real
+"""Every listener a running vmaild has (tcp:, socketmap, policy, auth, sasl, control), over real
 sockets with fake services, fed hostile input: random bytes, valid requests with mutations,
 huge lengths, NULs and CR/LF, partial frames, floods of pipelined requests, each ended by a
 half-close, a close with replies unread, or a reset.
@@ -138,6 +138,24 @@ TARGETS = {
             b"PASSWD a\tb\tc\n",
         ),
     ),
+    "sasl": Target(
+        "sasl",
+        b"VERSION\t1\t0\nCPID\t42\nAUTH\t1\tPLAIN\tservice=smtp\tnologin\tlip=127.0.0.1"
+        b"\trip=192.0.2.1\tsecured\tresp=AGpvZUBleGFtcGxlLnRlc3QAczNjcmV0\n",
+        lambda got: (
+            got.startswith(b"VERSION\t1\t2\n")
+            and got.endswith(b"DONE\nOK\t1\tuser=joe@example.test\n")
+        ),
+        (
+            b"VERSION\t1\t0\nCPID\t1\n" + b"AUTH\t1\tLOGIN\tservice=smtp\n" * 50,
+            b"VERSION\t1\t0\nCPID\t1\n"
+            + b"".join(b"AUTH\t%d\tLOGIN\tservice=smtp\n" % i for i in range(1, 500)),
+            b"VERSION\t1\t0\nCPID\t1\n" + b"".join(b"CONT\t%d\t=\n" % i for i in range(1, 500)),
+            b"VERSION\t1\t0\nCPID\t1\nAUTH\t1\tPLAIN\tservice=smtp\tresp=" + b"A" * 70_000,
+            b"VERSION\t9\t0\n",
+            b"VERSION\t1\t0\nCPID\t1\nAUTH\t4294967295\tPLAIN\tservice=\x01t\tresp==\n",
+        ),
+    ),
     "control": Target(
         "control",
         b"ping\n",
@@ -179,7 +197,13 @@ class Served:
         service, db = self.auth_service = make_service(self.tmp, "rehash = no\nfail_delay = 0\n")
         db.add("joe@example.test", sha512_crypt.using(rounds=1000).hash("s3cret"))
         lookups, _, _ = make_lookups(ROWS)
-        self.app = FakeApp(lookups=lookups, auth=service, policy=Stub(), metrics=service.metrics)
+        self.app = FakeApp(
+            lookups=lookups,
+            auth=service,
+            policy=Stub(),
+            metrics=service.metrics,
+            authenticator=service,
+        )
         app = self.app
         self.servers = []
         tcp: list[tuple[str, Callable[[], asyncio.Protocol]]] = [
@@ -189,6 +213,7 @@ class Served:
         ]
         unix: list[tuple[str, Callable[[], asyncio.Protocol]]] = [
             ("auth", app.auth_listener),
+            ("sasl", app.sasl_listener),
             ("control", app.control),
         ]
         for name, factory in tcp:
@@ -445,6 +470,12 @@ def test_fuzz_policy(served: Served, attack_: tuple[list[bytes], str]) -> None:
 @given(attacks(TARGETS["auth"]))
 def test_fuzz_auth(served: Served, attack_: tuple[list[bytes], str]) -> None:
     check(served, "auth", *attack_)
+
+
+@FUZZ
+@given(attacks(TARGETS["sasl"]))
+def test_fuzz_sasl(served: Served, attack_: tuple[list[bytes], str]) -> None:
+    check(served, "sasl", *attack_)
 
 
 @FUZZ

@@ -137,11 +137,13 @@ def test_limits_from_the_configuration() -> None:
         + "tcp = 127.0.0.1:10022\nmax_connections = 50\nidle_timeout = 7200\n"
         + "[socketmap]\nlisten = 127.0.0.1:10020\n"
         + "[policy]\nlisten = 127.0.0.1:10040\nidle_timeout = 0\n"
+        + "[sasl]\nlisten = unix:/run/x/auth\nmax_connections = 200\n"
     )
     assert limits_of(cfg) == {
         "tcp:domains": Limits(50, 7200.0),
         "socketmap": Limits(1000, 3600.0),
         "policy": Limits(1000, 0.0),
+        "sasl": Limits(200, 3600.0),
     }
     for bad in ("max_connections = 0", "idle_timeout = -1", "max_connections = many"):
         with pytest.raises(ConfigError, match=bad.split()[0]):

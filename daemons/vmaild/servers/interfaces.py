@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Protocol
 
+from ..auth.contract import LoginRequest, LoginResult
 from ..codec.authpipe import Decoded as AuthRequest
 from ..codec.policy import PolicyRequest
 
@@ -45,6 +46,16 @@ class AuthAnswerer(Protocol):
     async def answer(self, request: AuthRequest) -> bytes:
         """The reply; raises ``auth.service.TemporaryFailure`` for "close without a
         reply" (PROTOCOLS.md 4.4)."""
+        ...
+
+
+class Authenticator(Protocol):
+    """The SASL listener's view of the login service (``auth.contract.Authenticator``):
+    one call per login attempt, whatever the front door."""
+
+    async def login(self, req: LoginRequest) -> LoginResult:
+        """OK (with the account), FAIL (with the delay a front door that can wait
+        observes before answering) or TEMPFAIL."""
         ...
 
 

@@ -147,13 +147,15 @@ class ConnectionLimits:
 
 def limits_of(cfg: Config) -> dict[str, Limits]:
     """Each configured listener's limits, under the name the daemon gives the listener
-    (also its metric label): ``tcp:NAME``, ``socketmap``, ``policy``, ``auth``, ``control``."""
+    (also its metric label): ``tcp:NAME``, ``socketmap``, ``policy``, ``auth``, ``sasl``,
+    ``control``."""
     sections: dict[str, ListenerSection | None] = {
         f"tcp:{name}": m if m.tcp is not None else None for name, m in cfg.maps.items()
     }
     sections["socketmap"] = cfg.socketmap if cfg.socketmap.listen is not None else None
     sections["policy"] = cfg.policy if cfg.policy.listen is not None else None
     sections["auth"] = cfg.auth if cfg.auth.listen is not None else None
+    sections["sasl"] = cfg.sasl if cfg.sasl.listen is not None else None
     sections["control"] = cfg.control if cfg.control.listen is not None else None
     return {
         name: Limits(section.max_connections, section.idle_timeout)
