@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -388,3 +389,19 @@ async def test_the_core_is_what_authservice_login_answers(tmp_path: Path) -> Non
     assert (await service.login(req("new@example.test", "x"))).outcome is Outcome.TEMPFAIL
     assert (await service.login(req(ALICE, "pw"))).outcome is Outcome.OK  # verified before
     assert (await service.login(req(ALICE, "wrong"))).outcome is Outcome.TEMPFAIL
+
+
+@aio
+async def test_refusals_under_attack_are_logged_once_in_a_while(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = FakeGuard()
+    guard.blocked.add(ALICE)
+    service, db = core(tmp_path, guard=guard)
+    db.add(ALICE, SHA.hash("pw"))
+    caplog.set_level(logging.INFO, logger="vmaild.auth")
+    for _ in range(50):
+        assert (await service.login(req(ALICE, "guess"))).outcome is Outcome.FAIL
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert lines == [f"login {ALICE} (service imap) refused: address blocked"]
+    assert metric(service.metrics, "vmaild_login_refusals_total", kind="address") == 50

@@ -40,6 +40,7 @@ from .. import passwords
 from ..config import Config
 from ..db import Database, DatabaseError
 from ..failures import TemporaryFailure
+from ..logsafe import Throttle
 from ..metrics import Metrics
 from ..schema_fit import SchemaFit
 from .accounts import Account
@@ -64,6 +65,8 @@ from .share import HashShare
 log = logging.getLogger("vmaild.auth")
 # Refusal kinds that become metric labels; a guard's other answers are "other".
 REFUSAL_KINDS = frozenset({"address", "login", "busy"})
+# Refusals come fast under attack: one log line per kind this often, with a count.
+REFUSAL_LOG_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,9 @@ class LoginService:
         # A refused attempt at a door that can wait waits this long (nothing shared held).
         self.refusal_delay = ac.fail_delay_max
         self._dummy: asyncio.Future[str] | None = None
+        self._refusal_log = {
+            kind: Throttle(REFUSAL_LOG_SECONDS, clock) for kind in (*REFUSAL_KINDS, "other")
+        }
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -289,12 +295,15 @@ class LoginService:
         self.metrics.child(self.metrics.login_refusals, label).inc()
         if at.login:
             self.count(at.label, "fail")
-        log.info(
-            "login %s (service %s) refused: %s",
-            shown_login(at.req.login) if known else withheld(at.req.login),
-            at.req.service,
-            "too many verifications at once" if kind == "busy" else f"{kind} blocked",
-        )
+        count = self._refusal_log[label].event()
+        if count is not None:
+            log.info(
+                "login %s (service %s) refused: %s%s",
+                shown_login(at.req.login) if known else withheld(at.req.login),
+                at.req.service,
+                "too many verifications at once" if kind == "busy" else f"{label} blocked",
+                f" ({count - 1} more refused since the last such line)" if count > 1 else "",
+            )
         return LoginResult(Outcome.FAIL, delay=self.refusal_delay if at.req.can_wait else 0.0)
 
     async def _failed(self, at: _Attempt, key: str, reason: str, known: bool) -> LoginResult:
