@@ -18,9 +18,7 @@ from vmaild import config
 from vmaild.auth.accounts import Account
 from vmaild.auth.contract import Client, LoginRequest, Outcome
 from vmaild.auth.logins import Cram, LoginService
-from vmaild.auth.names import guard_key, same_spelling
 from vmaild.auth.service import AuthService
-from vmaild.auth.share import HashShare, effective_share
 from vmaild.codec import authpipe as codec
 from vmaild.metrics import Metrics
 
@@ -219,28 +217,6 @@ async def test_spellings_count_against_the_account_and_the_authpipe_door_refuses
     assert (await service.answer(decoded)).endswith(b".\n")
 
 
-@pytest.mark.parametrize(
-    ("login", "address", "same"),
-    [
-        ("a@x", "a@x", True),
-        ("A@X", "a@x", True),
-        ("a@x ", "a@x", False),
-        ("\u212a@x", "k@x", False),  # KELVIN SIGN: str.lower() would make it "k"
-        ("ß@x", "ss@x", False),
-        ("", "a@x", False),
-    ],
-)
-def test_same_spelling(login: str, address: str, same: bool) -> None:
-    assert same_spelling(login, address) is same
-
-
-def test_guard_keys() -> None:
-    account = Account("Alice@Example.test", "", "/h", "m/", 1, 1)
-    assert guard_key(account, "ÄLICE@example.test") == "alice@example.test"
-    assert guard_key(None, "Nobody@X") == "nobody@x"
-    assert len(guard_key(None, "x" * 1000)) == 255
-
-
 # -- (c) nothing shared is held ------------------------------------------------------------
 
 
@@ -275,21 +251,6 @@ async def test_over_the_accounts_share_fails_at_once_and_others_go_on(tmp_path: 
     release.set()
     assert await first == codec.FAIL
     assert not service.core.share  # every slot given back
-
-
-def test_shares_are_bounded_by_the_pool() -> None:
-    assert effective_share(2, 2) == 1  # never the whole pool
-    assert effective_share(2, 8) == 2
-    assert effective_share(4, 1) == 1
-    assert effective_share(0, 8) == 0  # off
-    share = HashShare(1, 2, 8)
-    a, b = ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")
-    assert share.admit("x", a) and not share.admit("x", b)  # the account's share
-    assert share.admit("y", a) and not share.admit("z", a)  # the client's share
-    assert share.admit("z", b) and share.admit("w", None)
-    for key, client in (("x", a), ("y", a), ("z", b), ("w", None)):
-        share.release(key, client)
-    assert not share
 
 
 @aio

@@ -1,0 +1,22 @@
+"""vmaild.auth.share: the share of hashing per account and per client address."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from vmaild.auth.share import HashShare, effective_share
+
+
+def test_shares_are_bounded_by_the_pool() -> None:
+    assert effective_share(2, 2) == 1  # never the whole pool
+    assert effective_share(2, 8) == 2
+    assert effective_share(4, 1) == 1
+    assert effective_share(0, 8) == 0  # off
+    share = HashShare(1, 2, 8)
+    a, b = ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")
+    assert share.admit("x", a) and not share.admit("x", b)  # the account's share
+    assert share.admit("y", a) and not share.admit("z", a)  # the client's share
+    assert share.admit("z", b) and share.admit("w", None)
+    for key, client in (("x", a), ("y", a), ("z", b), ("w", None)):
+        share.release(key, client)
+    assert not share
