@@ -125,10 +125,12 @@ def test_other_spellings_are_refused_and_count_against_the_account(stack: Stack)
         rows = stack.sql("SELECT email FROM users WHERE email = %s", (spelling,))
         assert rows == [(user,)], spelling
     before = refusals(stack, "login")
-    for spelling in spellings:
+    for i, spelling in enumerate(spellings):
+        # The right password, even: refused. Then a guess, as a guesser rotating names.
         assert direct(stack, spelling, "spelt-pw") == b"FAIL\n", spelling
-    # Three failures of that account (not of three names): its own spelling, right
-    # password, is refused for a while: 1 s after the third failure.
+        assert direct(stack, spelling, f"guess-{i}") == b"FAIL\n", spelling
+    # Failures of that account (not of three names): its own spelling, with the right
+    # password, is refused for a while (up to 2 s after the last failure counted).
     assert direct(stack, user, "spelt-pw") == b"FAIL\n"
     assert refusals(stack, "login") > before
     wait_until(lambda: direct(stack, user, "spelt-pw").endswith(b"\n.\n"), 10, "the wait")

@@ -205,11 +205,12 @@ async def test_spellings_count_against_the_account_and_the_authpipe_door_refuses
     db.fold = unicode_ci
     db.add(ALICE, SHA.hash("pw"))
     spellings = ["alice@example.test ", "älice@example.test", "\uff41lice@example.test"]
-    for login in spellings:
-        body = f"imap\nlogin\n{login}\npw\n".encode()
-        (decoded,) = codec.AuthpipeDecoder().feed(b"AUTH %d\n" % len(body) + body)
-        assert await service.answer(decoded) == codec.FAIL, login  # her password, even
-    # Three failures of alice: her own spelling is now refused until the wait is over.
+    for i, login in enumerate(spellings):
+        for password in ("pw", f"guess-{i}"):  # her password, even, and a guess
+            body = f"imap\nlogin\n{login}\n{password}\n".encode()
+            (decoded,) = codec.AuthpipeDecoder().feed(b"AUTH %d\n" % len(body) + body)
+            assert await service.answer(decoded) == codec.FAIL, login
+    # Failures of alice: her own spelling is now refused until the wait is over.
     body = f"imap\nlogin\n{ALICE}\npw\n".encode()
     (decoded,) = codec.AuthpipeDecoder().feed(b"AUTH %d\n" % len(body) + body)
     assert await service.answer(decoded) == codec.FAIL
@@ -258,8 +259,8 @@ async def test_only_a_door_that_can_wait_is_given_the_delay(tmp_path: Path) -> N
     guard = FakeGuard(delay=2.0)
     service, db = core(tmp_path, guard=guard)
     db.add(ALICE, SHA.hash("pw"))
-    assert (await service.login(req(ALICE, "bad"))).delay == 0.0
-    waited = await service.login(req(ALICE, "bad", can_wait=True, client=CLIENT, front="sasl"))
+    assert (await service.login(req(ALICE, "bad-1"))).delay == 0.0
+    waited = await service.login(req(ALICE, "bad-2", can_wait=True, client=CLIENT, front="sasl"))
     assert waited.outcome is Outcome.FAIL and waited.delay == 2.0
     assert guard.calls[-1] == ("failed", ALICE, CLIENT)
     # A refusal: no verification, no failure recorded, the door that can wait waits.
@@ -366,3 +367,19 @@ async def test_refusals_under_attack_are_logged_once_in_a_while(
     lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert lines == [f"login {ALICE} (service imap) refused: address blocked"]
     assert metric(service.metrics, "vmaild_login_refusals_total", kind="address") == 50
+
+
+@aio
+async def test_the_same_wrong_password_again_is_not_counted_again(tmp_path: Path) -> None:
+    # A client retrying a saved password, or smtplib trying PLAIN and then LOGIN, is one
+    # mistake: no new guess. It is still verified (same cost), and still FAIL.
+    guard = FakeGuard()
+    service, db = core(tmp_path, guard=guard)
+    db.add(ALICE, SHA.hash("pw"))
+    seen = count_verifications(service)
+    for password in ("stale", "stale", "other", "stale"):
+        assert (await service.login(req(ALICE, password))).outcome is Outcome.FAIL
+    for _ in range(2):
+        assert (await service.login(req("nobody@example.test", "x"))).outcome is Outcome.FAIL
+    assert len(seen) == 6
+    assert guard.of("failed") == [ALICE, ALICE, "nobody@example.test"]

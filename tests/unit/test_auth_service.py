@@ -354,8 +354,8 @@ async def test_repeated_failures_refuse_early_attempts_without_waiting(tmp_path:
         return await real_verify(password, stored)
 
     service.hasher.verify = counting_verify  # type: ignore[method-assign]
-    for _ in range(2):
-        assert await service.answer(auth_request("joe@example.test", "bad")) == codec.FAIL
+    for i in range(2):
+        assert await service.answer(auth_request("joe@example.test", f"bad-{i}")) == codec.FAIL
     assert len(verified) == 2
     # Within the 0.5 s: refused, even with the right password, and nothing hashed.
     assert await service.answer(auth_request("joe@example.test", "pw")) == codec.FAIL
@@ -363,13 +363,13 @@ async def test_repeated_failures_refuse_early_attempts_without_waiting(tmp_path:
     assert metric(service, "vmaild_login_refusals_total", kind="login") == 1
     assert metric(service, "vmaild_login_failures_limited_total") == 0  # nobody waited
     now[0] += 0.5
-    assert await service.answer(auth_request("joe@example.test", "bad")) == codec.FAIL
+    assert await service.answer(auth_request("joe@example.test", "bad-2")) == codec.FAIL
     now[0] += 0.9  # the third failure: 1 s
     assert await service.answer(auth_request("joe@example.test", "pw")) == codec.FAIL
     now[0] += 0.1
     assert (await service.answer(auth_request("joe@example.test", "pw"))).endswith(b".\n")
     # The success reset the count: one failure costs nothing again.
-    assert await service.answer(auth_request("joe@example.test", "bad")) == codec.FAIL
+    assert await service.answer(auth_request("joe@example.test", "bad-3")) == codec.FAIL
     assert (await service.answer(auth_request("joe@example.test", "pw"))).endswith(b".\n")
 
 
@@ -378,9 +378,9 @@ async def test_failures_of_one_account_do_not_hold_up_other_logins(tmp_path: Pat
     service, db = make_service(tmp_path, "fail_delay = 0.3\nfail_delay_max = 0.3\n")
     db.add("joe@example.test", SHA.hash("pw"))
     db.add("ann@example.test", SHA.hash("pw"))
-    for _ in range(3):
+    for i in range(3):
         t0 = time.monotonic()
-        assert await service.answer(auth_request("joe@example.test", "bad")) == codec.FAIL
+        assert await service.answer(auth_request("joe@example.test", f"bad-{i}")) == codec.FAIL
         assert time.monotonic() - t0 < 0.25  # answered, never delayed
     t0 = time.monotonic()
     assert (await service.answer(auth_request("ann@example.test", "pw"))).endswith(b".\n")

@@ -19,7 +19,9 @@ Dovecot SASL door (Postfix) each turn credentials into a ``LoginRequest`` and ca
 7. the main hash, verified in the hashing pool within the account's and the client's
    share (share.py): over a share -> FAIL at once, without hashing ("busy");
 8. OK: ``guard.succeeded``, ``history.record``, the Maildir, a rehash if due;
-   FAIL: ``guard.failed``, whose delay is returned only to a door that ``can_wait``.
+   FAIL: ``guard.failed``, whose delay is returned only to a door that ``can_wait``; the
+   same wrong password for the same key again (within ``fail_window``) is no new guess
+   and is not told to the guard (a client retrying a saved password, PLAIN then LOGIN).
 
 CRAM (authpipe only) takes the same path with an HMAC against a clear-text password in
 place of steps 5-7, and no dummy hashing (neither outcome hashes). PASSWD's check of the
@@ -55,7 +57,7 @@ from .contract import (
 )
 from .hashing import Hasher
 from .limits import FailureLimits, LocalGuard
-from .login_cache import VerifiedLogins
+from .login_cache import BoundedTTL, VerifiedLogins
 from .maildirs import AccountMaildirs
 from .names import guard_key, same_spelling, shown_login, withheld
 from .rehash import Rehasher
@@ -118,6 +120,10 @@ class LoginService:
         self.hasher = Hasher(ac.hash_workers, ac.password_scheme, ac.password_rounds, metrics)
         self.share = HashShare(ac.hash_share_account, ac.hash_share_client, self.hasher.workers)
         self.verified = VerifiedLogins(ac.login_cache_ttl, ac.login_cache_size, clock)
+        # (guard key, password digest) of failures told to the guard: the same wrong
+        # password again is no new guess (a client retrying a stale saved password, or
+        # trying PLAIN and then LOGIN), so it is not counted again.
+        self.counted: BoundedTTL[bool] = BoundedTTL(ac.fail_window, ac.fail_tracked, clock)
         self.guard: LoginGuard = guard or LocalGuard(
             FailureLimits(ac.fail_delay, ac.fail_delay_max, ac.fail_window, ac.fail_tracked, clock)
         )
@@ -313,17 +319,24 @@ class LoginService:
         req = at.req
         if at.login:
             self.count(at.label, "fail")
-        try:
-            delay = await self.guard.failed(key, req.client) if req.login else 0.0
-        except DatabaseError as e:
-            log.warning("login guard unavailable, failure not recorded: %s", e)
-            delay = 0.0
+        again = False
+        if at.cram is None:  # a CRAM response differs with every challenge
+            slot = (key, self.verified.digest(req.password))
+            again = self.counted.get(slot) is not None
+            self.counted.put(slot, True)
+        delay = 0.0
+        if req.login and not again:
+            try:
+                delay = await self.guard.failed(key, req.client)
+            except DatabaseError as e:
+                log.warning("login guard unavailable, failure not recorded: %s", e)
         waits = delay > 0 and req.can_wait
         log.info(
-            "login %s (service %s) failed: %s%s",
+            "login %s (service %s) failed: %s%s%s",
             shown_login(req.login) if known else withheld(req.login),
             req.service,
             reason,
+            " (the same password again: not counted)" if again else "",
             f"; reply delayed {delay:g}s" if waits else "",
         )
         if not known and log.isEnabledFor(logging.DEBUG):
