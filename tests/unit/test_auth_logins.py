@@ -20,6 +20,7 @@ from vmaild.auth.contract import Client, LoginRequest, Outcome
 from vmaild.auth.logins import Cram, LoginService
 from vmaild.auth.service import AuthService
 from vmaild.codec import authpipe as codec
+from vmaild.db import DatabaseError
 from vmaild.metrics import Metrics
 
 SHA = sha512_crypt.using(rounds=1000)
@@ -383,3 +384,25 @@ async def test_the_same_wrong_password_again_is_not_counted_again(tmp_path: Path
         assert (await service.login(req("nobody@example.test", "x"))).outcome is Outcome.FAIL
     assert len(seen) == 6
     assert guard.of("failed") == [ALICE, ALICE, "nobody@example.test"]
+
+
+@aio
+async def test_database_errors_of_the_plug_ins(tmp_path: Path) -> None:
+    class DownGuard(FakeGuard):
+        async def refusal(self, key: str, client: Client | None) -> str | None:
+            raise DatabaseError("(2003) down")
+
+    class DownApps(FakeApps):
+        async def matches(
+            self, account: Account, service: str, client: Client | None, password: str
+        ) -> bool:
+            raise DatabaseError("(2003) down")
+
+    # The guard cannot answer: the attempt goes on (no reason to refuse every login).
+    service, db = core(tmp_path, guard=DownGuard())
+    db.add(ALICE, SHA.hash("pw"))
+    assert (await service.login(req(ALICE, "pw"))).outcome is Outcome.OK
+    # App passwords cannot be asked: a temporary failure, never "wrong password".
+    service, db = core(tmp_path, app_passwords=DownApps("x"))
+    db.add(ALICE, SHA.hash("pw"))
+    assert (await service.login(req(ALICE, "pw"))).outcome is Outcome.TEMPFAIL

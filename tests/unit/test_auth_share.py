@@ -20,3 +20,13 @@ def test_shares_are_bounded_by_the_pool() -> None:
     for key, client in (("x", a), ("y", a), ("z", b), ("w", None)):
         share.release(key, client)
     assert not share
+
+
+def test_an_ipv6_client_counts_by_its_64() -> None:
+    share = HashShare(0, 1, 8)
+    one, same_64 = ipaddress.ip_address("2001:db8::1"), ipaddress.ip_address("2001:db8::ffff:2")
+    other_64 = ipaddress.ip_address("2001:db8:0:1::1")
+    assert share.admit("a", one) and not share.admit("b", same_64)
+    assert share.admit("c", other_64)
+    share.release("a", one)
+    assert share.admit("b", same_64)

@@ -13,6 +13,7 @@ Attempts are admitted or refused synchronously, so nothing ever waits for a shar
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Hashable
 
@@ -24,6 +25,13 @@ def effective_share(configured: int, workers: int) -> int:
     if configured <= 0:
         return 0
     return max(1, min(configured, workers - 1))
+
+
+def client_slot(client: Client) -> Hashable:
+    """What one client's share is counted on: the address, or an IPv6 address's /64."""
+    if client.version == 6:
+        return ("client", ipaddress.IPv6Network((int(client) >> 64 << 64, 64)))
+    return ("client", client)
 
 
 class HashShare:
@@ -41,7 +49,7 @@ class HashShare:
         if self.per_account and self._running[slots[0]] >= self.per_account:
             return False
         if client is not None:
-            slots.append(("client", client))
+            slots.append(client_slot(client))
             if self.per_client and self._running[slots[1]] >= self.per_client:
                 return False
         for slot in slots:
@@ -51,7 +59,7 @@ class HashShare:
     def release(self, key: str, client: Client | None) -> None:
         slots: list[Hashable] = [("account", key)]
         if client is not None:
-            slots.append(("client", client))
+            slots.append(client_slot(client))
         for slot in slots:
             self._running[slot] -= 1
             if self._running[slot] <= 0:
