@@ -228,6 +228,13 @@ class Metrics:
             ["mechanism", "result"],
             registry=r,
         )
+        self.login_refusals = Counter(
+            "vmaild_login_refusals",
+            "Login attempts refused without hashing, by kind (login or address: the "
+            "brute-force guard; busy: over the account's or client's share of hashing)",
+            ["kind"],
+            registry=r,
+        )
         # Policy
         self.policy_decisions = Counter(
             "vmaild_policy_decisions",

@@ -292,13 +292,21 @@ class AuthConfig(ListenerSection):
     rehash: bool = True
     # Threads that verify and hash passwords (0: one per CPU); never the event loop.
     hash_workers: int = _num(0, 0, 64)
+    # A bounded share of the hashing threads: at most this many verifications at once for
+    # one account, and for one client address (where the front door knows it); an attempt
+    # over its share gets FAIL at once, without hashing. Never more than hash_workers - 1
+    # (at least 1), so no account or address can take the whole pool; 0: no share.
+    hash_share_account: int = _num(2, 0, 64)
+    hash_share_client: int = _num(4, 0, 64)
     # Verified logins are remembered under (address, stored hash, keyed password digest),
     # so a changed hash never matches. While the database is down only they log in.
     login_cache_ttl: float = _num(3600.0, 0)
     login_cache_size: int = _num(100_000, 0)
-    # Repeated failures for one login delay its FAIL replies: fail_delay, doubling, at most
-    # fail_delay_max (clients give up after 10 s); forgotten fail_window seconds after the
-    # last failure. At most fail_tracked logins are remembered.
+    # Repeated failures for one account: after the second in a row it may not be tried for
+    # fail_delay seconds, doubling, at most fail_delay_max (clients give up after 10 s);
+    # attempts meanwhile are refused without hashing (authpipe never waits; a door that
+    # can wait delays its FAIL instead). Forgotten fail_window seconds after the last
+    # failure. At most fail_tracked accounts (or unknown names) are remembered.
     fail_delay: float = _num(0.5, 0, 5)
     fail_delay_max: float = _num(3.0, 0, 8)
     fail_window: float = _num(900.0, 0)

@@ -80,8 +80,11 @@ class Stack:
 
 
 @contextlib.contextmanager
-def auth_stack(courier: CourierSession, extra_auth: str = "") -> Iterator[Stack]:
-    """MariaDB + migrated seed + vmaild (auth, tcp: maps, metrics) + Courier on it."""
+def auth_stack(
+    courier: CourierSession, extra_auth: str = "", rounds: int = ROUNDS
+) -> Iterator[Stack]:
+    """MariaDB + migrated seed + vmaild (auth, tcp: maps, metrics) + Courier on it;
+    ``rounds``: vmaild's password_rounds (new hashes, and the dummy hash of failures)."""
     require(
         MariaDB.missing_requirements() + Courier.missing_requirements("authpipe"),
         "MariaDB and Courier",
@@ -102,7 +105,7 @@ def auth_stack(courier: CourierSession, extra_auth: str = "") -> Iterator[Stack]
             ports=ports,
             metrics_port=metrics_port,
             extra=(
-                f"[auth]\nlisten = unix:{sock}\npassword_rounds = {ROUNDS}\n{extra_auth}\n"
+                f"[auth]\nlisten = unix:{sock}\npassword_rounds = {rounds}\n{extra_auth}\n"
                 f"[mailbox]\nbase = {base}\n"
             ),
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import unicodedata
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,13 @@ from vmaild import config
 from vmaild.auth.service import AuthService
 from vmaild.db import DatabaseError
 from vmaild.metrics import Metrics
+
+
+def unicode_ci(text: str) -> str:
+    """Roughly what MariaDB's utf8mb4_unicode_ci compares: trailing spaces ignored (PAD
+    SPACE), accents and full-width forms equal to their base letters, case folded."""
+    decomposed = unicodedata.normalize("NFKD", text.rstrip(" "))
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
 
 
 def aio(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -41,7 +49,7 @@ class FakeCursor:
     def execute(self, sql: str, params: Any = None) -> int:
         self.db.statements.append(sql)
         if isinstance(params, dict):  # an update: %(address)s %(old)s %(new)s
-            user = self.db.users.get(params["address"].lower())
+            user = self.db.users.get(self.db.fold(params["address"]))
             if self.db.update_error is not None:
                 raise self.db.update_error
             if user is None or user["password"] != params["old"]:
@@ -56,12 +64,12 @@ class FakeCursor:
             self.description = [("vmaild_batch_login",), *self.description]
             self._rows = []
             for i in range(arms):
-                user = self.db.users.get(params[i * per_arm].lower())
+                user = self.db.users.get(self.db.fold(params[i * per_arm]))
                 if user:
                     self._rows.append((i, *(user.get(c) for c in columns)))
             return len(self._rows)
         if params:  # the account query, bound to the login name
-            user = self.db.users.get(params[0].lower())
+            user = self.db.users.get(self.db.fold(params[0]))
             users = [user] if user else []
         else:  # ENUMERATE
             users = list(self.db.users.values())
@@ -90,9 +98,16 @@ class FakeDB:
         self.down = False
         self.update_error: Exception | None = None
         self.statements: list[str] = []
+        # How the account query's WHERE compares names (unicode_ci: like MariaDB's).
+        self.fold: Callable[[str], str] = str.lower
 
     def add(self, address: str, stored: str, **extra: Any) -> None:
-        self.users[address.lower()] = {"address": address, "password": stored, "active": 1, **extra}
+        self.users[self.fold(address)] = {
+            "address": address,
+            "password": stored,
+            "active": 1,
+            **extra,
+        }
 
     async def run(self, fn: Any, *, retry: bool = False) -> Any:
         await asyncio.sleep(0)

@@ -1,10 +1,12 @@
-"""vmaild.auth.limits: failure delays with a fake clock."""
+"""vmaild.auth.limits: failure delays with a fake clock, and LocalGuard on them."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from vmaild.auth.limits import FailureLimits
+from vmaild.auth.limits import FailureLimits, LocalGuard
 
 
 class Clock:
@@ -82,3 +84,34 @@ def test_memory_is_bounded(clock: Clock) -> None:
 def test_zero_base_switches_delays_off(clock: Clock) -> None:
     fl = limits(clock, base=0)
     assert [fl.failed("joe") for _ in range(5)] == [0.0] * 5
+
+
+def test_wait_left_after_each_failure(clock: Clock) -> None:
+    fl = limits(clock)
+    fl.failed("joe@x")
+    assert fl.wait_left("joe@x") == 0  # a typo costs nothing
+    fl.failed("JOE@x")
+    assert fl.wait_left("joe@x") == 0.5
+    clock.now += 0.4
+    assert fl.wait_left("joe@x") == pytest.approx(0.1)
+    clock.now += 0.1
+    assert fl.wait_left("joe@x") == 0
+    assert fl.wait_left("ann@x") == 0
+
+
+def test_local_guard_refuses_inside_the_wait() -> None:
+    clock = Clock()
+    guard = LocalGuard(limits(clock))
+
+    async def run() -> list[object]:
+        out: list[object] = [await guard.failed("joe@x", None), await guard.failed("joe@x", None)]
+        out.append(await guard.refusal("joe@x", None))
+        out.append(await guard.refusal("ann@x", None))
+        clock.now += 0.5
+        out.append(await guard.refusal("joe@x", None))
+        await guard.failed("joe@x", None)
+        await guard.succeeded("joe@x", None)
+        out.append(await guard.refusal("joe@x", None))
+        return out
+
+    assert asyncio.run(run()) == [0.0, 0.5, "login", None, None, None]

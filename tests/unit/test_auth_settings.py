@@ -15,6 +15,7 @@ def test_defaults() -> None:
     a = config.parse(BASE).auth
     assert a.password_scheme == "sha512_crypt" and a.rehash
     assert a.fail_delay == 0.5 and a.fail_delay_max == 3.0
+    assert a.hash_share_account == 2 and a.hash_share_client == 4
     assert a.relay_timeout == 25.0  # under authdaemond's 30 s
     q = expansions.compile_query(a.query)
     assert q.bind("joe@example.test") == ("joe@example.test",)
@@ -62,6 +63,7 @@ def test_the_seed_compatible_settings_parse() -> None:
         ("fail_delay = 2\nfail_delay_max = 1", "fail_delay_max", "less than"),
         ("fail_delay_max = 20", "fail_delay_max", "out of range"),
         ("relay_timeout = 30", "relay_timeout", "out of range"),
+        ("hash_share_account = -1", "hash_share_account", "out of range"),
         ("query = SELECT email FROM users", "query", "expansion"),
     ],
 )

@@ -1,18 +1,18 @@
-"""Failure limits: repeated failed logins for one account slow down its FAIL replies.
+"""Failure limits: repeated failed logins for one account slow down guessing, in-process.
 
-The first failure is answered at once (a typo costs nothing); from the second one in a row
-each FAIL waits ``base`` seconds, doubling, at most ``cap`` (well under the 10 s a mail
-client waits, and the 30 s authdaemond waits for authProg). A success resets the count, and
-so does ``window`` seconds without a failure. The wait is an asyncio sleep in the request's
-own task: other connections are never held up.
+The first failure costs nothing (a typo); after the n-th failure in a row (n >= 2) the
+account may not be tried again for ``base`` seconds, doubling, at most ``cap``. A success
+resets the count, and so does ``window`` seconds without a failure.
 
-Memory is bounded: at most ``max_entries`` logins are tracked (least recently failed
-dropped first), keyed by the lower-cased login name, so unknown names count too.
+:class:`LocalGuard` is this as the login core's default ``LoginGuard`` (contract.py): an
+attempt inside that wait is refused before any hashing (answered like a wrong password),
+and a front door that can wait (SASL, in its own connection) is told to hold its FAIL
+reply that long. The authpipe door never waits: a waiting request would hold one of
+authdaemond's few workers (issue 13, item 5).
 
-What this does not do: stop a guesser who spreads attempts over many parallel
-connections (each reply is delayed, not serialised), and each delayed FAIL keeps one of
-authdaemond's few workers busy. It makes one-connection guessing slow and is visible in
-the ``vmaild_login_failures_limited`` metric.
+Memory is bounded: at most ``max_entries`` keys are tracked (least recently failed dropped
+first). Keys are what the login core gives (names.guard_key: the account's address), so
+every spelling the database matches to an account counts as that account.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+
+from .contract import Client
 
 
 class FailureLimits:
@@ -66,3 +68,31 @@ class FailureLimits:
 
     def succeeded(self, login: str) -> None:
         self._failures.pop(login.lower(), None)
+
+    def wait_left(self, login: str) -> float:
+        """Seconds until ``login`` may be tried again (0: now)."""
+        entry = self._failures.get(login.lower())
+        if entry is None:
+            return 0.0
+        n, last = entry
+        left = last + self.delay_for(n) - self.clock()
+        return left if left > 0 and self.clock() - last < self.window else 0.0
+
+
+class LocalGuard:
+    """:class:`FailureLimits` as a ``contract.LoginGuard``: per key only (this host's
+    memory, no client addresses), the login core's guard until a shared one is wired."""
+
+    KIND = "login"
+
+    def __init__(self, limits: FailureLimits):
+        self.limits = limits
+
+    async def refusal(self, key: str, client: Client | None) -> str | None:
+        return self.KIND if self.limits.wait_left(key) > 0 else None
+
+    async def failed(self, key: str, client: Client | None) -> float:
+        return self.limits.failed(key)
+
+    async def succeeded(self, key: str, client: Client | None) -> None:
+        self.limits.succeeded(key)

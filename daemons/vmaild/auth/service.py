@@ -8,20 +8,20 @@ down, an unusable row, a bug) is :class:`TemporaryFailure`: the listener then cl
 without a reply, the relay exits without writing, and authdaemond reports a temporary
 error, never "wrong password" (4.4, "Temporary failure").
 
-AUTH, in order: fetch the row (always: it is cheap, and it is how a changed password is
-seen at once); unknown or disabled -> FAIL; a login verified earlier against this very
-stored hash -> OK without hashing; otherwise verify in the hashing pool. With the database
-down, the last row seen stands in, but only a login verified earlier succeeds. An account
-answered for (PRE, or a login that succeeds) gets its missing Maildir created (maildirs.py).
+AUTH (login, and CRAM-*) is decoded here and decided by the login core (logins.py), which
+the Dovecot SASL door shares: this door only knows no client address and never waits
+(``can_wait`` False: a waiting request would hold one of authdaemond's few workers). PRE
+answers from the same account rows (rows.py; the last row seen while the database is
+down); PASSWD's old password is checked by the core, guarded like a login. An account
+answered for (PRE, or a login that succeeds) gets its missing Maildir created
+(maildirs.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 
 from .. import passwords
@@ -33,12 +33,18 @@ from ..logsafe import shown
 from ..memo import ReplyMemo
 from ..metrics import Metrics
 from ..schema_fit import SchemaFit
-from .accounts import Account, AccountError, AccountSource
-from .contract import LoginRequest, LoginResult, Outcome
-from .hashing import Hasher
-from .limits import FailureLimits
-from .login_cache import BoundedTTL, VerifiedLogins
-from .maildirs import AccountMaildirs
+from .accounts import Account
+from .contract import (
+    AppPasswordChecker,
+    LoginGuard,
+    LoginRecorder,
+    LoginRequest,
+    LoginResult,
+    Outcome,
+    service_name,
+)
+from .logins import Cram, LoginService
+from .names import shown_login, withheld
 
 log = logging.getLogger("vmaild.auth")
 # Metric label of each request type (a fixed set, never request data).
@@ -51,15 +57,14 @@ _KINDS: dict[type, str] = {
 
 # authtype -> the HMAC's hash (authsaslcram.c).
 _CRAM = {"cram-md5": "md5", "cram-sha1": "sha1", "cram-sha256": "sha256"}
-# MySQL errors that mean "this schema cannot store a new hash": the seed's varchar(20)
-# (1406 data too long), a missing column or table (1054, 1146), no UPDATE grant (1142).
-_SCHEMA_ERRORS = frozenset({1406, 1054, 1146, 1142, 1265})
-_UNKNOWN_PASSWD = "unknown or disabled account"
 # Encoded account replies kept (cleared when full).
 REPLY_MEMO = 10_000
 
 
 class AuthService:
+    """The authpipe front door. ``guard``, ``app_passwords`` and ``history`` are handed to
+    the login core (logins.py), which the SASL door shares through :meth:`login`."""
+
     def __init__(
         self,
         cfg: Config,
@@ -67,31 +72,39 @@ class AuthService:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         fit: SchemaFit | None = None,
+        guard: LoginGuard | None = None,
+        app_passwords: AppPasswordChecker | None = None,
+        history: LoginRecorder | None = None,
     ):
-        ac = cfg.auth
         self.cfg = cfg
         self.metrics = metrics
-        self.fit = fit  # reports a query that does not fit the schema, once
-        self.accounts = AccountSource(cfg, db)
-        self.hasher = Hasher(ac.hash_workers, ac.password_scheme, ac.password_rounds, metrics)
-        self.verified = VerifiedLogins(ac.login_cache_ttl, ac.login_cache_size, clock)
-        # Rows last seen, for outages only: served up to ttl + stale_ttl after fetching.
-        c = cfg.cache
-        self.rows: BoundedTTL[Account] = BoundedTTL(
-            c.ttl + c.stale_ttl, max(ac.login_cache_size, 1), clock
+        self.core = LoginService(
+            cfg,
+            db,
+            metrics,
+            guard=guard,
+            app_passwords=app_passwords,
+            history=history,
+            clock=clock,
+            fit=fit,
         )
-        self.limits = FailureLimits(
-            ac.fail_delay, ac.fail_delay_max, ac.fail_window, ac.fail_tracked, clock
-        )
-        self.rehash_enabled = ac.rehash
-        self.maildirs = AccountMaildirs(cfg.mailbox, clock)
-        self._sleep = sleep
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._rehashing: set[str] = set()
+        # The core's parts this door uses too.
+        self.rows = self.core.rows
+        self.accounts = self.core.rows.source
+        self.hasher = self.core.hasher
+        self.verified = self.core.verified
+        self.maildirs = self.core.maildirs
         # Encoded replies by the whole row: the same accounts log in over and over.
         self._reply = ReplyMemo(self._encode, REPLY_MEMO)
+
+    @property
+    def fit(self) -> SchemaFit | None:
+        return self.rows.fit
+
+    @fit.setter
+    def fit(self, fit: SchemaFit | None) -> None:
+        self.rows.fit = fit
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -138,31 +151,21 @@ class AuthService:
         """Called on reload and stop, from a worker thread (so no task is touched here):
         hashing already under way finishes, new hashing is refused, and a request still
         in flight on this runtime gets a temporary failure."""
-        self.hasher.close()
+        self.core.close()
 
     async def login(self, req: LoginRequest) -> LoginResult:
-        """One login attempt from any front door (contract.py).
-
-        A first adapter over the authpipe path's own logic; the login core replaces it."""
-        service = self.metrics.service_label(req.service)
-        try:
-            reply = await self._login(service, req.service, req.login, req.password)
-        except TemporaryFailure:
-            self.metrics.child(self.metrics.logins, service, "tempfail").inc()
-            return LoginResult(Outcome.TEMPFAIL)
-        if reply == codec.FAIL:
-            return LoginResult(Outcome.FAIL)
-        return LoginResult(Outcome.OK, account=self.rows.get(req.login.lower()))
+        """One login attempt from any front door (contract.py): the login core's."""
+        return await self.core.login(req)
 
     # -- PRE -------------------------------------------------------------------------------
 
     async def pre(self, req: codec.Pre) -> bytes:
         """Password-less lookup (maildrop -d, authtest without a password)."""
-        account, _ = await self._account(req.username)
+        account, _ = await self.rows.fetch(req.username)
         if account is None or not account.active:
             log.info(
                 "lookup %s (service %s): %s",
-                _shown(req.username),
+                shown_login(req.username),
                 shown(req.service),
                 "unknown" if account is None else "disabled",
             )
@@ -173,97 +176,61 @@ class AuthService:
     # -- AUTH ------------------------------------------------------------------------------
 
     async def auth(self, req: codec.Auth) -> bytes:
-        service = self.metrics.service_label(req.service)
+        """decode -> LoginRequest (no client address, never waits) -> the core -> encode."""
+        service = service_name(req.service)
         authtype = req.authtype.lower()
-        try:
-            if authtype == "login":
-                creds = req.login()
-                if creds is None:
-                    return await self._fail(service, "", "malformed login data")
-                return await self._login(service, req.service, *creds)
-            if authtype in _CRAM:
-                return await self._cram(service, req, _CRAM[authtype])
-        except TemporaryFailure:
-            self.metrics.child(self.metrics.logins, service, "tempfail").inc()
-            raise
-        # Unknown authtype (4.3): FAIL, and authdaemond tries its next module.
-        return await self._fail(service, "", f"unsupported authtype {authtype[:20]!r}")
+        if authtype == "login":
+            creds = req.login()
+            if creds is None:
+                return self._malformed(service, "malformed login data")
+            result = await self.core.login(_request(service, *creds))
+        elif authtype in _CRAM:
+            parts = req.cram()
+            if parts is None:
+                return self._malformed(service, "malformed CRAM data")
+            challenge, response = parts
+            login, _, answer = response.rpartition(" ")
+            if not login:
+                return self._malformed(service, "malformed CRAM response")
+            cram = Cram(challenge, answer, _CRAM[authtype])
+            result = await self.core.login_cram(_request(service, login, ""), cram)
+        else:
+            # Unknown authtype (4.3): FAIL, and authdaemond tries its next module.
+            return self._malformed(service, f"unsupported authtype {authtype[:20]!r}")
+        if result.outcome is Outcome.TEMPFAIL:
+            raise TemporaryFailure("login: temporary failure")
+        if result.outcome is Outcome.FAIL or result.account is None:
+            return codec.FAIL
+        return self._reply(result.account)
 
-    async def _login(self, service: str, raw_service: str, login: str, password: str) -> bytes:
-        account, fresh = await self._account(login)
-        if account is None:
-            return await self._fail(service, login, "unknown account", known=False)
-        if not account.active:
-            return await self._fail(service, login, "account disabled")
-        digest = self.verified.digest(password)
-        if self.verified.check(account.address, account.password, digest):
-            return await self._succeed(service, login, account, "cached")
-        if not fresh:
-            # The database is down and this password was not verified against the last
-            # hash seen: a temporary failure, never a verdict on stale data.
-            log.warning(
-                "login %s (service %s): database unavailable and login not cached",
-                _shown(login),
-                shown(raw_service),
-            )
-            raise TemporaryFailure("database unavailable")
-        try:
-            ok = await self.hasher.verify(password, account.password)
-        except RuntimeError as e:  # the pool was shut down by a reload meanwhile
-            raise TemporaryFailure(str(e)) from e
-        if not ok:
-            if passwords.parse(account.password).scheme is None and account.password:
-                log.error("login %s: stored password is in no known scheme", _shown(login))
-            return await self._fail(service, login, "wrong password")
-        self.verified.add(account.address, account.password, digest)
-        self._maybe_rehash(account, password, digest)
-        return await self._succeed(service, login, account, "verified")
-
-    async def _cram(self, service: str, req: codec.Auth, digestmod: str) -> bytes:
-        """CRAM-* works only with a clear-text ({PLAIN}) stored password (4.3)."""
-        parts = req.cram()
-        if parts is None:
-            return await self._fail(service, "", "malformed CRAM data")
-        challenge, response = parts
-        login, _, answer = response.rpartition(" ")
-        if not login:
-            return await self._fail(service, "", "malformed CRAM response")
-        account, fresh = await self._account(login)
-        if account is None or not account.active:
-            return await self._fail(
-                service, login, "unknown or disabled account", known=account is not None
-            )
-        if not fresh:
-            raise TemporaryFailure("database unavailable")
-        secret = passwords.clear_text(account.password)
-        if secret is None:
-            return await self._fail(service, login, "CRAM needs a clear-text password")
-        expected = hmac.new(secret.encode(), challenge.encode(), digestmod).hexdigest()
-        if not hmac.compare_digest(expected.encode(), answer.strip().lower().encode()):
-            return await self._fail(service, login, "wrong CRAM response")
-        return await self._succeed(service, login, account, "cram")
+    def _malformed(self, service: str, reason: str) -> bytes:
+        self.core.count(self.metrics.service_label(service), "fail")
+        log.info("login (none) (service %s) failed: %s", shown(service, 40), reason)
+        return codec.FAIL
 
     # -- PASSWD ----------------------------------------------------------------------------
 
     async def passwd(self, req: codec.Passwd) -> bytes:
         """Change a password: the old one must verify; store a new hash (4.3).
 
-        The UPDATE is conditional on the hash the old password was verified against. If
-        that hash changed meanwhile (typically our own rehash of the login just before),
-        the check is made once more against the new one: the old password may well still
-        be right, and a change must not fail because of an upgrade it never saw."""
+        The old password is checked by the login core (guarded like a login: a refused
+        or over-share attempt fails without hashing, a wrong one counts as a failure). The
+        UPDATE is conditional on the hash the old password was verified against. If that
+        hash changed meanwhile (typically our own rehash of the login just before), the
+        check is made once more against the new one: the old password may well still be
+        right, and a change must not fail because of an upgrade it never saw."""
         login, new = req.username, req.new
         if not new or len(new) > passwords.MAX_PASSWORD or any(ord(c) < 32 for c in new):
-            return await self._passwd_fail(login, "unacceptable new password")
+            return self._passwd_fail(login, "unacceptable new password")
+        check = _request(service_name(req.service), login, req.old)
         new_hash: str | None = None
         for _attempt in range(2):
-            account, fresh = await self._account(login)
-            if account is None or not account.active:
-                return await self._passwd_fail(login, _UNKNOWN_PASSWD)
-            if not fresh:
-                raise TemporaryFailure("database unavailable")
-            if not await self._verify_or_tempfail(req.old, account.password):
-                return await self._passwd_fail(login, "wrong old password")
+            result = await self.core.check_password(check)
+            if result.outcome is Outcome.TEMPFAIL:
+                raise TemporaryFailure("password change: temporary failure")
+            account = result.account
+            if result.outcome is Outcome.FAIL or account is None:
+                return self._passwd_fail(login, "the old password did not verify", known=False)
             if new_hash is None:
                 try:
                     new_hash = await self.hasher.hash(new)
@@ -272,65 +239,17 @@ class AuthService:
             if await self._update("passwd_query", account, new_hash) == 1:
                 break
         else:
-            return await self._passwd_fail(login, "the password kept changing meanwhile")
-        self.limits.succeeded(login)
-        self.rows.put(login.lower(), replace(account, password=new_hash))
-        self.verified.add(account.address, new_hash, self.verified.digest(new))
+            return self._passwd_fail(login, "the password kept changing meanwhile")
+        self.rows.seen.put(login.lower(), replace(account, password=new_hash))
+        self.core.verified.add(account.address, new_hash, self.core.verified.digest(new))
         log.info("password changed for %s (service %s)", account.address, shown(req.service))
         return codec.OK
 
-    async def _passwd_fail(self, login: str, reason: str) -> bytes:
-        delay = self.limits.failed(login)
-        # An unknown name may be a mistyped password: withheld (see _fail).
-        name = _withheld(login) if reason == _UNKNOWN_PASSWD else _shown(login)
+    def _passwd_fail(self, login: str, reason: str, known: bool = True) -> bytes:
+        # A name the core did not verify may be a mistyped password: withheld (logins.py).
+        name = shown_login(login) if known else withheld(login)
         log.info("password change for %s refused: %s", name, reason)
-        await self._delay(delay)
         return codec.FAIL
-
-    # -- ENUMERATE -------------------------------------------------------------------------
-
-    async def enumerate(self) -> bytes:
-        try:
-            accounts = await self.accounts.enumerate()
-        except DatabaseError as e:
-            if not self._misfit("enumerate_query", e):
-                log.warning("ENUMERATE: database unavailable: %s", e)
-            raise TemporaryFailure(str(e)) from e
-        return codec.reply_enumerate((a.address, a.uid, a.gid, a.home, a.maildir) for a in accounts)
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    async def _account(self, login: str) -> tuple[Account | None, bool]:
-        """(account or None, fresh). Not fresh: the database failed and the last row seen
-        stands in; with no such row, TemporaryFailure."""
-        key = login.lower()
-        try:
-            account = await self.accounts.fetch(login)
-        except DatabaseError as e:
-            stale = self.rows.get(key)
-            if stale is None:
-                if not self._misfit("query", e):
-                    log.warning("account %s: database unavailable: %s", _withheld(login), e)
-                raise TemporaryFailure(str(e)) from e
-            return stale, False
-        except AccountError as e:
-            log.error("account %s: %s (check [auth] query)", _shown(login), e)
-            raise TemporaryFailure(str(e)) from e
-        if account is None:
-            self.rows.pop(key)
-        else:
-            self.rows.put(key, account)
-        return account, True
-
-    async def _verify_or_tempfail(self, password: str, stored: str) -> bool:
-        try:
-            return await self.hasher.verify(password, stored)
-        except RuntimeError as e:
-            raise TemporaryFailure(str(e)) from e
-
-    def _misfit(self, key: str, e: DatabaseError) -> bool:
-        """True if [auth] ``key`` does not fit the schema (schema_fit logs that once)."""
-        return self.fit is not None and self.fit.report("auth", key, e)
 
     async def _update(self, key: str, account: Account, new_hash: str) -> int:
         try:
@@ -338,42 +257,22 @@ class AuthService:
                 getattr(self.cfg.auth, key), account.address, account.password, new_hash
             )
         except DatabaseError as e:
-            if not self._misfit(key, e):
+            if not self.rows.misfit(key, e):
                 log.warning("password update for %s failed: %s", account.address, e)
             raise TemporaryFailure(str(e)) from e
 
-    async def _succeed(self, service: str, login: str, account: Account, how: str) -> bytes:
-        self.limits.succeeded(login)
-        self.metrics.child(self.metrics.logins, service, "ok").inc()
-        if log.isEnabledFor(logging.DEBUG):  # _shown() costs more than the rest of a login
-            log.debug(
-                "login %s as %s (service %s): ok (%s)", _shown(login), account.address, service, how
-            )
-        await self.maildirs.ensure(account)
-        return self._reply(account)
+    # -- ENUMERATE -------------------------------------------------------------------------
 
-    async def _fail(self, service: str, login: str, reason: str, known: bool = True) -> bytes:
-        """FAIL, counted, logged and delayed by the failure limit. A login name that
-        matches no account (*known* false) is logged only at debug: it may well be a
-        password typed into the user name field, which must not land in the mail log."""
-        self.metrics.child(self.metrics.logins, service, "fail").inc()
-        delay = self.limits.failed(login) if login else 0.0
-        log.info(
-            "login %s (service %s) failed: %s%s",
-            _shown(login) if known else _withheld(login),
-            service,
-            reason,
-            f"; reply delayed {delay:g}s" if delay else "",
-        )
-        if not known and log.isEnabledFor(logging.DEBUG):
-            log.debug("the login name that matched no account: '%s'", _shown(login))
-        await self._delay(delay)
-        return codec.FAIL
+    async def enumerate(self) -> bytes:
+        try:
+            accounts = await self.accounts.enumerate()
+        except DatabaseError as e:
+            if not self.rows.misfit("enumerate_query", e):
+                log.warning("ENUMERATE: database unavailable: %s", e)
+            raise TemporaryFailure(str(e)) from e
+        return codec.reply_enumerate((a.address, a.uid, a.gid, a.home, a.maildir) for a in accounts)
 
-    async def _delay(self, delay: float) -> None:
-        if delay > 0:
-            self.metrics.login_limited.inc()
-            await self._sleep(delay)
+    # -- helpers ---------------------------------------------------------------------------
 
     def _encode(self, account: Account) -> bytes:
         try:
@@ -384,58 +283,7 @@ class AuthService:
             log.error("account %s cannot be sent: %s", account.address, e)
             raise TemporaryFailure(str(e)) from e
 
-    # -- rehash on login -------------------------------------------------------------------
 
-    def _maybe_rehash(self, account: Account, password: str, digest: bytes) -> None:
-        if not self.rehash_enabled or account.address in self._rehashing:
-            return
-        if not passwords.needs_update(account.password, self.hasher.scheme):
-            return
-        self._rehashing.add(account.address)
-        task = asyncio.get_running_loop().create_task(self._rehash(account, password, digest))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _rehash(self, account: Account, password: str, digest: bytes) -> None:
-        """Store a hash in the default scheme. In the background: the login has been
-        answered already. The UPDATE is conditional on the hash just verified."""
-        try:
-            new_hash = await self.hasher.hash(password)
-            changed = await self.accounts.update_password(
-                self.cfg.auth.rehash_query, account.address, account.password, new_hash
-            )
-        except DatabaseError as e:
-            if self._misfit("rehash_query", e):
-                self.rehash_enabled = False
-            elif e.errno in _SCHEMA_ERRORS:
-                log.warning(
-                    "rehash off until reload: cannot store new hashes (%s); "
-                    "run 'vmailctl db migrate' or set [auth] rehash = no",
-                    e,
-                )
-                self.rehash_enabled = False
-            else:
-                log.warning("rehash for %s failed: %s", account.address, e)
-            return
-        except RuntimeError:  # pool shut down by a reload
-            return
-        finally:
-            self._rehashing.discard(account.address)
-        if changed == 1:
-            self.metrics.login_rehashes.inc()
-            self.verified.add(account.address, new_hash, digest)
-            old = passwords.parse(account.password).scheme
-            log.info(
-                "rehashed the password of %s: %s -> %s", account.address, old, self.hasher.scheme
-            )
-
-
-def _shown(login: str) -> str:
-    """A login name for a log line: bounded, printable (it comes from the client)."""
-    return shown(login, 100) if login else "(none)"
-
-
-def _withheld(login: str) -> str:
-    """A login name not (yet) matched to an account, for a line above debug: not shown,
-    since it may be a password typed into the name field. Debug lines show it."""
-    return "(a name matching no account)" if login else "(none)"
+def _request(service: str, login: str, password: str) -> LoginRequest:
+    """This door's request: no client address, and it never waits (module docstring)."""
+    return LoginRequest(service, login, password, front="authpipe", can_wait=False)

@@ -1,0 +1,32 @@
+"""vmaild.auth.share: the share of hashing per account and per client address."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from vmaild.auth.share import HashShare, effective_share
+
+
+def test_shares_are_bounded_by_the_pool() -> None:
+    assert effective_share(2, 2) == 1  # never the whole pool
+    assert effective_share(2, 8) == 2
+    assert effective_share(4, 1) == 1
+    assert effective_share(0, 8) == 0  # off
+    share = HashShare(1, 2, 8)
+    a, b = ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")
+    assert share.admit("x", a) and not share.admit("x", b)  # the account's share
+    assert share.admit("y", a) and not share.admit("z", a)  # the client's share
+    assert share.admit("z", b) and share.admit("w", None)
+    for key, client in (("x", a), ("y", a), ("z", b), ("w", None)):
+        share.release(key, client)
+    assert not share
+
+
+def test_an_ipv6_client_counts_by_its_64() -> None:
+    share = HashShare(0, 1, 8)
+    one, same_64 = ipaddress.ip_address("2001:db8::1"), ipaddress.ip_address("2001:db8::ffff:2")
+    other_64 = ipaddress.ip_address("2001:db8:0:1::1")
+    assert share.admit("a", one) and not share.admit("b", same_64)
+    assert share.admit("c", other_64)
+    share.release("a", one)
+    assert share.admit("b", same_64)
