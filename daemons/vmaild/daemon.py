@@ -67,7 +67,7 @@ class Runtime:
         if cfg.auth.listen is not None or cfg.sasl.listen is not None:
             from .auth.service import AuthService
 
-            rt.auth = AuthService(cfg, db, metrics, fit=fit)
+            rt.auth = AuthService.for_config(cfg, db, metrics, fit=fit)
         if cfg.policy.listen is not None:
             from .policy.service import PolicyService
 
@@ -235,6 +235,8 @@ class App:
             self._version = self.keeper.restore(rt.cache, rt.config, set(rt.lookups.maps))
             self._tasks.append(asyncio.create_task(self.keeper.run(self._cache_state)))
         await self.sync_listeners(self.config)
+        if rt.auth is not None:
+            rt.auth.start()
         self._tasks.append(asyncio.create_task(self._sweep_loop()))
         self._tasks.append(asyncio.create_task(self._poll_changes()))
         self._check_schema()
@@ -273,6 +275,10 @@ class App:
         if self.keeper is not None:
             self.keeper.invalidate()  # the cache starts empty: so does the next start
         self._check_schema()
+        if new.auth is not None:
+            new.auth.start()
+        if old.auth is not None:
+            await old.auth.aclose()
         await asyncio.get_running_loop().run_in_executor(None, old.close)
         self._version = None
         self._flushes += 1
@@ -306,6 +312,8 @@ class App:
             self._metrics_server.close()
         if self.keeper is not None:
             await self.keeper.save(*self._cache_state())
+        if self.runtime.auth is not None:
+            await self.runtime.auth.aclose()  # the login history still pending
         await loop.run_in_executor(None, self.runtime.close)
 
     def _cache_state(self) -> tuple[Cache, Config, Any]:

@@ -55,6 +55,7 @@ def test_app_passwords_and_switches_through_vmaild(seed_db: SeedDatabase, tmp_pa
         password=seed_db.password,
         metrics_port=free_port(),
         extra=f"[auth]\nlisten = unix:{sock}\nhistory_interval = 1\n"
+        "fail_delay = 0\n"  # rapid wrong passwords on purpose: no early refusals here
         f"[mailbox]\nbase = {tmp_path}/vmail\n",
     )
     v = Vmaild(text, tmp_path / "vmaild")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -104,14 +105,16 @@ def test_local_guard_refuses_inside_the_wait() -> None:
     guard = LocalGuard(limits(clock))
 
     async def run() -> list[object]:
-        out: list[object] = [await guard.failed("joe@x", None), await guard.failed("joe@x", None)]
-        out.append(await guard.refusal("joe@x", None))
-        out.append(await guard.refusal("ann@x", None))
+        kw: dict[str, Any] = {"service": "imap", "known": True, "can_wait": False}
+        out: list[object] = [await guard.failed("joe@x", None, **kw)]
+        out.append(await guard.failed("joe@x", None, **kw))
+        out.append(await guard.refusal("joe@x", None, can_wait=False))
+        out.append(await guard.refusal("ann@x", None, can_wait=False))
         clock.now += 0.5
-        out.append(await guard.refusal("joe@x", None))
-        await guard.failed("joe@x", None)
+        out.append(await guard.refusal("joe@x", None, can_wait=False))
+        await guard.failed("joe@x", None, **kw)
         await guard.succeeded("joe@x", None)
-        out.append(await guard.refusal("joe@x", None))
+        out.append(await guard.refusal("joe@x", None, can_wait=False))
         return out
 
     assert asyncio.run(run()) == [0.0, 0.5, "login", None, None, None]

@@ -44,11 +44,13 @@ class FakeGuard:
         self.blocked: set[str] = set()
         self.delay = delay
 
-    async def refusal(self, key: str, client: Client | None) -> str | None:
+    async def refusal(
+        self, key: str, client: Client | None, *, can_wait: bool = False
+    ) -> str | None:
         self.calls.append(("refusal", key, client))
         return "address" if key in self.blocked else None
 
-    async def failed(self, key: str, client: Client | None) -> float:
+    async def failed(self, key: str, client: Client | None, **_: object) -> float:
         self.calls.append(("failed", key, client))
         return self.delay
 
@@ -389,7 +391,9 @@ async def test_the_same_wrong_password_again_is_not_counted_again(tmp_path: Path
 @aio
 async def test_database_errors_of_the_plug_ins(tmp_path: Path) -> None:
     class DownGuard(FakeGuard):
-        async def refusal(self, key: str, client: Client | None) -> str | None:
+        async def refusal(
+            self, key: str, client: Client | None, *, can_wait: bool = False
+        ) -> str | None:
             raise DatabaseError("(2003) down")
 
     class DownApps(FakeApps):

@@ -77,14 +77,17 @@ class LoginGuard(Protocol):
     database returned one (so every spelling the database treats as equal counts as one
     login), else the login as typed, lower-cased."""
 
-    async def refusal(self, key: str, client: Client | None) -> str | None:
+    async def refusal(self, key: str, client: Client | None, *, can_wait: bool) -> str | None:
         """Before any hashing: None to go on, or the kind of block ("address", "login",
         "pair", or "early": a door that cannot wait came back within the delay) that
         refuses this attempt. A refusal is answered like a wrong password."""
         ...
 
-    async def failed(self, key: str, client: Client | None) -> float:
-        """Record a failed attempt; return the delay for a front door that can wait."""
+    async def failed(
+        self, key: str, client: Client | None, *, service: str, known: bool, can_wait: bool
+    ) -> float:
+        """Record a failed attempt; return the delay for a front door that can wait.
+        ``known``: ``key`` is an account's address (else a typed name, withheld from logs)."""
         ...
 
     async def succeeded(self, key: str, client: Client | None) -> None:

@@ -88,10 +88,12 @@ class LocalGuard:
     def __init__(self, limits: FailureLimits):
         self.limits = limits
 
-    async def refusal(self, key: str, client: Client | None) -> str | None:
+    async def refusal(self, key: str, client: Client | None, *, can_wait: bool) -> str | None:
         return self.KIND if self.limits.wait_left(key) > 0 else None
 
-    async def failed(self, key: str, client: Client | None) -> float:
+    async def failed(
+        self, key: str, client: Client | None, *, service: str, known: bool, can_wait: bool
+    ) -> float:
         return self.limits.failed(key)
 
     async def succeeded(self, key: str, client: Client | None) -> None:

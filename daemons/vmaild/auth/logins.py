@@ -173,7 +173,7 @@ class LoginService:
         req = at.req
         account, fresh = await self.rows.fetch(req.login)
         key = guard_key(account, req.login)
-        kind = await self._refusal(key, req.client)
+        kind = await self._refusal(key, req.client, req.can_wait)
         if kind is not None:
             return self._refused(at, kind, account is not None)
         if account is None or not account.active or not same_spelling(req.login, account.address):
@@ -287,9 +287,9 @@ class LoginService:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    async def _refusal(self, key: str, client: Client | None) -> str | None:
+    async def _refusal(self, key: str, client: Client | None, can_wait: bool) -> str | None:
         try:
-            return await self.guard.refusal(key, client)
+            return await self.guard.refusal(key, client, can_wait=can_wait)
         except DatabaseError as e:  # a shared guard's database: no reason to refuse logins
             log.warning("login guard unavailable, attempt let through: %s", e)
             return None
@@ -327,7 +327,9 @@ class LoginService:
         delay = 0.0
         if req.login and not again:
             try:
-                delay = await self.guard.failed(key, req.client)
+                delay = await self.guard.failed(
+                    key, req.client, service=req.service, known=known, can_wait=req.can_wait
+                )
             except DatabaseError as e:
                 log.warning("login guard unavailable, failure not recorded: %s", e)
         waits = delay > 0 and req.can_wait

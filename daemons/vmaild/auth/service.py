@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol, runtime_checkable
 
 from .. import passwords
 from ..codec import authpipe as codec
@@ -76,6 +77,7 @@ class AuthService:
         guard: LoginGuard | None = None,
         app_passwords: AppPasswordChecker | None = None,
         history: LoginRecorder | None = None,
+        app_shape: Callable[[str], bool] | None = None,
     ):
         self.cfg = cfg
         self.metrics = metrics
@@ -86,9 +88,12 @@ class AuthService:
             guard=guard,
             app_passwords=app_passwords,
             history=history,
+            app_shape=app_shape,
             clock=clock,
             fit=fit,
         )
+        self._history = history
+        self._app_passwords = app_passwords
         # The core's parts this door uses too.
         self.rows = self.core.rows
         self.accounts = self.core.rows.source
@@ -146,6 +151,40 @@ class AuthService:
         if isinstance(request, codec.Enumerate):
             return await self.enumerate()
         return self.answer_now(request) or codec.FAIL
+
+    @classmethod
+    def for_config(
+        cls, cfg: Config, db: Database, metrics: Metrics, *, fit: SchemaFit | None = None
+    ) -> AuthService:
+        """The service as the daemon runs it: the shared brute-force guard, app passwords
+        and the login history, all on ``db`` (contract.py)."""
+        from .app_passwords import AppPasswords
+        from .app_secrets import looks_like_app_password
+        from .guard import Guard
+        from .history import LoginHistory
+
+        return cls(
+            cfg,
+            db,
+            metrics,
+            fit=fit,
+            guard=Guard(cfg, db, metrics),
+            app_passwords=AppPasswords(cfg, db, metrics),
+            history=LoginHistory(cfg, db),
+            app_shape=looks_like_app_password,
+        )
+
+    def start(self) -> None:
+        """Start the background work (the login history's writes); on the event loop."""
+        if isinstance(self._history, _Startable):
+            self._history.start()
+
+    async def aclose(self) -> None:
+        """Before :meth:`close`, on the event loop: write the pending login history and
+        wait for app passwords' last-used updates under way."""
+        for part in (self._history, self._app_passwords):
+            if isinstance(part, _Closable):
+                await part.close()
 
     def close(self) -> None:
         """Called on reload and stop, from a worker thread (so no task is touched here):
@@ -287,3 +326,13 @@ class AuthService:
 def _request(service: str, login: str, password: str) -> LoginRequest:
     """This door's request: no client address, and it never waits (module docstring)."""
     return LoginRequest(service, login, password, front="authpipe", can_wait=False)
+
+
+@runtime_checkable
+class _Startable(Protocol):
+    def start(self) -> object: ...
+
+
+@runtime_checkable
+class _Closable(Protocol):
+    async def close(self) -> None: ...
