@@ -34,7 +34,7 @@ def _schema_work(ctx: Context, fn: Any, verb: str) -> None:
             changed=False,
         )
         return
-    ctx.changed()
+    ctx.changed(full=True)
     ctx.done(
         f"schema {verb}: {before.label} -> {after.label}",
         before=before.label,
