@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import config as config_mod
 from .cache import Cache, TTLs
-from .config import Config
 from .changes import Drop, Scope
+from .config import Config
 from .db import Database, DatabaseError
 from .invalidation import ChangeFeed
 from .lookup import Lookups

@@ -154,6 +154,11 @@ class ChangeFeed:
             self.pending.add(gtid, keys)
             self._report_pending()
             applied = await self._wait_for(db, gtid, wait)
+            log.debug(
+                "change notification: GTID %s %s on the read host",
+                gtid,
+                "applied" if applied else f"not applied within {wait:g}s",
+            )
         before = self.dropped
         if not await self.poll(db):
             self.pending.clear()

@@ -1,5 +1,6 @@
-"""On a version 2 schema (no change log): the change poller and the control socket's flush (App.control_flush has the rule): one
-flush per change, never a second one for a change vmailctl has already had flushed."""
+"""On a version 2 schema (no change log): the change poller and the control socket's
+flush (App.control_flush has the rule): one flush per change, never a second one for a
+change vmailctl has already had flushed."""
 
 from __future__ import annotations
 

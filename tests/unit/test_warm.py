@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.unit.fakes import CONFIG, make_lookups
-from vmaild.db import DatabaseError
 from vmaild import config, snapshot, warm
 from vmaild.daemon import App
+from vmaild.db import DatabaseError
 from vmaild.failures import TemporaryFailure
 from vmaild.lookup import Lookups
 from vmaild.warm import CacheKeeper
