@@ -85,6 +85,7 @@ class Batch:
     full_flush: bool
     changes: list[tuple[str, str]]  # (table, key), in log order
     reason: str = ""
+    start: bool = False  # the flush that sets a first position, not a change missed
 
 
 @dataclass
@@ -117,7 +118,7 @@ class LogPosition:
             # No baseline (a start without a snapshot, a reload): the cache holds nothing
             # this reader could vouch for; a full flush costs what little it holds.
             self.rebase(highest)
-            return Batch(True, [], "no position in the change log yet")
+            return Batch(True, [], "no position in the change log yet", start=True)
         if highest is not None and highest < self.done:
             self.rebase(highest)
             return Batch(True, [], "the change log was emptied (its ids restarted)")

@@ -128,12 +128,13 @@ class App:
 
     # -- what the change feed drops from (invalidation.Target) --------------------------------
 
-    def flush_all(self, reason: str) -> int:
-        """A full flush the change log asks for (a part of it was missed)."""
+    def flush_all(self, reason: str, label: str = "change") -> int:
+        """A full flush the change log asks for: a part of it was missed (``change``), or
+        the first position is taken with entries cached before it (``start``)."""
         if not len(self.runtime.cache):
             self.runtime.cache.flush()  # still covers the fetches in flight
             return 0
-        return self.flush_cache("change", reason)
+        return self.flush_cache(label, reason)
 
     def drop(self, drop: Drop) -> int:
         rt = self.runtime

@@ -62,7 +62,7 @@ class Target(Protocol):
 
     def drop(self, drop: Drop) -> int: ...
 
-    def flush_all(self, reason: str) -> int: ...
+    def flush_all(self, reason: str, label: str = "change") -> int: ...
 
 
 class ChangeFeed:
@@ -122,7 +122,8 @@ class ChangeFeed:
 
     def _apply(self, batch: Batch) -> int:
         if batch.full_flush:
-            n = self.target.flush_all(f"change: {batch.reason}")
+            label = "start" if batch.start else "change"
+            n = self.target.flush_all(f"{label}: {batch.reason}", label)
             self.dropped += n
             return n
         dropped = 0

@@ -287,7 +287,7 @@ def test_gtid_wait_on_one_server(host: Host) -> None:
         def drop(self, drop: object) -> int:
             return 0
 
-        def flush_all(self, reason: str) -> int:
+        def flush_all(self, reason: str, label: str = "change") -> int:
             return 0
 
     async def main() -> tuple[object, object, int]:
@@ -307,6 +307,39 @@ def test_gtid_wait_on_one_server(host: Host) -> None:
     now, later, pending = asyncio.run(main())
     assert now == (0, True)
     assert later == (0, False) and pending == 1
+
+
+def test_pruning_deletes_old_rows_but_keeps_the_newest(host: Host) -> None:
+    for i in range(3):
+        host.sql(f"INSERT INTO domains (domain) VALUES ('p{i}.test')")
+    host.sql("UPDATE vmaild_change_log SET changed_at = NOW(6) - INTERVAL 2 DAY")
+    host.sql("INSERT INTO domains (domain) VALUES ('recent.test')")
+    cfg = vconfig.load(str(host.vmaild.config_path))
+
+    class Target:
+        def drop(self, drop: object) -> int:
+            return 0
+
+        def flush_all(self, reason: str, label: str = "change") -> int:
+            return 0
+
+    async def main() -> None:
+        db = Database(cfg.database)
+        try:
+            feed = ChangeFeed(Target())
+            feed.has_log = True
+            feed._last_prune = -1e9
+            await feed.maybe_prune(db, 86400)
+            # Everything older than a day goes, except the newest row of all.
+            host.sql("UPDATE vmaild_change_log SET changed_at = NOW(6) - INTERVAL 2 DAY")
+            feed._last_prune = -1e9
+            await feed.maybe_prune(db, 86400)
+        finally:
+            db.close()
+
+    top = host.sql("SELECT MAX(id) FROM vmaild_change_log")[0][0]
+    asyncio.run(main())
+    assert host.sql("SELECT id, change_key FROM vmaild_change_log") == [(top, "recent.test")]
 
 
 # -- shared counters ---------------------------------------------------------------------

@@ -65,7 +65,7 @@ class Target:
         self.drops.append(drop)
         return 1
 
-    def flush_all(self, reason: str) -> int:
+    def flush_all(self, reason: str, label: str = "change") -> int:
         self.flushes.append(reason)
         return 10
 

@@ -7,9 +7,13 @@ the totals stay within the limits. Every vmaild counting for one login queues on
 row lock, and each one reads the window after the previous holder committed (READ
 COMMITTED), so the check and the count are atomic across hosts:
 
-    bound: for any login, at every moment, the counted total over the window as
-    window_totals computes it stays <= the limit; with two (or n) hosts hammering one
-    login, the messages accepted (counted) within one window never exceed the limit.
+    bound: for any login, at every count, the total over the window as window_totals
+    computes it (the oldest minute bucket weighted by the part of it inside the window)
+    stays <= the limit, whatever the number of hosts. So n hosts hammering one login within
+    one window accept exactly the limit (tests/integration/test_change_log.py). Over an
+    exact window-long interval the true count is at most the limit plus the unweighted rest
+    of that oldest bucket (the weighting assumes its events evenly spread), i.e. less than
+    one minute's worth; that is the sliding window's approximation, not a race.
 
 What it does not cover: hosts whose clocks disagree put counts into different buckets
 (each sees the other's "future" buckets fully, so that errs on the strict side, but a
