@@ -19,8 +19,7 @@ COMMIT: a transaction holding id 10 may commit after the one holding id 11. So t
 keeps ``done`` (every id up to it is applied or given up), the ids above it already
 applied, and the holes between them. A hole is either a rolled-back transaction (ids are
 never reused) or one not committed yet; it is waited for ``HOLE_SETTLE`` seconds and then
-given up. What is read past ``done`` is read again until ``done`` moves; rows already
-applied are skipped.
+given up. New rows are read past the highest id applied, and the open holes by id.
 
 A part of the log missed: the smallest id still in the log is above ``done + 1`` (rows
 were pruned before this reader got to them: a stop longer than the retention), or the
@@ -97,8 +96,13 @@ class LogPosition:
     holes: dict[int, float] = field(default_factory=dict)  # missing id -> first noticed
 
     def since(self) -> int:
-        """The id to read after."""
-        return self.done or 0
+        """The id to read new rows after: past everything applied (the holes below it are
+        asked for by id, ``open_holes``)."""
+        return max(self.applied, default=self.done or 0)
+
+    def open_holes(self, limit: int = BATCH) -> list[int]:
+        """The missing ids still waited for, oldest first."""
+        return sorted(self.holes)[:limit]
 
     def rebase(self, top: int | None) -> None:
         self.done = top or 0
@@ -113,7 +117,8 @@ class LogPosition:
         now: float,
     ) -> Batch:
         """Take one read: the log's smallest and largest ids and the rows after ``since()``
-        (id, table, key) in id order. Returns what to drop, or that a full flush is due."""
+        plus those of ``open_holes()`` that arrived (id, table, key), in id order. Returns
+        what to drop, or that a full flush is due."""
         if self.done is None:
             # No baseline (a start without a snapshot, a reload): the cache holds nothing
             # this reader could vouch for; a full flush costs what little it holds.

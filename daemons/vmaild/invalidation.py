@@ -35,6 +35,7 @@ LOG_QUERY = (
     "FROM (SELECT MIN(id) AS lo, MAX(id) AS hi FROM vmaild_change_log) AS m "
     "LEFT JOIN vmaild_change_log AS l ON l.id > %s ORDER BY l.id LIMIT %s"
 )
+HOLES_QUERY = "SELECT id, tbl, change_key FROM vmaild_change_log WHERE id IN ({})"
 # The newest row is always kept: the reader tells "pruned past me" from the smallest id.
 PRUNE_QUERY = (
     "DELETE FROM vmaild_change_log WHERE changed_at < NOW(6) - INTERVAL %s SECOND "
@@ -110,15 +111,22 @@ class ChangeFeed:
         return True
 
     async def _read(self, db: Reader) -> tuple[Batch, bool]:
+        holes = self.position.open_holes()
+        late: list[tuple[int, str, str]] = []
+        if holes:
+            # Transactions that took their ids before others committed: asked for by id.
+            sql = HOLES_QUERY.format(", ".join(["%s"] * len(holes)))
+            late = [(int(i), _text(t), _text(k)) for i, t, k in await db.fetch(sql, holes)]
         rows = await db.fetch(LOG_QUERY, (self.position.since(), BATCH))
         lowest = highest = None
-        changes: list[tuple[int, str, str]] = []
+        fresh: list[tuple[int, str, str]] = []
         for lo, hi, row_id, table, key in rows:
             lowest, highest = _int(lo), _int(hi)
             if row_id is not None:
-                changes.append((int(row_id), _text(table), _text(key)))
+                fresh.append((int(row_id), _text(table), _text(key)))
+        changes = sorted(late + fresh)
         batch = self.position.advance(lowest, highest, changes, self.clock())
-        return batch, len(changes) >= BATCH
+        return batch, len(fresh) >= BATCH
 
     def _apply(self, batch: Batch) -> int:
         if batch.full_flush:

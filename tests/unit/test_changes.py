@@ -76,8 +76,8 @@ def test_a_hole_is_waited_for_then_given_up() -> None:
     p = LogPosition(done=10)
     # 12 committed before 11 (ids are taken at INSERT, not at COMMIT).
     assert [k for _, k in p.advance(1, 12, rows(12), now=0).changes] == ["u12@d"]
-    assert p.done == 10 and p.since() == 10
-    # Read again past 10: 12 is not applied twice; 11 arrives.
+    assert p.done == 10 and p.since() == 12 and p.open_holes() == [11]
+    # 11 arrives (asked for by id); 12 is not applied twice.
     batch = p.advance(1, 12, rows(11, 12), now=1)
     assert [k for _, k in batch.changes] == ["u11@d"] and p.done == 12
     # A rolled-back transaction's id never comes: given up after HOLE_SETTLE.

@@ -9,7 +9,7 @@ from typing import Any
 
 from vmaild.changes import Drop, Scope
 from vmaild.db import DatabaseError
-from vmaild.invalidation import LOG_QUERY, POSITION_QUERY, WAIT_QUERY, ChangeFeed
+from vmaild.invalidation import HOLES_QUERY, LOG_QUERY, POSITION_QUERY, WAIT_QUERY, ChangeFeed
 
 
 class Clock:
@@ -30,6 +30,7 @@ class FakeLogDB:
         self.no_table = False
         self.no_gtid = False
         self.waits: list[tuple[str, float]] = []
+        self.hole_reads: list[tuple[int, ...]] = []
         self.apply_after_waits: int | None = None  # the replica catches up then
 
     async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -41,6 +42,9 @@ class FakeLogDB:
             lo, hi = (min(ids), max(ids)) if ids else (None, None)
             rows = [(lo, hi, *r) for r in self.log if r[0] > after][:limit]
             return rows or [(lo, hi, None, None, None)]
+        if sql.startswith(HOLES_QUERY.split("(")[0]):
+            self.hole_reads.append(tuple(params))
+            return [r for r in self.log if r[0] in params]
         if sql == POSITION_QUERY:
             if self.no_gtid:
                 raise DatabaseError("(1193) Unknown system variable", 1193, misfit=True)
@@ -88,6 +92,22 @@ def test_poll_drops_what_the_log_names() -> None:
     assert not target.flushes and feed.baseline() == "log:3"
     asyncio.run(feed.poll(db))
     assert len(target.drops) == 3  # nothing twice
+
+
+def test_a_late_commit_below_the_newest_row_is_read_by_id() -> None:
+    feed, db, target, clock = make("log:1")
+    db.log = [(1, "users", "old@d.test"), (3, "users", "c@d.test"), (4, "users", "d@d.test")]
+    asyncio.run(feed.poll(db))  # 2 taken, not committed yet
+    assert [d.value for d in target.drops] == ["c@d.test", "d@d.test"]
+    db.log.append((5, "users", "e@d.test"))
+    asyncio.run(feed.poll(db))
+    assert db.hole_reads == [(2,)] and feed.position.since() == 5
+    db.log.insert(1, (2, "users", "b@d.test"))  # it commits
+    asyncio.run(feed.poll(db))
+    assert [d.value for d in target.drops] == ["c@d.test", "d@d.test", "e@d.test", "b@d.test"]
+    assert feed.position.done == 5 and not feed.position.holes
+    asyncio.run(feed.poll(db))
+    assert len(db.hole_reads) == 2 and len(target.drops) == 4 and not target.flushes
 
 
 def test_a_gap_is_one_full_flush_then_targeted_again() -> None:
