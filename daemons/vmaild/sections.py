@@ -92,8 +92,9 @@ class CacheConfig(Section):
     negative_ttl: float = _num(10.0, 0)
     stale_ttl: float = _num(3600.0, 0)
     max_entries: int = _num(1_000_000, 0)
-    # Changes made with vmailctl (or by hand, through the schema's triggers) bump a version
-    # row; the daemon polls it and flushes the cache when it moves. 0 switches polling off.
+    # Changes made with vmailctl (or by hand, through the schema's triggers) are logged in
+    # vmaild_change_log; the daemon polls it and drops the affected entries (a version 2
+    # schema: the version row, and a whole flush when it moves). 0 switches polling off.
     check_interval: float = _num(1.0, 0, 3600)
     version_query: str = "SELECT version FROM vmaild_changes WHERE id = 1"
     # The change log (invalidation.py): how long a notified commit (its GTID) is waited

@@ -7,7 +7,8 @@ they are appended, which keeps the column order identical on both paths.
 
 Versions: 1 is the seed's four tables exactly as the tutorial creates them (there is no
 version row then); 2 added vmaild's own tables; 3 (this file) adds the login tables
-(access switches, app passwords, login history, shared login failures). The version is
+(access switches, app passwords, login history, shared login failures) and the change
+log. The version is
 recorded in ``vmaild_schema``.
 
 Cache invalidation: triggers on every table the daemon reads append the keys a change
