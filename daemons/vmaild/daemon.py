@@ -248,8 +248,9 @@ class App:
     async def start(self) -> None:
         rt = self.runtime
         if self.keeper is not None:
-            # The change counter the restored answers are consistent with becomes the
-            # poller's baseline: a change made while vmaild was stopped flushes them.
+            # The change log position (or, on a version 2 schema, the change counter) the
+            # restored answers are consistent with becomes the poller's baseline: a change
+            # made while vmaild was stopped drops (or flushes) them.
             restored = self.keeper.restore(rt.cache, rt.config, set(rt.lookups.maps))
             self.feed.position = self.feed.position.from_baseline(restored)
             if self.feed.position.done is None:
@@ -414,6 +415,9 @@ class App:
             interval = rt.config.cache.check_interval
             if interval <= 0:
                 await asyncio.sleep(5)
+                if len(self.feed.pending):  # polling off: still settle notified changes
+                    with contextlib.suppress(DatabaseError):
+                        await self.feed.poll(rt.db)
                 continue
             await asyncio.sleep(interval)
             polls += 1
