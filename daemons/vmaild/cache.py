@@ -66,6 +66,7 @@ class Cache:
         self._ttls: dict[str, TTLs] = {}
         self._index: dict[str, KeyIndex] = {}
         self._delimiters: dict[str, str] = {}
+        self._case_kept: set[str] = set()  # maps whose keys are not lower-cased
         self._inflight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
         # Fetches in flight for keys dropped since they started: their answer is not stored.
         self._dropped_flights: set[asyncio.Future[str | None]] = set()
@@ -73,11 +74,16 @@ class Cache:
         self._tick = clock()
         self._generation = 0  # bumped by flush(): fetches started before it are not stored
 
-    def configure_map(self, name: str, ttls: TTLs, delimiters: str = "") -> None:
+    def configure_map(
+        self, name: str, ttls: TTLs, delimiters: str = "", fold_case: bool = True
+    ) -> None:
         """``delimiters``: the map's recipient delimiters, so that a change of ``u@d``
-        also drops ``u+ext@d``."""
+        also drops ``u+ext@d``; ``fold_case`` False: its keys keep their case, so a drop
+        compares them case-insensitively (through the domain index)."""
         self._ttls[name] = ttls
         self._delimiters[name] = delimiters
+        if not fold_case:
+            self._case_kept.add(name)
 
     def __len__(self) -> int:
         return self._size
@@ -184,7 +190,10 @@ class Cache:
         dropped = 0
         for name, entries in self._maps.items():
             index = self._index[name]
-            for key in (address, *index.variants(address)):
+            keys = [address, *index.variants(address)]
+            if name in self._case_kept:
+                keys += [k for k in index.of_domain(domain_of(address)) if k.lower() == address]
+            for key in keys:
                 if entries.pop(key, None) is not None:
                     index.discard(key)
                     dropped += 1

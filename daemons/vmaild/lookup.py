@@ -83,6 +83,7 @@ class Lookups:
                     stale_negative=m.stale_negative,
                 ),
                 config.delimiter_for(m),
+                m.fold_case,
             )
 
     def cached(self, map_name: str, key: str) -> tuple[bool, str | None]:

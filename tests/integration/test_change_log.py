@@ -273,6 +273,7 @@ def test_a_seed_database_migrates_to_the_change_log(gtid_db: MariaDB, tmp_path: 
     try:
         h.sql("INSERT INTO users (email, password) VALUES ('n@raecoo.com', 'x')")
         assert h.sql("SELECT tbl, change_key FROM vmaild_change_log") == [("users", "n@raecoo.com")]
+        assert re.search(r"^change log +1 rows, newest id \d+, since ", h.ctl("db", "status"), re.M)
     finally:
         gtid_db.drop_database(h.db.dbname)
 

@@ -190,8 +190,10 @@ def test_init_on_an_empty_database(make_ctl: Callable[..., Ctl]) -> None:
         "sender_grants",
         "send_counters",
         "vmaild_changes",
+        "vmaild_change_log",
         "vmaild_schema",
     }
+    assert status["change_log"].startswith("0 rows, newest id -")
     assert c.query("SELECT version FROM vmaild_schema") == [(2,)]
     assert c.query("SELECT id, version FROM vmaild_changes") == [(1, 0)]
     assert c.ok("db", "init").out == "schema already at version 2; nothing to do\n"

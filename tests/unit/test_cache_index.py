@@ -112,3 +112,12 @@ def test_a_fetch_in_flight_for_a_dropped_key_is_not_stored() -> None:
         assert not cache._dropped_flights
 
     asyncio.run(main())
+
+
+def test_a_map_that_keeps_case_is_dropped_case_insensitively() -> None:
+    cache, _ = make()
+    cache.configure_map("cased", cache.default_ttls, "+", fold_case=False)
+    for k in ("Joe@D.test", "JOE+x@d.TEST", "joe@d.test", "Joey@d.test"):
+        cache.store("cased", k, "v")
+    assert cache.drop_address("joe@d.test") == 3
+    assert keys(cache) == {("cased", "Joey@d.test")}

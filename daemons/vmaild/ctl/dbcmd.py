@@ -60,6 +60,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
         ("triggers", "triggers"),
         ("changes", "change counter"),
         ("changed_at", "last change"),
+        ("change_log", "change log"),
         ("tables", "tables"),
     ]
     ctx.show_record(
