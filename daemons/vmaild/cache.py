@@ -18,6 +18,9 @@ Rules (DESIGN.md, "Behaviour that must hold everywhere"):
 - a flush also covers the fetches in flight: what they return still answers the requests
   waiting for it, but is not stored, and a request after the flush starts its own fetch.
   Such a fetch may have read the database before the change the flush is for.
+- a targeted drop (``drop_address``, ``drop_domain``: a change log entry, changes.py)
+  does the same for the keys it names, found through a per-map index (cache_index.py)
+  instead of a scan.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+
+from .cache_index import KeyIndex, domain_of
 
 
 class Outcome(StrEnum):
@@ -59,22 +64,37 @@ class Cache:
         self.clock = clock
         self._maps: dict[str, dict[str, tuple[str | None, float]]] = {}
         self._ttls: dict[str, TTLs] = {}
+        self._index: dict[str, KeyIndex] = {}
+        self._delimiters: dict[str, str] = {}
+        self._case_kept: set[str] = set()  # maps whose keys are not lower-cased
         self._inflight: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+        # Fetches in flight for keys dropped since they started: their answer is not stored.
+        self._dropped_flights: set[asyncio.Future[str | None]] = set()
         self._size = 0
         self._tick = clock()
         self._generation = 0  # bumped by flush(): fetches started before it are not stored
 
-    def configure_map(self, name: str, ttls: TTLs) -> None:
+    def configure_map(
+        self, name: str, ttls: TTLs, delimiters: str = "", fold_case: bool = True
+    ) -> None:
+        """``delimiters``: the map's recipient delimiters, so that a change of ``u@d``
+        also drops ``u+ext@d``; ``fold_case`` False: its keys keep their case, so a drop
+        compares them case-insensitively (through the domain index)."""
         self._ttls[name] = ttls
+        self._delimiters[name] = delimiters
+        if not fold_case:
+            self._case_kept.add(name)
 
     def __len__(self) -> int:
         return self._size
 
     def flush(self) -> None:
         self._maps.clear()
+        self._index.clear()
         self._size = 0
         self._generation += 1
         self._inflight.clear()
+        self._dropped_flights.clear()
 
     def _now_stamp(self) -> float:
         now = self.clock()
@@ -86,12 +106,21 @@ class Cache:
         entry = self._maps.get(map_name, {}).get(key)
         return None if entry is None else (entry[0], self.clock() - entry[1])
 
+    def _entries(self, map_name: str) -> dict[str, tuple[str | None, float]]:
+        entries = self._maps.get(map_name)
+        if entries is None:
+            entries = self._maps[map_name] = {}
+            self._index[map_name] = KeyIndex(self._delimiters.get(map_name, ""))
+        return entries
+
     def store(self, map_name: str, key: str, value: str | None) -> None:
         if self.max_entries <= 0:
             return
-        entries = self._maps.setdefault(map_name, {})
+        entries = self._entries(map_name)
         if entries.pop(key, None) is not None:
             self._size -= 1
+        else:
+            self._index[map_name].add(key)
         entries[key] = (value, self._now_stamp())
         self._size += 1
         while self._size > self.max_entries:
@@ -109,7 +138,9 @@ class Cache:
             self._size = 0
             return
         entries = self._maps[oldest_map]
-        del entries[next(iter(entries))]
+        key = next(iter(entries))
+        del entries[key]
+        self._index[oldest_map].discard(key)
         self._size -= 1
 
     def sweep(self) -> int:
@@ -117,11 +148,13 @@ class Cache:
         now, dropped = self.clock(), 0
         for name, entries in self._maps.items():
             limit = self._ttls.get(name, self.default_ttls).keep_for()
+            index = self._index[name]
             while entries:
                 key = next(iter(entries))
                 if now - entries[key][1] < limit:
                     break
                 del entries[key]
+                index.discard(key)
                 dropped += 1
         self._size -= dropped
         return dropped
@@ -138,13 +171,57 @@ class Cache:
         must come oldest first (``export``'s order), which keeps the front the oldest."""
         if self.max_entries <= 0:
             return
-        entries = self._maps.setdefault(map_name, {})
+        entries = self._entries(map_name)
         if entries.pop(key, None) is not None:
             self._size -= 1
+        else:
+            self._index[map_name].add(key)
         entries[key] = (value, fetched_at)
         self._size += 1
         while self._size > self.max_entries:
             self._evict_oldest()
+
+    # -- targeted drops (changes.py) ---------------------------------------------------------
+
+    def drop_address(self, address: str) -> int:
+        """Drop, in every map, the entries answered from ``address``'s rows: the address
+        itself and its ``+extension`` forms. Returns how many went."""
+        address = address.lower()
+        dropped = 0
+        for name, entries in self._maps.items():
+            index = self._index[name]
+            keys = [address, *index.variants(address)]
+            if name in self._case_kept:
+                keys += [k for k in index.of_domain(domain_of(address)) if k.lower() == address]
+            for key in keys:
+                if entries.pop(key, None) is not None:
+                    index.discard(key)
+                    dropped += 1
+        self._size -= dropped
+        self._forget_flights(lambda key: key == address or _base_is(key, address))
+        return dropped
+
+    def drop_domain(self, domain: str) -> int:
+        """Drop, in every map, every entry of ``domain``: the domain itself, '@domain'
+        and every address in it. Returns how many went."""
+        domain = domain.lower()
+        dropped = 0
+        for name, entries in self._maps.items():
+            index = self._index[name]
+            for key in index.of_domain(domain):
+                if entries.pop(key, None) is not None:
+                    dropped += 1
+                index.discard(key)
+        self._size -= dropped
+        self._forget_flights(lambda key: domain_of(key) == domain)
+        return dropped
+
+    def _forget_flights(self, affected: Callable[[str], bool]) -> None:
+        """Fetches in flight for dropped keys may have read the old rows: their answer
+        still goes to those waiting for it but is not stored, and the next request for
+        such a key starts its own fetch."""
+        for flight in [f for f in self._inflight if affected(f[1].lower())]:
+            self._dropped_flights.add(self._inflight.pop(flight))
 
     def ttls(self, map_name: str) -> TTLs:
         return self._ttls.get(map_name, self.default_ttls)
@@ -210,10 +287,18 @@ class Cache:
             fut.exception()  # mark it retrieved: there may be no other waiter
             raise
         else:
-            if generation == self._generation:
+            if generation == self._generation and fut not in self._dropped_flights:
                 self.store(map_name, key, value)
             fut.set_result(value)
             return value
         finally:
+            self._dropped_flights.discard(fut)
             if self._inflight.get(flight) is fut:
                 del self._inflight[flight]
+
+
+def _base_is(key: str, address: str) -> bool:
+    """Whether ``key`` is ``address`` with an extension (``u+x@d`` for ``u@d``)."""
+    local, _, domain = key.rpartition("@")
+    a_local, _, a_domain = address.rpartition("@")
+    return domain == a_domain and local.startswith(a_local) and len(local) > len(a_local)

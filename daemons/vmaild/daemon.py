@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import config as config_mod
 from .cache import Cache, TTLs
+from .changes import Drop, Scope
 from .config import Config
 from .db import Database, DatabaseError
+from .invalidation import ChangeFeed
 from .lookup import Lookups
 from .metrics import Metrics
 from .metrics_http import MetricsEndpoint
@@ -43,6 +45,9 @@ SWEEP_SECONDS = 30.0
 # (vmailctl waits 3 s for the whole answer).
 CONTROL_VERSION_SECONDS = 1.0
 _UNREAD = object()  # the change counter could not be read
+# Without a change log (a version 2 schema) the poller reads the counter, and looks for a
+# log again every this many polls (``vmailctl db migrate`` while vmaild runs).
+LOG_PROBE_POLLS = 60
 
 
 @dataclass
@@ -100,6 +105,9 @@ class App:
         # not read yet). _flushes tells a poll that a flush happened while it was reading.
         self._version: Any = None
         self._flushes = 0
+        # The change log reader (targeted drops, GTID waits); its position outlives reloads.
+        self.feed = ChangeFeed(self, self.metrics)
+        self.runtime.lookups.pending = self.feed.pending
         self._fit_task: asyncio.Task[None] | None = None
         # [cache] snapshot: read at start (a reload keeps the running one)
         self.keeper = CacheKeeper.for_config(cfg)
@@ -108,15 +116,33 @@ class App:
     def config(self) -> Config:
         return self.runtime.config
 
-    def flush_cache(self, reason: str) -> int:
+    def flush_cache(self, reason: str, detail: str = "") -> int:
         dropped = len(self.runtime.cache)
         self.runtime.cache.flush()
         self._flushes += 1
         self.metrics.cache_flushes.labels(reason).inc()
         if self.keeper is not None:
             self.keeper.invalidate()
-        log.info("cache flushed (%s): %d entries dropped", reason, dropped)
+        log.info("cache flushed (%s): %d entries dropped", detail or reason, dropped)
         return dropped
+
+    # -- what the change feed drops from (invalidation.Target) --------------------------------
+
+    def flush_all(self, reason: str, label: str = "change") -> int:
+        """A full flush the change log asks for: a part of it was missed (``change``), or
+        the first position is taken with entries cached before it (``start``)."""
+        if not len(self.runtime.cache):
+            self.runtime.cache.flush()  # still covers the fetches in flight
+            return 0
+        return self.flush_cache(label, reason)
+
+    def drop(self, drop: Drop) -> int:
+        rt = self.runtime
+        if drop.scope is Scope.DOMAIN:
+            return rt.cache.drop_domain(drop.value)
+        if rt.auth is not None:
+            rt.auth.rows.pop(drop.value)  # the login row kept for outages
+        return rt.cache.drop_address(drop.value)
 
     # -- what the listeners answer from (servers/interfaces.py) ------------------------------
     # Called per request, never kept: a reload swaps ``runtime`` under open connections.
@@ -153,7 +179,7 @@ class App:
         if cfg.control.listen is not None:
             wanted["control"] = (
                 cfg.control.listen,
-                functools.partial(ControlProtocol, ctx, self.control_flush),
+                functools.partial(ControlProtocol, ctx, self.control_flush, self.control_changed),
             )
         if cfg.auth.listen is not None:
             from .servers.auth import AuthProtocol
@@ -230,9 +256,13 @@ class App:
     async def start(self) -> None:
         rt = self.runtime
         if self.keeper is not None:
-            # The change counter the restored answers are consistent with becomes the
-            # poller's baseline: a change made while vmaild was stopped flushes them.
-            self._version = self.keeper.restore(rt.cache, rt.config, set(rt.lookups.maps))
+            # The change log position (or, on a version 2 schema, the change counter) the
+            # restored answers are consistent with becomes the poller's baseline: a change
+            # made while vmaild was stopped drops (or flushes) them.
+            restored = self.keeper.restore(rt.cache, rt.config, set(rt.lookups.maps))
+            self.feed.position = self.feed.position.from_baseline(restored)
+            if self.feed.position.done is None:
+                self._version = restored
             self._tasks.append(asyncio.create_task(self.keeper.run(self._cache_state)))
         await self.sync_listeners(self.config)
         if rt.auth is not None:
@@ -261,6 +291,7 @@ class App:
             sd_notify("READY=1")
             return False
         old, self.runtime = self.runtime, new
+        new.lookups.pending = self.feed.pending
         try:
             await self.sync_listeners(cfg)
         except OSError as e:
@@ -317,8 +348,10 @@ class App:
         await loop.run_in_executor(None, self.runtime.close)
 
     def _cache_state(self) -> tuple[Cache, Config, Any]:
-        """What a snapshot is made of: the cache, its configuration, the poller's baseline."""
-        return self.runtime.cache, self.runtime.config, self._version
+        """What a snapshot is made of: the cache, its configuration, the poller's baseline
+        (the change log position, or the version counter without a log)."""
+        baseline = self.feed.baseline() if self.feed.has_log is not False else None
+        return self.runtime.cache, self.runtime.config, baseline or self._version
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -355,6 +388,24 @@ class App:
             self._version = version
         return dropped
 
+    async def control_changed(self, gtid: str | None, keys: tuple[str, ...] | None) -> str:
+        """vmailctl's ``changed``: wait (``[cache] gtid_wait``) for the read host to apply
+        the commit, then drop what the change log names. Without a change log, a whole
+        flush as ``flush`` does. If the log cannot be read now, the entries stay (they are
+        what an outage is served from) and the polls apply it later."""
+        rt = self.runtime
+        try:
+            result = await self.feed.notified(
+                rt.db, gtid, None if keys is None else list(keys), rt.config.cache.gtid_wait
+            )
+        except DatabaseError as e:
+            log.warning("change notification: the change log cannot be read now: %s", e)
+            return "ok 0 pending"
+        if result is None:
+            return f"ok {await self.control_flush()}"
+        dropped, applied = result
+        return f"ok {dropped}" + ("" if applied else " pending")
+
     @staticmethod
     async def _read_version(rt: Runtime, timeout: float) -> Any:
         """The change counter, or _UNREAD (polling off, an error, no row, too slow)."""
@@ -368,18 +419,33 @@ class App:
         return rows[0][0] if rows else _UNREAD
 
     async def _poll_changes(self) -> None:
-        """Flush the cache when the schema's change counter moves (vmailctl, or SQL typed
-        by hand: the triggers bump it) away from the value read before the latest flush;
-        a control flush sets that baseline itself (``control_flush`` has the rule). A
-        database without the table just is not polled."""
+        """Apply the change log (invalidation.py: targeted drops); without one (a version 2
+        schema), flush the cache when the schema's change counter moves (vmailctl, or SQL
+        typed by hand: the triggers bump it) away from the value read before the latest
+        flush; a control flush sets that baseline itself (``control_flush`` has the
+        rule). A database without either just is not polled."""
         warned = False
+        polls = 0
         while True:
             rt = self.runtime
             interval = rt.config.cache.check_interval
-            if interval <= 0 or not rt.config.cache.version_query:
+            if interval <= 0:
                 await asyncio.sleep(5)
+                if len(self.feed.pending):  # polling off: still settle notified changes
+                    with contextlib.suppress(DatabaseError):
+                        await self.feed.poll(rt.db)
                 continue
             await asyncio.sleep(interval)
+            polls += 1
+            if self.feed.has_log is not False or polls % LOG_PROBE_POLLS == 0:
+                try:
+                    if await self.feed.poll(rt.db):
+                        await self.feed.maybe_prune(rt.db, rt.config.cache.change_log_retention)
+                        continue
+                except DatabaseError:
+                    continue
+            if not rt.config.cache.version_query:
+                continue
             flushes = self._flushes
             try:
                 rows = await rt.db.fetch(rt.config.cache.version_query)

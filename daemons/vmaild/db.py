@@ -74,6 +74,11 @@ SCHEMA_ERRNOS = frozenset(
 )
 
 
+# Conflicts between transactions: deadlock (1213; also a Galera certification failure) and
+# lock wait timeout (1205). The statement lost, not the connection: the caller may retry.
+CONFLICT_ERRNOS = frozenset({1205, 1213})
+
+
 class DatabaseError(Exception):
     """The database could not answer. ``errno`` is MySQL's error number when there is one;
     ``misfit`` is True when the server refused the statement itself (``SCHEMA_ERRNOS``)."""
@@ -135,6 +140,10 @@ class Database:
             try:
                 result = fn(conn.raw)
             except _BROKEN as e:
+                if errno_of(e) in CONFLICT_ERRNOS:
+                    self._release(conn)  # fn rolled back; the connection is fine
+                    self._count_error(conn.host)
+                    raise DatabaseError(_describe(e), errno_of(e)) from e
                 if _misfit(e):
                     # The server answered; the statement does not fit its schema. The host
                     # and the connection are fine (no retry: it would fail the same way).

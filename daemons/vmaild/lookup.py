@@ -21,6 +21,7 @@ from .metrics import Metrics
 from .sections import MapConfig
 
 if TYPE_CHECKING:
+    from .pending import PendingChanges
     from .schema_fit import SchemaFit
 
 log = logging.getLogger("vmaild.lookup")
@@ -65,6 +66,8 @@ class Lookups:
         self.cache = cache
         self.metrics = metrics
         self.fit = fit
+        # Changes vmaild was told of that the read host has not applied (pending.py).
+        self.pending: PendingChanges | None = None
         self.maps: dict[str, _Map] = {}
         d = config.cache
         for name, m in config.maps.items():
@@ -79,6 +82,8 @@ class Lookups:
                     stale_ttl=d.stale_ttl,
                     stale_negative=m.stale_negative,
                 ),
+                config.delimiter_for(m),
+                m.fold_case,
             )
 
     def cached(self, map_name: str, key: str) -> tuple[bool, str | None]:
@@ -88,7 +93,10 @@ class Lookups:
         if m is None:
             raise UnknownMap(map_name)
         started = time.perf_counter()
-        hit, value = self.cache.fresh(map_name, addresses.normalise(key, m.config.fold_case))
+        key = addresses.normalise(key, m.config.fold_case)
+        hit, value = self.cache.fresh(map_name, key)
+        if hit and value is None and self._held_back(m, key):
+            return False, None  # lookup() answers it: a temporary failure
         if hit:
             self._observe(map_name, Outcome.HIT if value is not None else Outcome.NOTFOUND, started)
         return hit, value
@@ -114,8 +122,17 @@ class Lookups:
                 shown(str(e), 500),
             )
             raise TemporaryFailure(str(e)) from e
+        if value is None and self._held_back(m, key):
+            # vmailctl changed this key and the read host has not applied the commit yet:
+            # "not found" may be the state before it (a mailbox just created). 4xx, not 5xx.
+            self._observe(map_name, Outcome.ERROR, started)
+            self.metrics.lookup_errors.labels(map_name).inc()
+            raise TemporaryFailure("a change to this key is not applied on the read host yet")
         self._observe(map_name, outcome, started)
         return value
+
+    def _held_back(self, m: _Map, key: str) -> bool:
+        return self.pending is not None and self.pending.holds_back(key, m.delimiters)
 
     async def _resolve(self, m: _Map, key: str) -> str | None:
         for candidate in addresses.candidates(key, m.delimiters, m.config.catchall):

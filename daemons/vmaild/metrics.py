@@ -111,6 +111,21 @@ class Metrics:
         self.cache_flushes = Counter(
             "vmaild_cache_flushes", "Whole-cache flushes, by reason", ["reason"], registry=r
         )
+        # Targeted invalidation (invalidation.py): one per change log key applied
+        self.cache_drops = Counter(
+            "vmaild_cache_drops",
+            "Change log keys applied as targeted drops, by scope (address, domain)",
+            ["scope"],
+            registry=r,
+        )
+        self.cache_dropped_entries = Counter(
+            "vmaild_cache_dropped_entries", "Entries removed by targeted drops", registry=r
+        )
+        self.changes_pending = Gauge(
+            "vmaild_changes_pending",
+            "Notified changes (GTIDs) the read host has not applied yet",
+            registry=r,
+        )
         # Database
         self.db_query_seconds = Histogram(
             "vmaild_db_query_seconds", "Database query latency", buckets=LATENCY_BUCKETS, registry=r

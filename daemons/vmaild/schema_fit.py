@@ -81,6 +81,7 @@ SWITCHES: dict[tuple[str, str], str] = {
     ("policy", "ratelimit_query"): "[policy] ratelimit_check = no",
     ("policy", "ratelimit_update"): "[policy] ratelimit_check = no",
     ("policy", "ratelimit_prune"): "[policy] ratelimit_check = no",
+    ("policy", "ratelimit_lock"): "[policy] ratelimit_check = no",
 }
 
 
@@ -215,7 +216,7 @@ def probes(cfg: Config) -> list[Probe]:
         if pc.recipient_check or pc.quota_check:
             keys.append("recipient_query")
         if pc.ratelimit_check and (pc.ratelimit_messages > 0 or pc.ratelimit_recipients > 0):
-            keys += ["ratelimit_query", "ratelimit_update"]
+            keys += ["ratelimit_query", "ratelimit_update", "ratelimit_lock"]
             if pc.ratelimit_prune_interval > 0:
                 keys.append("ratelimit_prune")
         for key in keys:

@@ -93,10 +93,16 @@ class CacheConfig(Section):
     negative_ttl: float = _num(10.0, 0)
     stale_ttl: float = _num(3600.0, 0)
     max_entries: int = _num(1_000_000, 0)
-    # Changes made with vmailctl (or by hand, through the schema's triggers) bump a version
-    # row; the daemon polls it and flushes the cache when it moves. 0 switches polling off.
+    # Changes made with vmailctl (or by hand, through the schema's triggers) are logged in
+    # vmaild_change_log; the daemon polls it and drops the affected entries (a version 2
+    # schema: the version row, and a whole flush when it moves). 0 switches polling off.
     check_interval: float = _num(1.0, 0, 3600)
     version_query: str = "SELECT version FROM vmaild_changes WHERE id = 1"
+    # The change log (invalidation.py): how long a notified commit (its GTID) is waited
+    # for on the read host before the notification is answered and the wait left to the
+    # polls; how long log rows are kept (a vmaild stopped longer flushes fully at start).
+    gtid_wait: float = _num(5.0, 0, 60)
+    change_log_retention: float = _num(86400.0, 60)
     # Warm restarts (warm.py): the lookup cache is kept in this file, written every
     # snapshot_interval seconds (0: only at stop) and at stop, and restored at start. The
     # default is in the shipped unit's StateDirectory=vmaild; empty switches it off.
@@ -207,6 +213,13 @@ class PolicyConfig(ListenerSection):
         "ON DUPLICATE KEY UPDATE messages = messages + VALUES(messages), "
         "recipients = recipients + VALUES(recipients)"
     )
+    # Taken first in the counting transaction (policy/counting.py): one row per login,
+    # bucket 0 (older than any window), whose lock queues every host counting for it.
+    ratelimit_lock: str = (
+        "INSERT INTO send_counters (login, bucket, messages, recipients) "
+        "VALUES (%(login)s, 0, 0, 0) ON DUPLICATE KEY UPDATE messages = 0"
+    )
+    ratelimit_retries: int = _num(3, 0, 20)  # deadlocks / lock wait timeouts retried
     ratelimit_prune: str = "DELETE FROM send_counters WHERE bucket < %(before)s LIMIT 10000"
     ratelimit_prune_interval: float = _num(300.0, 0)
     ratelimit_action: str = "450 4.7.1 Sending limit exceeded"

@@ -8,9 +8,10 @@ stale are left out.
 
 A flush (vmailctl, the change poller, a reload) removes the file at once, under the lock the
 writer renames under: a restart right after a flush must not bring back what it dropped. The
-snapshot also records the change counter its answers are consistent with; the daemon makes
-it the poller's baseline, so changes made while vmaild was stopped flush the restored cache
-as soon as the database answers.
+snapshot also records the change log position (``log:ID``; on a version 2 schema, the
+change counter) its answers are consistent with; the daemon makes it the poller's baseline,
+so changes made while vmaild was stopped drop their entries from the restored cache as soon
+as the database answers (all of it when the log no longer goes back that far).
 """
 
 from __future__ import annotations

@@ -49,6 +49,9 @@ class FakePolicyDB:
     down: bool = False
     delay: float = 0.0
     queries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # The next this many counting transactions fail with conflict_errno (then work).
+    conflicts: int = 0
+    conflict_errno: int = 1213
 
     def __post_init__(self) -> None:
         pc = PolicyConfig()
@@ -63,6 +66,7 @@ class FakePolicyDB:
                 ),
             ),
             ("prune", compile_named(pc.ratelimit_prune, frozenset({"before"}))),
+            ("lock", compile_named(pc.ratelimit_lock, frozenset({"login"}))),
         ]
 
     def _decode(self, sql: str, params: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
@@ -129,8 +133,71 @@ class FakePolicyDB:
             return len(old)
         raise AssertionError(f"{kind} is not a write statement")
 
+    async def run(self, fn: Any) -> Any:
+        """A transaction (policy/counting.py) on a connection that answers like the rest
+        of this fake; its update is applied at commit only."""
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.down:
+            raise DatabaseError("(2003) Can't connect to MySQL server on '127.0.0.1'")
+        if self.conflicts > 0:
+            self.conflicts -= 1
+            self.queries.append(("conflict", {}))
+            raise DatabaseError(f"({self.conflict_errno}) conflict", self.conflict_errno)
+        return fn(FakeConn(self))
+
+    def apply_update(self, v: dict[str, Any]) -> None:
+        c = self.counters.setdefault((v["login"], v["bucket"]), [0, 0])
+        c[0] += v["messages"]
+        c[1] += v["recipients"]
+
     def kinds(self) -> list[str]:
         return [k for k, _ in self.queries]
+
+
+class FakeConn:
+    def __init__(self, db: FakePolicyDB):
+        self.db = db
+        self.staged: list[dict[str, Any]] = []
+        self.rows: list[tuple[Any, ...]] = []
+
+    def cursor(self) -> FakeConn:
+        return self
+
+    def __enter__(self) -> FakeConn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def begin(self) -> None:
+        self.staged = []
+
+    def commit(self) -> None:
+        for v in self.staged:
+            self.db.apply_update(v)
+        self.staged = []
+
+    def rollback(self) -> None:
+        self.staged = []
+
+    def execute(self, sql: str, params: Any = None) -> int:
+        if sql.startswith("SET "):
+            return 0
+        kind, v = self.db._decode(sql, tuple(params or ()))
+        self.db.queries.append((kind, v))
+        if kind == "select":
+            self.rows = [
+                (b, c[0], c[1])
+                for (login, b), c in sorted(self.db.counters.items())
+                if login == v["login"] and b >= v["since"]
+            ]
+        elif kind == "update":
+            self.staged.append(v)
+        return 1
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self.rows
 
 
 class Clock:

@@ -1,5 +1,6 @@
-"""The change poller and the control socket's flush (App.control_flush has the rule): one
-flush per change, never a second one for a change vmailctl has already had flushed."""
+"""On a version 2 schema (no change log): the change poller and the control socket's
+flush (App.control_flush has the rule): one flush per change, never a second one for a
+change vmailctl has already had flushed."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ class Changes:
         self.hold_next: asyncio.Event | None = None
 
     async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if "vmaild_change_log" in sql:  # a version 2 schema: the counter only
+            raise DatabaseError("(1146) Table 'd.vmaild_change_log' doesn't exist", 1146)
         assert "vmaild_changes" in sql
         self.reads += 1
         if self.down:

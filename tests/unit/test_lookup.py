@@ -167,3 +167,23 @@ def test_chain_must_name_another_map() -> None:
 
     with pytest.raises(ConfigError, match=r"\[map aliases\] chain: 'nope' is not"):
         config_mod.parse(CHAIN.replace("chain = email2email", "chain = nope"))
+
+
+def test_not_found_for_a_notified_key_the_read_host_lacks_is_a_temporary_failure() -> None:
+    """Read-your-writes (pending.py): vmailctl created new@ex.com, the read host has not
+    applied the commit: its "not found" (fresh from the database, or a cached negative
+    entry) is a 4xx, never a 5xx. Found answers and other keys are untouched."""
+    from vmaild.pending import PendingChanges
+
+    lookups, db, metrics = make_lookups({"old@ex.com": [("ex.com/old/",)]})
+    assert asyncio.run(lookups.lookup("mailboxes", "new@ex.com")) is None  # cached negative
+    lookups.pending = PendingChanges()
+    lookups.pending.add("0-1-9", ["new@ex.com", "old@ex.com"])
+    assert lookups.cached("mailboxes", "new@ex.com") == (False, None)  # not from the cache
+    for key in ("new@ex.com", "NEW+tag@ex.com"):
+        with pytest.raises(TemporaryFailure):
+            asyncio.run(lookups.lookup("mailboxes", key))
+    assert asyncio.run(lookups.lookup("mailboxes", "old@ex.com")) == "ex.com/old/"
+    assert asyncio.run(lookups.lookup("mailboxes", "other@ex.com")) is None
+    lookups.pending.settle("0-1-9")
+    assert lookups.cached("mailboxes", "new@ex.com") == (True, None)

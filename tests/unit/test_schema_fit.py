@@ -73,6 +73,7 @@ def test_every_configured_statement_is_probed() -> None:
         ("policy", "recipient_query"),
         ("policy", "ratelimit_query"),
         ("policy", "ratelimit_update"),
+        ("policy", "ratelimit_lock"),
         ("policy", "ratelimit_prune"),
     ]
     by_key = {(p.section, p.key): p for p in found}
@@ -461,7 +462,7 @@ def test_check_with_the_database(
     assert capsys.readouterr().err == f"vmaild: {found[0].line()}\n"
     found.clear()
     assert cli.check(cfg, "require") == 0
-    assert capsys.readouterr().out == f"{PATH}: ok (0 maps); 9 queries fit the database\n"
+    assert capsys.readouterr().out == f"{PATH}: ok (0 maps); 10 queries fit the database\n"
 
 
 def test_check_options() -> None:

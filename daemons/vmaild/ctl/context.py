@@ -22,6 +22,9 @@ from .sql import transaction
 
 T = TypeVar("T")
 
+#: At most this many keys go with a notification; more are sent as "any key".
+NOTIFY_KEYS = 100
+
 # Administrative statements may scan or rebuild more than a daemon lookup ever does.
 ADMIN_QUERY_TIMEOUT = 60.0
 SCHEMA_QUERY_TIMEOUT = 3600.0
@@ -45,6 +48,9 @@ class Context:
         self._db: Database | None = None
         self.query_timeout = ADMIN_QUERY_TIMEOUT
         self.schema_checked = False
+        # The change log's last id before this command changed anything: the keys logged
+        # after it go with the notification (None: not read, or no log).
+        self._log_mark: int | None = None
 
     # -- configuration and database ------------------------------------------------------
 
@@ -67,6 +73,7 @@ class Context:
         if not self.schema_checked:
             self.db.run_sync(require_current)
             self.schema_checked = True
+            self._log_mark = self.db.run_sync(_log_top)
         return self.db.run_sync(fn)
 
     def close(self) -> None:
@@ -88,19 +95,61 @@ class Context:
 
     # -- after a change ------------------------------------------------------------------
 
-    def changed(self) -> None:
-        """Tell a running vmaild to flush its cache. The triggers have already bumped
-        vmaild_changes, so a daemon that cannot be reached catches up at its next poll:
-        that is worth a warning, not a failure."""
+    def changed(self, full: bool = False) -> None:
+        """Tell a running vmaild what changed: the commit's GTID and the keys the change
+        log got since this command started (``notify``), or, with ``full`` (a schema
+        change), to flush its whole cache. The triggers have already logged the change,
+        so a daemon that cannot be reached catches up at its next poll: that is worth a
+        warning, not a failure."""
         listen = self.config.control.listen
         if listen is None:
             return
+        wait = self.config.cache.gtid_wait
         try:
-            daemon.flush(listen)
+            if full or self._log_mark is None:
+                daemon.flush(listen)
+                return
+            gtid, keys = self._commit_facts()
+            reply = daemon.notify(listen, gtid, keys, timeout=daemon.TIMEOUT + wait)
         except daemon.DaemonUnreachable as e:
             interval = self.config.cache.check_interval
             when = f"within {interval:g}s" if interval > 0 else "when its cache entries expire"
             self.warn(f"could not notify vmaild ({e}); it will see the change {when}")
+            return
+        if reply.endswith("pending"):
+            self.warn(
+                f"vmaild's database host has not applied this change within {wait:g}s "
+                "(replication lag); it answers from the new state once it has"
+            )
+
+    def _commit_facts(self) -> tuple[str | None, list[str] | None]:
+        """(the GTID of this session's last commit or None, the keys logged since the
+        command started or None when there are too many or they cannot be read)."""
+        mark = self._log_mark or 0
+
+        def read(conn: pymysql.connections.Connection) -> tuple[str | None, list[str] | None]:
+            with conn.cursor() as cur:
+                # MariaDB: the GTID of the last transaction this session committed; empty
+                # without a binary log (MySQL has no such variable: no GTID then).
+                try:
+                    cur.execute("SELECT @@last_gtid")
+                    row = cur.fetchone()
+                    gtid = str(row[0]) if row and row[0] else None
+                except pymysql.err.Error:
+                    gtid = None
+                cur.execute(
+                    "SELECT change_key FROM vmaild_change_log WHERE id > %s ORDER BY id LIMIT %s",
+                    (mark, NOTIFY_KEYS + 1),
+                )
+                keys = sorted({str(r[0]) for r in cur.fetchall()})
+            if len(keys) > NOTIFY_KEYS or any(not k or any(c.isspace() for c in k) for k in keys):
+                return gtid, None
+            return gtid, keys
+
+        try:
+            return self.db.run_sync(read)
+        except Exception:  # noqa: BLE001 - a notification without facts still notifies
+            return None, None
 
     # -- output ----------------------------------------------------------------------------
 
@@ -142,3 +191,14 @@ class Context:
 
     def print(self, text: str) -> None:
         print(text, file=self.out)
+
+
+def _log_top(conn: pymysql.connections.Connection) -> int | None:
+    """The change log's largest id (0 when empty), or None without a change log."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COALESCE(MAX(id), 0) FROM vmaild_change_log")
+            row = cur.fetchone()
+    except pymysql.err.Error:
+        return None
+    return int(row[0]) if row else 0

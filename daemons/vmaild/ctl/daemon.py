@@ -1,4 +1,5 @@
-"""Talking to a running vmaild: the control socket's ``flush`` and a socketmap client.
+"""Talking to a running vmaild: the control socket (``flush``, ``changed``) and a socketmap
+client.
 
 Both are deliberately tiny and blocking: vmailctl makes one request and exits.
 """
@@ -35,10 +36,30 @@ def _connect(listen: Listen, timeout: float) -> socket.socket:
 
 
 def flush(listen: Listen, timeout: float = TIMEOUT) -> str:
-    """Ask vmaild to drop its cache now; returns its ``ok ...`` line."""
+    """Ask vmaild to drop its whole cache now; returns its ``ok ...`` line."""
+    return _request(listen, "flush", timeout)
+
+
+def notify(
+    listen: Listen, gtid: str | None, keys: list[str] | None, timeout: float = TIMEOUT
+) -> str:
+    """Tell vmaild that a commit (``gtid``; None without a binary log) changed ``keys``
+    (None: unknown); returns its ``ok ...`` line, ending in ``pending`` when its read host
+    had not applied the commit within its ``gtid_wait``. A vmaild that does not know
+    ``changed`` (older than the change log) is asked to ``flush`` instead."""
+    words = ["changed", gtid or "-", *(keys if keys is not None else ["*"])]
+    try:
+        return _request(listen, " ".join(words), timeout)
+    except DaemonUnreachable as e:
+        if "error unknown command" not in str(e):
+            raise
+    return flush(listen, timeout)
+
+
+def _request(listen: Listen, line: str, timeout: float) -> str:
     with _connect(listen, timeout) as sock:
         try:
-            sock.sendall(b"flush\n")
+            sock.sendall(line.encode() + b"\n")
             data = b""
             while b"\n" not in data and len(data) < 4096:
                 chunk = sock.recv(4096)
@@ -47,10 +68,10 @@ def flush(listen: Listen, timeout: float = TIMEOUT) -> str:
                 data += chunk
         except OSError as e:
             raise DaemonUnreachable(f"{listen}: {e.strerror or e}") from None
-    line = data.partition(b"\n")[0].decode("utf-8", "replace").strip()
-    if not line.startswith("ok"):
-        raise DaemonUnreachable(f"{listen}: unexpected answer {line or '(nothing)'!r}")
-    return line
+    reply = data.partition(b"\n")[0].decode("utf-8", "replace").strip()
+    if not reply.startswith("ok"):
+        raise DaemonUnreachable(f"{listen}: unexpected answer {reply or '(nothing)'!r}")
+    return reply
 
 
 def socketmap_query(

@@ -34,7 +34,7 @@ def _schema_work(ctx: Context, fn: Any, verb: str) -> None:
             changed=False,
         )
         return
-    ctx.changed()
+    ctx.changed(full=True)
     ctx.done(
         f"schema {verb}: {before.label} -> {after.label}",
         before=before.label,
@@ -60,6 +60,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> None:
         ("triggers", "triggers"),
         ("changes", "change counter"),
         ("changed_at", "last change"),
+        ("change_log", "change log"),
         ("tables", "tables"),
     ]
     ctx.show_record(

@@ -7,12 +7,16 @@ they are appended, which keeps the column order identical on both paths.
 
 Versions: 1 is the seed's four tables exactly as the tutorial creates them (there is no
 version row then); 2 added vmaild's own tables; 3 (this file) adds the login tables
-(access switches, app passwords, login history, shared login failures). The version is
+(access switches, app passwords, login history, shared login failures) and the change
+log. The version is
 recorded in ``vmaild_schema``.
 
-Cache invalidation: triggers on every table the daemon reads bump the single row of
-``vmaild_changes``; vmaild polls it (``[cache] version_query``) and flushes when it moves,
-so even hand-typed SQL reaches a running daemon within a poll interval.
+Cache invalidation: triggers on every table the daemon reads append the keys a change
+touched (the old and the new key of an UPDATE) to ``vmaild_change_log``, in the same
+transaction as the change; vmaild polls the log and drops only the affected cache entries
+(changes.py), so even hand-typed SQL reaches a running daemon within a poll interval. The
+same triggers still bump the single row of ``vmaild_changes`` (version 2's counter): a
+vmaild of version 2 polling it during a rolling upgrade keeps flushing as it did.
 """
 
 from __future__ import annotations
@@ -26,8 +30,15 @@ COLLATION = "utf8mb4_unicode_ci"
 TABLE_OPTIONS = f"ENGINE=InnoDB DEFAULT CHARSET={CHARSET} COLLATE={COLLATION}"
 
 CHANGES_TABLE = "vmaild_changes"
+CHANGE_LOG_TABLE = "vmaild_change_log"
 SCHEMA_TABLE = "vmaild_schema"
 BUMP = f"UPDATE {CHANGES_TABLE} SET version = version + 1 WHERE id = 1"
+
+
+def log_change(table: str, key_sql: str) -> str:
+    """The statement recording that ``key_sql`` (NEW.col, OLD.col or a placeholder) of
+    ``table`` changed."""
+    return f"INSERT INTO {CHANGE_LOG_TABLE} (tbl, change_key) VALUES ('{table}', {key_sql})"
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,9 @@ class Table:
     name: str
     columns: tuple[tuple[str, str], ...]  # (column, definition without the name)
     keys: tuple[tuple[str, str], ...]  # (index name, definition); "PRIMARY" for the PK
-    watched: bool = False  # bumps vmaild_changes on every change
+    watched: bool = False  # bumps vmaild_changes and logs its keys on every change
+    # The column whose value is the cache key a change affects (watched tables only).
+    key_column: str = ""
     # Columns whose change alone must not bump vmaild_changes (see TRIGGERS below).
     quiet_columns: tuple[str, ...] = ()
 
@@ -58,6 +71,7 @@ TABLES: tuple[Table, ...] = (
         ),
         (("PRIMARY", "PRIMARY KEY (domain)"),),
         watched=True,
+        key_column="domain",
     ),
     Table(
         "users",
@@ -83,6 +97,7 @@ TABLES: tuple[Table, ...] = (
         ),
         (("PRIMARY", "PRIMARY KEY (email)"), ("email_domain", "KEY email_domain (email_domain)")),
         watched=True,
+        key_column="email",
         # The auth service rehashes passwords on login; that must not flush every cache.
         # (vmailctl's own password changes bump the version explicitly.)
         quiet_columns=("password", "password_changed_at"),
@@ -100,6 +115,7 @@ TABLES: tuple[Table, ...] = (
             ("source_domain", "KEY source_domain (source_domain)"),
         ),
         watched=True,
+        key_column="source",
     ),
     Table(
         "transport",
@@ -109,6 +125,7 @@ TABLES: tuple[Table, ...] = (
         ),
         (("domain", "UNIQUE KEY domain (domain)"),),
         watched=True,
+        key_column="domain",
     ),
     Table(
         "sender_grants",
@@ -118,6 +135,7 @@ TABLES: tuple[Table, ...] = (
         ),
         (("PRIMARY", "PRIMARY KEY (login, sender)"), ("sender", "KEY sender (sender)")),
         watched=True,
+        key_column="login",
     ),
     Table(
         "send_counters",
@@ -193,6 +211,16 @@ TABLES: tuple[Table, ...] = (
         ),
         (("PRIMARY", "PRIMARY KEY (id)"),),
     ),
+    Table(
+        CHANGE_LOG_TABLE,
+        (
+            ("id", "bigint unsigned NOT NULL AUTO_INCREMENT"),
+            ("tbl", "varchar(64) NOT NULL"),
+            ("change_key", ADDRESS),
+            ("changed_at", "timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)"),
+        ),
+        (("PRIMARY", "PRIMARY KEY (id)"), ("changed_at", "KEY changed_at (changed_at)")),
+    ),
     Table(SCHEMA_TABLE, (("version", "int NOT NULL"),), (("PRIMARY", "PRIMARY KEY (version)"),)),
 )
 
@@ -227,19 +255,24 @@ class Trigger:
 def triggers_for(t: Table, columns: list[str]) -> list[Trigger]:
     """The three triggers of a watched table. ``columns`` are the table's real columns
     (a migrated table may carry columns of its own); an UPDATE that changes only
-    ``quiet_columns`` does not bump."""
-    result = [
-        Trigger(f"vmaild_{t.name}_{suffix}", t.name, event, BUMP)
-        for suffix, event in (("ins", "INSERT"), ("del", "DELETE"))
-    ]
+    ``quiet_columns`` neither bumps nor logs. An UPDATE logs the old key, and the new one
+    when the key itself changed (a rename drops what was cached under both)."""
+    k = t.key_column
+    ins = f"BEGIN {BUMP}; {log_change(t.name, f'NEW.`{k}`')}; END"
+    dele = f"BEGIN {BUMP}; {log_change(t.name, f'OLD.`{k}`')}; END"
+    upd = (
+        f"{BUMP}; {log_change(t.name, f'OLD.`{k}`')}; "
+        f"IF NOT (OLD.`{k}` <=> NEW.`{k}`) THEN {log_change(t.name, f'NEW.`{k}`')}; END IF"
+    )
     loud = [c for c in columns if c not in t.quiet_columns]
     if t.quiet_columns and loud:
         same = " AND ".join(f"OLD.`{c}` <=> NEW.`{c}`" for c in loud)
-        body = f"IF NOT ({same}) THEN {BUMP}; END IF"
-    else:
-        body = BUMP
-    result.insert(1, Trigger(f"vmaild_{t.name}_upd", t.name, "UPDATE", body))
-    return result
+        upd = f"IF NOT ({same}) THEN {upd}; END IF"
+    return [
+        Trigger(f"vmaild_{t.name}_ins", t.name, "INSERT", ins),
+        Trigger(f"vmaild_{t.name}_upd", t.name, "UPDATE", f"BEGIN {upd}; END"),
+        Trigger(f"vmaild_{t.name}_del", t.name, "DELETE", dele),
+    ]
 
 
 def watched_tables() -> list[Table]:

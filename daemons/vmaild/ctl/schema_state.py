@@ -316,4 +316,14 @@ def report(conn: Conn) -> dict[str, object]:
         )
         result["changes"] = row["version"] if row else None
         result["changed_at"] = row["changed_at"] if row else None
+        if schema.CHANGE_LOG_TABLE in state.tables:
+            log = fetch_one(
+                conn,
+                f"SELECT COUNT(*) AS n, MAX(id) AS top, MIN(changed_at) AS since "
+                f"FROM {schema.CHANGE_LOG_TABLE}",
+            )
+            if log is not None:
+                result["change_log"] = (
+                    f"{log['n']} rows, newest id {log['top'] or '-'}, since {log['since'] or '-'}"
+                )
     return result

@@ -12,7 +12,7 @@ from . import access, maildirs, names, prompt, sizes
 from .context import Context
 from .errors import Refused
 from .output import Column
-from .schema import BUMP
+from .schema import BUMP, log_change
 from .sql import Row, fetch_all, fetch_one, transaction
 
 USER_COLUMNS = (
@@ -298,7 +298,9 @@ def _update(
             cur.execute(f"UPDATE users SET {assignments} WHERE email = %s", (*params, email))
         )
         if bump:
+            # The triggers keep password changes quiet (login rehashes): say it here.
             cur.execute(BUMP)
+            cur.execute(log_change("users", "%s"), (email,))
         return changed
 
 

@@ -14,12 +14,12 @@ the data, and a message is counted once it is complete, at END-OF-MESSAGE, with 
 accepted RCPT counts a recipient and the first RCPT of a transaction (``instance``) counts
 the message: nothing needed at END-OF-MESSAGE, but aborted transactions count as well.
 
-The window's totals are read once per transaction (at its first request) and this
-transaction's own recipients are added to them in memory, so a transaction of n recipients
-costs one read, plus one write where it is counted. Concurrent sessions of one user may
-therefore overshoot a limit by what they send in parallel: the check and the count are not
-one database transaction (that would serialise all of a user's mail on a row lock). Over a
-limit, the user gets a temporary code and its client retries later.
+The window's totals are read once per transaction (at its first request, on the read
+host) and this transaction's own recipients are added to them in memory: that is the
+early, advisory check at each RCPT. Where a message is counted, the check is made again
+and the count added in one transaction on the writer (counting.py, which states the
+bound): concurrent sessions of one user, on any number of hosts, cannot overshoot the
+limit. Over a limit, the user gets a temporary code and its client retries later.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from ..logsafe import shown
 from ..sections import PolicyConfig
 from .actions import check_action
 from .check import CheckFailed, Result, number
+from .counting import AtomicCounter
 from .queries import compile_named
 from .settings import COUNT_STATES, QUERY_PARAMS
 
@@ -111,6 +112,8 @@ class RateLimitCheck:
         self.select = compile_named(pc.ratelimit_query, QUERY_PARAMS["ratelimit_query"])
         self.update = compile_named(pc.ratelimit_update, QUERY_PARAMS["ratelimit_update"])
         self.prune = compile_named(pc.ratelimit_prune, QUERY_PARAMS["ratelimit_prune"])
+        lock = compile_named(pc.ratelimit_lock, QUERY_PARAMS["ratelimit_lock"])
+        self.counter = AtomicCounter(db, lock, self.select, self.update, pc.ratelimit_retries)
         self.prune_interval = pc.ratelimit_prune_interval
         self.action = check_action(pc.ratelimit_action)
         self.fail_action = check_action(pc.ratelimit_fail_action, fail=True)
@@ -138,8 +141,11 @@ class RateLimitCheck:
         if request.protocol_state.upper() == "RCPT":
             if self._over(login, txn.messages + 1, txn.recipients + txn.accepted + 1):
                 return Result(self.name, self.action)
-            if self.count_at_rcpt:
-                await self._count(login, now, 0 if txn.accepted else 1, 1)
+            # The message is counted at its first RCPT: later ones check it is in.
+            if self.count_at_rcpt and not await self._count(
+                login, now, 0 if txn.accepted else 1, 1
+            ):
+                return Result(self.name, self.action)
             txn.accepted += 1
             self._remember(key, txn)
             return Result(self.name)
@@ -148,7 +154,8 @@ class RateLimitCheck:
         n = request.recipient_count or txn.accepted or 1
         if self._over(login, txn.messages + 1, txn.recipients + n):
             return Result(self.name, self.action)
-        await self._count(login, now, 1, n)
+        if not await self._count(login, now, 1, n):
+            return Result(self.name, self.action)
         return Result(self.name)
 
     def _over(self, login: str, messages: float, recipients: float) -> bool:
@@ -181,17 +188,25 @@ class RateLimitCheck:
             raise CheckFailed(str(e), key="ratelimit_query", error=e) from e
         return window_totals(rows, now, self.window)
 
-    async def _count(self, login: str, now: float, messages: int, recipients: int) -> None:
-        params = self.update.bind(
-            {
-                "login": login,
-                "bucket": bucket_of(now),
-                "messages": messages,
-                "recipients": recipients,
-            }
-        )
+    async def _count(self, login: str, now: float, messages: int, recipients: int) -> bool:
+        """Check and count in one transaction on the writer (counting.py); False: over
+        the limit, nothing counted."""
+        values = {
+            "login": login,
+            "since": bucket_of(now - self.window),
+            "bucket": bucket_of(now),
+            "messages": messages,
+            "recipients": recipients,
+        }
+        # (A message counted at an earlier RCPT of this transaction is in the totals
+        # already; a later RCPT adds no message.)
         try:
-            await self.db.execute(self.update.sql, params)  # type: ignore[attr-defined]
+            return await self.counter.check_and_count(
+                values,
+                (messages, recipients),
+                lambda rows: window_totals(rows, now, self.window),
+                lambda m, r: self._over(login, m, r),
+            )
         except DatabaseError as e:
             raise CheckFailed(f"counting failed: {e}", key="ratelimit_update", error=e) from e
 

@@ -14,6 +14,7 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
     "ratelimit_query": frozenset({"login", "since"}),
     "ratelimit_update": frozenset({"login", "bucket", "messages", "recipients"}),
     "ratelimit_prune": frozenset({"before"}),
+    "ratelimit_lock": frozenset({"login"}),
 }
 
 #: ``ratelimit_count_state``: the protocol state at which a message is counted.

@@ -75,3 +75,10 @@ class CacheFlusher(Protocol):
     async def __call__(self) -> int:
         """Flush, count it as a control flush and return the number of entries dropped."""
         ...
+
+
+class ChangeNotified(Protocol):
+    """What the control socket's ``changed`` does (``App.control_changed``): wait for the
+    read host to apply ``gtid``, drop what the change log names; returns the reply line."""
+
+    async def __call__(self, gtid: str | None, keys: tuple[str, ...] | None) -> str: ...
