@@ -141,7 +141,7 @@ class App:
         if drop.scope is Scope.DOMAIN:
             return rt.cache.drop_domain(drop.value)
         if rt.auth is not None:
-            rt.auth.rows.pop(drop.value)  # the login row kept for outages
+            rt.auth.rows.forget(drop.value)  # the login row kept for outages
         return rt.cache.drop_address(drop.value)
 
     # -- what the listeners answer from (servers/interfaces.py) ------------------------------

@@ -39,6 +39,10 @@ class AccountRows:
             c.ttl + c.stale_ttl, max(cfg.auth.login_cache_size, 1), clock
         )
 
+    def forget(self, login: str) -> None:
+        """Drop the row kept for outages (its account changed: the change log)."""
+        self.seen.pop(login.lower())
+
     async def fetch(self, login: str) -> tuple[Account | None, bool]:
         """(account or None, fresh). Not fresh: the database failed and the last row seen
         stands in; with no such row, TemporaryFailure."""
