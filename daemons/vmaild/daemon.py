@@ -23,6 +23,7 @@ from . import config as config_mod
 from .cache import Cache, TTLs
 from .config import Config
 from .db import Database, DatabaseError
+from .lagcheck import LagCheck, default_name
 from .lookup import Lookups
 from .metrics import Metrics
 from .metrics_http import MetricsEndpoint
@@ -54,6 +55,7 @@ class Runtime:
     fit: SchemaFit
     auth: AuthService | None = None  # built only with [auth] listen
     policy: PolicyService | None = None  # built only with [policy] listen
+    lag: LagCheck | None = None  # built only when some read host is a replica
 
     @classmethod
     def build(cls, cfg: Config, metrics: Metrics) -> Runtime:
@@ -72,6 +74,9 @@ class Runtime:
             from .policy.service import PolicyService
 
             rt.policy = PolicyService(cfg, db, metrics, fit=fit)
+        d = cfg.database
+        if d.replicated and d.lag_check_interval > 0:
+            rt.lag = LagCheck(d, db.hosts, default_name(cfg.path), metrics)
         return rt
 
     def close(self) -> None:
@@ -79,6 +84,8 @@ class Runtime:
         for service in (self.auth, self.policy):
             if service is not None:
                 service.close()
+        if self.lag is not None:
+            self.lag.close()
         self.db.close()
 
 
@@ -101,6 +108,7 @@ class App:
         self._version: Any = None
         self._flushes = 0
         self._fit_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         # [cache] snapshot: read at start (a reload keeps the running one)
         self.keeper = CacheKeeper.for_config(cfg)
 
@@ -239,6 +247,10 @@ class App:
         rt = self.runtime
         rt.fit.publish()
         self._fit_task = asyncio.create_task(rt.fit.watch(rt.db))
+        # The replica lag check (lagcheck.py) of the running configuration's hosts.
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+        self._lag_task = asyncio.create_task(rt.lag.run()) if rt.lag is not None else None
 
     async def reload(self, path: str) -> bool:
         sd_notify("RELOADING=1")
@@ -280,8 +292,9 @@ class App:
             server.close()
         for task in self._tasks:
             task.cancel()
-        if self._fit_task is not None:
-            self._fit_task.cancel()
+        for bg in (self._fit_task, self._lag_task):
+            if bg is not None:
+                bg.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_SECONDS
         while any(c.busy for c in self.connections) and loop.time() < deadline:
