@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pymysql  # type: ignore[import-untyped]  # pymysql ships no type hints
-import pymysql.cursors  # type: ignore[import-untyped]
 
+from .dbconn import connect, wait_gtid
 from .dbhosts import HostState
 from .sections import DatabaseConfig
 from .values import DatabaseHost
@@ -179,7 +179,8 @@ class Database:
         """Wait (``MASTER_GTID_WAIT``, no privilege needed) until the read host has applied
         ``gtid``, then run ``fn`` on the same connection, so that what it reads is at least
         that state even if the read host changes meanwhile. Returns (reached, fn's result);
-        ``fn`` runs also when the wait timed out (then it may read an older state).
+        ``fn`` runs also when the wait timed out (then it may read an older state). ``fn``
+        only reads: it runs on a read host and is retried once on a lost connection.
 
         On a writer the wait is skipped: its own commits are not in ``gtid_slave_pos``,
         which MASTER_GTID_WAIT watches, and it has them all. ``timeout`` is kept below
@@ -370,51 +371,6 @@ class Database:
     def _report_open(self) -> None:
         if self.metrics is not None:
             self.metrics.db_connections.set(self._open)
-
-
-def connect(cfg: DatabaseConfig, host: DatabaseHost) -> pymysql.connections.Connection:
-    """One autocommit connection to ``host`` with the configured timeouts (also used by the
-    lag check, lagcheck.py, for its own connections)."""
-    raw = pymysql.connect(
-        host=host.host or "localhost",
-        port=host.port,
-        unix_socket=host.socket,
-        user=cfg.user,
-        password=cfg.password,
-        database=cfg.dbname,
-        connect_timeout=cfg.connect_timeout,
-        read_timeout=cfg.query_timeout,
-        write_timeout=cfg.query_timeout,
-        charset="utf8mb4",
-        autocommit=True,
-        cursorclass=pymysql.cursors.Cursor,
-    )
-    _limit_statement_time(raw, cfg.query_timeout)
-    return raw
-
-
-def wait_gtid(conn: pymysql.connections.Connection, gtid: str, timeout: float) -> bool:
-    """``MASTER_GTID_WAIT`` on this connection: True once the server has applied ``gtid``,
-    False after ``timeout`` seconds (or when the server says NULL: a malformed list)."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT MASTER_GTID_WAIT(%s, %s)", (gtid, timeout))
-        row = cur.fetchone()
-    return row is not None and row[0] == 0
-
-
-def _limit_statement_time(raw: pymysql.connections.Connection, seconds: float) -> None:
-    """Let the server abandon a statement we stop waiting for (MariaDB's
-    max_statement_time; MySQL calls it max_execution_time, in milliseconds)."""
-    for sql in (
-        f"SET SESSION max_statement_time = {seconds:.3f}",
-        f"SET SESSION max_execution_time = {int(seconds * 1000)}",
-    ):
-        try:
-            with raw.cursor() as cur:
-                cur.execute(sql)
-            return
-        except pymysql.err.Error:
-            continue
 
 
 def _fetch(

@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql  # type: ignore[import-untyped]  # pymysql ships no type hints
 
-from .db import SCHEMA_ERRNOS, connect, errno_of
+from .db import SCHEMA_ERRNOS, errno_of
+from .dbconn import connect
 from .dbhosts import HostState
 from .sections import DatabaseConfig
 from .values import DatabaseHost

@@ -221,7 +221,8 @@ def test_reads_come_from_the_first_replica_and_writes_land_on_the_primary(phase:
     # The heartbeat row and the migrated schema were written on the primary, replicated.
     beats = s.primary.query("SELECT COUNT(*) FROM vmaild_heartbeat", database=s.dbname)
     assert beats[0][0] == 1
-    assert s.metric("vmaild_db_replica_lag_seconds", r1) == 0.0
+    lag = s.metric("vmaild_db_replica_lag_seconds", r1)
+    assert lag is not None and lag <= MAX_LAG
     # A login rehashes the seed's DES hash: the UPDATE goes to the primary (the replicas
     # are read_only: it could not have landed there) and replicates.
     assert s.login("sales@raecoo.com", "password").endswith(b".\n")
@@ -247,7 +248,9 @@ def test_with_the_primary_killed_lookups_and_logins_go_on_and_the_rehash_waits(
     assert s.login("carol@example.test", "wrong").startswith(b"FAIL")
     for replica in s.topo.replicas:
         assert s.stored(replica, "carol@example.test") == des
-    assert "rehash for carol@example.test failed" in s.vmaild.log()
+    wait_until(
+        lambda: "rehash for carol@example.test failed" in s.vmaild.log(), 30, "the rehash to fail"
+    )
     s.topo.revive(s.primary)
     s.topo.sync()
     # The writer is back: the next login stores the new hash.
@@ -297,7 +300,7 @@ def test_a_replica_beyond_max_lag_is_passed_over_and_shown(phase: Setup) -> None
     s.topo.start_sql_thread(r1)
     wait_until(
         lambda: (
-            s.metric("vmaild_db_replica_lag_seconds", r1) == 0.0
+            (s.metric("vmaild_db_replica_lag_seconds", r1) or 0.0) <= MAX_LAG
             and s.lookup("alice@example.test")
             and s.reading_from(r1)
         ),

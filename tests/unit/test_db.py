@@ -9,7 +9,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from vmaild import config, db
+from vmaild import config, db, dbconn
 from vmaild.metrics import Metrics
 from vmaild.values import DatabaseHost, parse_db_host
 
@@ -44,7 +44,7 @@ def database(monkeypatch: pytest.MonkeyPatch) -> Any:
         connects.append(FakeRaw())
         return connects[-1]
 
-    monkeypatch.setattr(db.pymysql, "connect", connect)
+    monkeypatch.setattr(dbconn.pymysql, "connect", connect)
     cfg = config.parse("[database]\nhosts = 127.0.0.1\nuser = u\ndbname = d\n")
     metrics = Metrics()
     database = db.Database(cfg.database, metrics)
@@ -154,7 +154,7 @@ def roles(monkeypatch: pytest.MonkeyPatch) -> Any:
         made.append(HostRaw(host))
         return made[-1]
 
-    monkeypatch.setattr(db.pymysql, "connect", connect)
+    monkeypatch.setattr(dbconn.pymysql, "connect", connect)
     metrics = Metrics()
     database = db.Database(config.parse(ROLES).database, metrics)
     yield database, down, made, metrics
@@ -250,7 +250,7 @@ def test_two_roles_stay_within_pool_size(monkeypatch: pytest.MonkeyPatch) -> Non
         made.append(HostRaw(host))
         return made[-1]
 
-    monkeypatch.setattr(db.pymysql, "connect", connect)
+    monkeypatch.setattr(dbconn.pymysql, "connect", connect)
     dbase = db.Database(config.parse(ROLES.replace("pool_size = 4", "pool_size = 1")).database)
     try:
         for _ in range(3):
@@ -284,7 +284,7 @@ def test_wait_for_gtid_is_skipped_on_a_writer(monkeypatch: pytest.MonkeyPatch) -
         made.append(HostRaw(host))
         return made[-1]
 
-    monkeypatch.setattr(db.pymysql, "connect", connect)
+    monkeypatch.setattr(dbconn.pymysql, "connect", connect)
     dbase = db.Database(
         config.parse("[database]\nhosts = 10.0.0.9\nuser = u\ndbname = d\n").database
     )
