@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -87,6 +89,7 @@ class Setup:
     dbname: str
     ports: dict[str, int]
     metrics_port: int
+    policy_port: int
     auth_socket: Path
     prober: Prober
 
@@ -121,6 +124,42 @@ class Setup:
             while chunk := s.recv(65536):
                 reply += chunk
         return reply
+
+    def policy(self, login: str, sender: str, recipient: str) -> str:
+        """One RCPT-time policy request of an authenticated session; the action."""
+        request = {
+            "request": "smtpd_access_policy",
+            "protocol_state": "RCPT",
+            "protocol_name": "ESMTP",
+            "client_address": "192.0.2.10",
+            "sasl_username": login,
+            "sender": sender,
+            "recipient": recipient,
+            "recipient_count": "0",
+            "instance": f"{login}-{recipient}",
+        }
+        data = "".join(f"{k}={v}\n" for k, v in request.items()) + "\n"
+        with socket.create_connection(("127.0.0.1", self.policy_port), timeout=10) as sock:
+            sock.sendall(data.encode())
+            reply = b""
+            while not reply.endswith(b"\n\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return ""
+                reply += chunk
+        return reply.decode().strip().removeprefix("action=")
+
+    def vmailctl(self, *args: str, stdin: str = "") -> str:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "vmailctl"), "-c", str(self.vmaild.config_path)]
+            + list(args),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
 
     def stored(self, server: MariaDB, address: str) -> str:
         rows = server.query(
@@ -160,7 +199,7 @@ def setup() -> Iterator[Setup]:
         topo.start()
         seed = load_seed(topo.primary)
         r1, r2 = topo.replicas
-        ports, metrics_port = seed_ports(), free_port()
+        ports, metrics_port, policy_port = seed_ports(), free_port(), free_port()
         sock = tmp / "run" / "auth.sock"
         conf = config_text(
             db_port=topo.primary.port,
@@ -178,6 +217,7 @@ def setup() -> Iterator[Setup]:
             extra=(
                 f"[auth]\nlisten = unix:{sock}\npassword_rounds = 5000\nlogin_cache_ttl = 0\n"
                 f"[mailbox]\nbase = {tmp / 'vmail'}\n"
+                f"[policy]\nlisten = 127.0.0.1:{policy_port}\nratelimit_count_state = RCPT\n"
             ),
         )
         vmaild = Vmaild(conf, tmp / "vmaild")
@@ -186,7 +226,7 @@ def setup() -> Iterator[Setup]:
         vmaild.start()
         prober = Prober(ports["mailboxes"])
         prober.start()
-        s = Setup(topo, vmaild, seed.dbname, ports, metrics_port, sock, prober)
+        s = Setup(topo, vmaild, seed.dbname, ports, metrics_port, policy_port, sock, prober)
         wait_until(lambda: s.reading_from(r1), 30, "vmaild to read from replica1")
         yield s
     finally:
@@ -230,6 +270,19 @@ def test_reads_come_from_the_first_replica_and_writes_land_on_the_primary(phase:
     s.topo.sync()
     for replica in s.topo.replicas:
         assert s.stored(replica, "sales@raecoo.com") == s.stored(s.primary, "sales@raecoo.com")
+    # vmailctl writes on write_hosts too; the new mailbox is then read from replica1.
+    s.vmailctl("user", "add", "dave@example.test", "--password-stdin", stdin="dave-pw\n")
+    assert s.stored(s.primary, "dave@example.test").startswith("$6$")
+    s.topo.sync()
+    assert s.lookup("dave@example.test") == "200 example.test/dave/"
+    # The sending counter of a policy request is written on the primary.
+    assert s.policy("alice@example.test", "alice@example.test", "bob@example.test") == "DUNNO"
+    counted = s.primary.query(
+        "SELECT SUM(recipients) FROM send_counters WHERE login = %s",
+        ("alice@example.test",),
+        database=s.dbname,
+    )
+    assert counted[0][0] >= 1
 
 
 def test_with_the_primary_killed_lookups_and_logins_go_on_and_the_rehash_waits(
@@ -246,6 +299,13 @@ def test_with_the_primary_killed_lookups_and_logins_go_on_and_the_rehash_waits(
     for _ in range(3):
         assert s.login("carol@example.test", "carol-pw").endswith(b".\n")
     assert s.login("carol@example.test", "wrong").startswith(b"FAIL")
+    # Policy reads go on from the replica (a failed sender check would answer its fail
+    # action, DEFER_IF_PERMIT); the sending counter cannot be written and fails open.
+    assert s.policy("alice@example.test", "alice@example.test", "bob@example.test") == "DUNNO"
+    assert s.policy("alice@example.test", "bob@example.test", "carol@example.test").startswith(
+        "553"
+    )
+    wait_until(lambda: "counting failed" in s.vmaild.log(), 30, "the counter to fail open")
     for replica in s.topo.replicas:
         assert s.stored(replica, "carol@example.test") == des
     wait_until(
