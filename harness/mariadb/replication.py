@@ -17,7 +17,7 @@ Faults, for the failover tests and the fault-injection run:
   ``innodb_flush_log_at_trx_commit=1``), so replicas resume from it in strict mode;
 * :meth:`stop_sql_thread`/:meth:`start_sql_thread`: a replica that receives but does not
   apply (lag that grows for as long as you like);
-* :meth:`stop`/:meth:`start` a server cleanly;
+* :meth:`shutdown` one server cleanly (:meth:`revive` starts it again);
 * :meth:`gtid_position` of each server, :meth:`wait_applied` (MASTER_GTID_WAIT) and
   :meth:`sync` (every running replica has the primary's position).
 
@@ -151,6 +151,10 @@ class Replication(Service):
     def kill(self, server: MariaDB) -> None:
         """SIGKILL the server (a crash); :meth:`revive` brings it back."""
         server.kill()
+
+    def shutdown(self, server: MariaDB) -> None:
+        """Stop the server cleanly (SIGTERM, wait for its exit); :meth:`revive` restarts it."""
+        server.stop()
 
     def revive(self, server: MariaDB) -> None:
         """Start a killed or stopped server again on its datadir and port; for a replica,

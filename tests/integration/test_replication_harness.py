@@ -101,6 +101,17 @@ def test_a_killed_replica_catches_up_after_revive(topology: Replication) -> None
     assert (5, "row 5") in rows(victim)
 
 
+def test_a_replica_shut_down_cleanly_resumes_where_it_stopped(topology: Replication) -> None:
+    victim = topology.replicas[0]
+    topology.shutdown(victim)
+    assert not victim.running
+    gtid = insert(topology, 6)
+    topology.revive(victim)
+    topology.wait_applied(victim, gtid)
+    assert (6, "row 6") in rows(victim)
+    assert topology.positions()["replica1"] == gtid
+
+
 def test_writes_on_a_replica_are_refused_for_ordinary_users(topology: Replication) -> None:
     topology.create_database("repl_users", "vm", "secret")
     conn = topology.replicas[0].connect("vm", "secret", "repl_users")
