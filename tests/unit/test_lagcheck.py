@@ -176,3 +176,24 @@ def test_a_replica_down_is_marked_down(world: Any) -> None:
 def test_the_row_is_this_vmaild_s() -> None:
     name = lagcheck.default_name("/etc/vmaild/vmaild.conf")
     assert name.endswith(":/etc/vmaild/vmaild.conf") and len(name) <= 255
+
+
+@pytest.mark.parametrize(
+    ("extra", "built"),
+    [
+        ("", True),
+        ("lag_check_interval = 0\n", False),
+        ("write_hosts = 10.0.0.1 10.0.0.2\n", False),  # reads and writes on the same hosts
+    ],
+)
+def test_the_daemon_checks_lag_only_with_replicas(extra: str, built: bool) -> None:
+    from vmaild.daemon import Runtime
+
+    text = CONF.replace(
+        "write_hosts = 10.0.0.9\n", "" if "write_hosts" in extra else "write_hosts = 10.0.0.9\n"
+    )
+    rt = Runtime.build(config.parse(text + extra), Metrics())
+    try:
+        assert (rt.lag is not None) == built
+    finally:
+        rt.close()
