@@ -13,6 +13,8 @@ before the next test.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
 import shutil
 import socket
@@ -23,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +37,8 @@ from harness.mariadb.server import MariaDB
 from harness.stack.seed import SEED_USERS, load_seed
 from harness.vmaild.server import Vmaild, config_text, seed_ports
 from tests.integration.conftest import require
+from vmaild import config
+from vmaild.db import Database
 
 MAX_LAG = 3.0
 MAILBOXES = {e: f"{e.split('@')[1]}/{e.split('@')[0]}/" for e in SEED_USERS}
@@ -368,3 +373,37 @@ def test_a_replica_beyond_max_lag_is_passed_over_and_shown(phase: Setup) -> None
         "replica1 caught up and read from again",
         interval=0.2,
     )
+
+
+def test_wait_for_gtid_waits_for_the_read_host(phase: Setup) -> None:
+    """Database.wait_for_gtid/run_at_gtid (read-your-writes after a change): on a replica
+    that has not applied the GTID it times out, once applied the read sees the change."""
+    s = phase
+    r1 = s.topo.replicas[0]
+    cfg = config.load(str(s.vmaild.config_path)).database
+    database = Database(cfg)
+
+    def count(conn: Any) -> int:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM users WHERE email = 'erin@example.test'")
+            return int(cur.fetchone()[0])
+
+    try:
+        assert asyncio.run(database.run(count)) == 0
+        s.topo.stop_sql_thread(r1)
+        s.primary.query(
+            "INSERT INTO users (email, password) VALUES ('erin@example.test', 'x')",
+            database=s.dbname,
+        )
+        gtid = s.topo.gtid_position(s.primary)
+        assert asyncio.run(database.run_at_gtid(gtid, 0.3, count)) == (False, 0)
+        s.topo.start_sql_thread(r1)
+        assert asyncio.run(database.run_at_gtid(gtid, 1.5, count)) == (True, 1)
+        assert str(database.read_host) == s.host(r1)
+    finally:
+        database.close()
+    writer = Database(dataclasses.replace(cfg, hosts=cfg.writers))
+    try:  # on the writer there is nothing to wait for
+        assert asyncio.run(writer.wait_for_gtid(gtid, 1.0)) is True
+    finally:
+        writer.close()
