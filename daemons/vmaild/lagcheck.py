@@ -100,6 +100,8 @@ class LagCheck:
                 await loop.run_in_executor(self._executor, self.check_once)
             except RuntimeError:  # the executor was shut down: this runtime is gone
                 return
+            except Exception:  # a bug here must not end lag checking without a word
+                log.exception("lag check failed; trying again")
             await asyncio.sleep(self.cfg.lag_check_interval)
 
     def check_once(self) -> dict[DatabaseHost, float | None]:
