@@ -16,7 +16,8 @@ One subpackage per component; names are imported from the module that defines th
   ``wait``), processes (``procs``), the service context manager (``service``), guarded
   system files (``sysfiles``), certificates (``tls``), Maildirs (``maildir``), scratch
   directories (``tempdir``);
-- ``mariadb``: a private MariaDB server (``server``);
+- ``mariadb``: a private MariaDB server (``server``), a primary with GTID replicas and their
+  faults (``replication``);
 - ``postfix``: a private Postfix instance (``server``; ``config``, ``altdirs``);
 - ``courier``: Courier's authdaemond, imapd and pop3d at their compiled-in paths
   (``server``; ``paths``, ``files``, ``procs``, ``tls``);

@@ -25,6 +25,7 @@ from .changes import Drop, Scope
 from .config import Config
 from .db import Database, DatabaseError
 from .invalidation import ChangeFeed
+from .lagcheck import LagCheck, default_name
 from .lookup import Lookups
 from .metrics import Metrics
 from .metrics_http import MetricsEndpoint
@@ -59,6 +60,7 @@ class Runtime:
     fit: SchemaFit
     auth: AuthService | None = None  # built only with [auth] or [sasl] listen
     policy: PolicyService | None = None  # built only with [policy] listen
+    lag: LagCheck | None = None  # built only when some read host is a replica
 
     @classmethod
     def build(cls, cfg: Config, metrics: Metrics) -> Runtime:
@@ -77,6 +79,9 @@ class Runtime:
             from .policy.service import PolicyService
 
             rt.policy = PolicyService(cfg, db, metrics, fit=fit)
+        d = cfg.database
+        if d.replicated and d.lag_check_interval > 0:
+            rt.lag = LagCheck(d, db.hosts, default_name(cfg.path), metrics)
         return rt
 
     def close(self) -> None:
@@ -84,6 +89,8 @@ class Runtime:
         for service in (self.auth, self.policy):
             if service is not None:
                 service.close()
+        if self.lag is not None:
+            self.lag.close()
         self.db.close()
 
 
@@ -109,6 +116,7 @@ class App:
         self.feed = ChangeFeed(self, self.metrics)
         self.runtime.lookups.pending = self.feed.pending
         self._fit_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         # [cache] snapshot: read at start (a reload keeps the running one)
         self.keeper = CacheKeeper.for_config(cfg)
 
@@ -279,6 +287,10 @@ class App:
         rt = self.runtime
         rt.fit.publish()
         self._fit_task = asyncio.create_task(rt.fit.watch(rt.db))
+        # The replica lag check (lagcheck.py) of the running configuration's hosts.
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+        self._lag_task = asyncio.create_task(rt.lag.run()) if rt.lag is not None else None
 
     async def reload(self, path: str) -> bool:
         sd_notify("RELOADING=1")
@@ -325,8 +337,9 @@ class App:
             server.close()
         for task in self._tasks:
             task.cancel()
-        if self._fit_task is not None:
-            self._fit_task.cancel()
+        for bg in (self._fit_task, self._lag_task):
+            if bg is not None:
+                bg.cancel()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_SECONDS
         while any(c.busy for c in self.connections) and loop.time() < deadline:

@@ -139,6 +139,16 @@ class Metrics:
         self.db_connections = Gauge(
             "vmaild_db_connections", "Open database connections", registry=r
         )
+        # Replication (db.py, lagcheck.py): which read host answers, and each one's lag
+        self.db_read_host = Gauge(
+            "vmaild_db_read_host", "1 for the host reads are answered from", ["host"], registry=r
+        )
+        self.db_replica_lag = Gauge(
+            "vmaild_db_replica_lag_seconds",
+            "How far a read host is behind the writer (heartbeat); absent: not measured",
+            ["host"],
+            registry=r,
+        )
         # Listeners
         self.connections = Gauge(
             "vmaild_connections", "Open client connections", ["listener"], registry=r

@@ -257,13 +257,22 @@ def _explain(conn: Any, probe: Probe) -> tuple[int, str] | None:
     return None
 
 
+def writes(todo: Sequence[Probe]) -> bool:
+    """True when some probe is of a write statement: then they all run on the writer, since
+    a read-only replica refuses even EXPLAIN of one (error 1290). The schema is the same on
+    every host of a replicated setup, so one host judges them all."""
+    return any(not p.read_only for p in todo)
+
+
 def check_now(cfg: Config) -> list[Misfit]:
     """The probes of ``cfg``, run now (``vmaild check``); DatabaseError when the database
     does not answer."""
     db = Database(cfg.database)
     try:
         todo = probes(cfg)
-        return db.run_sync(lambda conn: run_probes(conn, todo, cfg.path)) if todo else []
+        if not todo:
+            return []
+        return db.run_sync(lambda conn: run_probes(conn, todo, cfg.path), write=writes(todo))
     finally:
         db.close()
 
@@ -340,7 +349,9 @@ class SchemaFit:
             self._wake.clear()
             try:
                 found = await db.run(
-                    lambda conn: run_probes(conn, self.probes, self.path), retry=True
+                    lambda conn: run_probes(conn, self.probes, self.path),
+                    retry=True,
+                    write=writes(self.probes),
                 )
             except DatabaseError as e:
                 if not said:

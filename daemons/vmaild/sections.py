@@ -78,6 +78,25 @@ class DatabaseConfig(Section):
     pool_size: int = _num(8, 1, 256)
     # How long a host that failed to connect is skipped in favour of the next one.
     retry_interval: float = _num(10.0, 0, 3600)
+    # Where writes go (sending counters, rehash, PASSWD, vmailctl), in order; empty: hosts.
+    # ``hosts`` stays the list reads are answered from (db.py, dbhosts.py).
+    write_hosts: tuple[DatabaseHost, ...] = ()
+    # A read host whose replica lags more than this many seconds behind the writer is
+    # passed over for the next one within bound (the least lagged when none is; never no
+    # answer because of lag). Measured by a heartbeat row every lag_check_interval seconds
+    # (lagcheck.py), only when some read host is not a write host; 0 switches it off.
+    max_lag: float = _num(30.0, 0, 86400)
+    lag_check_interval: float = _num(2.0, 0, 3600)
+
+    @property
+    def writers(self) -> tuple[DatabaseHost, ...]:
+        """The hosts writes go to: ``write_hosts``, or ``hosts`` when it is not set."""
+        return self.write_hosts or self.hosts
+
+    @property
+    def replicated(self) -> bool:
+        """True when some read host is not a writer: reads may lag behind writes."""
+        return any(host not in self.writers for host in self.hosts)
 
     def check(self) -> None:
         for key in ("hosts", "user", "dbname"):

@@ -1,1 +1,1 @@
-"""A private MariaDB server (``server``)."""
+"""A private MariaDB server (``server``); a primary and GTID replicas (``replication``)."""

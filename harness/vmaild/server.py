@@ -43,14 +43,18 @@ def config_text(
     chains: dict[str, str] | None = None,
     map_options: dict[str, str] | None = None,
     snapshot: str = "",
+    db_hosts: str | None = None,
+    database: str = "",
 ) -> str:
     """A vmaild.conf for the seed's four maps against a private MariaDB.
     ``map_options``: more ``key = value`` lines for a map's section, by map name.
     ``snapshot``: ``[cache] snapshot``; off by default, so that no two test daemons share
-    the default path's file."""
+    the default path's file. ``db_hosts``: ``[database] hosts`` instead of ``db_port``'s
+    server (several, for a replicated database); ``database``: more ``[database]`` lines
+    (``write_hosts``, ``max_lag``...)."""
     lines = [
         "[database]",
-        f"hosts = 127.0.0.1:{db_port}",
+        f"hosts = {db_hosts or f'127.0.0.1:{db_port}'}",
         f"user = {user}",
         f"password = {password}",
         f"dbname = {dbname}",
@@ -58,6 +62,7 @@ def config_text(
         "query_timeout = 2",
         "pool_size = 4",
         "retry_interval = 1",
+        database.strip(),
         "",
     ]
     lines += ["[cache]", f"snapshot = {snapshot}", cache.strip(), ""]

@@ -96,10 +96,12 @@ class FakeDB:
     def __init__(self) -> None:
         self.users: dict[str, dict[str, Any]] = {}
         self.down = False
+        self.writer_down = False  # writes (run(..., write=True)) fail, reads go on
         self.update_error: Exception | None = None
         self.statements: list[str] = []
         # How the account query's WHERE compares names (unicode_ci: like MariaDB's).
         self.fold: Callable[[str], str] = str.lower
+        self.writes = 0  # functions run with write=True
 
     def add(self, address: str, stored: str, **extra: Any) -> None:
         self.users[self.fold(address)] = {
@@ -109,10 +111,11 @@ class FakeDB:
             **extra,
         }
 
-    async def run(self, fn: Any, *, retry: bool = False) -> Any:
+    async def run(self, fn: Any, *, retry: bool = False, write: bool = False) -> Any:
         await asyncio.sleep(0)
-        if self.down:
+        if self.down or (write and self.writer_down):
             raise DatabaseError("(2003) Can't connect to MySQL server")
+        self.writes += write
         return fn(FakeConn(self))
 
 

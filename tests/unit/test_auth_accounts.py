@@ -140,10 +140,10 @@ class CountingDB(FakeDB):
         for i in range(users):  # u0@example.test with hash-0, ...
             self.add(f"u{i}@example.test", f"hash-{i}")
 
-    async def run(self, fn: Any, *, retry: bool = False) -> Any:
+    async def run(self, fn: Any, *, retry: bool = False, write: bool = False) -> Any:
         self.jobs += 1
         await self.gate.wait()
-        return await super().run(fn, retry=retry)
+        return await super().run(fn, retry=retry, write=write)
 
 
 async def settle() -> None:

@@ -210,6 +210,26 @@ async def test_seed_des_hash_is_rehashed_on_login(tmp_path: Path) -> None:
 
 
 @aio
+async def test_with_the_writer_down_a_login_succeeds_and_its_rehash_waits(tmp_path: Path) -> None:
+    service, db = make_service(tmp_path)
+    old = des_crypt.hash("password")
+    db.add("sales@raecoo.com", old)
+    db.writer_down = True  # reads go on (the replicas), writes fail
+    assert (await service.answer(auth_request("sales@raecoo.com", "password"))).endswith(b".\n")
+    await settle(service)
+    assert db.users["sales@raecoo.com"]["password"] == old
+    assert metric(service, "vmaild_login_rehashes_total") in (None, 0)
+    # The writer is back: the next login verified against the stored hash (not answered
+    # from the login cache) stores the new hash.
+    db.writer_down = False
+    service.verified.clear()
+    assert (await service.answer(auth_request("sales@raecoo.com", "password"))).endswith(b".\n")
+    await settle(service)
+    assert db.users["sales@raecoo.com"]["password"].startswith("$6$")
+    assert db.writes == 1  # the UPDATE, asked for on the writer
+
+
+@aio
 async def test_rehash_never_overwrites_a_concurrent_change(tmp_path: Path) -> None:
     service, db = make_service(tmp_path)
     db.add("joe@example.test", des_crypt.hash("password"))

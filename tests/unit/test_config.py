@@ -245,3 +245,18 @@ def test_sasl_mistakes(text: str, expected: str) -> None:
 
 def test_auth_login_settings_unjudged_without_a_front_door() -> None:
     config.parse(BASE + "[auth]\npassword_scheme = md5_crypt\n")
+
+
+def test_write_hosts_default_to_hosts_and_replicas_are_seen() -> None:
+    db = config.parse(BASE).database
+    assert db.write_hosts == () and db.writers == db.hosts and not db.replicated
+    assert db.max_lag == 30.0 and db.lag_check_interval == 2.0
+    text = BASE.replace(
+        "dbname = mail_system",
+        "dbname = mail_system\nwrite_hosts = db0.example.net\nmax_lag = 5",
+    )
+    db = config.parse(text).database
+    assert [str(h) for h in db.writers] == ["db0.example.net:3306"]
+    assert db.replicated and db.max_lag == 5.0
+    with pytest.raises(ConfigError, match=r"\[database\] max_lag"):
+        config.parse(BASE.replace("dbname = mail_system", "dbname = x\nmax_lag = -1"))

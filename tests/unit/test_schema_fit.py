@@ -307,7 +307,7 @@ def test_watch_waits_for_the_database_then_rechecks_until_fixed(
     probed = asyncio.Event()
 
     class Unready:
-        async def run(self, fn: Any, *, retry: bool = False) -> Any:
+        async def run(self, fn: Any, *, retry: bool = False, write: bool = False) -> Any:
             answer = answers.pop(0)
             if not answers:
                 probed.set()
@@ -372,7 +372,7 @@ def test_login_with_a_misfit_account_query(tmp_path: Any, caplog: pytest.LogCapt
     service, db = make_auth_service(tmp_path)
     service.fit = SchemaFit(service.cfg, service.metrics)
 
-    async def run(fn: Any, *, retry: bool = False) -> Any:
+    async def run(fn: Any, *, retry: bool = False, write: bool = False) -> Any:
         raise misfit_error()
 
     db.run = run  # type: ignore[method-assign]

@@ -342,9 +342,10 @@ class AccountSource:
 
     async def update_password(self, sql: str, address: str, old: str, new: str) -> int:
         """Run an update query; the number of rows changed (0: the stored hash is no
-        longer ``old``, someone changed it meanwhile)."""
+        longer ``old``, someone changed it meanwhile). On the writer: with it down this
+        raises DatabaseError, the rehash waits for a later login and PASSWD fails."""
         params = {"address": address, "old": old, "new": new}
-        return await self.db.run(lambda conn: _update(conn, sql, params))
+        return await self.db.run(lambda conn: _update(conn, sql, params), write=True)
 
 
 # The batch statement's extra column: which login of the batch a row belongs to.

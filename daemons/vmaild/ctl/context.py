@@ -65,7 +65,13 @@ class Context:
         if self._db is None:
             cfg = self.config.database
             timeout = max(cfg.query_timeout, self.query_timeout)
-            self._db = Database(dataclasses.replace(cfg, query_timeout=timeout, pool_size=1))
+            # Every command runs on the writer (write_hosts, the first that answers): its
+            # changes must land there, and what it shows is what it just changed.
+            self._db = Database(
+                dataclasses.replace(
+                    cfg, hosts=cfg.writers, query_timeout=timeout, pool_size=1, max_lag=0
+                )
+            )
         return self._db
 
     def run(self, fn: Callable[[pymysql.connections.Connection], T]) -> T:

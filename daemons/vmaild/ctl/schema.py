@@ -221,6 +221,16 @@ TABLES: tuple[Table, ...] = (
         ),
         (("PRIMARY", "PRIMARY KEY (id)"), ("changed_at", "KEY changed_at (changed_at)")),
     ),
+    # Replica lag (vmaild's lagcheck.py): one row per vmaild, its latest beat, written on
+    # the writer and read back on each replica.
+    Table(
+        "vmaild_heartbeat",
+        (
+            ("host", ADDRESS),
+            ("beat", "timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)"),
+        ),
+        (("PRIMARY", "PRIMARY KEY (host)"),),
+    ),
     Table(SCHEMA_TABLE, (("version", "int NOT NULL"),), (("PRIMARY", "PRIMARY KEY (version)"),)),
 )
 
