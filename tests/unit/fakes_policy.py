@@ -133,7 +133,7 @@ class FakePolicyDB:
             return len(old)
         raise AssertionError(f"{kind} is not a write statement")
 
-    async def run(self, fn: Any) -> Any:
+    async def run(self, fn: Any, *, write: bool = False) -> Any:
         """A transaction (policy/counting.py) on a connection that answers like the rest
         of this fake; its update is applied at commit only."""
         if self.delay:

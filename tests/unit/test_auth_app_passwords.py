@@ -48,7 +48,7 @@ class FakeAppDB:
     touches: list[int] = field(default_factory=list)
     touch_error: bool = False
 
-    async def run(self, fn: Any, *, retry: bool = False) -> Any:
+    async def run(self, fn: Any, *, retry: bool = False, write: bool = False) -> Any:
         await asyncio.sleep(0)
         if self.down:
             raise DatabaseError("(2003) Can't connect to MySQL server")

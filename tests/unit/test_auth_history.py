@@ -31,7 +31,7 @@ class FakeDB:
         self.runs = 0
         self.down = False
 
-    async def run(self, fn: Any, *, retry: bool = False) -> Any:
+    async def run(self, fn: Any, *, retry: bool = False, write: bool = False) -> Any:
         self.runs += 1
         await asyncio.sleep(0)
         if self.down:

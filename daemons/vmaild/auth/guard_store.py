@@ -173,7 +173,7 @@ class DbStore:
                     )
             return rows
 
-        rows = await self.db.run(work)
+        rows = await self.db.run(work, write=True)
         out = {}
         for i, n, last, until, before in rows:
             out[subjects[int(i)]] = (Tally(int(n), last / 1000, until / 1000), until != before)

@@ -123,7 +123,7 @@ class LoginHistory:
             batch, self._pending = self._pending, OrderedDict()
             items = list(batch.items())
             try:
-                await self.db.run(lambda conn: _write(conn, items), retry=True)  # idempotent
+                await self.db.run(lambda conn: _write(conn, items), retry=True, write=True)
             except DatabaseError as e:
                 for key, entry in items:  # back in, older than anything recorded meanwhile
                     if key not in self._pending:

@@ -100,7 +100,7 @@ class AtomicCounter:
 
         for attempt in range(self.retries + 1):
             try:
-                counted: bool = await self.db.run(work)
+                counted: bool = await self.db.run(work, write=True)
                 return counted
             except DatabaseError as e:
                 if e.errno not in CONFLICT_ERRNOS or attempt >= self.retries:
