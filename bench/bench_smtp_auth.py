@@ -98,15 +98,21 @@ class Bench:
         self.postfix: dict[str, Postfix] = {}
         self.users: dict[str, list[tuple[str, str]]] = {}
         self.rounds: list[dict[str, dict[str, dict[str, float]]]] = []
+        self.sasl_socket = tmp / "sasl" / "auth"
 
     def setup(self) -> None:
+        # As shipped (vmaild.tmpfiles): a 2750 directory of group postfix, so that smtpd
+        # (user postfix) may connect to the 0660 socket vmaild makes there.
+        self.sasl_socket.parent.mkdir()
+        shutil.chown(self.sasl_socket.parent, "root", "postfix")
+        os.chmod(self.sasl_socket.parent, 0o2750)
         self.db.start()
         seed.load_seed(self.db, DBNAME, DBUSER, DBPASSWORD, rows=False)
         conf = (
             f"[database]\nhosts = 127.0.0.1:{self.db.port}\nuser = {DBUSER}\n"
             f"password = {DBPASSWORD}\ndbname = {DBNAME}\n\n"
             f"[auth]\nlisten = unix:{self.tmp}/auth.sock\nrehash = no\n\n"
-            f"[sasl]\nlisten = unix:{self.tmp}/sasl.sock\n\n"
+            f"[sasl]\nlisten = unix:{self.sasl_socket}\n\n"
             f"[mailbox]\nbase = {self.tmp}/vmail\ncreate_maildirs = no\n\n"
             "[log]\nlevel = info\n"
         )
@@ -148,7 +154,7 @@ class Bench:
         self.saslauthd.start()
         common = {"smtpd_sasl_auth_enable": "yes", "broken_sasl_auth_clients": "yes"}
         self.postfix["sasl"] = Postfix(
-            {**common, "smtpd_sasl_type": "dovecot", "smtpd_sasl_path": f"{self.tmp}/sasl.sock"}
+            {**common, "smtpd_sasl_type": "dovecot", "smtpd_sasl_path": str(self.sasl_socket)}
         )
         self.postfix["authdaemond"] = Postfix(
             {**common, "smtpd_sasl_type": "cyrus", "smtpd_sasl_path": "smtpd"}

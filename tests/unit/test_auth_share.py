@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 
 from vmaild.auth.share import HashShare, effective_share
@@ -30,3 +31,33 @@ def test_an_ipv6_client_counts_by_its_64() -> None:
     assert share.admit("c", other_64)
     share.release("a", one)
     assert share.admit("b", same_64)
+
+
+def test_a_door_that_can_wait_gets_the_slot_when_it_is_released() -> None:
+    """Many users' first logins from one address (a NAT, webmail) queue for the client's
+    share instead of failing."""
+    share = HashShare(per_account=2, per_client=1, workers=4)
+    client = ipaddress.ip_address("198.51.100.7")
+
+    async def run() -> list[bool]:
+        assert share.admit("ann@x", client)
+        waiter = asyncio.ensure_future(share.acquire("bob@x", client, wait=5.0))
+        await asyncio.sleep(0)
+        assert not waiter.done()  # over the client's share: waiting, not refused
+        share.release("ann@x", client)
+        got = await waiter
+        late = await share.acquire("cid@x", client, wait=0.05)  # bob holds it: times out
+        now = await share.acquire("dan@x", client, wait=0.0)  # authpipe: never waits
+        return [got, late, now]
+
+    assert asyncio.run(run()) == [True, False, False]
+
+
+def test_trusted_networks_have_no_client_share() -> None:
+    trusted = (ipaddress.ip_network("127.0.0.0/8"),)
+    share = HashShare(per_account=2, per_client=1, workers=4, trusted=trusted)
+    local = ipaddress.ip_address("127.0.0.1")
+    outside = ipaddress.ip_address("192.0.2.9")
+    assert share.counted_client(local) is None
+    assert share.counted_client(outside) == outside
+    assert share.counted_client(None) is None

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import secrets
 import time
@@ -69,6 +70,9 @@ log = logging.getLogger("vmaild.auth")
 REFUSAL_KINDS = frozenset({"address", "login", "busy"})
 # Refusals come fast under attack: one log line per kind this often, with a count.
 REFUSAL_LOG_SECONDS = 10.0
+# How long a door that can wait (SASL) waits for a hashing slot over its share: well
+# within the 10 s Postfix gives a login, with the FAIL delay on top.
+SHARE_WAIT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +122,12 @@ class LoginService:
         self.metrics = metrics
         self.rows = AccountRows(cfg, db, clock, fit)
         self.hasher = Hasher(ac.hash_workers, ac.password_scheme, ac.password_rounds, metrics)
-        self.share = HashShare(ac.hash_share_account, ac.hash_share_client, self.hasher.workers)
+        self.share = HashShare(
+            ac.hash_share_account,
+            ac.hash_share_client,
+            self.hasher.workers,
+            tuple(ipaddress.ip_network(n, strict=False) for n in ac.trusted_networks),
+        )
         self.verified = VerifiedLogins(ac.login_cache_ttl, ac.login_cache_size, clock)
         # (guard key, password digest) of failures told to the guard: the same wrong
         # password again is no new guess (a client retrying a stale saved password, or
@@ -206,7 +215,7 @@ class LoginService:
             return await self._succeeded(at, key, account, "app password")
         if access != "on":
             return await self._fail_at_dummy_cost(at, key, "needs an app password")
-        ok = await self._verify(key, req.client, password, account.password)
+        ok = await self._verify(key, req, password, account.password)
         if ok is None:
             return self._refused(at, "busy", True)
         if not ok:
@@ -248,13 +257,13 @@ class LoginService:
 
     # -- hashing ---------------------------------------------------------------------------
 
-    async def _verify(
-        self, key: str, client: Client | None, password: str, stored: str
-    ) -> bool | None:
-        """The verification, within the shares; None: over a share, nothing hashed."""
+    async def _verify(self, key: str, req: LoginRequest, password: str, stored: str) -> bool | None:
+        """The verification, within the shares; None: over a share, nothing hashed. A
+        door that can wait waits for a slot (share.py), at most SHARE_WAIT seconds."""
         if passwords.is_cheap(stored):  # inline, microseconds: no pool slot taken
             return await self.hasher.verify(password, stored)
-        if not self.share.admit(key, client):
+        client = self.share.counted_client(req.client)
+        if not await self.share.acquire(key, client, SHARE_WAIT if req.can_wait else 0.0):
             return None
         try:
             return await self.hasher.verify(password, stored)
@@ -278,10 +287,7 @@ class LoginService:
         self, at: _Attempt, key: str, reason: str, known: bool = True
     ) -> LoginResult:
         if at.cram is None:  # CRAM hashes nothing, whatever the account
-            if (
-                await self._verify(key, at.req.client, at.req.password, await self.dummy_hash())
-                is None
-            ):
+            if await self._verify(key, at.req, at.req.password, await self.dummy_hash()) is None:
                 return self._refused(at, "busy", known)
         return await self._failed(at, key, reason, known)
 
