@@ -410,3 +410,33 @@ async def test_database_errors_of_the_plug_ins(tmp_path: Path) -> None:
     service, db = core(tmp_path, app_passwords=DownApps("x"))
     db.add(ALICE, SHA.hash("pw"))
     assert (await service.login(req(ALICE, "pw"))).outcome is Outcome.TEMPFAIL
+
+
+@aio
+async def test_several_logins_at_once_with_the_same_password_share_one_verification(
+    tmp_path: Path,
+) -> None:
+    """A mail client opening five connections at once (after a restart or a password
+    change: nothing cached) must not find its account's share taken by its own logins."""
+    service, db = make_service(tmp_path, "rehash = no\n")
+    db.add(ALICE, SHA.hash("pw"))
+    release = asyncio.Event()
+    real_verify = service.hasher.verify
+    hashed: list[str] = []
+
+    async def slow(password: str, stored: str) -> bool:
+        hashed.append(password)
+        await release.wait()
+        return await real_verify(password, stored)
+
+    service.hasher.verify = slow  # type: ignore[method-assign]
+    auth = codec.Auth("imap", "login", f"{ALICE}\npw\n".encode())
+    logins = [asyncio.create_task(service.answer(auth)) for _ in range(5)]
+    while not hashed:
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    release.set()
+    replies = await asyncio.wait_for(asyncio.gather(*logins), 5)
+    assert all(r.endswith(b".\n") for r in replies)  # all five log in
+    assert hashed == ["pw"]  # one verification
+    assert metric(service.metrics, "vmaild_login_refusals_total", kind="busy") == 0

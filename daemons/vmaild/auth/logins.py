@@ -144,6 +144,8 @@ class LoginService:
         # A refused attempt at a door that can wait waits this long (nothing shared held).
         self.refusal_delay = ac.fail_delay_max
         self._dummy: asyncio.Future[str] | None = None
+        # Verifications under way by (key, stored hash, password digest): see _verify.
+        self._inflight: dict[tuple[str, str, bytes], asyncio.Future[bool | None]] = {}
         self._refusal_log = {
             kind: Throttle(REFUSAL_LOG_SECONDS, clock) for kind in (*REFUSAL_KINDS, "other")
         }
@@ -258,10 +260,27 @@ class LoginService:
     # -- hashing ---------------------------------------------------------------------------
 
     async def _verify(self, key: str, req: LoginRequest, password: str, stored: str) -> bool | None:
-        """The verification, within the shares; None: over a share, nothing hashed. A
-        door that can wait waits for a slot (share.py), at most SHARE_WAIT seconds."""
+        """The verification, within the shares; None: over a share, nothing hashed.
+
+        The same password for the same stored hash already being verified is not hashed
+        again: the attempt waits for that verification's answer (a mail client opening
+        several connections at once after a restart or a password change would otherwise
+        find its account's share taken by its own logins, and fail)."""
         if passwords.is_cheap(stored):  # inline, microseconds: no pool slot taken
             return await self.hasher.verify(password, stored)
+        slot = (key, stored, self.verified.digest(password))
+        running = self._inflight.get(slot)
+        if running is None:
+            running = asyncio.ensure_future(self._verify_shared(key, req, password, stored))
+            self._inflight[slot] = running
+            running.add_done_callback(lambda _: self._inflight.pop(slot, None))
+        return await asyncio.shield(running)
+
+    async def _verify_shared(
+        self, key: str, req: LoginRequest, password: str, stored: str
+    ) -> bool | None:
+        """A door that can wait waits for a slot over its share (share.py), at most
+        SHARE_WAIT seconds; one that cannot gets None at once."""
         client = self.share.counted_client(req.client)
         if not await self.share.acquire(key, client, SHARE_WAIT if req.can_wait else 0.0):
             return None
