@@ -30,6 +30,15 @@ def connect(cfg: DatabaseConfig, host: DatabaseHost) -> pymysql.connections.Conn
         cursorclass=pymysql.cursors.Cursor,
     )
     _limit_statement_time(raw, cfg.query_timeout)
+    if cfg.wsrep_sync_wait:
+        # Galera: causal reads on this session (README "Galera"). An error is the
+        # connection's: a server without wsrep refuses it, and that is a misconfiguration.
+        try:
+            with raw.cursor() as cur:
+                cur.execute(f"SET SESSION wsrep_sync_wait = {int(cfg.wsrep_sync_wait)}")
+        except pymysql.err.Error:
+            raw.close()
+            raise
     return raw
 
 

@@ -87,6 +87,9 @@ class DatabaseConfig(Section):
     # (lagcheck.py), only when some read host is not a write host; 0 switches it off.
     max_lag: float = _num(30.0, 0, 86400)
     lag_check_interval: float = _num(2.0, 0, 3600)
+    # Galera only: SET SESSION wsrep_sync_wait on every connection (1: reads wait until
+    # the node has applied what the cluster committed before them; README "Galera").
+    wsrep_sync_wait: int = _num(0, 0, 15)
 
     @property
     def writers(self) -> tuple[DatabaseHost, ...]:

@@ -260,3 +260,11 @@ def test_write_hosts_default_to_hosts_and_replicas_are_seen() -> None:
     assert db.replicated and db.max_lag == 5.0
     with pytest.raises(ConfigError, match=r"\[database\] max_lag"):
         config.parse(BASE.replace("dbname = mail_system", "dbname = x\nmax_lag = -1"))
+
+
+def test_wsrep_sync_wait_is_bounded() -> None:
+    assert config.parse(BASE).database.wsrep_sync_wait == 0
+    text = BASE.replace("dbname = mail_system", "dbname = mail_system\nwsrep_sync_wait = 1")
+    assert config.parse(text).database.wsrep_sync_wait == 1
+    with pytest.raises(ConfigError, match=r"\[database\] wsrep_sync_wait"):
+        config.parse(BASE.replace("dbname = mail_system", "dbname = x\nwsrep_sync_wait = 16"))
