@@ -28,6 +28,7 @@ import shutil
 import socket
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,33 @@ def netstring(data: bytes) -> bytes:
     return b"%d:%s," % (len(data), data)
 
 
+class SaslConnection:
+    """Postfix's side of Dovecot's SASL protocol (PROTOCOLS.md 6) after the handshake."""
+
+    def __init__(self, s: socket.socket) -> None:
+        self.s = s
+        self.request_id = 0
+        self.buffer = b""
+
+    def auth(self, login: str, password: str, client: str = SASL_CLIENT) -> str:
+        """One AUTH PLAIN as smtpd sends it: the reply's first field (OK, FAIL), or "" if
+        vmaild closed the connection (its answer to a temporary failure)."""
+        self.request_id += 1
+        resp = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+        fields = ["AUTH", str(self.request_id), "PLAIN", "service=smtp", "nologin"]
+        fields += ["lip=127.0.0.1", f"rip={client}", f"resp={resp}"]
+        self.s.sendall("\t".join(fields).encode() + b"\n")
+        while b"\n" not in self.buffer:
+            chunk = self.s.recv(4096)
+            if not chunk:
+                return ""
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        status, request_id = line.decode().split("\t")[:2]
+        assert request_id == str(self.request_id), line
+        return status
+
+
 @dataclass
 class Clients:
     """Talks to one vmaild: socketmap, auth socket, policy service and control socket."""
@@ -217,41 +245,31 @@ class Clients:
             hello += chunk
         return s, hello
 
-    def sasl(self, login: str, password: str, client: str = SASL_CLIENT) -> str:
-        """One SMTP AUTH PLAIN as Postfix's smtpd asks it over [sasl] (PROTOCOLS.md 6): the
-        reply's first field (OK, FAIL), or "" if vmaild closed (a temporary failure)."""
+    @contextmanager
+    def smtpd(self) -> Iterator[SaslConnection]:
+        """One connection to [sasl], held as Postfix's smtpd holds it (every login of the
+        round on it: with max_connections = 1 a second one is refused). On leaving, waits
+        until vmaild has counted it out, so that the next round's is not refused."""
         s, hello = self._sasl_connect()
-        with s:
-            assert hello.startswith(b"VERSION\t"), hello
-            resp = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
-            s.sendall(
-                b"VERSION\t1\t0\nCPID\t4242\n"
-                + f"AUTH\t1\tPLAIN\tservice=smtp\tnologin\tlip=127.0.0.1\trip={client}"
-                f"\tresp={resp}\n".encode()
-            )
-            reply = b""
-            while not reply.endswith(b"\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    return ""
-                reply += chunk
-        return reply.decode().split("\t", 1)[0]
-
-    def sasl_refused(self) -> None:
-        """A second connection to [sasl] while one is open: over max_connections = 1, so
-        vmaild closes it at once; then wait until the first one is counted out again."""
-        held, hello = self._sasl_connect()
-        with held:
-            assert hello.endswith(b"DONE\n"), hello
-            second, nothing = self._sasl_connect()
-            second.close()
-            assert nothing == b"", nothing
+        try:
+            assert hello.startswith(b"VERSION\t") and hello.endswith(b"DONE\n"), hello
+            s.sendall(b"VERSION\t1\t0\nCPID\t4242\n")
+            yield SaslConnection(s)
+        finally:
+            s.close()
         wait_until(
             lambda: 'vmaild_connections{listener="sasl"} 0.0' in self.metrics(),
             10,
-            "vmaild to close the held SASL connection",
+            "vmaild to close the SASL connection",
             interval=0.05,
         )
+
+    def sasl_refused(self) -> None:
+        """Another connection to [sasl] while smtpd() holds one: over max_connections, so
+        vmaild closes it at once, before its handshake."""
+        second, nothing = self._sasl_connect()
+        second.close()
+        assert nothing == b"", nothing
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -306,16 +324,18 @@ def traffic_with_database(c: Clients) -> None:
 
 
 def guard_traffic(c: Clients) -> None:
-    """SMTP AUTH over [sasl]: a login that works; an app password's shape that matches none;
-    three wrong passwords (each different: a repeated one is not counted again) for one
-    login from one address. block_pair_after = 2: the second failure starts a pair block
-    (and is delayed, fail_delay_after = 2), the third is refused before any hashing; in
-    the second round all three are refused. Then one connection over max_connections."""
-    assert c.sasl(USER, PASSWORD) == "OK"
-    assert c.sasl(USER, NOT_AN_APP_PASSWORD) == "FAIL"
-    for n in range(3):
-        assert c.sasl("mallory@example.test", f"guess-{n}") == "FAIL"
-    c.sasl_refused()
+    """SMTP AUTH over [sasl], on one connection: a login that works; an app password's
+    shape that matches none; three wrong passwords (each different: a repeated one is not
+    counted again) for one login from one address. block_pair_after = 2: the second
+    failure starts a pair block (and is delayed, fail_delay_after = 2), the third is
+    refused before any hashing; in the second round all three are refused. Meanwhile a
+    second connection, over max_connections."""
+    with c.smtpd() as smtpd:
+        assert smtpd.auth(USER, PASSWORD) == "OK"
+        assert smtpd.auth(USER, NOT_AN_APP_PASSWORD) == "FAIL"
+        for n in range(3):
+            assert smtpd.auth("mallory@example.test", f"guess-{n}") == "FAIL"
+        c.sasl_refused()
 
 
 def traffic_without_database(c: Clients) -> None:
