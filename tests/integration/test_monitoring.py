@@ -7,18 +7,28 @@ API (with the dashboard's variables set as Grafana would: all instances, a rate 
 spans the traffic), and the alerts that the outage should raise must be pending or firing
 on vmaild's real series (the unit tests in vmaild.rules.test.yml use series written by
 hand: this catches a metric or label name the rules get wrong). No expression is exempt:
-the traffic covers each one (stale answers, errors, fail actions and database errors come
-from the outage; reloads, flushes, rehashes and the failure limit from the first phase).
+the traffic covers each one (stale answers, errors, fail actions, database errors and the
+guard counting locally come from the outage; reloads, flushes, rehashes, the failure limit,
+SMTP AUTH, the guard's failures, delays, blocks and refusals, app password checks, a refused
+connection and a change log drop from the first phase).
+
+The database is listed twice in ``[database] hosts``, over TCP (the writer, reads go there
+first) and over its unix socket (write_hosts leaves it out): to vmaild that is a replica,
+so the lag check measures it (a replica that is never behind) and the "Several hosts" row
+has its series without a second server.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
 import shutil
 import socket
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +55,19 @@ DASHBOARD = MONITORING / "vmaild-dashboard.json"
 #: window long enough to span the whole test (a few seconds of traffic, scraped every 1 s).
 VARIABLES = {"$__rate_interval": "2m", "$job": "vmaild", "$instance": ".+"}
 #: Alerts the outage must raise (pending or firing: their "for" is minutes long).
-OUTAGE_ALERTS = {"VmaildDatabaseDown", "VmaildServingStale", "VmaildPolicyFailActions"}
+OUTAGE_ALERTS = {
+    "VmaildDatabaseDown",
+    "VmaildServingStale",
+    "VmaildPolicyFailActions",
+    "VmaildLoginGuardLocal",
+}
 
 USER, PASSWORD = "sales@raecoo.com", seed.SEED_USERS["sales@raecoo.com"]
+#: The SMTP client's address Postfix passes on (rip=): known and not trusted, so the guard
+#: counts failures under the address, the login and the pair.
+SASL_CLIENT = "192.0.2.66"
+#: Has an app password's shape (auth/app_secrets.py), so the app passwords are looked up.
+NOT_AN_APP_PASSWORD = "abcde-fghij-klmno-pqrst"
 
 
 # -- promtool --------------------------------------------------------------------------------
@@ -134,6 +154,33 @@ def netstring(data: bytes) -> bytes:
     return b"%d:%s," % (len(data), data)
 
 
+class SaslConnection:
+    """Postfix's side of Dovecot's SASL protocol (PROTOCOLS.md 6) after the handshake."""
+
+    def __init__(self, s: socket.socket) -> None:
+        self.s = s
+        self.request_id = 0
+        self.buffer = b""
+
+    def auth(self, login: str, password: str, client: str = SASL_CLIENT) -> str:
+        """One AUTH PLAIN as smtpd sends it: the reply's first field (OK, FAIL), or "" if
+        vmaild closed the connection (its answer to a temporary failure)."""
+        self.request_id += 1
+        resp = base64.b64encode(f"\0{login}\0{password}".encode()).decode()
+        fields = ["AUTH", str(self.request_id), "PLAIN", "service=smtp", "nologin"]
+        fields += ["lip=127.0.0.1", f"rip={client}", f"resp={resp}"]
+        self.s.sendall("\t".join(fields).encode() + b"\n")
+        while b"\n" not in self.buffer:
+            chunk = self.s.recv(4096)
+            if not chunk:
+                return ""
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        status, request_id = line.decode().split("\t")[:2]
+        assert request_id == str(self.request_id), line
+        return status
+
+
 @dataclass
 class Clients:
     """Talks to one vmaild: socketmap, auth socket, policy service and control socket."""
@@ -142,6 +189,8 @@ class Clients:
     policy_port: int
     auth_sock: Path
     control_sock: Path
+    sasl_port: int
+    metrics_port: int
 
     def lookup(self, name: str, key: str) -> bytes:
         """One socketmap request; the reply's payload (b"OK ...", b"NOTFOUND ", b"TEMP ...")."""
@@ -183,6 +232,50 @@ class Clients:
 
     def flush(self) -> bytes:
         return self._unix(self.control_sock, b"flush\n")
+
+    def _sasl_connect(self) -> tuple[socket.socket, bytes]:
+        """A connection to [sasl] and the server's handshake (it speaks first, up to DONE);
+        b"" if vmaild closed it at once (max_connections reached)."""
+        s = socket.create_connection(("127.0.0.1", self.sasl_port), timeout=10)
+        hello = b""
+        while not hello.endswith(b"DONE\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            hello += chunk
+        return s, hello
+
+    @contextmanager
+    def smtpd(self) -> Iterator[SaslConnection]:
+        """One connection to [sasl], held as Postfix's smtpd holds it (every login of the
+        round on it: with max_connections = 1 a second one is refused). On leaving, waits
+        until vmaild has counted it out, so that the next round's is not refused."""
+        s, hello = self._sasl_connect()
+        try:
+            assert hello.startswith(b"VERSION\t") and hello.endswith(b"DONE\n"), hello
+            s.sendall(b"VERSION\t1\t0\nCPID\t4242\n")
+            yield SaslConnection(s)
+        finally:
+            s.close()
+        wait_until(
+            lambda: 'vmaild_connections{listener="sasl"} 0.0' in self.metrics(),
+            10,
+            "vmaild to close the SASL connection",
+            interval=0.05,
+        )
+
+    def sasl_refused(self) -> None:
+        """Another connection to [sasl] while smtpd() holds one: over max_connections, so
+        vmaild closes it at once, before its handshake."""
+        second, nothing = self._sasl_connect()
+        second.close()
+        assert nothing == b"", nothing
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body: bytes = r.read()
+        return body.decode()
 
     def policy(self, **attrs: str) -> str:
         """One policy request (PROTOCOLS.md section 3); the action, or "" if closed."""
@@ -227,14 +320,33 @@ def traffic_with_database(c: Clients) -> None:
     assert c.policy(recipient=USER, sender="someone@example.net") == "DUNNO"
     action = c.policy(recipient=USER, sender="alice@example.test", sasl_username=USER)
     assert action.startswith("553 "), action
+    guard_traffic(c)
+
+
+def guard_traffic(c: Clients) -> None:
+    """SMTP AUTH over [sasl], on one connection: a login that works; an app password's
+    shape that matches none; three wrong passwords (each different: a repeated one is not
+    counted again) for one login from one address. block_pair_after = 2: the second
+    failure starts a pair block (and is delayed, fail_delay_after = 2), the third is
+    refused before any hashing; in the second round all three are refused. Meanwhile a
+    second connection, over max_connections."""
+    with c.smtpd() as smtpd:
+        assert smtpd.auth(USER, PASSWORD) == "OK"
+        assert smtpd.auth(USER, NOT_AN_APP_PASSWORD) == "FAIL"
+        for n in range(3):
+            assert smtpd.auth("mallory@example.test", f"guess-{n}") == "FAIL"
+        c.sasl_refused()
 
 
 def traffic_without_database(c: Clients) -> None:
     """The same while the database is down: a stale answer (found before, expired since:
-    ttl = 1), a temporary error, a login that fails temporarily, policy fail actions."""
+    ttl = 1), a temporary error, logins that fail temporarily (a wrong password for a login
+    verified before too: no verdict on stale data; the guard, unable to read its table,
+    counts locally), policy fail actions."""
     assert c.lookup("mailboxes", USER) == b"OK raecoo.com/sales/"
     assert c.lookup("mailboxes", "new@raecoo.com").startswith(b"TEMP")
     assert c.login("bob@example.test", "bob-pw22") == b""
+    assert c.login(USER, "not-the-password") == b""
     c.policy(recipient=USER, sender="alice@example.test", sasl_username=USER)
 
 
@@ -259,9 +371,12 @@ def vmaild_config(db: seed.SeedDatabase, base: Path, ports: dict[str, int]) -> s
         metrics_port=ports["metrics"],
         control_path=str(base / "control.sock"),
         cache="ttl = 1\nnegative_ttl = 1\nstale_ttl = 3600",
+        db_hosts=f"127.0.0.1:{db.mariadb.port}, unix:{db.mariadb.socket}",
+        database=f"write_hosts = 127.0.0.1:{db.mariadb.port}\nlag_check_interval = 0.5",
         extra=(
             f"[auth]\nlisten = unix:{base / 'auth.sock'}\npassword_rounds = 5000\n"
-            "fail_delay = 0.05\nfail_delay_max = 0.1\n\n"
+            "fail_delay = 0.05\nfail_delay_max = 0.1\nblock_pair_after = 2\n\n"
+            f"[sasl]\nlisten = 127.0.0.1:{ports['sasl']}\nmax_connections = 1\n\n"
             f"[policy]\nlisten = 127.0.0.1:{ports['policy']}\n\n"
             f"[mailbox]\nbase = {base / 'vmail'}\n"
         ),
@@ -276,10 +391,34 @@ def series_total(metrics_text: str, family: str) -> float:
     return 0.0
 
 
+def changed(db: seed.SeedDatabase, c: Clients, n: int) -> None:
+    """A forwarding added behind vmaild's back: the table's trigger logs the key, and the
+    change feed (check_interval, 1 s) applies it as a targeted drop. Waits for the drop."""
+    before = series_total(c.metrics(), "vmaild_cache_drops")
+    db.mariadb.query(
+        "INSERT INTO forwardings (source, destination) VALUES (%s, %s)",
+        (f"monitor-{n}@raecoo.com", USER),
+        database=db.dbname,
+    )
+    wait_until(
+        lambda: series_total(c.metrics(), "vmaild_cache_drops") > before,
+        20,
+        "vmaild to apply the change log as a targeted drop",
+        interval=0.1,
+    )
+
+
 def scraped(prom: Prometheus, v: Vmaild, metrics_port: int) -> None:
     """Wait until Prometheus holds a sample taken after everything vmaild counted so far."""
     text = v.metrics_text(metrics_port)
-    for family in ("vmaild_lookups", "vmaild_auth_requests", "vmaild_policy_decisions"):
+    families = (
+        "vmaild_lookups",
+        "vmaild_auth_requests",
+        "vmaild_policy_decisions",
+        "vmaild_sasl_requests",
+        "vmaild_cache_drops",
+    )
+    for family in families:
         want = series_total(text, family)
 
         def seen(family: str = family, want: float = want) -> bool:
@@ -302,12 +441,22 @@ def without_data(prom: Prometheus) -> list[str]:
 def test_every_dashboard_expression_returns_data(own_mariadb: MariaDB) -> None:
     db = seed.load_seed(own_mariadb)
     base = shared_tempdir("vmaild-monitoring-")
-    ports = {"socketmap": free_port(), "policy": free_port(), "metrics": free_port()}
+    ports = {
+        "socketmap": free_port(),
+        "policy": free_port(),
+        "metrics": free_port(),
+        "sasl": free_port(),
+    }
     config = vmaild_config(db, base, ports)
     vmaild = Vmaild(config, base / "vmaild")
     vmaild.migrate()
     clients = Clients(
-        ports["socketmap"], ports["policy"], base / "auth.sock", base / "control.sock"
+        ports["socketmap"],
+        ports["policy"],
+        base / "auth.sock",
+        base / "control.sock",
+        ports["sasl"],
+        ports["metrics"],
     )
     target = f"127.0.0.1:{ports['metrics']}"
     try:
@@ -320,9 +469,10 @@ def test_every_dashboard_expression_returns_data(own_mariadb: MariaDB) -> None:
             )
             # Twice, each scraped: most labelled series exist only from their first
             # increment, and a rate or increase needs a rise after the first sample.
-            for _ in range(2):
+            for n in range(2):
                 v.reload()  # reloads_total{result="ok"}; a reload empties the cache: first
                 traffic_with_database(clients)
+                changed(db, clients, n)
                 scraped(prom, v, ports["metrics"])
             assert not [r for r in v.log().splitlines() if "Traceback" in r]
 
