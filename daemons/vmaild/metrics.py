@@ -260,6 +260,15 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        # The guard's series exist from the start at 0, so that the first block after a
+        # start is an increase a rate or an alert sees (monitoring/vmaild.rules.yml).
+        for kind in ("address", "login", "pair"):
+            self.guard_failures.labels(kind)
+            self.guard_blocks.labels(kind)
+        for kind in ("address", "login", "pair", "early"):
+            self.guard_refusals.labels(kind)
+        for kind in ("login", "address", "busy", "other"):
+            self.login_refusals.labels(kind)
         # Policy
         self.policy_decisions = Counter(
             "vmaild_policy_decisions",
