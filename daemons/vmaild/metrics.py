@@ -267,7 +267,7 @@ class Metrics:
             self.guard_blocks.labels(kind)
         for kind in ("address", "login", "pair", "early"):
             self.guard_refusals.labels(kind)
-        for kind in ("login", "address", "busy", "other"):
+        for kind in ("login", "address", "pair", "early", "busy", "other"):
             self.login_refusals.labels(kind)
         # Policy
         self.policy_decisions = Counter(

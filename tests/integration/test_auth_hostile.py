@@ -80,11 +80,15 @@ def timed(fn: Callable[[], bytes]) -> tuple[float, bytes]:
 
 
 def refusals(stack: Stack, kind: str) -> float:
-    prefix = f'vmaild_login_refusals_total{{kind="{kind}"}}'
+    """Refusals of ``kind``; "login": by the login's own failures, a block or an attempt
+    back before its delay ("early": the authpipe door cannot wait)."""
+    total = 0.0
+    kinds = ("login", "early") if kind == "login" else (kind,)
     for line in stack.vmaild.metrics_text(stack.metrics_port).splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
-    return 0.0
+        for k in kinds:
+            if line.startswith(f'vmaild_login_refusals_total{{kind="{k}"}}'):
+                total += float(line.split()[-1])
+    return total
 
 
 # -- (a) timing ----------------------------------------------------------------------------

@@ -194,6 +194,7 @@ def test_init_on_an_empty_database(make_ctl: Callable[..., Ctl]) -> None:
         "login_history",
         "vmaild_changes",
         "vmaild_change_log",
+        "vmaild_heartbeat",
         "vmaild_schema",
     }
     assert status["change_log"].startswith("0 rows, newest id -")

@@ -67,7 +67,7 @@ from .share import HashShare
 
 log = logging.getLogger("vmaild.auth")
 # Refusal kinds that become metric labels; a guard's other answers are "other".
-REFUSAL_KINDS = frozenset({"address", "login", "busy"})
+REFUSAL_KINDS = frozenset({"address", "login", "pair", "early", "busy"})
 # Refusals come fast under attack: one log line per kind this often, with a count.
 REFUSAL_LOG_SECONDS = 10.0
 # How long a door that can wait (SASL) waits for a hashing slot over its share: well
