@@ -935,3 +935,16 @@ def test_a_running_vmaild_sees_changes_at_once(migrated: Ctl, service_tmp: Path)
             "the daemon to notice a hand-typed DELETE",
         )
         assert flushes(v.metrics_text(metrics_port)).get("change", 0) == 0
+
+
+def test_user_passwords_are_hashed_as_auth_says(make_ctl: Callable[..., Ctl]) -> None:
+    """vmailctl stores the hash vmaild would: [auth] password_scheme and password_rounds."""
+    c = make_ctl(extra="[auth]\npassword_rounds = 6000\n")
+    c.ok("db", "init")
+    c.ok("domain", "add", "rounds.example")
+    c.add_user("u@rounds.example", "pw-one")
+    (stored,) = c.query("SELECT password FROM users WHERE email = 'u@rounds.example'")[0]
+    assert stored.startswith("$6$rounds=6000$"), stored
+    c.ok("user", "password", "u@rounds.example", "--password-stdin", stdin="pw-two\n")
+    (stored,) = c.query("SELECT password FROM users WHERE email = 'u@rounds.example'")[0]
+    assert stored.startswith("$6$rounds=6000$"), stored

@@ -31,10 +31,12 @@ def read_password(stdin: TextIO, from_stdin: bool, who: str) -> str:
     return password
 
 
-def hashed(password: str, scheme: str) -> str:
+def hashed(password: str, scheme: str, rounds: int = 0) -> str:
+    """The hash vmaild itself would store: ``[auth] password_scheme`` and
+    ``password_rounds`` (0: passlib's default cost)."""
     from ..passwords import hash_password  # passlib's handlers load slowly; only when hashing
 
     try:
-        return hash_password(password, scheme)
+        return hash_password(password, scheme, rounds)
     except (ValueError, RuntimeError) as e:  # unknown scheme, missing hash backend
         raise Refused(f"cannot hash the password: {e}") from None

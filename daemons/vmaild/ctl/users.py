@@ -156,7 +156,9 @@ def cmd_add(ctx: Context, args: argparse.Namespace) -> None:
     # Check before asking for a password: a refusal after typing it twice is rude.
     ctx.run(lambda conn: _check_new(conn, email, domain))
     password = prompt.read_password(ctx.stdin, args.password_stdin, email)
-    hashed = prompt.hashed(password, ctx.config.auth.password_scheme)
+    hashed = prompt.hashed(
+        password, ctx.config.auth.password_scheme, ctx.config.auth.password_rounds
+    )
 
     def work(conn: Any) -> bool:
         with transaction(conn) as cur:
@@ -325,7 +327,9 @@ def cmd_password(ctx: Context, args: argparse.Namespace) -> None:
     email = names.address(args.address)
     ctx.run(lambda conn: _get(conn, email))
     password = prompt.read_password(ctx.stdin, args.password_stdin, email)
-    hashed = prompt.hashed(password, ctx.config.auth.password_scheme)
+    hashed = prompt.hashed(
+        password, ctx.config.auth.password_scheme, ctx.config.auth.password_rounds
+    )
     # The users trigger ignores password-only updates (the auth service rehashes on
     # login); an admin's change must still evict cached logins at once, so bump here.
     ctx.run(
