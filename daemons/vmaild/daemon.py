@@ -239,9 +239,11 @@ class App:
                 raise OSError("[metrics] listen must be host:port")
             assert listen.host is not None and listen.port is not None
             endpoint = MetricsEndpoint(self.metrics.render)
-            await endpoint.start(listen.host, listen.port)
+            sock = self.inherited.take(listen)
+            await endpoint.start(listen.host, listen.port, sock=sock)
             self._metrics_server = endpoint
-            log.info("listening: metrics on %s", listen)
+            passed = " (socket passed by systemd)" if sock is not None else ""
+            log.info("listening: metrics on %s%s", listen, passed)
         self._metrics_listen = listen
 
     # -- lifecycle ---------------------------------------------------------------------------

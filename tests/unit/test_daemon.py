@@ -272,3 +272,28 @@ def test_a_socket_systemd_passed_is_served_and_its_file_outlives_vmaild(tmp_path
     asyncio.run(replaced())
     assert os.stat(own_path).st_ino == identity
     systemd.close()
+
+
+def test_a_tcp_socket_systemd_passed_serves_the_metrics_endpoint() -> None:
+    """host:port listeners match too (here [metrics]): the passed socket is used, so the
+    port systemd holds is not bound a second time (which would fail: EADDRINUSE)."""
+    from vmaild.servers.inherited import InheritedSockets
+
+    systemd = socket.create_server(("127.0.0.1", 0))
+    port = systemd.getsockname()[1]
+    text = CONFIG + f"\n[metrics]\nlisten = 127.0.0.1:{port}\n"
+
+    async def scenario() -> None:
+        app = App(config.parse(text), inherited=InheritedSockets([(systemd.dup(), "metrics")]))
+        try:
+            await app.sync_listeners(app.config)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+            assert (await reader.readline()).startswith(b"HTTP/1.")
+            assert b"vmaild_" in await reader.read()
+            writer.close()
+        finally:
+            await app.stop()
+
+    asyncio.run(scenario())
+    systemd.close()
