@@ -167,6 +167,8 @@ class InheritedSockets:
     def take(self, listen: Listen) -> socket.socket | None:
         """A duplicate of the inherited socket bound to ``listen``'s address, for the
         listener to own (and close); None when systemd passed none for it."""
+        if not self._by_address:
+            return None  # not socket-activated: no name to resolve
         for address in addresses_of(listen):
             if address in self._by_address:
                 self._taken.add(address)
