@@ -34,8 +34,9 @@ from ..values import Listen
 log = logging.getLogger("vmaild.server")
 
 SD_LISTEN_FDS_START = 3
-# ListenStream= with Accept=no hands over listening stream sockets; anything else passed
-# (a datagram socket, a FIFO) is not something a vmaild listener can serve.
+# What a listener can be configured with (unix:/path, host:port). ListenStream= with
+# Accept=no passes listening stream sockets; anything else (ListenDatagram=, a netlink
+# socket) is nothing a vmaild listener can serve.
 _FAMILIES = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
 
 # A socket's address as compared: ("unix", path) or ("inet", ip, port).
