@@ -12,7 +12,7 @@
 #  2. the package: a virtualenv in /opt/vmaild, rebuilt only when the source changed;
 #     vmaild, vmailctl, vmaild-authpipe linked into /usr/local/bin; the maildrop wrapper in
 #     /usr/local/lib/vmaild; README and snippets in /usr/local/share/doc/vmaild;
-#  3. configuration files (vmaild.conf, the systemd unit, tmpfiles.d, sysusers.d, Cyrus
+#  3. configuration files (vmaild.conf, the systemd units, tmpfiles.d, sysusers.d, Cyrus
 #     SASL's smtpd.conf, fail2ban's filter.d/vmaild.conf where fail2ban is installed)
 #     like dpkg conffiles: installed when absent, updated when you did
 #     not edit them, and when you did and the shipped version changed, yours stays and the
@@ -31,8 +31,9 @@
 #     Postfix on Cyrus SASL -> authdaemond (postfix/sasl/smtpd.conf).
 #     Each file is copied to FILE.vmaild-backup before vmaild first changes it;
 #  6. systemd: daemon-reload and the tmpfiles entry applied (authdaemond's socket
-#     directory gets an ACL entry for vmail, systemd/vmaild.tmpfiles). Services are not
-#     started or restarted; the last lines say which ones to restart.
+#     directory gets an ACL entry for vmail, systemd/vmaild.tmpfiles); vmaild.socket
+#     enabled where vmaild.service is (an upgrade). Services are not started or
+#     restarted; the last lines say which ones to restart.
 #
 # Environment: ROOT (staging root, default /), PYTHON (default /usr/bin/python3),
 # VMAILD_HOSTNAME (certificate name; default: Postfix's myhostname, else hostname -f).
@@ -279,6 +280,7 @@ install_conffiles() {
   conffile "$SRC/scripts/vmaild.conf.example" $ETC/vmaild.conf 0640 "root:$vgroup" vmaild
   ensure_sasl_section
   conffile "$SRC/systemd/vmaild.service" /etc/systemd/system/vmaild.service 0644 root:root vmaild
+  conffile "$SRC/systemd/vmaild.socket" /etc/systemd/system/vmaild.socket 0644 root:root vmaild
   conffile "$SRC/systemd/vmaild.tmpfiles" /etc/tmpfiles.d/vmaild.conf 0644 root:root
   conffile "$SRC/systemd/vmaild.sysusers" /etc/sysusers.d/vmaild.conf 0644 root:root
   if [[ -d $ROOT/etc/fail2ban/filter.d ]]; then
@@ -652,6 +654,7 @@ apply_systemd() {
       systemd-tmpfiles --root="$ROOT" --create "$ROOT/etc/tmpfiles.d/vmaild.conf"
       ok "tmpfiles entry applied under $ROOT"
     fi
+    enable_socket_unit --root="$ROOT"
     return
   fi
   if command -v systemd-tmpfiles >/dev/null && [[ -d /run/courier/authdaemon ]]; then
@@ -661,6 +664,26 @@ apply_systemd() {
   if [[ -d /run/systemd/system ]]; then
     systemctl daemon-reload
     ok "systemctl daemon-reload"
+  fi
+  enable_socket_unit
+}
+
+# vmaild.socket holds Postfix's sockets across vmaild's restarts. Enabled here where
+# vmaild.service is (an upgrade; a fresh install enables both with the last line), and
+# not started: a vmaild from before it still has those paths, and would remove the
+# socket unit's files when it stops. The restart the last line asks for does it in order:
+# the running vmaild stops, vmaild.socket starts (vmaild.service requires it), then the
+# new vmaild takes its sockets.
+enable_socket_unit() {
+  local sysroot=("$@")
+  command -v systemctl >/dev/null || return 0
+  systemctl "${sysroot[@]}" is-enabled --quiet vmaild.service 2>/dev/null || return 0
+  if systemctl "${sysroot[@]}" is-enabled --quiet vmaild.socket 2>/dev/null; then
+    ok "vmaild.socket" "enabled"
+  else
+    systemctl "${sysroot[@]}" enable --quiet vmaild.socket
+    changed "vmaild.socket" "enabled: Postfix's sockets stay open while vmaild restarts"
+    want_restart vmaild
   fi
 }
 
@@ -685,7 +708,7 @@ if ((${#restart[@]})); then
     # An upgrade: the admin already set vmaild up.
     log "next: systemctl restart ${restart[*]}"
   else
-    log "next: set [database] in $ETC/vmaild.conf, then: systemctl enable --now vmaild;" \
-        "restart ${restart[*]}"
+    log "next: set [database] in $ETC/vmaild.conf, then:" \
+        "systemctl enable --now vmaild.socket vmaild; restart ${restart[*]}"
   fi
 fi

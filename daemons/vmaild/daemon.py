@@ -31,6 +31,7 @@ from .metrics import Metrics
 from .metrics_http import MetricsEndpoint
 from .schema_fit import SchemaFit
 from .servers.base import ListenerContext, SequentialProtocol, start_listener
+from .servers.inherited import InheritedSockets
 from .servers.limits import fit_descriptor_limit, limits_of
 from .values import ConfigError, Listen
 from .warm import CacheKeeper
@@ -97,8 +98,18 @@ class Runtime:
 class App:
     """What the listeners hold on to; ``runtime`` is swapped on reload."""
 
-    def __init__(self, cfg: Config, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        metrics: Metrics | None = None,
+        inherited: InheritedSockets | None = None,
+    ):
         self.metrics = metrics or Metrics()
+        # Sockets systemd passed (vmaild.socket): used instead of binding, never unlinked.
+        self.inherited = inherited if inherited is not None else InheritedSockets()
+        # The socket files vmaild bound itself, by path: (st_dev, st_ino), so that stop()
+        # unlinks only its own file, never one that replaced it meanwhile (systemd's).
+        self._bound_files: dict[str, tuple[int, int]] = {}
         self.runtime = Runtime.build(cfg, self.metrics)
         self.metrics.watch_cache(lambda: len(self.runtime.cache))
         self.connections: set[SequentialProtocol] = set()
@@ -228,8 +239,16 @@ class App:
                 log.info("closed listener %s on %s", name, listen)
         for name, (listen, factory) in wanted.items():
             if name not in self.listeners:
-                server = await start_listener(listen, factory)
+                sock = self.inherited.take(listen)
+                server = await start_listener(listen, factory, sock=sock)
                 self.listeners[name] = (listen, server)
+                if sock is not None:
+                    log.info("listening: %s on %s (socket passed by systemd)", name, listen)
+                    continue
+                if listen.path is not None:
+                    with contextlib.suppress(OSError):
+                        st = os.stat(listen.path)
+                        self._bound_files[listen.path] = (st.st_dev, st.st_ino)
                 log.info("listening: %s on %s", name, listen)
         await self._sync_metrics_endpoint(cfg)
 
@@ -254,9 +273,11 @@ class App:
                 raise OSError("[metrics] listen must be host:port")
             assert listen.host is not None and listen.port is not None
             endpoint = MetricsEndpoint(self.metrics.render)
-            await endpoint.start(listen.host, listen.port)
+            sock = self.inherited.take(listen)
+            await endpoint.start(listen.host, listen.port, sock=sock)
             self._metrics_server = endpoint
-            log.info("listening: metrics on %s", listen)
+            passed = " (socket passed by systemd)" if sock is not None else ""
+            log.info("listening: metrics on %s%s", listen, passed)
         self._metrics_listen = listen
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -273,6 +294,7 @@ class App:
                 self._version = restored
             self._tasks.append(asyncio.create_task(self.keeper.run(self._cache_state)))
         await self.sync_listeners(self.config)
+        self.inherited.close_unclaimed()
         if rt.auth is not None:
             rt.auth.start()
         self._tasks.append(asyncio.create_task(self._sweep_loop()))
@@ -349,8 +371,7 @@ class App:
                 conn.transport.close()
         for listen, _ in self.listeners.values():
             if listen.path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(listen.path)
+                self._unlink_own(listen.path)
         self.listeners.clear()
         if self._metrics_server is not None:
             self._metrics_server.close()
@@ -359,6 +380,16 @@ class App:
         if self.runtime.auth is not None:
             await self.runtime.auth.aclose()  # the login history still pending
         await loop.run_in_executor(None, self.runtime.close)
+
+    def _unlink_own(self, path: str) -> None:
+        """Remove a socket file vmaild bound itself; systemd's (vmaild.socket keeps it
+        across restarts, so that Postfix's connections wait instead of failing) and any
+        other process's file that replaced ours stay."""
+        identity = self._bound_files.pop(path, None)
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(path)
+            if identity == (st.st_dev, st.st_ino):
+                os.unlink(path)
 
     def _cache_state(self) -> tuple[Cache, Config, Any]:
         """What a snapshot is made of: the cache, its configuration, the poller's baseline
@@ -499,7 +530,7 @@ def sd_notify(state: str) -> None:
 
 async def serve(cfg: Config) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the exit status."""
-    app = App(cfg)
+    app = App(cfg, inherited=InheritedSockets.from_environment())
     try:
         await app.start()
     except OSError as e:

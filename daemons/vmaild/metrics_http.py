@@ -153,8 +153,12 @@ class MetricsEndpoint:
             return b"404 Not Found", b"see /metrics\n", False
         return b"200 OK", None, method == b"HEAD"
 
-    async def start(self, host: str, port: int) -> None:
-        sock = socket.create_server((host, port), backlog=BACKLOG)
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> None:
+        """Listen on ``host:port``, or on ``sock``, already bound there (systemd's)."""
+        if sock is None:
+            sock = socket.create_server((host, port), backlog=BACKLOG)
+        else:
+            sock.listen(BACKLOG)
         sock.setblocking(False)
         self._sock = sock
         self._watch(True)

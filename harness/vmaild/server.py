@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness.common.ports import free_port
 from harness.stack import seed
+from harness.vmaild.activation import ListeningSockets
 
 # The tutorial's four queries, verbatim (the mailboxes one spans two lines, which the INI
 # file keeps as an indented continuation line).
@@ -96,6 +97,7 @@ class Vmaild:
         config: str,
         workdir: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
+        sockets: ListeningSockets | None = None,
     ):
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vmaild-"))
@@ -104,6 +106,8 @@ class Vmaild:
         self.config_path.write_text(config)
         self.log_path = self.workdir / "vmaild.log"
         self.env = env or {}
+        # Passed at every start, the way systemd passes vmaild.socket's (activation.py).
+        self.sockets = sockets
         self.proc: subprocess.Popen[bytes] | None = None
         self._notify: socket.socket | None = None
 
@@ -131,12 +135,16 @@ class Vmaild:
         env = dict(os.environ, NOTIFY_SOCKET=notify_path, **self.env)
         env.pop("VMAILD_CONFIG", None)
         log = open(self.log_path, "ab")
+        argv = [sys.executable, "-m", "vmaild.cli", "serve", "-c", str(self.config_path)]
+        if self.sockets is not None:
+            argv = self.sockets.command(argv)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vmaild.cli", "serve", "-c", str(self.config_path)],
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            pass_fds=self.sockets.pass_fds() if self.sockets is not None else (),
         )
         log.close()
         self.wait_for("READY=1", timeout)

@@ -16,6 +16,7 @@ Counts come from Postfix's maillog (``status=`` lines) and from the Maildirs.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -233,6 +234,17 @@ def test_mariadb_outage(stack: MailStack, capsys: pytest.CaptureFixture[str]) ->
 # -- "no such user" from authdaemond -------------------------------------------------------
 
 
+def wait_held(stack: MailStack, result: Submission, recipient: str) -> None:
+    """Wait until the queue manager has held ``result`` (``status=deferred (deferred
+    transport)``, hold_delivery). It writes that line after the SMTP session has ended, as
+    late as a second or more on a busy machine: a log mark taken before it is written
+    would let the wait for the real delivery attempt match the hold instead."""
+    assert stack.postfix is not None
+    stack.postfix.wait_for_log(
+        rf"{result.queue_id}: to=<{re.escape(recipient)}>.* status=deferred \(deferred transport\)"
+    )
+
+
 def test_authpipe_disabled_defers(stack: MailStack) -> None:
     """authdaemond started while authProg was not executable: authpipe is disabled and every
     lookup answers "no such user" (not a temporary error), so maildrop -a exits 67. The
@@ -242,6 +254,7 @@ def test_authpipe_disabled_defers(stack: MailStack) -> None:
     token = f"[disabled-{uuid.uuid4().hex[:8]}]"
     result = stack.submit(SENDER, "alice@example.test", token)
     assert result.accepted
+    wait_held(stack, result, "alice@example.test")
     AUTHPROG.chmod(0o644)
     try:
         stack.courier.restart_authdaemond()
@@ -268,6 +281,7 @@ def test_mailbox_removed_after_queueing_bounces(stack: MailStack) -> None:
     stack.hold_delivery()
     result = stack.submit(SENDER, gone, "to be bounced")
     assert result.accepted
+    wait_held(stack, result, gone)
     stack.vmailctl("user", "remove", gone)
     mark = stack.postfix.log_mark()
     stack.release_delivery()

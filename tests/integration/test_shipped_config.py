@@ -131,15 +131,19 @@ def test_postconf_n_without_unused_parameters(tmp_root: Path) -> None:
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_root: Path) -> None:
-    """The unit with ExecStart pointing at this virtualenv's vmaild (verify insists that the
-    program exists); no warnings at all."""
+    """The units with ExecStart pointing at this virtualenv's vmaild (verify insists that
+    the program exists, and that the socket unit and the service name each other); no
+    warnings at all."""
     need("systemd-analyze")
     text = (shipped.SYSTEMD_DIR / "vmaild.service").read_text()
     assert "ExecStart=/usr/local/bin/vmaild serve" in text
     unit = tmp_root / "vmaild.service"
     unit.write_text(text.replace("/usr/local/bin/vmaild", str(VENV_VMAILD)))
-    result = run(["systemd-analyze", "verify", str(unit)], check=False)
+    socket_unit = tmp_root / "vmaild.socket"
+    shutil.copy(shipped.SYSTEMD_DIR / "vmaild.socket", socket_unit)
+    result = run(["systemd-analyze", "verify", str(unit), str(socket_unit)], check=False)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert "Requires=vmaild.socket\nAfter=vmaild.socket\n" in text
     for line in (
         "Type=notify",
         "ExecReload=/bin/kill -HUP $MAINPID",
@@ -158,6 +162,40 @@ def test_unit_passes_systemd_analyze_verify(tmp_root: Path) -> None:
     security = run(["systemd-analyze", "security", "--offline=yes", str(unit)], check=False)
     exposure = security.stdout.strip().splitlines()[-1]
     assert "Overall exposure level for vmaild.service: 1." in exposure, exposure
+
+
+def test_socket_unit_holds_the_sockets_vmaild_conf_names_for_postfix() -> None:
+    """vmaild.socket listens where the shipped vmaild.conf's [sasl], [socketmap] and
+    [policy] do (vmaild takes sockets by address), with the modes vmaild itself would give
+    them, and keeps them while vmaild restarts."""
+    from vmaild import config as config_mod
+
+    text = (shipped.SYSTEMD_DIR / "vmaild.socket").read_text()
+    listens = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("Listen")]
+    cfg = config_mod.parse(shipped.VMAILD_CONF_EXAMPLE.read_text())
+    postfix_sockets = [
+        listen.path
+        for listen in (cfg.sasl.listen, cfg.socketmap.listen, cfg.policy.listen)
+        if listen is not None
+    ]
+    assert (
+        listens
+        == postfix_sockets
+        == [
+            "/var/spool/postfix/vmaild/auth",
+            "/var/spool/postfix/vmaild/socketmap",
+            "/var/spool/postfix/vmaild/policy",
+        ]
+    )
+    for line in (
+        "ListenStream=/var/spool/postfix/vmaild/auth",
+        "SocketUser=vmail",
+        "SocketGroup=postfix",
+        "SocketMode=0660",
+        "Service=vmaild.service",
+        "WantedBy=sockets.target",
+    ):
+        assert f"\n{line}\n" in text, line
 
 
 def test_tmpfiles_gives_vmail_the_authdaemond_directory_only(tmp_root: Path) -> None:
@@ -281,6 +319,9 @@ def test_install_twice_then_local_edits(tmp_root: Path) -> None:
     assert oct(conf.stat().st_mode & 0o777) == "0o640" and conf.stat().st_gid == 5000
     assert (r / "etc/systemd/system/vmaild.service").read_text() == (
         shipped.SYSTEMD_DIR / "vmaild.service"
+    ).read_text()
+    assert (r / "etc/systemd/system/vmaild.socket").read_text() == (
+        shipped.SYSTEMD_DIR / "vmaild.socket"
     ).read_text()
     passwd = (r / "etc/passwd").read_text()
     assert "\nvmail:x:5000:5000:" in passwd
@@ -522,6 +563,26 @@ def test_install_points_postfix_where_a_kept_vmaild_conf_listens(tmp_root: Path)
     assert "unix:vmaild/" not in master and "postfix/vmaild/" not in master
     # Run again: the same, nothing to change.
     assert changes(install(tmp_root)) == []
+
+
+def test_install_enables_the_socket_unit_where_vmaild_is_enabled(tmp_root: Path) -> None:
+    """A fresh install leaves enabling to the admin (the last line says how); an upgrade
+    of a host whose vmaild is enabled enables vmaild.socket, without starting anything,
+    and asks for the restart that brings it in (vmaild.service requires it)."""
+    need("postconf", "openssl", "systemd-tmpfiles", "useradd", "systemctl")
+    staging_root(tmp_root)
+    wants = tmp_root / "etc/systemd/system/sockets.target.wants/vmaild.socket"
+    fresh = install(tmp_root)
+    assert not wants.exists() and not wants.is_symlink()
+    assert "then: systemctl enable --now vmaild.socket vmaild; restart " in fresh[-1], fresh
+    run(["systemctl", f"--root={tmp_root}", "enable", "--quiet", "vmaild.service"])
+    upgrade = install(tmp_root)
+    assert changes(upgrade) == [
+        "install: vmaild.socket: changed (enabled: Postfix's sockets stay open while vmaild"
+        " restarts)"
+    ]
+    assert os.readlink(wants) == "/etc/systemd/system/vmaild.socket"
+    assert "install: vmaild.socket: ok (enabled)" in install(tmp_root)
 
 
 def assert_postfix_socket_dir(root: Path) -> None:

@@ -52,6 +52,7 @@ INSERT INTO forwardings (source, destination) VALUES ('info@raecoo.com', 'sales@
 EDITOR = "#!/bin/sh\n# stand-in for the admin's editor: [database] fits as preset\nexit 0\n"
 UNITS = (
     "mariadb",
+    "vmaild.socket",
     "vmaild",
     "postfix",
     "courier-authdaemon",
@@ -325,9 +326,12 @@ def test_vmaild_started_while_mariadb_is_down(host: Host) -> None:
         assert load.ledger.deferred == 0, "known recipients deferred after a warm restart"
         state = host.sh("systemctl show -p ActiveState -p NRestarts vmaild").stdout
         assert "ActiveState=active" in state and "NRestarts=0" in state, state
-        # Cold: no snapshot. Known recipients are deferred now, never bounced.
+        # Cold: no snapshot. Known recipients are deferred now, never bounced. The socket
+        # unit stops too: left listening, Postfix's next lookup would start vmaild again
+        # (from the snapshot) before the rm; starting vmaild starts it again.
         host.sh(
-            "systemctl stop vmaild && rm /var/lib/vmaild/cache.snapshot && systemctl start vmaild"
+            "systemctl stop vmaild.socket vmaild && rm /var/lib/vmaild/cache.snapshot"
+            " && systemctl start vmaild"
         )
         wait_for("deferrals with a cold cache", lambda: load.ledger.deferred >= 3)
         state = host.sh("systemctl show -p ActiveState -p NRestarts vmaild").stdout
@@ -374,6 +378,8 @@ def test_rollback_to_the_seed(host: Host) -> None:
     for step in readme_block("rollback-steps"):
         host.sh(step, timeout=300)
     assert host.run(["systemctl", "is-active", "vmaild"]).stdout.strip() == "inactive"
+    assert host.run(["systemctl", "is-active", "vmaild.socket"]).stdout.strip() == "inactive"
+    assert not host.path("var/spool/postfix/vmaild/auth").exists()  # RemoveOnStop=yes
     assert "proxy:mysql:" in host.run(["postconf", "-h", "virtual_mailbox_maps"]).stdout
     send_some(host, "rollback")
     for user, password in USERS.items():

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -311,13 +313,29 @@ class SequentialProtocol(asyncio.Protocol):
 
 
 async def start_listener(
-    listen: Listen, factory: Callable[[], asyncio.Protocol], mode: int = 0o660
+    listen: Listen,
+    factory: Callable[[], asyncio.Protocol],
+    mode: int = 0o660,
+    sock: socket.socket | None = None,
 ) -> asyncio.Server:
-    """Bind ``listen`` (TCP, or a unix socket with ``mode``) and serve ``factory``.
+    """Bind ``listen`` (TCP, or a unix socket with ``mode``) and serve ``factory``; or
+    serve ``sock``, already bound to it (systemd's, inherited.py: used as it is).
 
     A unix socket appears with its final mode, in a directory nobody else can write to
     (sockets.py); an unsafe directory raises OSError with one line."""
     loop = asyncio.get_running_loop()
+    if sock is not None:
+        try:
+            if sock.family == socket.AF_UNIX:
+                # Python 3.13 would unlink the path when the server closes: it is systemd's.
+                keep: dict[str, Any] = (
+                    {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+                )
+                return await loop.create_unix_server(factory, sock=sock, backlog=1024, **keep)
+            return await loop.create_server(factory, sock=sock, backlog=1024)
+        except BaseException:
+            sock.close()
+            raise
     if listen.path is not None:
         sock = bind_unix(listen.path, mode)
         try:
