@@ -337,10 +337,15 @@ class Creator(threading.Thread):
         return done.returncode == 0
 
     def _op(self, n: int, key: str, add: bool) -> bool:
-        host = self.hosts[n % len(self.hosts)]
+        return self.op(self.hosts[n % len(self.hosts)], key, add)
+
+    def op(self, host: HostEndpoints, key: str, add: bool, pinned: bool = False) -> bool:
+        """One ``vmailctl user add``/``remove`` with ``host``'s configuration (it tells
+        that host), recorded in the ledger; also callable from another thread. A pinned
+        key is looked up until the end of the run."""
         t0 = time.monotonic()
         if add:
-            self.ledger.begin(key)
+            self.ledger.begin(key, pinned)
             ok = self._run(host, "user", "add", key, "--password-stdin", stdin="new-pw-1\n")
         else:
             ok = self._run(host, "user", "remove", key)

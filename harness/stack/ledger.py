@@ -63,11 +63,16 @@ class Ledger:
         self._lock = threading.Lock()
         self._ops: dict[str, list[_Op]] = {}
         self._recent: list[str] = []
+        self._pinned: list[str] = []
 
-    def begin(self, key: str) -> None:
-        """The key may be looked up from now on (its creation is starting)."""
+    def begin(self, key: str, pinned: bool = False) -> None:
+        """The key may be looked up from now on (its creation is starting): while it is
+        among the 4 newest, or for the rest of the run if ``pinned``."""
         with self._lock:
-            self._recent = [*self._recent[-3:], key]
+            if pinned:
+                self._pinned.append(key)
+            else:
+                self._recent = [*self._recent[-3:], key]
 
     def record(
         self, key: str, exists_after: bool, t0: float, t1: float, ok: bool, notified: str
@@ -77,7 +82,7 @@ class Ledger:
 
     def recent(self) -> list[str]:
         with self._lock:
-            return list(self._recent)
+            return [*self._pinned, *self._recent]
 
     def ops(self, key: str) -> list[_Op]:
         with self._lock:

@@ -63,13 +63,14 @@ from tests.integration.conftest import require
 from vmaild.passwords import hash_password
 
 VMAILCTL = Path(sys.executable).parent / "vmailctl"
-MAX_LAG = 2.0
+MAX_LAG = 4.0  # above vmailctl's run time with gtid_wait: lagged@ sees the lagging replica
 RETRY_INTERVAL = 1.0  # config_text's [database] retry_interval
 # Recovery bound: retry_interval plus a margin for a loaded 2-CPU CI machine.
 RECOVERY_BOUND = RETRY_INTERVAL + 9.0
 LIMIT = 20  # recipients per window (3600 s) for one login, counted at RCPT
 FAIL_ACTION = "451 4.3.0 Sending limit check unavailable"
 LOGIN_USER = ("imap-user@example.test", "imap-user-pw-1")
+LAGGED = "lagged@example.test"  # created through host A while its replica lags
 DECOY = "decoy@example.test"  # wrong passwords go here (so the guard never blocks LOGIN_USER)
 EXISTING = {e: mailbox_value(e) for e in SEED_USERS} | {LOGIN_USER[0]: mailbox_value(LOGIN_USER[0])}
 ALIASES = {s: d for s, d in SEED_FORWARDINGS.items() if not s.startswith("@")}
@@ -110,7 +111,7 @@ def host_config(
         socketmap_port=socketmap,
         metrics_port=metrics,
         control_path=str(workdir / "control.sock"),
-        cache="ttl = 1\nnegative_ttl = 1\ncheck_interval = 0.5\ngtid_wait = 2",
+        cache="ttl = 1\nnegative_ttl = 1\ncheck_interval = 0.5\ngtid_wait = 1",
         extra=(
             f"[auth]\nlisten = unix:{auth}\npassword_rounds = 5000\nlogin_cache_ttl = 0\n"
             "fail_delay = 0.1\nfail_delay_max = 0.2\n"
@@ -265,6 +266,13 @@ class Phases:
         p = self.begin("3 lag", "sender3@example.test", fault="stop replica1's SQL thread")
         p.fault_start = self.mark()
         topo.stop_sql_thread(r1)
+        # A mailbox created through host A now: A is told, its replica lags (4xx, never
+        # "not found", until a read host has it).
+        assert self.creator.op(hosts["A"].endpoints, LAGGED, True, pinned=True)
+        p.notes.append(
+            f"lagged@example.test created through host A at "
+            f"{time.monotonic() - (p.fault_start or 0):.2f}s (vmailctl waited for A's replica)"
+        )
         self.when(p, "host A reads from replica2", lambda: hosts["A"].reading_from(r2))
         self.hold(MAX_LAG, lambda: self.reached(p.fault_start or 0), "p3")
         topo.start_sql_thread(r1)
@@ -320,10 +328,12 @@ def test_two_hosts_under_load_through_primary_lag_and_replica_faults(
     by = {(p.name, h): figures(p, h, load.answers, ledger) for p in phases.phases for h in HOSTS}
     counters = policy_totals(run, phases.phases, load.answers)
     ops = ledger.operations()
+    lagged, lagged_found = lagged_figures(load.answers, ledger)
     text = "\n".join(
         [
             table(phases.phases, list(HOSTS), by),
             *counters.lines,
+            lagged,
             f"vmailctl: {sum(op.ok for op in ops)} commands ok, {len(creator.failures)} failed"
             f" (the primary down); {len(load.answers)} answers in all",
         ]
@@ -332,11 +342,32 @@ def test_two_hosts_under_load_through_primary_lag_and_replica_faults(
     print("\n" + text)
 
     problems = check(phases.phases, by, counters)
+    if not lagged_found:
+        problems.append(f"host A never found {LAGGED} once its replica caught up")
     for host in run.hosts.values():
         assert host.vmaild.proc is not None and host.vmaild.proc.poll() is None, host.name
         if "Traceback" in host.vmaild.log():
             problems.append(f"host {host.name} logged a traceback")
     assert not problems, "\n".join(problems) + "\n\n" + text
+
+
+def lagged_figures(answers: list[Answer], ledger: Ledger) -> tuple[str, bool]:
+    """How host A answered for the mailbox created through it while its replica lagged,
+    counted from vmailctl's return; and whether it was found in the end."""
+    key = LAGGED
+    ops = ledger.ops(key)
+    if not ops:
+        return f"{key}: not created", False
+    done = ops[0].t1
+    mine = [a for a in answers if a.host == "A" and a.key == key and a.t0 >= done]
+    temp = [a.t1 - done for a in mine if a.outcome == "4xx"]
+    found = [a.t1 - done for a in mine if a.outcome == "found"]
+    missing = sum(1 for a in mine if a.outcome == "notfound")
+    return (
+        f"{key} (created through host A while replica1 lagged), host A after vmailctl returned: "
+        f"{len(temp)} 4xx (last at {max(temp, default=0):.2f}s), {missing} not found, "
+        f"first found at {min(found, default=float('nan')):.2f}s"
+    ), bool(found)
 
 
 @dataclass
