@@ -18,7 +18,8 @@ minimum time and until the load reached the hosts during it (counts, not only ti
 after it, until each host answered well again.
 
 The figures (answers by kind, recovery times, counters against the limit) are printed
-(pytest -s), written to figures.txt in the test's tmp dir and put in any failure message.
+(pytest -s), written to figures.txt in the test's tmp dir (every answer and vmailctl command
+in answers.tsv next to it) and put in any failure message.
 
 Recovery, per host and fault: "reads" is when the last failed answer (a temporary
 failure for an existing mailbox, a login with the right password, or a policy read)
@@ -339,6 +340,14 @@ def test_two_hosts_under_load_through_primary_lag_and_replica_faults(
         ]
     )
     (tmp_path / "figures.txt").write_text(text + "\n")
+    with open(tmp_path / "answers.tsv", "w") as out:  # every answer, for a post-mortem
+        t = phases.phases[0].start
+        for a in load.answers:
+            out.write(f"{a.t0 - t:.3f}\t{a.t1 - t:.3f}\t{a.host}\t{a.kind}\t{a.key}\t")
+            out.write(f"{a.expect}\t{a.outcome}\t{a.raw!r}\n")
+        for op in ledger.operations():
+            out.write(f"{op.t0 - t:.3f}\t{op.t1 - t:.3f}\t{op.notified}\tvmailctl\t{op.key}\t")
+            out.write(f"{'add' if op.exists_after else 'remove'}\t{op.ok}\t\n")
     print("\n" + text)
 
     problems = check(phases.phases, by, counters)
