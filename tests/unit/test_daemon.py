@@ -1,6 +1,6 @@
 """On a version 2 schema (no change log): the change poller and the control socket's
-flush (App.control_flush has the rule): one flush per change, never a second one for a
-change vmailctl has already had flushed."""
+flush (watch.py: ChangeWatch.control_flush has the rule): one flush per change, never a
+second one for a change vmailctl has already had flushed."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.unit.fakes import CONFIG
-from vmaild import config, daemon
+from vmaild import config, watch
 from vmaild.daemon import App
 from vmaild.db import DatabaseError
 from vmaild.servers.base import start_listener
@@ -90,7 +90,7 @@ def run(scenario: Callable[[Daemon], Awaitable[None]], *, interval: float = INTE
             Listen(host="127.0.0.1", port=0),
             lambda: ControlProtocol(app.listener_context, app.control_flush),
         )
-        poller = asyncio.create_task(app._poll_changes())
+        poller = asyncio.create_task(app.watch.poll_changes())
         try:
             await scenario(Daemon(app, changes, server.sockets[0].getsockname()[1]))
         finally:
@@ -166,7 +166,7 @@ def test_a_control_flush_that_cannot_read_the_counter_flushes_and_the_poller_too
 def test_a_control_flush_does_not_wait_long_for_the_counter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(daemon, "CONTROL_VERSION_SECONDS", 0.05)
+    monkeypatch.setattr(watch, "CONTROL_VERSION_SECONDS", 0.05)
 
     async def scenario(d: Daemon) -> None:
         await d.polls(2)
