@@ -12,7 +12,7 @@ else holding a password digest. Text, UTF-8, one JSON document per line::
 Times are wall-clock (the cache counts in monotonic time, which restarts with the machine):
 ``FETCHED_AT`` is when the answer came from the database, so a restored entry keeps its age.
 ``COUNTER`` is the schema's change counter the cached answers are consistent with (the change
-poller's baseline, daemon.py), or null. The last line covers every byte before it: a file cut
+poller's baseline, watch.py), or null. The last line covers every byte before it: a file cut
 short or changed in place is "damaged". It is written to a temporary file in the same
 directory, mode 0600, fsync'ed and renamed over the old one, so a crash leaves the old file
 or the new one, never a mix.

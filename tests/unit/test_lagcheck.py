@@ -187,7 +187,7 @@ def test_the_row_is_this_vmaild_s() -> None:
     ],
 )
 def test_the_daemon_checks_lag_only_with_replicas(extra: str, built: bool) -> None:
-    from vmaild.daemon import Runtime
+    from vmaild.runtime import Runtime
 
     text = CONF.replace(
         "write_hosts = 10.0.0.9\n", "" if "write_hosts" in extra else "write_hosts = 10.0.0.9\n"

@@ -229,7 +229,7 @@ def test_a_change_made_while_stopped_flushes_the_restored_cache(tmp_path: Path) 
     async def main() -> None:
         first = App(config.parse(text))
         first.runtime.cache.store("mailboxes", "a@x", "x/a/")
-        first._version = 1  # what the poller read last: the cache is consistent with it
+        first.watch.version = 1  # what the poller read last: the cache is consistent with it
         assert first.keeper is not None
         await first.keeper.save(*first._cache_state())
         first.runtime.close()
@@ -237,11 +237,11 @@ def test_a_change_made_while_stopped_flushes_the_restored_cache(tmp_path: Path) 
         second = App(config.parse(text))
         real_db, second.runtime.db = second.runtime.db, Counter()  # type: ignore[assignment]
         assert second.keeper is not None
-        second._version = second.keeper.restore(
+        second.watch.version = second.keeper.restore(
             second.runtime.cache, second.config, set(second.runtime.lookups.maps)
         )
-        assert second._version == 1 and len(second.runtime.cache) == 1
-        poller = asyncio.create_task(second._poll_changes())
+        assert second.watch.version == 1 and len(second.runtime.cache) == 1
+        poller = asyncio.create_task(second.watch.poll_changes())
         deadline = time.monotonic() + 5
         while len(second.runtime.cache) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

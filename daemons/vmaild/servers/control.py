@@ -4,7 +4,8 @@ A line protocol on a unix socket (mode 0660), PROTOCOLS.md "control socket":
 
 - ``flush`` -> ``ok <entries dropped>``: empty the whole cache (what every vmailctl did
   before the change log, and still does after a schema change). It reads the change
-  counter first, so that the poller does not flush again for it (``App.control_flush``).
+  counter first, so that the poller does not flush again for it (``App.control_flush``,
+  watch.py).
 - ``changed <gtid> [<key> ...]`` -> ``ok <entries dropped>`` or ``ok <dropped> pending``:
   vmailctl committed a change to these keys (``*`` or none: unknown), with this GTID
   (``-``: none, no binary log). vmaild waits, bounded, for its read host to apply the

@@ -70,7 +70,7 @@ class PolicyDecider(Protocol):
 class CacheFlusher(Protocol):
     """What the control socket's ``flush`` does: empty the current runtime's cache, after
     reading the change counter so that the poller does not flush again for the same change
-    (``App.control_flush``)."""
+    (``App.control_flush``, watch.py)."""
 
     async def __call__(self) -> int:
         """Flush, count it as a control flush and return the number of entries dropped."""
@@ -78,7 +78,7 @@ class CacheFlusher(Protocol):
 
 
 class ChangeNotified(Protocol):
-    """What the control socket's ``changed`` does (``App.control_changed``): wait for the
+    """What the control socket's ``changed`` does (``App.control_changed``, watch.py): wait for
     read host to apply ``gtid``, drop what the change log names; returns the reply line."""
 
     async def __call__(self, gtid: str | None, keys: tuple[str, ...] | None) -> str: ...
