@@ -211,7 +211,7 @@ def read_settings(path: str | None = None) -> tuple[str | tuple[str, int], float
     import configparser
 
     from .config import default_path
-    from .sections import AuthConfig
+    from .sections_logins import AuthConfig
     from .values import parse_listen
 
     path = path or default_path()

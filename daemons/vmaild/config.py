@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from .sections import (
-    AuthConfig,
     CacheConfig,
     ControlConfig,
     DatabaseConfig,
@@ -32,10 +31,10 @@ from .sections import (
     MapConfig,
     MetricsConfig,
     PolicyConfig,
-    SaslConfig,
     Section,
     SocketmapConfig,
 )
+from .sections_logins import AuthConfig, SaslConfig
 from .values import ConfigError, convert
 
 DEFAULT_PATH = "/etc/vmaild/vmaild.conf"

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..sections import AuthConfig
+from ..sections_logins import AuthConfig
 from .contract import Client
 
 ADDRESS = "address"  # a client address prefix
