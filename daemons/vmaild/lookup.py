@@ -66,6 +66,8 @@ class Lookups:
         self.cache = cache
         self.metrics = metrics
         self.fit = fit
+        mode = config.cache.confirm_not_found
+        self.confirm = mode == "yes" or (mode == "auto" and config.database.replicated)
         # Changes vmaild was told of that the read host has not applied (pending.py).
         self.pending: PendingChanges | None = None
         self.maps: dict[str, _Map] = {}
@@ -135,6 +137,25 @@ class Lookups:
         return self.pending is not None and self.pending.holds_back(key, m.delimiters)
 
     async def _resolve(self, m: _Map, key: str) -> str | None:
+        """The value from the read host; a "not found" there is confirmed on the writer
+        when the read host may be a replica behind it (``[cache] confirm_not_found``): a
+        mailbox created a moment ago must not be refused (5xx) because this host's replica
+        has not applied it yet. The writer unavailable: the replica's answer stands (no
+        mailbox can be created meanwhile; a 4xx instead would defer every alias-map miss
+        while the primary is down)."""
+        value = await self._query(m, key, write=False)
+        if value is not None or not self.confirm:
+            return value
+        try:
+            value = await self._query(m, key, write=True)
+        except DatabaseError as e:
+            self.metrics.lookup_confirmations.labels("unavailable").inc()
+            log.debug("map %s: not found, not confirmed on the writer: %s", m.sources[0], e)
+            return None
+        self.metrics.lookup_confirmations.labels("notfound" if value is None else "found").inc()
+        return value
+
+    async def _query(self, m: _Map, key: str, *, write: bool) -> str | None:
         for candidate in addresses.candidates(key, m.delimiters, m.config.catchall):
             for source, query in zip(m.sources, m.queries, strict=True):
                 try:
@@ -142,9 +163,9 @@ class Lookups:
                 except expansions.Suppressed:
                     continue
                 try:
-                    rows = await self.db.fetch(query.sql, params)
+                    rows = await self.db.fetch(query.sql, params, write=write)
                 except DatabaseError as e:
-                    if self.fit is not None:
+                    if self.fit is not None and not write:
                         self.fit.report(f"map {source}", "query", e)
                     raise
                 value = join_rows(rows)

@@ -102,6 +102,15 @@ class Metrics:
         # Lookups (tcp:, socketmap:): vmaild_lookup_seconds and vmaild_lookups_total
         self.lookup_stats = LookupStats(LATENCY_BUCKETS)
         r.register(self.lookup_stats)
+        self.lookup_confirmations = Counter(
+            "vmaild_lookup_confirmations",
+            "Not-found answers of a replica asked again on the writer, by result (found: the "
+            "replica was behind; notfound; unavailable: the writer did not answer)",
+            ["result"],
+            registry=r,
+        )
+        for result in ("found", "notfound", "unavailable"):
+            self.lookup_confirmations.labels(result)
         self.lookup_errors = Counter(
             "vmaild_lookup_errors", "Lookups answered with a temporary error", ["map"], registry=r
         )

@@ -128,10 +128,17 @@ class CacheConfig(Section):
     # default is in the shipped unit's StateDirectory=vmaild; empty switches it off.
     snapshot: str = "/var/lib/vmaild/cache.snapshot"
     snapshot_interval: float = _num(60.0, 0, 86400)
+    # A "not found" from a read host that is a replica is asked again on the writer before
+    # it is answered (lookup.py): a mailbox just created on the primary is never refused
+    # by a host whose replica has not applied it yet. auto: when some read host is not a
+    # writer ([database] write_hosts); yes; no.
+    confirm_not_found: str = "auto"
 
     def check(self) -> None:
         if self.snapshot and not self.snapshot.startswith("/"):
             raise ConfigError("must be an absolute path (or empty: off)", key="snapshot")
+        if self.confirm_not_found not in ("auto", "yes", "no"):
+            raise ConfigError("must be auto, yes or no", key="confirm_not_found")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,9 @@ class FakeDatabase:
         self.queries: list[tuple[str, tuple[Any, ...]]] = []
         self.delay = 0.0
 
-    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async def fetch(
+        self, sql: str, params: tuple[Any, ...] = (), *, write: bool = False
+    ) -> list[tuple[Any, ...]]:
         self.queries.append((sql, tuple(params)))
         if self.delay:
             await asyncio.sleep(self.delay)

@@ -87,7 +87,9 @@ class FakePolicyDB:
             raise DatabaseError("(2003) Can't connect to MySQL server on '127.0.0.1'")
         return kind, values
 
-    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async def fetch(
+        self, sql: str, params: tuple[Any, ...] = (), *, write: bool = False
+    ) -> list[tuple[Any, ...]]:
         kind, v = await self._enter(sql, params)
         if kind == "recipient":
             u = self.users.get(v["address"])

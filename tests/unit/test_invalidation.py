@@ -33,7 +33,9 @@ class FakeLogDB:
         self.hole_reads: list[tuple[int, ...]] = []
         self.apply_after_waits: int | None = None  # the replica catches up then
 
-    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async def fetch(
+        self, sql: str, params: tuple[Any, ...] = (), *, write: bool = False
+    ) -> list[tuple[Any, ...]]:
         if sql == LOG_QUERY:
             if self.no_table:
                 raise DatabaseError("(1146) Table doesn't exist", 1146, misfit=True)

@@ -7,8 +7,12 @@ import asyncio
 import pytest
 
 from tests.unit.fakes import make_lookups
+from vmaild import config
+from vmaild.cache import Cache, TTLs
+from vmaild.db import DatabaseError
 from vmaild.failures import TemporaryFailure
-from vmaild.lookup import UnknownMap, join_rows
+from vmaild.lookup import Lookups, UnknownMap, join_rows
+from vmaild.metrics import Metrics
 
 
 @pytest.mark.parametrize(
@@ -61,7 +65,7 @@ def test_error_on_a_later_candidate_is_still_an_error() -> None:
     calls = {"n": 0}
     orig = db.fetch
 
-    async def fail_second(sql, params=()):  # type: ignore[no-untyped-def]
+    async def fail_second(sql, params=(), **_):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == 2:
             db.down = True
@@ -130,7 +134,9 @@ class TwoTables:
     def __init__(self) -> None:
         self.queries: list[tuple[str, str]] = []
 
-    async def fetch(self, sql: str, params: tuple[str, ...] = ()) -> list[tuple[str]]:
+    async def fetch(
+        self, sql: str, params: tuple[str, ...] = (), *, write: bool = False
+    ) -> list[tuple[str]]:
         table = "users" if "FROM users" in sql else "forwardings"
         self.queries.append((table, params[0]))
         if table == "forwardings" and params[0] == "@ex.com":
@@ -187,3 +193,64 @@ def test_not_found_for_a_notified_key_the_read_host_lacks_is_a_temporary_failure
     assert asyncio.run(lookups.lookup("mailboxes", "other@ex.com")) is None
     lookups.pending.settle("0-1-9")
     assert lookups.cached("mailboxes", "new@ex.com") == (True, None)
+
+
+def _replicated(confirm: str = "auto") -> config.Config:
+    return config.parse(
+        "[database]\nhosts = replica1\nwrite_hosts = primary\nuser = u\ndbname = d\n"
+        f"[cache]\nconfirm_not_found = {confirm}\n"
+        "[map mailboxes]\nquery = SELECT maildir FROM users WHERE email='%s'\n"
+    )
+
+
+class _Roles:
+    """A replica that has not applied a mailbox the primary has."""
+
+    def __init__(self, writer_down: bool = False) -> None:
+        self.writer_down = writer_down
+        self.asked: list[bool] = []
+
+    async def fetch(
+        self, sql: str, params: tuple[str, ...] = (), *, write: bool = False
+    ) -> list[tuple[str]]:
+        self.asked.append(write)
+        if write and self.writer_down:
+            raise DatabaseError("(2003) no writer answered")
+        if write and params[0] == "new@ex.com":
+            return [("ex.com/new/",)]
+        return []
+
+
+@pytest.mark.parametrize(
+    ("confirm", "writer_down", "expected", "asked", "result"),
+    [
+        # A mailbox the replica has not applied yet: found on the writer, never refused.
+        ("auto", False, "ex.com/new/", [False, True], "found"),
+        ("yes", False, "ex.com/new/", [False, True], "found"),
+        # The writer down: the replica's answer stands (a 4xx would defer every miss).
+        ("auto", True, None, [False, True], "unavailable"),
+        ("no", False, None, [False], None),
+    ],
+)
+def test_not_found_on_a_replica_is_confirmed_on_the_writer(
+    confirm: str, writer_down: bool, expected: str | None, asked: list[bool], result: str | None
+) -> None:
+    cfg = _replicated(confirm)
+    db = _Roles(writer_down)
+    metrics = Metrics()
+    lookups = Lookups(cfg, db, Cache(TTLs(60, 10, 3600), 1000), metrics)  # type: ignore[arg-type]
+    assert asyncio.run(lookups.lookup("mailboxes", "new@ex.com")) == expected
+    assert db.asked == asked
+    if result is not None:
+        assert metrics.lookup_confirmations.labels(result)._value.get() == 1
+
+
+def test_a_single_server_is_not_asked_twice() -> None:
+    cfg = config.parse(
+        "[database]\nhosts = one\nuser = u\ndbname = d\n"
+        "[map mailboxes]\nquery = SELECT maildir FROM users WHERE email='%s'\n"
+    )
+    db = _Roles()
+    lookups = Lookups(cfg, db, Cache(TTLs(60, 10, 3600), 1000), Metrics())  # type: ignore[arg-type]
+    assert asyncio.run(lookups.lookup("mailboxes", "new@ex.com")) is None
+    assert db.asked == [False]

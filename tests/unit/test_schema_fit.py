@@ -343,7 +343,9 @@ def test_watch_waits_for_the_database_then_rechecks_until_fixed(
 
 
 class MisfitDatabase(fakes.FakeDatabase):
-    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async def fetch(
+        self, sql: str, params: tuple[Any, ...] = (), *, write: bool = False
+    ) -> list[tuple[Any, ...]]:
         self.queries.append((sql, tuple(params)))
         if "maildir" in sql:
             raise misfit_error(1054, "Unknown column 'maildir' in 'SELECT'")
@@ -409,7 +411,9 @@ def test_login_with_the_database_down_still_warns(
 
 
 class MisfitPolicyDB(FakePolicyDB):
-    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async def fetch(
+        self, sql: str, params: tuple[Any, ...] = (), *, write: bool = False
+    ) -> list[tuple[Any, ...]]:
         if "sender_grants" in sql:
             raise misfit_error(1146, "Table 'd.sender_grants' doesn't exist")
         return await super().fetch(sql, params)

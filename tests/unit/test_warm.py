@@ -221,7 +221,9 @@ def test_a_change_made_while_stopped_flushes_the_restored_cache(tmp_path: Path) 
     class Counter:
         version = 2
 
-        async def fetch(self, sql: str, params: object = ()) -> list[tuple[int]]:
+        async def fetch(
+            self, sql: str, params: object = (), *, write: bool = False
+        ) -> list[tuple[int]]:
             if "vmaild_change_log" in sql:  # a version 2 schema: the counter only
                 raise DatabaseError("(1146) no such table", 1146)
             return [(self.version,)]

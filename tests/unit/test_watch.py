@@ -32,7 +32,9 @@ class Changes:
         self.reads = 0
         self.hold_next: asyncio.Event | None = None
 
-    async def fetch(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async def fetch(
+        self, sql: str, params: tuple[Any, ...] = (), *, write: bool = False
+    ) -> list[tuple[Any, ...]]:
         if "vmaild_change_log" in sql:  # a version 2 schema: the counter only
             raise DatabaseError("(1146) Table 'd.vmaild_change_log' doesn't exist", 1146)
         assert "vmaild_changes" in sql
