@@ -44,6 +44,7 @@ from bench.common import Outcome, Target, logger
 from bench.common import main as bench_main
 from harness.courier.server import Courier
 from harness.mariadb.server import MariaDB
+from harness.postfix.config import vmaild_socket_dir
 from harness.postfix.server import Postfix
 from harness.saslauthd.server import Saslauthd
 from harness.stack import seed
@@ -98,14 +99,12 @@ class Bench:
         self.postfix: dict[str, Postfix] = {}
         self.users: dict[str, list[tuple[str, str]]] = {}
         self.rounds: list[dict[str, dict[str, dict[str, float]]]] = []
-        self.sasl_socket = tmp / "sasl" / "auth"
+        self.sasl_socket = tmp / "spool" / "vmaild" / "auth"
 
     def setup(self) -> None:
         # As shipped (vmaild.tmpfiles): a 2750 directory of group postfix, so that smtpd
         # (user postfix) may connect to the 0660 socket vmaild makes there.
-        self.sasl_socket.parent.mkdir()
-        shutil.chown(self.sasl_socket.parent, "root", "postfix")
-        os.chmod(self.sasl_socket.parent, 0o2750)
+        vmaild_socket_dir(self.sasl_socket.parent.parent)
         self.db.start()
         seed.load_seed(self.db, DBNAME, DBUSER, DBPASSWORD, rows=False)
         conf = (

@@ -86,6 +86,19 @@ def cool_down(*paths: str | os.PathLike[str]) -> None:
         os.utime(path, (past, past))
 
 
+def vmaild_socket_dir(queue_dir: Path, owner: str | int = "root") -> Path:
+    """vmaild's sockets for Postfix in ``queue_dir``, as systemd/vmaild.tmpfiles makes
+    /var/spool/postfix/vmaild: 2750, group postfix (main.cf names them ``vmaild/...``), with
+    the queue directory and the directory above it 0755, as Postfix's own are."""
+    socket_dir = queue_dir / "vmaild"
+    socket_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(queue_dir.parent, 0o755)
+    os.chmod(queue_dir, 0o755)
+    shutil.chown(socket_dir, owner, "postfix")
+    os.chmod(socket_dir, 0o2750)
+    return socket_dir
+
+
 class PostfixConfig:
     """The configuration half of :class:`harness.postfix.server.Postfix` (a mixin: the
     instance attributes below are set by ``Postfix.__init__``)."""

@@ -45,6 +45,7 @@ from harness.common.tls import Certificate, make_certificate
 from harness.courier.server import Courier
 from harness.courier.tls import TlsListener
 from harness.mariadb.server import MariaDB
+from harness.postfix.config import vmaild_socket_dir
 from harness.stack import seed, shipped
 from harness.stack.clients import StackClients
 from harness.stack.config import StackConfig
@@ -163,11 +164,7 @@ class MailStack(StackConfig, StackClients, Service):
             os.chmod(path, mode)
         # systemd/vmaild.tmpfiles: 2750 vmail:postfix (the queue directory above it is
         # root's, 0755, as Postfix makes it).
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.postfix_dir, 0o755)
-        os.chmod(self.socket_dir.parent, 0o755)
-        shutil.chown(self.socket_dir, VMAIL_UID, "postfix")
-        os.chmod(self.socket_dir, 0o2750)
+        vmaild_socket_dir(self.socket_dir.parent, VMAIL_UID)
         self.config_path.parent.mkdir(exist_ok=True)
         self.config_path.write_text(self.vmaild_config())
         os.chmod(self.config_path, 0o644)

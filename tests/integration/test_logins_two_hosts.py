@@ -22,7 +22,6 @@ What it shows, in order (README "Brute-force defence" states the rule):
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
 import smtplib
@@ -37,6 +36,7 @@ import pytest
 from harness.common.ports import free_port
 from harness.common.tempdir import shared_tempdir
 from harness.mariadb.server import MariaDB
+from harness.postfix.config import vmaild_socket_dir
 from harness.postfix.server import Postfix
 from harness.stack import shipped
 from harness.stack.seed import SeedDatabase, load_seed
@@ -97,12 +97,7 @@ def hosts() -> Iterator[Hosts]:
                 | {"smtpd_tls_auth_only": "no"},
                 basedir=tmp / f"postfix-{name}",
             )
-            socket_dir = postfix.queue_dir / "vmaild"
-            socket_dir.mkdir(parents=True)
-            os.chmod(postfix.basedir, 0o755)
-            os.chmod(postfix.queue_dir, 0o755)
-            shutil.chown(socket_dir, "root", "postfix")
-            os.chmod(socket_dir, 0o2750)
+            socket_dir = vmaild_socket_dir(postfix.queue_dir)
             metrics_port = free_port()
             auth_socket = tmp / f"auth-{name}.sock"
             conf = config_text(

@@ -11,7 +11,6 @@ STARTTLS first, as shipped. No Courier: nothing in this path needs it.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
 import smtplib
@@ -26,6 +25,7 @@ from harness.common.tempdir import shared_tempdir
 from harness.common.tls import Certificate, make_certificate
 from harness.common.wait import wait_until
 from harness.mariadb.server import MariaDB
+from harness.postfix.config import vmaild_socket_dir
 from harness.postfix.server import Postfix
 from harness.stack import shipped
 from harness.stack.seed import SEED_USERS, SeedDatabase, load_seed
@@ -100,12 +100,7 @@ def stack() -> Iterator[Stack]:
         )
         # As shipped: /var/spool/postfix/vmaild, 2750 with group postfix (vmaild.tmpfiles),
         # here in the private instance's queue directory.
-        socket_dir = postfix.queue_dir / "vmaild"
-        socket_dir.mkdir(parents=True)
-        os.chmod(postfix.basedir, 0o755)
-        os.chmod(postfix.queue_dir, 0o755)
-        shutil.chown(socket_dir, "root", "postfix")
-        os.chmod(socket_dir, 0o2750)
+        socket_dir = vmaild_socket_dir(postfix.queue_dir)
         (tmp / "vmail").mkdir()
         conf = config_text(
             db_port=db.port,

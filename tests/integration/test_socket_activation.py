@@ -11,7 +11,6 @@ passed sockets as they are: no new bind, no chmod, and stop leaves the files.
 
 from __future__ import annotations
 
-import os
 import select
 import shutil
 import smtplib
@@ -26,6 +25,7 @@ import pytest
 
 from harness.common.tempdir import shared_tempdir
 from harness.common.wait import wait_until
+from harness.postfix.config import vmaild_socket_dir
 from harness.postfix.server import Postfix
 from harness.stack import seed, shipped
 from harness.vmaild.activation import ListeningSockets
@@ -218,12 +218,7 @@ def test_an_smtpd_started_while_vmaild_restarts_waits_instead_of_exiting(
     vmaild: Vmaild | None = None
     try:
         # As shipped: vmaild.tmpfiles' directory, vmaild.socket's socket (0660, group postfix).
-        socket_dir = postfix.queue_dir / "vmaild"
-        socket_dir.mkdir(parents=True)
-        os.chmod(postfix.basedir, 0o755)
-        os.chmod(postfix.queue_dir, 0o755)
-        shutil.chown(socket_dir, "root", "postfix")
-        os.chmod(socket_dir, 0o2750)
+        socket_dir = vmaild_socket_dir(postfix.queue_dir)
         assert settings["smtpd_sasl_path"] == "vmaild/auth"
         systemd = sockets.unix("sasl", str(socket_dir / "auth"), 0o660)
         (tmp / "vmail").mkdir()
