@@ -135,20 +135,6 @@ class SaslProtocol(SequentialProtocol):
                 task = asyncio.get_running_loop().create_task(self._login(event))
                 self._logins[event.id] = task
 
-    def _update_reading(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        # While draining, what arrives is read and dropped: closing with unread bytes
-        # would reset the connection, and the replies still on their way with it.
-        pause = bool(self._turn is not None or self.pending or self._paused_writing)
-        if pause != self._paused_reading:
-            self._paused_reading = pause
-            if pause:
-                transport.pause_reading()
-            else:
-                transport.resume_reading()
-
     def resume_writing(self) -> None:
         self._paused_writing = False
         if self._turn is None and self.pending:
