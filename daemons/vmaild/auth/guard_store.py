@@ -127,16 +127,7 @@ class DbStore:
     async def read(self, subjects: Sequence[Subject], now: float) -> dict[Subject, Tally]:
         if not subjects:
             return {}
-        # One primary-key lookup per subject; the tag maps rows back to subjects exactly
-        # (the column's collation matches spellings Python would tell apart).
-        sql = " UNION ALL ".join(
-            f"SELECT {i}, failures, last_at, blocked_until FROM {TABLE} "
-            "WHERE kind = %s AND subject = %s"
-            for i in range(len(subjects))
-        )
-        params: list[Any] = []
-        for s in subjects:
-            params += [s.kind, s.name]
+        sql, params = _select(subjects, "failures, last_at, blocked_until")
         rows = await self.db.fetch(sql, params)
         return {
             subjects[int(i)]: self.rules.counted(Tally(int(n), last / 1000, until / 1000), now)
@@ -150,14 +141,7 @@ class DbStore:
         until_ms = now_ms + _ms(self.rules.block_time)
         cut_ms = now_ms - _ms(self.rules.window)
         upsert, params = self._upsert(subjects, now_ms, until_ms, cut_ms)
-        select = " UNION ALL ".join(
-            f"SELECT {i}, failures, last_at, blocked_until, blocked_before FROM {TABLE} "
-            "WHERE kind = %s AND subject = %s"
-            for i in range(len(subjects))
-        )
-        sparams: list[Any] = []
-        for s in subjects:
-            sparams += [s.kind, s.name]
+        select, sparams = _select(subjects, "failures, last_at, blocked_until, blocked_before")
         prune = now >= self._next_prune
         if prune:
             self._next_prune = now + PRUNE_SECONDS
@@ -244,3 +228,16 @@ def _transaction(
                 continue
             raise
     raise AssertionError("unreachable")
+
+
+def _select(subjects: Sequence[Subject], columns: str) -> tuple[str, list[Any]]:
+    """One primary-key lookup per subject, tagged with its index: the tag maps rows back to
+    subjects exactly (the column's collation matches spellings Python would tell apart)."""
+    sql = " UNION ALL ".join(
+        f"SELECT {i}, {columns} FROM {TABLE} WHERE kind = %s AND subject = %s"
+        for i in range(len(subjects))
+    )
+    params: list[Any] = []
+    for s in subjects:
+        params += [s.kind, s.name]
+    return sql, params
