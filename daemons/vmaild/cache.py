@@ -114,6 +114,10 @@ class Cache:
         return entries
 
     def store(self, map_name: str, key: str, value: str | None) -> None:
+        self._put(map_name, key, value, self._now_stamp())
+
+    def _put(self, map_name: str, key: str, value: str | None, stamp: float) -> None:
+        """Store at the end of its map (the newest), indexed, within the size bound."""
         if self.max_entries <= 0:
             return
         entries = self._entries(map_name)
@@ -121,7 +125,7 @@ class Cache:
             self._size -= 1
         else:
             self._index[map_name].add(key)
-        entries[key] = (value, self._now_stamp())
+        entries[key] = (value, stamp)
         self._size += 1
         while self._size > self.max_entries:
             self._evict_oldest()
@@ -169,17 +173,7 @@ class Cache:
         """Put back an entry fetched at ``fetched_at`` (on ``clock``), keeping its age: TTLs,
         stale serving and the size bound treat it as if it had never left. Entries of a map
         must come oldest first (``export``'s order), which keeps the front the oldest."""
-        if self.max_entries <= 0:
-            return
-        entries = self._entries(map_name)
-        if entries.pop(key, None) is not None:
-            self._size -= 1
-        else:
-            self._index[map_name].add(key)
-        entries[key] = (value, fetched_at)
-        self._size += 1
-        while self._size > self.max_entries:
-            self._evict_oldest()
+        self._put(map_name, key, value, fetched_at)
 
     # -- targeted drops (changes.py) ---------------------------------------------------------
 
