@@ -229,11 +229,17 @@ class Load:
         return keys
 
     def _lookup_loop(
-        self, h: HostEndpoints, ask: Callable[[_Conn, str, str], tuple[str, str]], port: int
+        self,
+        h: HostEndpoints,
+        ask: Callable[[_Conn, str, str], tuple[str, str]],
+        port: int,
+        rounds: Callable[[], list[tuple[str, str, str, str]]],
     ) -> None:
+        """Ask every (map, key) of ``rounds()`` over one kept connection, again and again,
+        recording each answer, until halted."""
         conn = _Conn(port)
         while not self._halt.is_set():
-            for name, key, expect, value in self._round():
+            for name, key, expect, value in rounds():
                 t0 = time.monotonic()
                 try:
                     got, raw = ask(conn, name, key)
@@ -248,29 +254,20 @@ class Load:
             self._halt.wait(PAUSE)
         conn.close()
 
-    def _round(self) -> list[tuple[str, str, str, str]]:
+    def _mailboxes(self) -> list[tuple[str, str, str, str]]:
         return [("mailboxes", k, e, v) for k, e, v in self._keys()]
 
+    def _mailboxes_and_aliases(self) -> list[tuple[str, str, str, str]]:
+        aliases = [("forwardings", s, EXISTS, d) for s, d in self.aliases.items()]
+        return self._mailboxes() + aliases
+
     def _tcp_loop(self, h: HostEndpoints) -> None:
-        self._lookup_loop(h, lambda c, _name, key: tcp_get(c, key), h.mailboxes_port)
+        self._lookup_loop(
+            h, lambda c, _name, key: tcp_get(c, key), h.mailboxes_port, self._mailboxes
+        )
 
     def _socketmap_loop(self, h: HostEndpoints) -> None:
-        conn = _Conn(h.socketmap_port)
-        while not self._halt.is_set():
-            rounds = [("mailboxes", k, e, v) for k, e, v in self._keys()]
-            rounds += [("forwardings", s, EXISTS, d) for s, d in self.aliases.items()]
-            for name, key, expect, value in rounds:
-                t0 = time.monotonic()
-                try:
-                    got, raw = socketmap_get(conn, name, key)
-                except (OSError, ValueError) as e:
-                    conn.close()
-                    got, raw = "err", str(e)
-                if got.startswith("found:"):
-                    got = "found" if got == f"found:{value}" else "5xx"
-                self._record(h.name, LOOKUP, key, expect, t0, got, raw)
-            self._halt.wait(PAUSE)
-        conn.close()
+        self._lookup_loop(h, socketmap_get, h.socketmap_port, self._mailboxes_and_aliases)
 
     def _login_loop(self, h: HostEndpoints) -> None:
         n = 0
