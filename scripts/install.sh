@@ -154,7 +154,7 @@ ensure_accounts() {
     else
       usermod "${prefix[@]}" -a -G courier postfix
       changed "postfix in group courier"
-      want_restart postfix
+      postfix_changed
     fi
   else
     log "postfix in group courier: skipped (postfix or courier not installed)"
@@ -557,6 +557,20 @@ sasl_answers() {  # sasl_answers LISTEN: something listens there now
   (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null
 }
 
+# A running Postfix takes each change on `postfix reload`: its daemons finish what they are
+# doing, and the ones started next read the new files (and, through initgroups(3), the
+# postfix user's groups). A restart would be worse: stopping Postfix kills a delivery
+# agent mid-delivery, and a message already in its Maildir but not yet logged as sent is
+# delivered again after the start. So a running Postfix is reloaded here and never put on
+# the restart list; a stopped one is (a restart starts it).
+postfix_changed() {
+  if [[ -z $ROOT ]] && postfix status >/dev/null 2>&1; then
+    postfix reload >/dev/null 2>&1
+  else
+    want_restart postfix
+  fi
+}
+
 configure_postfix() {
   step="Postfix"
   local dir=$ROOT/etc/postfix
@@ -568,8 +582,6 @@ configure_postfix() {
   # So master.cf goes first and is reloaded before main.cf changes: otherwise a process
   # could already route to "maildrop" while master still runs Debian's plain `maildrop -d`
   # entry, which bounces what authdaemond cannot find. Then main.cf, and one more reload.
-  local running=""
-  if [[ -z $ROOT ]] && postfix status >/dev/null 2>&1; then running=yes; fi
   local pc=(postconf -c "$dir") line name value key endpoints=()
   mapfile -t endpoints < <(postfix_endpoints)
   endpoints=(-e '' "${endpoints[@]}")
@@ -588,8 +600,7 @@ configure_postfix() {
     backup_once "$dir/master.cf"
     "${pc[@]}" -M "${entries[@]}"
     changed "/etc/postfix/master.cf" "${#entries[@]} services; backup master.cf.vmaild-backup"
-    if [[ -n $running ]]; then postfix reload >/dev/null 2>&1; fi
-    want_restart postfix
+    postfix_changed
   else
     ok "/etc/postfix/master.cf"
   fi
@@ -630,8 +641,7 @@ configure_postfix() {
     if ((${#removals[@]})); then "${pc[@]}" -X "${removals[@]}"; fi
     changed "/etc/postfix/main.cf" \
       "$((${#edits[@]} + ${#removals[@]})) settings; backup main.cf.vmaild-backup"
-    if [[ -n $running ]]; then postfix reload >/dev/null 2>&1; fi
-    want_restart postfix
+    postfix_changed
   else
     ok "/etc/postfix/main.cf"
   fi
