@@ -118,7 +118,9 @@ class Rules:
         )
 
     def prefix(self, addr: Client) -> str:
-        """The address prefix counted as one client: ``203.0.113.7/32``, ``2001:db8::/64``."""
+        """The address prefix counted as one client: ``203.0.113.7/32``, ``2001:db8::/64``
+        (an IPv4-mapped IPv6 address counts as the IPv4 client it stands for)."""
+        addr = _unmapped(addr)
         length = self.ipv4_prefix if addr.version == 4 else self.ipv6_prefix
         return str(ipaddress.ip_network(f"{addr}/{length}", strict=False))
 

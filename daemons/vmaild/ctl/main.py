@@ -16,7 +16,18 @@ from typing import TextIO
 from .. import __version__
 from ..db import DatabaseError
 from ..values import ConfigError
-from . import aliases, app_passwords, dbcmd, domains, importcf, lookupcmd, names, routing, users
+from . import (
+    aliases,
+    app_passwords,
+    dbcmd,
+    domains,
+    guard,
+    importcf,
+    lookupcmd,
+    names,
+    routing,
+    users,
+)
 from .context import Context
 from .errors import EXIT_OK, EXIT_REFUSED, EXIT_TEMPFAIL, Refused, TempFail
 
@@ -54,12 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         parents=[common],
-        description="Administer vmaild's database: schema, domains, users, aliases, "
-        "transports and sender grants.",
+        description="Administer vmaild's database: schema, domains, users, app passwords, "
+        "login blocks, aliases, transports and sender grants.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (dbcmd, domains, users, app_passwords, aliases, routing, importcf, lookupcmd):
+    for module in (
+        dbcmd,
+        domains,
+        users,
+        app_passwords,
+        guard,
+        aliases,
+        routing,
+        importcf,
+        lookupcmd,
+    ):
         module.register(sub, common)
     return parser
 
