@@ -32,7 +32,7 @@
 #     Each file is copied to FILE.vmaild-backup before vmaild first changes it;
 #  6. systemd: daemon-reload and the tmpfiles entry applied (authdaemond's socket
 #     directory gets an ACL entry for vmail, systemd/vmaild.tmpfiles); vmaild.socket
-#     enabled where vmaild.service is (an upgrade). Services are not started or
+#     and vmaild-local.socket enabled where vmaild.service is (an upgrade). Services are not started or
 #     restarted; the last lines say which ones to restart.
 #
 # Environment: ROOT (staging root, default /), PYTHON (default /usr/bin/python3),
@@ -281,6 +281,8 @@ install_conffiles() {
   ensure_sasl_section
   conffile "$SRC/systemd/vmaild.service" /etc/systemd/system/vmaild.service 0644 root:root vmaild
   conffile "$SRC/systemd/vmaild.socket" /etc/systemd/system/vmaild.socket 0644 root:root vmaild
+  conffile "$SRC/systemd/vmaild-local.socket" /etc/systemd/system/vmaild-local.socket 0644 \
+    root:root vmaild
   conffile "$SRC/systemd/vmaild.tmpfiles" /etc/tmpfiles.d/vmaild.conf 0644 root:root
   conffile "$SRC/systemd/vmaild.sysusers" /etc/sysusers.d/vmaild.conf 0644 root:root
   if [[ -d $ROOT/etc/fail2ban/filter.d ]]; then
@@ -678,23 +680,30 @@ apply_systemd() {
   enable_socket_unit
 }
 
-# vmaild.socket holds Postfix's sockets across vmaild's restarts. Enabled here where
-# vmaild.service is (an upgrade; a fresh install enables both with the last line), and
-# not started: a vmaild from before it still has those paths, and would remove the
-# socket unit's files when it stops. The restart the last line asks for does it in order:
-# the running vmaild stops, vmaild.socket starts (vmaild.service requires it), then the
-# new vmaild takes its sockets.
+# vmaild.socket holds Postfix's sockets across vmaild's restarts, vmaild-local.socket
+# those of Courier's relays and vmailctl. Enabled here where vmaild.service is (an
+# upgrade; a fresh install enables them with the last line), and not started: a vmaild
+# from before them still has those paths, and would remove the socket unit's files when
+# it stops. The restart the last line asks for does it in order: the running vmaild
+# stops, the socket units start (vmaild.service requires them), then the new vmaild
+# takes their sockets.
 enable_socket_unit() {
-  local sysroot=("$@")
+  local sysroot=("$@") unit what
   command -v systemctl >/dev/null || return 0
   systemctl "${sysroot[@]}" is-enabled --quiet vmaild.service 2>/dev/null || return 0
-  if systemctl "${sysroot[@]}" is-enabled --quiet vmaild.socket 2>/dev/null; then
-    ok "vmaild.socket" "enabled"
-  else
-    systemctl "${sysroot[@]}" enable --quiet vmaild.socket
-    changed "vmaild.socket" "enabled: Postfix's sockets stay open while vmaild restarts"
+  for unit in vmaild.socket vmaild-local.socket; do
+    if systemctl "${sysroot[@]}" is-enabled --quiet "$unit" 2>/dev/null; then
+      ok "$unit" "enabled"
+      continue
+    fi
+    what="Postfix's sockets stay open while vmaild restarts"
+    if [[ $unit == vmaild-local.socket ]]; then
+      what="Courier's logins and lookups wait while vmaild restarts"
+    fi
+    systemctl "${sysroot[@]}" enable --quiet "$unit"
+    changed "$unit" "enabled: $what"
     want_restart vmaild
-  fi
+  done
 }
 
 ensure_packages
@@ -719,6 +728,7 @@ if ((${#restart[@]})); then
     log "next: systemctl restart ${restart[*]}"
   else
     log "next: set [database] in $ETC/vmaild.conf, then:" \
-        "systemctl enable --now vmaild.socket vmaild; restart ${restart[*]}"
+        "systemctl enable --now vmaild.socket vmaild-local.socket vmaild;" \
+        "restart ${restart[*]}"
   fi
 fi

@@ -7,8 +7,10 @@ it over one persistent connection to vmaild's ``[auth] listen`` socket (opened w
 ``RELAY 1``, see servers/auth.py), read the reply until the codec's ReplyReader finds it
 complete, and write it to stdout in one write. Keeping the connection saves a connect,
 an accept and a close per login; a connection vmaild closed while we were idle (a restart)
-is noticed before it is used and replaced. An older vmaild that does not know ``RELAY``
-gets one connection per request instead.
+is noticed before it is used and replaced. Under the shipped units the socket is
+vmaild-local.socket's, so during a restart that new connection is accepted into its
+backlog and answered by the next vmaild (within ``relay_timeout``) instead of refused. An
+older vmaild that does not know ``RELAY`` gets one connection per request instead.
 
 Rules that keep authdaemond healthy:
 - nothing is ever written except a complete reply to the request just read (4.2: stray

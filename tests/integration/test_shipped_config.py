@@ -139,16 +139,21 @@ def test_unit_passes_systemd_analyze_verify(tmp_root: Path) -> None:
     assert "ExecStart=/usr/local/bin/vmaild serve" in text
     unit = tmp_root / "vmaild.service"
     unit.write_text(text.replace("/usr/local/bin/vmaild", str(VENV_VMAILD)))
-    socket_unit = tmp_root / "vmaild.socket"
-    shutil.copy(shipped.SYSTEMD_DIR / "vmaild.socket", socket_unit)
-    result = run(["systemd-analyze", "verify", str(unit), str(socket_unit)], check=False)
+    sockets = [tmp_root / name for name in ("vmaild.socket", "vmaild-local.socket")]
+    for socket_unit in sockets:
+        shutil.copy(shipped.SYSTEMD_DIR / socket_unit.name, socket_unit)
+    result = run(["systemd-analyze", "verify", str(unit), *map(str, sockets)], check=False)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
-    assert "Requires=vmaild.socket\nAfter=vmaild.socket\n" in text
+    assert (
+        "Requires=vmaild.socket vmaild-local.socket\nAfter=vmaild.socket vmaild-local.socket\n"
+        in text
+    )
     for line in (
         "Type=notify",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "Restart=on-failure",
         "RuntimeDirectory=vmaild",
+        "RuntimeDirectoryPreserve=yes",  # vmaild-local.socket's files are in it
         "User=vmail",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
@@ -162,6 +167,31 @@ def test_unit_passes_systemd_analyze_verify(tmp_root: Path) -> None:
     security = run(["systemd-analyze", "security", "--offline=yes", str(unit)], check=False)
     exposure = security.stdout.strip().splitlines()[-1]
     assert "Overall exposure level for vmaild.service: 1." in exposure, exposure
+
+
+def test_local_socket_unit_holds_the_sockets_of_courier_and_vmailctl() -> None:
+    """vmaild-local.socket listens where the shipped vmaild.conf's [auth] and [control] do,
+    vmail's only, in the directory vmaild.tmpfiles makes at boot."""
+    from vmaild import config as config_mod
+
+    text = (shipped.SYSTEMD_DIR / "vmaild-local.socket").read_text()
+    listens = [line.split("=", 1)[1] for line in text.splitlines() if line.startswith("Listen")]
+    cfg = config_mod.parse(shipped.VMAILD_CONF_EXAMPLE.read_text())
+    assert cfg.auth.listen is not None and cfg.control.listen is not None
+    assert listens == [cfg.auth.listen.path, cfg.control.listen.path]
+    assert listens == ["/run/vmaild/auth.sock", "/run/vmaild/control.sock"]
+    for line in (
+        "SocketUser=vmail",
+        "SocketGroup=vmail",
+        "SocketMode=0660",
+        "DirectoryMode=0750",
+        "RemoveOnStop=yes",
+        "Service=vmaild.service",
+        "WantedBy=sockets.target",
+    ):
+        assert f"\n{line}\n" in text, line
+    tmpfiles = (shipped.SYSTEMD_DIR / "vmaild.tmpfiles").read_text().splitlines()
+    assert "d /run/vmaild 0750 vmail vmail - -" in [" ".join(x.split()) for x in tmpfiles]
 
 
 def test_socket_unit_holds_the_sockets_vmaild_conf_names_for_postfix() -> None:
@@ -320,9 +350,10 @@ def test_install_twice_then_local_edits(tmp_root: Path) -> None:
     assert (r / "etc/systemd/system/vmaild.service").read_text() == (
         shipped.SYSTEMD_DIR / "vmaild.service"
     ).read_text()
-    assert (r / "etc/systemd/system/vmaild.socket").read_text() == (
-        shipped.SYSTEMD_DIR / "vmaild.socket"
-    ).read_text()
+    for name in ("vmaild.socket", "vmaild-local.socket"):
+        assert (r / "etc/systemd/system" / name).read_text() == (
+            shipped.SYSTEMD_DIR / name
+        ).read_text()
     passwd = (r / "etc/passwd").read_text()
     assert "\nvmail:x:5000:5000:" in passwd
     assert ":postfix" in next(
@@ -565,24 +596,34 @@ def test_install_points_postfix_where_a_kept_vmaild_conf_listens(tmp_root: Path)
     assert changes(install(tmp_root)) == []
 
 
-def test_install_enables_the_socket_unit_where_vmaild_is_enabled(tmp_root: Path) -> None:
+def test_install_enables_the_socket_units_where_vmaild_is_enabled(tmp_root: Path) -> None:
     """A fresh install leaves enabling to the admin (the last line says how); an upgrade
-    of a host whose vmaild is enabled enables vmaild.socket, without starting anything,
-    and asks for the restart that brings it in (vmaild.service requires it)."""
+    of a host whose vmaild is enabled enables vmaild.socket and vmaild-local.socket,
+    without starting anything, and asks for the restart that brings them in
+    (vmaild.service requires them)."""
     need("postconf", "openssl", "systemd-tmpfiles", "useradd", "systemctl")
     staging_root(tmp_root)
-    wants = tmp_root / "etc/systemd/system/sockets.target.wants/vmaild.socket"
+    wants = tmp_root / "etc/systemd/system/sockets.target.wants"
     fresh = install(tmp_root)
-    assert not wants.exists() and not wants.is_symlink()
-    assert "then: systemctl enable --now vmaild.socket vmaild; restart " in fresh[-1], fresh
+    assert not wants.exists() or not list(wants.iterdir())
+    assert (
+        "then: systemctl enable --now vmaild.socket vmaild-local.socket vmaild; restart "
+        in fresh[-1]
+    ), fresh
     run(["systemctl", f"--root={tmp_root}", "enable", "--quiet", "vmaild.service"])
     upgrade = install(tmp_root)
     assert changes(upgrade) == [
         "install: vmaild.socket: changed (enabled: Postfix's sockets stay open while vmaild"
-        " restarts)"
+        " restarts)",
+        "install: vmaild-local.socket: changed (enabled: Courier's logins and lookups wait"
+        " while vmaild restarts)",
     ]
-    assert os.readlink(wants) == "/etc/systemd/system/vmaild.socket"
-    assert "install: vmaild.socket: ok (enabled)" in install(tmp_root)
+    assert upgrade[-1].endswith("; restart vmaild"), upgrade[-3:]
+    for name in ("vmaild.socket", "vmaild-local.socket"):
+        assert os.readlink(wants / name) == f"/etc/systemd/system/{name}"
+    again = install(tmp_root)
+    assert "install: vmaild.socket: ok (enabled)" in again
+    assert "install: vmaild-local.socket: ok (enabled)" in again
 
 
 def assert_postfix_socket_dir(root: Path) -> None:

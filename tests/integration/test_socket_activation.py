@@ -11,11 +11,14 @@ passed sockets as they are: no new bind, no chmod, and stop leaves the files.
 
 from __future__ import annotations
 
+import os
 import select
 import shutil
 import smtplib
 import socket
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ pytestmark = pytest.mark.integration
 
 # SocketMode= here, so that a chmod by vmaild (its own sockets are 0660) would show.
 MODE = 0o640
+AUTHPIPE = Path(sys.executable).parent / "vmaild-authpipe"
 
 
 @dataclass
@@ -58,7 +62,7 @@ class Activated:
 def activated(module_seed_db: seed.SeedDatabase) -> Iterator[Activated]:
     tmp = shared_tempdir("vmaild-activation-")
     sockets = ListeningSockets()
-    paths = {name: tmp / name for name in ("sasl", "socketmap", "policy", "retired")}
+    paths = {name: tmp / name for name in ("sasl", "socketmap", "policy", "authpipe", "retired")}
     for name, path in paths.items():
         sockets.unix(name, str(path), MODE)
     (tmp / "vmail").mkdir()
@@ -71,6 +75,8 @@ def activated(module_seed_db: seed.SeedDatabase) -> Iterator[Activated]:
             f"[socketmap]\nlisten = unix:{paths['socketmap']}\n\n"
             f"[sasl]\nlisten = unix:{paths['sasl']}\n\n"
             f"[policy]\nlisten = unix:{paths['policy']}\n\n"
+            f"[auth]\nlisten = unix:{paths['authpipe']}\npassword_rounds = 5000\n"
+            "query = SELECT email AS address, password FROM users WHERE email='%s'\n\n"
             f"[mailbox]\nbase = {tmp / 'vmail'}\n"
         ),
     )
@@ -168,6 +174,53 @@ def test_sockets_outlive_a_restart_and_waiting_clients_are_answered(
 
     assert v.stop() == 0
     assert a.unchanged()
+
+
+def relay_reply(relay: subprocess.Popen[bytes]) -> bytes:
+    """One reply of the relay on its stdout, as authdaemond reads it (4.4): to ``.``."""
+    assert relay.stdout is not None
+    data = b""
+    while not (data.endswith(b"\n.\n") or data == b"FAIL\n"):
+        ready, _, _ = select.select([relay.stdout], [], [], 30)
+        assert ready, f"no reply from the relay after {data!r}"
+        chunk = os.read(relay.stdout.fileno(), 4096)
+        assert chunk, f"the relay exited ({relay.wait()}) after {data!r}"
+        data += chunk
+    return data
+
+
+def test_a_courier_relay_rides_through_a_restart(activated: Activated) -> None:
+    """vmaild-local.socket: Courier's logins and maildrop's lookups reach vmaild through a
+    vmaild-authpipe relay that keeps its connection. A restart closes that connection; the
+    relay's next request connects again into the passed socket's backlog and is answered by
+    the next vmaild, where without the socket unit it would find nobody listening and exit
+    (authdaemond: a temporary failure, a refused login, a deferred delivery)."""
+    a, v = activated, activated.vmaild
+    v.start()
+    env = {**os.environ, "VMAILD_CONFIG": str(v.config_path)}
+    relay = subprocess.Popen(
+        [str(AUTHPIPE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+    )
+    assert relay.stdin is not None
+    try:
+        pre = b"PRE . imap sales@raecoo.com\n"
+        relay.stdin.write(pre)
+        relay.stdin.flush()
+        assert b"ADDRESS=sales@raecoo.com\n" in relay_reply(relay)
+
+        assert v.stop() == 0  # the relay's connection is closed with it
+        assert a.unchanged()
+        relay.stdin.write(pre)  # vmaild is down: the relay connects into the backlog
+        relay.stdin.flush()
+        assert not select.select([relay.stdout], [], [], 0.5)[0]
+        assert relay.poll() is None
+
+        v.start()
+        assert b"ADDRESS=sales@raecoo.com\n" in relay_reply(relay)
+        assert relay.poll() is None  # the same relay: it never gave up
+    finally:
+        relay.stdin.close()
+        assert relay.wait(timeout=10) == 0
 
 
 def test_without_passed_sockets_vmaild_binds_and_removes_its_own(
