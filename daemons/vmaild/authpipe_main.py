@@ -53,6 +53,10 @@ class RelayFailure(Exception):
     """No complete reply: exit without writing."""
 
 
+class ConnectionLost(RelayFailure):
+    """vmaild closed (or reset) the connection before sending any byte of the reply."""
+
+
 def encode_request(request: codec.Decoded) -> bytes:
     """The request as authpipe.c writes it (4.3); decoding this gives ``request`` back."""
     if isinstance(request, codec.Auth):
@@ -92,14 +96,23 @@ def _connect(address: str | tuple[str, int], timeout: float) -> socket.socket:
 
 
 def _read_reply(sock: socket.socket, reader: codec.ReplyReader, deadline: float) -> bytes:
+    started = False
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise RelayFailure("timed out waiting for vmaild")
         sock.settimeout(left)
-        chunk = sock.recv(READ_SIZE)
+        try:
+            chunk = sock.recv(READ_SIZE)
+        except ConnectionError as e:
+            if started:
+                raise
+            raise ConnectionLost(f"vmaild reset the connection: {e}") from e
         if not chunk:
+            if not started:
+                raise ConnectionLost("vmaild closed the connection before replying")
             raise RelayFailure("vmaild closed the connection without a complete reply")
+        started = True
         reply = reader.feed(chunk)
         if reply is not None:
             return reply
@@ -120,27 +133,49 @@ class Upstream:
         self.timeout = timeout
         self.persistent = True  # False once vmaild turned RELAY 1 down (an older vmaild)
         self._sock: socket.socket | None = None
+        self._reused = False  # whether _socket() handed out a connection used before
 
     def exchange(self, request: codec.Decoded) -> bytes:
-        """Send one request and return its complete reply, or raise RelayFailure."""
+        """Send one request and return its complete reply, or raise RelayFailure.
+
+        A kept connection that vmaild closes just as the request goes out (it is stopping:
+        it closes its connections once the requests in progress are answered) is no
+        failure: the request is sent once more on a new connection, which under the
+        shipped units waits in vmaild-local.socket's backlog for the next vmaild. Postfix's
+        socketmap client does the same for the same reason. Only once, only when no byte
+        of a reply came, and never for PASSWD, which must not run twice."""
         deadline = time.monotonic() + self.timeout
-        try:
-            sock = self._socket(deadline)
-            sock.sendall(encode_request(request))
-            reply = _read_reply(sock, reply_reader(request), deadline)
-        except RelayFailure:
-            self.close()
-            raise
-        except (OSError, codec.AuthpipeError) as e:
-            self.close()
-            raise RelayFailure(f"vmaild at {self.address}: {e}") from e
-        if not self.persistent:
-            self.close()
-        return reply
+        for attempt in (1, 2):
+            reused = False
+            try:
+                sock = self._socket(deadline)
+                reused = self._reused
+                try:
+                    sock.sendall(encode_request(request))
+                except ConnectionError as e:
+                    raise ConnectionLost(f"vmaild closed the connection: {e}") from e
+                reply = _read_reply(sock, reply_reader(request), deadline)
+            except ConnectionLost as e:
+                self.close()
+                if attempt == 1 and reused and not isinstance(request, codec.Passwd):
+                    continue
+                raise RelayFailure(f"vmaild at {self.address}: {e}") from e
+            except RelayFailure:
+                self.close()
+                raise
+            except (OSError, codec.AuthpipeError) as e:
+                self.close()
+                raise RelayFailure(f"vmaild at {self.address}: {e}") from e
+            if not self.persistent:
+                self.close()
+            return reply
+        raise AssertionError("unreachable")
 
     def _socket(self, deadline: float) -> socket.socket:
         if self._sock is not None and _still_open(self._sock):
+            self._reused = True
             return self._sock
+        self._reused = False
         self.close()
         self._sock = _connect(self.address, self.timeout)
         if self.persistent:

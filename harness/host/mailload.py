@@ -27,6 +27,8 @@ class Ledger:
     expected: dict[str, tuple[str, ...]] = field(default_factory=dict)
     accepted: set[str] = field(default_factory=set)
     deferred: int = 0  # 4xx or connection failures, tried again later
+    #: why, per deferral: the reply ("451 4.3.0 ...") or the exception's name
+    reasons: Counter[str] = field(default_factory=Counter)
     rejected: dict[str, str] = field(default_factory=dict)  # seq -> 5xx reply
     pending: list[tuple[str, str]] = field(default_factory=list)  # (seq, recipient)
     #: sent, but the reply to the end of data was lost: a second copy may be right.
@@ -91,13 +93,14 @@ class SmtpLoad:
             led.accepted.add(seq)
         except smtplib.SMTPResponseException as exc:
             self._refused(seq, rcpt, exc.smtp_code, exc.smtp_error)
-        except (OSError, smtplib.SMTPException):
+        except (OSError, smtplib.SMTPException) as exc:
             if stage == "data":
                 # The connection broke while the message was sent or before its reply came:
                 # the server may have queued it. Sent again, as an MTA would, so a copy too
                 # many is possible (RFC 1047); such messages are counted apart.
                 led.ambiguous.add(seq)
             led.deferred += 1
+            led.reasons[f"{stage}: {type(exc).__name__}"] += 1
             led.pending.append((seq, rcpt))
         finally:
             try:
@@ -109,6 +112,8 @@ class SmtpLoad:
         led = self.ledger
         if 400 <= code < 500:
             led.deferred += 1
+            text = msg.decode(errors="replace") if isinstance(msg, bytes) else msg
+            led.reasons[f"{code} {text[:120]}"] += 1
             led.pending.append((seq, rcpt))
         else:
             led.rejected[seq] = f"{code} {msg!r}"

@@ -130,6 +130,39 @@ def test_a_connection_vmaild_closed_meanwhile_is_replaced(conf: Path, fake: Fake
     assert fake.connections == 2
 
 
+def test_a_kept_connection_closed_under_a_request_is_retried_once(
+    conf: Path, fake: FakeVmaild
+) -> None:
+    # vmaild stopping closes its connections as the request goes out: sent again on a new
+    # connection (under systemd it waits in the socket unit's backlog for the next vmaild).
+    fake.answers = [ACCOUNT, None, ACCOUNT, None, None]
+    proc = start_relay(conf)
+    pre = b"PRE . imap joe@example.test\n"
+    send(proc, pre)
+    assert read_reply(proc) == ACCOUNT
+    send(proc, pre)
+    assert read_reply(proc) == ACCOUNT
+    assert fake.connections == 2 and fake.requests == [pre, pre, pre]
+    # Only once: a new connection that closes too is a failure, as it always was.
+    send(proc, pre)
+    assert read_reply(proc) is None
+    assert finish(proc) == (authpipe_main.EX_TEMPFAIL, b"")
+    assert fake.connections == 3 and len(fake.requests) == 5
+
+
+def test_passwd_is_never_sent_twice(conf: Path, fake: FakeVmaild) -> None:
+    # vmaild may have changed the password before closing: a second try would fail on the
+    # old password and report a change that happened as failed.
+    fake.answers = [ACCOUNT, None, b"OK\n"]
+    proc = start_relay(conf)
+    send(proc, b"PRE . imap joe@example.test\n")
+    assert read_reply(proc) == ACCOUNT
+    send(proc, b"PASSWD imap\tjoe@example.test\told\tnew\n")
+    assert read_reply(proc, codec.ReplyReader(single_line=True)) is None
+    assert finish(proc) == (authpipe_main.EX_TEMPFAIL, b"")
+    assert fake.connections == 1 and len(fake.requests) == 2
+
+
 def test_an_older_vmaild_gets_one_connection_per_request(conf: Path, sock_path: str) -> None:
     fake = FakeVmaild(sock_path, [ACCOUNT, b"FAIL\n"], legacy=True)
     try:
