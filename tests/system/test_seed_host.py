@@ -426,9 +426,12 @@ def test_restarts_under_load_fail_nothing(host: Host) -> None:
     assert failures == [], (failures[:5], journal)
     assert deferred == "0", (deferred, journal)
     # RCPT-time 4xx are retried by the client and lose nothing (settle() counted every
-    # message once); they are reported, not failed on: one of three runs here saw 11
-    # "451 4.3.0 <info@raecoo.com>: Temporary lookup failure" during these restarts, with
-    # no cause found yet (the report shows the reasons, the journal the lookup errors).
+    # message once); they are reported, not failed on. One of three runs here saw 11
+    # "451 4.3.0 <info@raecoo.com>: Temporary lookup failure", all for that one address:
+    # smtpd keeps trivial-rewrite's answers, failures included, in a cache that outlives
+    # the SMTP session (smtpd_resolve.c), so one failed resolve during a restart repeats
+    # for that address in that smtpd process. What failed in trivial-rewrite is not known
+    # yet; the report carries the reasons and the journal when it happens.
     if result.deferred:
         REPORT.append(f"restarts: RCPT deferrals {dict(load.ledger.reasons)}\n{journal}")
 
