@@ -32,8 +32,8 @@
 #     Each file is copied to FILE.vmaild-backup before vmaild first changes it;
 #  6. systemd: daemon-reload and the tmpfiles entry applied (authdaemond's socket
 #     directory gets an ACL entry for vmail, systemd/vmaild.tmpfiles); vmaild.socket
-#     and vmaild-local.socket enabled where vmaild.service is (an upgrade). Services are not started or
-#     restarted; the last lines say which ones to restart.
+#     and vmaild-local.socket enabled where vmaild.service is (an upgrade). Services
+#     are not started or restarted; the last lines say which ones to restart.
 #
 # Environment: ROOT (staging root, default /), PYTHON (default /usr/bin/python3),
 # VMAILD_HOSTNAME (certificate name; default: Postfix's myhostname, else hostname -f).

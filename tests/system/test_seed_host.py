@@ -435,7 +435,36 @@ def test_restarts_under_load_fail_nothing(host: Host) -> None:
 
 
 # -- upgrade and rollback -----------------------------------------------------------------
+def as_the_release_before_the_local_socket(host: Host) -> None:
+    """Put the host back where an upgrade from the release before vmaild-local.socket
+    starts: no such unit, a vmaild.service that neither requires it nor keeps /run/vmaild
+    (installed and recorded as shipped, so that `make install` follows the new one), and a
+    vmaild that binds /run/vmaild/auth.sock itself."""
+    unit = host.path("etc/systemd/system/vmaild.service")
+    now = unit.read_text()
+    before = now.replace(" vmaild-local.socket", "").replace("RuntimeDirectoryPreserve=yes\n", "")
+    assert before != now
+    state = "var/lib/vmaild/install/_etc_systemd_system_"
+    host.sh(
+        "systemctl disable --quiet vmaild-local.socket"
+        " && systemctl stop vmaild.socket vmaild-local.socket vmaild"
+    )
+    unit.write_text(before)
+    host.path(state + "vmaild.service").write_text(before)
+    host.path("etc/systemd/system/vmaild-local.socket").unlink()
+    host.path(state + "vmaild-local.socket").unlink()
+    host.sh("systemctl daemon-reload && systemctl start vmaild")
+    assert host.run(["systemctl", "is-active", "vmaild-local.socket"]).stdout.strip() == (
+        "inactive"
+    )
+    assert host.sh("stat -c %U /run/vmaild/auth.sock").stdout.strip() == "vmail"
+
+
 def test_upgrade_in_place_keeps_edits(host: Host) -> None:
+    """From the release before vmaild-local.socket, under load: the edited vmaild.conf is
+    kept, the new units are installed and enabled, and the restart the last line asks for
+    brings vmaild up on the socket unit's sockets."""
+    as_the_release_before_the_local_socket(host)
     copy_checkout(host, "root/vmaild-next")
     example = host.path("root/vmaild-next/scripts/vmaild.conf.example")
     example.write_text(example.read_text() + "# a newer shipped version\n")
@@ -459,6 +488,11 @@ def test_upgrade_in_place_keeps_edits(host: Host) -> None:
     assert "ttl = 61" in conf, "the admin's edit was lost"
     assert "a newer shipped version" in host.path("etc/vmaild/vmaild.conf.new").read_text()
     assert "vmaild.conf.new" in out
+    assert "install: /etc/systemd/system/vmaild.service: changed (updated)" in out
+    assert "install: vmaild-local.socket: changed (enabled: " in out
+    assert host.run(["systemctl", "is-active", "vmaild-local.socket"]).stdout.strip() == "active"
+    log = host.sh("journalctl -u vmaild -b --no-pager -o cat | tail -30").stdout
+    assert "listening: auth on unix:/run/vmaild/auth.sock (socket passed by systemd)" in log, log
     imap_login("alice@raecoo.com", USERS["alice@raecoo.com"], starttls=True)
 
 
