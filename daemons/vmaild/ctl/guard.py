@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from ..auth.guard import BLOCK_CACHE_SECONDS
-from ..auth.guard_rules import ADDRESS, LOGIN, PAIR, Rules, login_key
+from ..auth.guard_rules import ADDRESS, LOGIN, PAIR, Rules, Tally, login_key
 from ..auth.guard_store import TABLE
 from .context import Context
 from .errors import Refused
@@ -66,8 +66,10 @@ def _ms_to_time(ms: int) -> dt.datetime | None:
 
 
 def cmd_list(ctx: Context, args: argparse.Namespace) -> None:
-    now_ms = int(time.time() * 1000)
-    window_ms = int(ctx.config.auth.fail_window * 1000)
+    rules = Rules(ctx.config.auth)
+    now = time.time()
+    now_ms = int(now * 1000)
+    window_ms = int(rules.window * 1000)
     where = ""
     params: tuple[int, ...] = ()
     if not args.all:
@@ -80,20 +82,26 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> None:
             params,
         )
     )
-    shown = [
-        {
-            "kind": r["kind"],
-            "subject": r["subject"],
-            # Failures older than the window no longer count (guard_rules.Rules.counted).
-            "failures": int(r["failures"]) if int(r["last_at"]) > now_ms - window_ms else 0,
-            "first_failure": _ms_to_time(int(r["first_at"])),
-            "last_failure": _ms_to_time(int(r["last_at"])),
-            "blocked_until": (
-                _ms_to_time(int(r["blocked_until"])) if int(r["blocked_until"]) > now_ms else None
-            ),
-        }
-        for r in rows
-    ]
+    shown = []
+    for r in rows:
+        # As the guard reads it: failures forgotten once the window passed, a block only
+        # until it ends.
+        tally = rules.counted(
+            Tally(int(r["failures"]), int(r["last_at"]) / 1000, int(r["blocked_until"]) / 1000),
+            now,
+        )
+        shown.append(
+            {
+                "kind": r["kind"],
+                "subject": r["subject"],
+                "failures": tally.failures,
+                "first_failure": _ms_to_time(int(r["first_at"])),
+                "last_failure": _ms_to_time(int(r["last_at"])),
+                "blocked_until": (
+                    _ms_to_time(int(r["blocked_until"])) if tally.blocked(now) else None
+                ),
+            }
+        )
     ctx.show_table(
         shown,
         [
