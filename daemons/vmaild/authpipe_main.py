@@ -133,7 +133,6 @@ class Upstream:
         self.timeout = timeout
         self.persistent = True  # False once vmaild turned RELAY 1 down (an older vmaild)
         self._sock: socket.socket | None = None
-        self._reused = False  # whether _socket() handed out a connection used before
 
     def exchange(self, request: codec.Decoded) -> bytes:
         """Send one request and return its complete reply, or raise RelayFailure.
@@ -148,8 +147,7 @@ class Upstream:
         for attempt in (1, 2):
             reused = False
             try:
-                sock = self._socket(deadline)
-                reused = self._reused
+                sock, reused = self._socket(deadline)
                 try:
                     sock.sendall(encode_request(request))
                 except ConnectionError as e:
@@ -171,11 +169,10 @@ class Upstream:
             return reply
         raise AssertionError("unreachable")
 
-    def _socket(self, deadline: float) -> socket.socket:
+    def _socket(self, deadline: float) -> tuple[socket.socket, bool]:
+        """The connection to send on, and whether it served a request before."""
         if self._sock is not None and _still_open(self._sock):
-            self._reused = True
-            return self._sock
-        self._reused = False
+            return self._sock, True
         self.close()
         self._sock = _connect(self.address, self.timeout)
         if self.persistent:
@@ -186,7 +183,7 @@ class Upstream:
                 self.persistent = False
                 self.close()
                 self._sock = _connect(self.address, self.timeout)
-        return self._sock
+        return self._sock, False
 
     def close(self) -> None:
         if self._sock is not None:
