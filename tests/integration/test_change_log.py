@@ -37,6 +37,16 @@ VMAILCTL = str(Path(sys.executable).parent / "vmailctl")
 BINLOG = ["--log-bin=binlog", "--server-id=1", "--log-bin-trust-function-creators=1"]
 
 
+class NoCache:
+    """A ChangeFeed target that holds nothing: for tests of the feed's own bookkeeping."""
+
+    def drop(self, drop: object) -> int:
+        return 0
+
+    def flush_all(self, reason: str, label: str = "change") -> int:
+        return 0
+
+
 @pytest.fixture(scope="module")
 def gtid_db() -> Iterator[MariaDB]:
     """A MariaDB of this module's own with a binary log (so commits have GTIDs)."""
@@ -284,17 +294,10 @@ def test_gtid_wait_on_one_server(host: Host) -> None:
     from the future is waited for, bounded, and left pending."""
     cfg = vconfig.load(str(host.vmaild.config_path))
 
-    class Target:
-        def drop(self, drop: object) -> int:
-            return 0
-
-        def flush_all(self, reason: str, label: str = "change") -> int:
-            return 0
-
     async def main() -> tuple[object, object, int]:
         db = Database(cfg.database)
         try:
-            feed = ChangeFeed(Target())
+            feed = ChangeFeed(NoCache())
             own = str((await db.fetch("SELECT @@gtid_current_pos"))[0][0]).split(",")[0]
             now = await feed.notified(db, own, ["x@raecoo.com"], 5.0)
             domain, server, seq = own.split("-")
@@ -317,17 +320,10 @@ def test_pruning_deletes_old_rows_but_keeps_the_newest(host: Host) -> None:
     host.sql("INSERT INTO domains (domain) VALUES ('recent.test')")
     cfg = vconfig.load(str(host.vmaild.config_path))
 
-    class Target:
-        def drop(self, drop: object) -> int:
-            return 0
-
-        def flush_all(self, reason: str, label: str = "change") -> int:
-            return 0
-
     async def main() -> None:
         db = Database(cfg.database)
         try:
-            feed = ChangeFeed(Target())
+            feed = ChangeFeed(NoCache())
             feed.has_log = True
             feed._last_prune = -1e9
             await feed.maybe_prune(db, 86400)
