@@ -145,6 +145,25 @@ def auth_login(path: Path, user: str, password: str) -> tuple[str, str]:
     return ("ok" if reply.endswith(b".\n") else "tempfail"), text[:60]
 
 
+def encode_policy(request: dict[str, str]) -> bytes:
+    """A policy request as Postfix writes it: name=value lines, then an empty line."""
+    return ("".join(f"{k}={v}\n" for k, v in request.items()) + "\n").encode()
+
+
+def policy_action(port: int, request: dict[str, str]) -> str:
+    """One policy request on a connection of its own (PROTOCOLS.md section 3): the action,
+    or "" when vmaild closed the connection without one."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(encode_policy(request))
+        reply = b""
+        while not reply.endswith(b"\n\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                return ""
+            reply += chunk
+    return reply.decode().strip().removeprefix("action=")
+
+
 def policy_ask(conn: _Conn, login: str, recipient: str, instance: str) -> tuple[str, str]:
     """One RCPT-time request of an authenticated session: (outcome, action)."""
     request = {
@@ -159,7 +178,7 @@ def policy_ask(conn: _Conn, login: str, recipient: str, instance: str) -> tuple[
         "instance": instance,
     }
     sock = conn.open()
-    sock.sendall(("".join(f"{k}={v}\n" for k, v in request.items()) + "\n").encode())
+    sock.sendall(encode_policy(request))
     action = conn.read_until(b"\n\n").decode(errors="replace").removeprefix("action=")
     if action == "DUNNO":
         return "accepted", action

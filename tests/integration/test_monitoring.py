@@ -42,6 +42,7 @@ from harness.common.wait import HarnessTimeout, wait_until
 from harness.mariadb.server import MariaDB
 from harness.prometheus.server import Prometheus, promtool
 from harness.stack import seed
+from harness.stack.hostload import policy_action
 from harness.vmaild.server import Vmaild, config_text
 from tests.integration.conftest import require
 
@@ -289,16 +290,7 @@ class Clients:
             "recipient_count": "0",
             **attrs,
         }
-        data = "".join(f"{k}={v}\n" for k, v in request.items()) + "\n"
-        with socket.create_connection(("127.0.0.1", self.policy_port), timeout=10) as s:
-            s.sendall(data.encode())
-            reply = b""
-            while not reply.endswith(b"\n\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    return ""
-                reply += chunk
-        return reply.decode().strip().removeprefix("action=")
+        return policy_action(self.policy_port, request)
 
 
 def traffic_with_database(c: Clients) -> None:

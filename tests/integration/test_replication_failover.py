@@ -34,6 +34,7 @@ from harness.common.tempdir import shared_tempdir
 from harness.common.wait import wait_until
 from harness.mariadb.replication import Replication
 from harness.mariadb.server import MariaDB
+from harness.stack.hostload import auth_login, policy_action
 from harness.stack.seed import SEED_USERS, load_seed
 from harness.vmaild.server import Vmaild, config_text, seed_ports
 from tests.integration.conftest import require
@@ -118,17 +119,9 @@ class Setup:
             s.sendall(f"get {key}\n".encode())
             return s.makefile("rb").readline().decode().rstrip("\n")
 
-    def login(self, user: str, password: str) -> bytes:
-        """An IMAP login on vmaild's auth socket: b"" is a temporary failure."""
-        body = f"imap\nlogin\n{user}\n{password}\n".encode()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(30)
-            s.connect(str(self.auth_socket))
-            s.sendall(b"AUTH %d\n" % len(body) + body)
-            reply = b""
-            while chunk := s.recv(65536):
-                reply += chunk
-        return reply
+    def login(self, user: str, password: str) -> str:
+        """An IMAP login on vmaild's auth socket: ok, fail or tempfail."""
+        return auth_login(self.auth_socket, user, password)[0]
 
     def policy(self, login: str, sender: str, recipient: str) -> str:
         """One RCPT-time policy request of an authenticated session; the action."""
@@ -143,16 +136,7 @@ class Setup:
             "recipient_count": "0",
             "instance": f"{login}-{recipient}",
         }
-        data = "".join(f"{k}={v}\n" for k, v in request.items()) + "\n"
-        with socket.create_connection(("127.0.0.1", self.policy_port), timeout=10) as sock:
-            sock.sendall(data.encode())
-            reply = b""
-            while not reply.endswith(b"\n\n"):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return ""
-                reply += chunk
-        return reply.decode().strip().removeprefix("action=")
+        return policy_action(self.policy_port, request)
 
     def vmailctl(self, *args: str, stdin: str = "") -> str:
         done = subprocess.run(
@@ -270,7 +254,7 @@ def test_reads_come_from_the_first_replica_and_writes_land_on_the_primary(phase:
     assert lag is not None and lag <= MAX_LAG
     # A login rehashes the seed's DES hash: the UPDATE goes to the primary (the replicas
     # are read_only: it could not have landed there) and replicates.
-    assert s.login("sales@raecoo.com", "password").endswith(b".\n")
+    assert s.login("sales@raecoo.com", "password") == "ok"
     wait_until(lambda: s.stored(s.primary, "sales@raecoo.com").startswith("$6$"), 30, "the rehash")
     s.topo.sync()
     for replica in s.topo.replicas:
@@ -302,8 +286,8 @@ def test_with_the_primary_killed_lookups_and_logins_go_on_and_the_rehash_waits(
     # The login is answered from replica1; its rehash cannot be stored (the writer is
     # down) and waits: the login succeeds all the same, every time.
     for _ in range(3):
-        assert s.login("carol@example.test", "carol-pw").endswith(b".\n")
-    assert s.login("carol@example.test", "wrong").startswith(b"FAIL")
+        assert s.login("carol@example.test", "carol-pw") == "ok"
+    assert s.login("carol@example.test", "wrong") == "fail"
     # Policy reads go on from the replica (a failed sender check would answer its fail
     # action, DEFER_IF_PERMIT); the sending counter cannot be written and fails open.
     assert s.policy("alice@example.test", "alice@example.test", "bob@example.test") == "DUNNO"
@@ -321,7 +305,7 @@ def test_with_the_primary_killed_lookups_and_logins_go_on_and_the_rehash_waits(
     # The writer is back: the next login stores the new hash.
     wait_until(
         lambda: (
-            s.login("carol@example.test", "carol-pw").endswith(b".\n")
+            s.login("carol@example.test", "carol-pw") == "ok"
             and s.stored(s.primary, "carol@example.test").startswith("$6$")
         ),
         30,
@@ -338,7 +322,7 @@ def test_a_killed_replica_moves_reads_to_the_next_and_back(phase: Setup) -> None
     # from replica2 (a read is retried once on a fresh connection).
     assert s.lookup("bob@example.test") == "200 example.test/bob/"
     wait_until(lambda: s.reading_from(r2), 10, "reads to move to replica2")
-    assert s.login("alice@example.test", "alice-pw1").endswith(b".\n")
+    assert s.login("alice@example.test", "alice-pw1") == "ok"
     s.topo.revive(r1)
     # retry_interval (1 s) after the failure, new connections go back to replica1.
     wait_until(
